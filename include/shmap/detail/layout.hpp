@@ -1,0 +1,232 @@
+// shmap — IMPLEMENTATION DETAILS: the shared-memory layout.
+//
+// Everything in this file lives in the shared segment. Nothing here holds a pointer: every
+// reference is a 64-bit byte offset from the segment base (0 = none), so the same bytes work at
+// any address, in any process, and in two views of one process.
+//
+// Segment Layout
+// ==============
+//
+//   offset 0                SegmentHeader (4096 bytes, one page)
+//     +0     magic            u64   "shmap" 00 01 02 in memory: reveals byte order
+//     +8     format_version   u32   kFormatVersion
+//     +12    header_bytes     u32   sizeof(SegmentHeader)
+//     +16    layout_signature u64   hash of sizeof/alignof/offsetof of every shared struct
+//     +24    init_state       u32   0 initialising, 1 ready            (creator, release)
+//     +32    creator_pid, creator_start                                (creator)
+//     +48    options          initial_capacity, max_handles, mode, max_bytes, hash_seed
+//     +128   line: current_table (offset), global_epoch                (resizers, reclaimers)
+//     +192   line: file_bytes, arena_top                               (allocators, CAS)
+//     +256   line: counters resizes, tables_freed, bytes_freed, leaked_bytes; writer_gate
+//     +512   free_list[64]   u64 packed {offset_pages:40, pages:24}    (allocator, CAS)
+//     +1024  retired[64]     {table offset, retire epoch}              (16-byte CAS)
+//   slots_offset (4096)     HandleSlot[max_handles], each 64 * (1 + kLanes) bytes
+//   arena_offset            page-aligned extents, one per table, handed out by a bump pointer
+//                           (arena_top) and recycled through free_list
+//
+// HandleSlot: one cache line of owner data, then kLanes cache lines, one per thread of the
+// owning Map (a thread of the process gets lane = its process-wide thread number; threads past
+// kLanes - 1 share the last lane with a pin count). A lane is written only by its thread.
+//
+// Table Layout (one arena extent)
+// ===============================
+//
+//   +0      TableHeader: capacity, bits, older (offset of the table it replaces), migration
+//           cursor and done count, 16 striped "used" counters, each on its own cache line
+//   +2048   Bucket[capacity], 32 bytes each:
+//             +0  value   u64 ┐ updated together by one 16-byte CAS (cmpxchg16b)
+//             +8  meta    u64 ┘ bits 0-7 state, bits 8-63 version (bumped on every change)
+//             +16 key     u64   written once, before the bucket leaves state CLAIMED
+//             +24 reserved
+//   +2048 + 32 * capacity   done bitmap: one bit per 64-bucket chunk of the *older* table
+//
+// Bucket state machine (a bucket never goes back to EMPTY or CLAIMED):
+//
+//   state     value word        meaning
+//   EMPTY     0                 never claimed; ends a probe run
+//   CLAIMED   the key           claimed for `key` (key word may still be 0), no value yet
+//   LIVE      the value         key -> value
+//   TOMB      0                 key erased
+//   FROZEN    the last value    being copied to the successor table; immutable
+//   MOVED     0                 the successor table is authoritative for this key
+//   SEALED    0                 was EMPTY when migration passed: ends every probe run here,
+//                               and the successor table is authoritative for the run
+//
+//   event \ state   EMPTY    CLAIMED      LIVE(v)     TOMB      FROZEN    MOVED/SEALED
+//   claim k         CLAIMED  (is k: use)  (is k: use) (is k)    help,→    go to successor
+//   write v         -        LIVE(v)      LIVE(v')    LIVE(v)   help,→    go to successor
+//   erase           -        -            TOMB        -         help,→    go to successor
+//   migrate         SEALED   MOVED        FROZEN(v)   MOVED     copy,MOVED   -
+//
+// Because the state is its own word, every uint64 key and every uint64 value is storable.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace shmap::detail {
+
+inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
+inline constexpr std::uint32_t kFormatVersion = 1;
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::size_t kPage = 4096;
+inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
+inline constexpr std::size_t kStripes = 16;        // striped "used" counters per table
+inline constexpr std::size_t kChunk = 64;          // buckets per migration chunk
+inline constexpr std::size_t kChunksPerWrite = 2;  // chunks every write migrates first
+inline constexpr std::size_t kMinCapacity = 8;
+inline constexpr std::size_t kFreeListSize = 64;
+inline constexpr std::size_t kRetiredSize = 64;
+inline constexpr std::size_t kTableHeaderBytes = 2048;
+
+enum State : std::uint64_t {
+  kEmpty = 0,
+  kClaimed = 1,
+  kLive = 2,
+  kTomb = 3,
+  kFrozen = 4,
+  kMoved = 5,
+  kSealed = 6,
+};
+inline constexpr std::uint64_t kStateMask = 0xff;
+inline constexpr std::uint64_t kVersionOne = 0x100;
+
+constexpr std::uint64_t state_of(std::uint64_t meta) { return meta & kStateMask; }
+constexpr std::uint64_t next_meta(std::uint64_t meta, std::uint64_t state) {
+  return ((meta & ~kStateMask) + kVersionOne) | state;
+}
+
+struct alignas(32) Bucket {
+  std::uint64_t value;  // with meta: the 16-byte CAS unit
+  std::uint64_t meta;
+  std::uint64_t key;
+  std::uint64_t reserved;
+};
+static_assert(sizeof(Bucket) == 32, "two buckets per cache line; the arena math assumes 32");
+static_assert(alignof(Bucket) == 32, "value+meta must be 16-byte aligned for cmpxchg16b");
+static_assert(offsetof(Bucket, value) == 0 && offsetof(Bucket, meta) == 8,
+              "value and meta form one 16-byte CAS unit, value first (low half)");
+static_assert(offsetof(Bucket, key) == 16, "key follows the CAS unit");
+
+struct alignas(kCacheLine) PaddedCounter {
+  std::atomic<std::uint64_t> n;
+};
+static_assert(sizeof(PaddedCounter) == kCacheLine, "one counter per cache line");
+
+struct TableHeader {
+  std::uint64_t capacity;     // power of two; immutable
+  std::uint64_t bits;         // log2(capacity); immutable
+  std::uint64_t extent_bytes; // bytes of this table's arena extent; immutable
+  std::uint64_t older_capacity;  // capacity of the table it replaces (0: none); immutable
+  std::uint64_t created_epoch;
+  std::uint64_t discard_older;   // 1: replaces the older table's content instead of copying it
+  std::uint64_t reserved0[2];
+  // Second line: migration of `older` into this table.
+  alignas(kCacheLine) std::atomic<std::uint64_t> older;  // offset; 0 once assimilated
+  std::atomic<std::uint64_t> mig_cursor;  // next chunk to claim (fetch_add; may pass the end)
+  std::atomic<std::uint64_t> mig_done;    // chunks finished (each counted once via the bitmap)
+  std::uint64_t reserved1[5];
+  PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
+};
+static_assert(offsetof(TableHeader, older) == 64, "migration fields on their own line");
+static_assert(sizeof(TableHeader) == 128 + kStripes * kCacheLine, "table header layout pinned");
+static_assert(sizeof(TableHeader) <= kTableHeaderBytes, "header fits before the buckets");
+static_assert(kTableHeaderBytes % alignof(Bucket) == 0, "buckets start aligned");
+
+struct alignas(kCacheLine) SlotOwner {
+  // owner: 0 = free, else pid (low 32 bits) | claim nonce (high 32 bits). CAS to claim/free.
+  std::atomic<std::uint64_t> owner;
+  std::atomic<std::uint64_t> start_time;  // owner's start time (clock ticks since boot), 0 = unknown
+  std::atomic<std::uint64_t> opened_at_ns;  // CLOCK_REALTIME
+  std::uint64_t reserved[5];
+};
+static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
+
+// pin word: 0 = quiescent; else epoch << 16 | count (count > 1 only on the shared last lane).
+struct alignas(kCacheLine) Lane {
+  std::atomic<std::uint64_t> pin;
+  std::atomic<std::uint64_t> size_delta;  // +1 per insert, -1 per erase, by this lane (wraps)
+  std::uint64_t depth;                    // nesting of pins by the owning thread (its own)
+  std::atomic<std::uint64_t> ops;         // operations begun through this lane (wraps)
+  std::uint64_t reserved[4];
+};
+static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
+inline constexpr std::uint64_t kPinCountMask = 0xffff;
+
+struct HandleSlot {
+  SlotOwner owner;
+  Lane lanes[kLanes];
+};
+static_assert(sizeof(HandleSlot) == kCacheLine * (1 + kLanes), "slot = owner line + lanes");
+
+struct RetiredEntry {
+  std::uint64_t table;  // offset; 0 = empty entry
+  std::uint64_t epoch;  // global epoch at retirement
+};
+static_assert(sizeof(RetiredEntry) == 16, "retired entries are 16-byte CAS units");
+
+struct SegmentHeader {
+  std::uint64_t magic;
+  std::uint32_t format_version;
+  std::uint32_t header_bytes;
+  std::uint64_t layout_signature;
+  std::atomic<std::uint32_t> init_state;  // 0 initialising, 1 ready
+  std::uint32_t reserved0;
+  std::uint64_t creator_pid;
+  std::uint64_t creator_start;
+  // Creation options (immutable after init).
+  std::uint64_t initial_capacity;
+  std::uint64_t max_handles;
+  std::uint64_t mode;
+  std::uint64_t max_bytes;
+  std::uint64_t hash_seed;
+  std::uint64_t slots_offset;
+  std::uint64_t arena_offset;
+  std::uint64_t reserved1;
+  alignas(kCacheLine) std::atomic<std::uint64_t> current_table;  // read by every operation
+  std::atomic<std::uint64_t> global_epoch;                         // read by every pin
+  alignas(kCacheLine) std::atomic<std::uint64_t> file_bytes;       // size of the object
+  std::atomic<std::uint64_t> arena_top;                            // bump pointer
+  alignas(kCacheLine) std::atomic<std::uint64_t> resizes;
+  std::atomic<std::uint64_t> tables_freed;
+  std::atomic<std::uint64_t> bytes_freed;
+  std::atomic<std::uint64_t> leaked_bytes;
+  std::atomic<std::uint64_t> writer_gate;  // 0, or the owner word of a point-in-time dumper
+  alignas(512) std::atomic<std::uint64_t> free_list[kFreeListSize];
+  alignas(16) RetiredEntry retired[kRetiredSize];
+  std::uint8_t reserved2[kPage - 2048];
+};
+static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
+static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
+static_assert(offsetof(SegmentHeader, file_bytes) == 192, "allocator line");
+static_assert(offsetof(SegmentHeader, resizes) == 256, "counters line");
+static_assert(offsetof(SegmentHeader, free_list) == 512, "free list pinned");
+static_assert(offsetof(SegmentHeader, retired) == 1024, "retired list pinned");
+static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
+              "64-bit atomics must be lock-free to work across processes");
+static_assert(sizeof(std::atomic<std::uint64_t>) == 8, "atomics are plain words in shared memory");
+
+/// Hash of every size, alignment and offset above; a build that differs refuses to attach.
+std::uint64_t layout_signature() noexcept;
+
+inline constexpr std::size_t table_bytes(std::size_t capacity, std::size_t older_capacity) {
+  const std::size_t bitmap_words = (older_capacity / kChunk + 63) / 64 + 1;
+  const std::size_t raw = kTableHeaderBytes + capacity * sizeof(Bucket) + bitmap_words * 8;
+  return (raw + kPage - 1) / kPage * kPage;
+}
+static_assert(table_bytes(8, 0) == kPage, "a minimal table is one page");
+
+/// The key hash (pinned by a golden test: changing it changes where keys live).
+constexpr std::uint64_t hash_key(std::uint64_t k, std::uint64_t seed) {
+  std::uint64_t x = k ^ seed;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+}  // namespace shmap::detail

@@ -1,0 +1,227 @@
+// shmap — internals of one attached map: the mapping of the segment (segment.cpp), the handle
+// slot and its epoch lanes (handles.cpp), and the tables with their migration (table.cpp).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include "shmap/detail/layout.hpp"
+#include "shmap/shmap.hpp"
+
+namespace shmap::detail {
+
+/// Throws Error(code, "shmap: map 'name': what").
+[[noreturn]] void fail(Errc code, const std::string& name, const std::string& what);
+/// The same with strerror(err) appended.
+[[noreturn]] void fail_errno(Errc code, const std::string& name, const std::string& what, int err);
+
+void validate_name(const std::string& name);
+
+/// Process identity that survives pid reuse: the kernel's start time of the process.
+std::uint64_t process_start_time(int pid) noexcept;  // 0 if the process does not exist
+/// True if pid names a running (or stopped) process started at `start_time` (0: any).
+bool process_alive(int pid, std::uint64_t start_time) noexcept;
+/// This thread's process-wide number (small, reused after the thread exits).
+std::size_t thread_number() noexcept;
+
+/// 16-byte compare-and-swap of {lo, hi} at p (16-byte aligned). lock cmpxchg16b is a full
+/// barrier: it orders like a seq_cst read-modify-write.
+inline bool cas128(std::uint64_t* p, std::uint64_t exp_lo, std::uint64_t exp_hi,
+                   std::uint64_t new_lo, std::uint64_t new_hi) noexcept {
+  using u128 = unsigned __int128;
+  const u128 expected = (u128(exp_hi) << 64) | exp_lo;
+  const u128 desired = (u128(new_hi) << 64) | new_lo;
+  return __sync_bool_compare_and_swap(reinterpret_cast<u128*>(p), expected, desired);
+}
+
+inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
+  return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_acquire);
+}
+
+/// A consistent {meta, value} pair of a bucket, read without writing to its cache line.
+struct Cell {
+  std::uint64_t meta;
+  std::uint64_t value;
+  std::uint64_t state() const { return state_of(meta); }
+};
+
+/// Seqlock-style read: the version in meta changes on every transition, so equal metas around
+/// the value load mean the value belongs to that meta.
+inline Cell read_cell(const Bucket& b) noexcept {
+  for (;;) {
+    const std::uint64_t m1 = load_acquire(b.meta);
+    const std::uint64_t v = load_acquire(b.value);
+    // Acquire on the value load keeps the second meta load after it.
+    const std::uint64_t m2 = std::atomic_ref<const std::uint64_t>(b.meta).load(
+        std::memory_order_relaxed);
+    if (m1 == m2) return {m1, v};
+  }
+}
+
+/// Outcome of looking a key up in one table.
+enum class Probe { found, absent, sealed, full };
+struct ProbeResult {
+  Probe kind;
+  Bucket* bucket = nullptr;  // the key's bucket, for Probe::found
+  Cell cell{};               // its content when probed
+  bool claimed = false;      // this probe claimed the bucket (a new key in this table)
+  bool over_limit = false;   // ... and the table passed its load limit with it
+};
+
+/// What a write wants to do with the current value of its key.
+struct WriteIntent {
+  enum Kind { keep, set, erase } kind = keep;
+  std::uint64_t value = 0;
+};
+
+class MapImpl {
+ public:
+  MapImpl(std::string name, int fd, bool created);
+  ~MapImpl();
+  MapImpl(const MapImpl&) = delete;
+  MapImpl& operator=(const MapImpl&) = delete;
+
+  // ---- segment.cpp ------------------------------------------------------------------------
+  static std::unique_ptr<MapImpl> create(const std::string& name, const Options& options,
+                                         bool exclusive_only, bool* existed);
+  static std::unique_ptr<MapImpl> open(const std::string& name);
+
+  const std::string& name() const { return name_; }
+  SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
+  template <class T>
+  T* at(std::uint64_t offset) const {
+    return reinterpret_cast<T*>(base_ + offset);
+  }
+  /// Maps the segment up to `end` in this process if it is not mapped yet.
+  void ensure_mapped(std::uint64_t end) const {
+    if (end > mapped_.load(std::memory_order_acquire)) extend_mapping(end);
+  }
+  TableHeader* table(std::uint64_t offset) const;
+  Bucket* buckets(TableHeader* t) const {
+    return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(t) + kTableHeaderBytes);
+  }
+  std::uint64_t* done_bitmap(TableHeader* t) const {
+    return reinterpret_cast<std::uint64_t*>(reinterpret_cast<char*>(t) + kTableHeaderBytes +
+                                            t->capacity * sizeof(Bucket));
+  }
+  std::uint64_t offset_of(const void* p) const {
+    return static_cast<std::uint64_t>(static_cast<const char*>(p) - base_);
+  }
+
+  /// Allocates a zeroed, page-aligned extent; throws out_of_space.
+  std::uint64_t allocate(std::uint64_t bytes) const;
+  /// Gives an extent back: its pages to the system (hole punch), its range to the free list.
+  void free_extent(std::uint64_t offset, std::uint64_t bytes) const;
+  std::uint64_t allocated_bytes() const;
+
+  // ---- handles.cpp ------------------------------------------------------------------------
+  HandleSlot& slot(std::size_t i) const {
+    return at<HandleSlot>(header().slots_offset)[i];
+  }
+  void claim_slot();
+  void release_slot();
+  /// Frees slots whose owner died. Returns how many.
+  std::size_t clear_stale_slots();
+  bool slot_owner_alive(std::size_t i) const;
+  Lane& my_lane() const;
+  void pin() const;
+  void unpin() const;
+  /// Tries to free retired tables that no pinned lane can still see.
+  void reclaim() const;
+  void retire(std::uint64_t table_offset) const;
+  std::int64_t size_estimate() const;
+
+  // ---- table.cpp --------------------------------------------------------------------------
+  std::optional<std::uint64_t> find(std::uint64_t k) const;
+  /// Applies `decide` (current value or nullopt -> intent) atomically to k. Returns the value
+  /// k had when the intent was applied (nullopt: absent).
+  template <class Decide>
+  std::optional<std::uint64_t> mutate(std::uint64_t k, bool may_insert, Decide&& decide) {
+    using D = std::remove_reference_t<Decide>;
+    return mutate_impl(
+        k, may_insert,
+        [](void* ctx, std::optional<std::uint64_t> cur) { return (*static_cast<D*>(ctx))(cur); },
+        &decide);
+  }
+  using DecideFn = WriteIntent (*)(void* ctx, std::optional<std::uint64_t> current);
+  std::optional<std::uint64_t> mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
+                                           void* ctx);
+  void for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
+  /// Runs migration chunks until the current table has no older table.
+  void finish_migration() const;
+  std::uint64_t create_table(std::uint64_t capacity, std::uint64_t older) const;
+  /// Starts a resize of t if it is over its load limit (or, with shrink, far under it). With
+  /// force, resizes even under the limit (t is physically full).
+  void maybe_resize(TableHeader* t, bool shrink, bool force = false) const;
+  CheckReport check() const;
+
+  std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
+    return hash_key(k, seed_) >> (64 - t->bits);
+  }
+
+  // ---- point-in-time snapshots and bulk loads (table.cpp) -----------------------------------
+  /// Holds writers back (they wait before writing; readers never wait) until release_writers().
+  /// Returns once every write already under way has finished. A holder that dies is noticed by
+  /// the waiting writers, which then proceed.
+  void hold_writers() const;
+  void release_writers() const;
+  /// A fresh, unpublished table sized for `entries`.
+  std::uint64_t build_table(std::size_t entries) const;
+  /// Puts k -> v into an unpublished table (single-threaded; the last value wins).
+  void bulk_put(std::uint64_t table, std::uint64_t k, std::uint64_t v) const;
+  /// Makes the table the map's whole content in one atomic step; the old content is discarded
+  /// (writers still in the old table are sealed out and retry in the new one).
+  void publish_replace(std::uint64_t table) const;
+  void discard_table(std::uint64_t table) const;
+
+  // Used by mutate(); exposed for tests of the protocol.
+  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim) const;
+  /// Moves one bucket of `older` into `newer` (freeze, copy, mark MOVED); idempotent.
+  void move_bucket(TableHeader* older, Bucket* b, TableHeader* newer) const;
+  /// Makes `newer` authoritative for k: moves k's bucket in `older`, or seals its probe run.
+  void settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const;
+  /// Migrates up to `chunks` chunks of newer->older; returns true once migration is complete.
+  bool help_migrate(TableHeader* newer, std::size_t chunks) const;
+  bool note_claim(TableHeader* t) const;
+  std::uint64_t used_buckets(const TableHeader* t) const;
+  void copy_frozen(Bucket* b, Cell c, TableHeader* newer) const;
+  void wait_for_gate() const;
+  bool gate_owner_alive(std::uint64_t gate) const;
+  void add_size(std::int64_t d) const;
+
+ private:
+  void extend_mapping(std::uint64_t end) const;
+  void map_initial(std::uint64_t bytes);
+  void reserve(std::uint64_t max_bytes);
+
+  std::string name_;
+  int fd_ = -1;
+  char* base_ = nullptr;
+  std::uint64_t reserved_ = 0;
+  mutable std::atomic<std::uint64_t> mapped_{0};
+  mutable std::mutex map_mutex_;
+  std::uint64_t seed_ = 0;
+  std::size_t slot_index_ = SIZE_MAX;
+  std::uint64_t owner_word_ = 0;
+  int owner_pid_ = 0;
+
+  friend class ::shmap::Map;
+};
+
+/// A pinned region: the calling thread's lane holds the global epoch until destruction.
+class PinGuard {
+ public:
+  explicit PinGuard(const MapImpl& m) : m_(m) { m_.pin(); }
+  ~PinGuard() { m_.unpin(); }
+  PinGuard(const PinGuard&) = delete;
+  PinGuard& operator=(const PinGuard&) = delete;
+
+ private:
+  const MapImpl& m_;
+};
+
+}  // namespace shmap::detail

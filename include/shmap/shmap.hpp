@@ -1,0 +1,167 @@
+// shmap — a lock-free uint64 -> uint64 hash map in a named POSIX shared-memory segment.
+//
+// Many processes, each with many threads, attach to one map by name and read, write, grow,
+// shrink and snapshot it at once, with no server and no lock on the common path:
+//
+//   auto m = shmap::Map::open_or_create("prices", {.initial_capacity = 1024});
+//   m.insert_or_assign(42, 7);
+//   if (auto v = m.find(42)) use(*v);
+//
+// Every key (0 and UINT64_MAX included) and every value is storable: the table keeps its
+// bucket states in a separate word, so no value pattern is reserved. The design is in
+// docs/DESIGN.md, the segment and table layout in docs/FORMAT.md and
+// include/shmap/detail/layout.hpp.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shmap/error.hpp"
+
+namespace shmap {
+
+namespace detail {
+class MapImpl;
+}
+
+struct Options {
+  /// Buckets of the first table (rounded up to a power of two, at least 8). The map never
+  /// shrinks below this.
+  std::size_t initial_capacity = 1024;
+  /// Handle slots: how many Map objects (across all processes) can be attached at once.
+  std::size_t max_handles = 128;
+  /// Permission bits of the shared-memory object, applied exactly (not masked by umask).
+  unsigned mode = 0600;
+  /// Largest size the segment may grow to. Each attached Map reserves this much address space
+  /// (not memory); growing past it is an out_of_space error.
+  std::size_t max_bytes = std::size_t{64} << 30;
+};
+
+struct Stats {
+  std::size_t size = 0;            // live entries (exact when no writer is mid-operation)
+  std::size_t capacity = 0;        // buckets of the current table
+  std::size_t tables = 0;          // length of the table chain: 1, or 2 while migrating
+  std::size_t handles_in_use = 0;  // slots owned by a process (live or not yet reclaimed)
+  std::size_t max_handles = 0;
+  std::size_t segment_bytes = 0;   // size of the shared-memory object
+  std::size_t allocated_bytes = 0; // bytes the segment really occupies (st_blocks)
+  std::size_t used_buckets = 0;    // claimed buckets of the current table (live + tombstones)
+  std::size_t migration_total = 0; // chunks of the older table to migrate (0 when none)
+  std::size_t migration_done = 0;  // chunks of it already migrated
+  std::size_t retired_pending = 0; // unlinked tables waiting for readers to move on
+  std::uint64_t global_epoch = 0;
+  std::uint64_t resizes = 0;       // tables created since the map was made
+  std::uint64_t tables_freed = 0;  // retired tables given back to the system
+  std::uint32_t format_version = 0;
+  Options options;                 // creation options
+};
+
+/// One handle slot in use (what `shmap readers` shows).
+struct ReaderInfo {
+  std::size_t slot = 0;
+  int pid = 0;
+  bool alive = false;
+  bool self = false;                // owned by this Map object
+  std::size_t pinned_lanes = 0;     // threads of it inside an operation right now
+  std::uint64_t oldest_pinned_epoch = 0;  // valid when pinned_lanes > 0
+  std::uint64_t opened_at_unix_ns = 0;
+};
+
+/// What Map::check() found (what `shmap check` prints).
+struct CheckReport {
+  bool ok = true;
+  std::vector<std::string> problems;  // empty when ok
+  std::vector<std::string> notes;     // what was verified
+  std::size_t live_entries = 0;       // counted by walking the tables
+};
+
+/// Snapshot options (see docs/FORMAT.md). Implemented in src/snapshot.cpp.
+struct DumpOptions {
+  bool json = false;           // write the JSON form instead of the binary one
+  bool point_in_time = false;  // hold writers back while copying (readers never wait)
+};
+
+struct LoadOptions {
+  enum class Mode { create, replace, merge };
+  Mode mode = Mode::create;    // create a new map / replace the content / merge into it
+  Options options;             // for Mode::create: options of the new map (capacity is raised
+                               // to fit the snapshot)
+};
+
+class Map {
+ public:
+  static Map create(const std::string& name, const Options& options = {});
+  static Map open(const std::string& name);
+  static Map open_or_create(const std::string& name, const Options& options = {});
+  /// Unlinks the segment; processes attached keep using it until they close. False if absent.
+  static bool remove(const std::string& name);
+  /// Names of the shmap segments on this machine (objects in /dev/shm with a shmap header).
+  static std::vector<std::string> list();
+
+  Map(Map&&) noexcept;
+  Map& operator=(Map&&) noexcept;
+  Map(const Map&) = delete;
+  Map& operator=(const Map&) = delete;
+  ~Map();
+
+  /// Inserts k -> v if k is absent. Returns false (and changes nothing) if k is present.
+  bool insert(std::uint64_t k, std::uint64_t v);
+  /// Sets k -> v. Returns true if k was absent.
+  bool insert_or_assign(std::uint64_t k, std::uint64_t v);
+  std::optional<std::uint64_t> find(std::uint64_t k) const;
+  bool contains(std::uint64_t k) const { return find(k).has_value(); }
+  /// Removes k. Returns false if k was absent.
+  bool erase(std::uint64_t k);
+  /// Put-if-match: sets k -> desired only if k is present with value `expected`.
+  bool compare_exchange(std::uint64_t k, std::uint64_t expected, std::uint64_t desired);
+  /// Adds delta (mod 2^64) and returns the previous value; an absent key counts as 0.
+  std::uint64_t fetch_add(std::uint64_t k, std::uint64_t delta);
+
+  std::size_t size() const;
+  bool empty() const { return size() == 0; }
+
+  /// Calls f(key, value) for the entries. Weakly consistent: every entry present for the
+  /// whole walk is visited exactly once with a value it held during the walk; entries inserted
+  /// or erased meanwhile may or may not be. f may call this map's operations.
+  template <class F>
+  void for_each(F&& f) const {
+    auto thunk = [](void* ctx, std::uint64_t k, std::uint64_t v) {
+      (*static_cast<std::remove_reference_t<F>*>(ctx))(k, v);
+    };
+    for_each_impl(thunk, const_cast<void*>(static_cast<const void*>(&f)));
+  }
+
+  /// Frees the handle slots of processes that died without closing. Returns how many.
+  std::size_t clear_stale_handles();
+  Stats stats() const;
+  std::vector<ReaderInfo> readers() const;
+  /// Walks the segment and verifies every invariant it can. Never modifies the map.
+  CheckReport check() const;
+  /// Finishes any migration in progress and frees retired tables nobody can see any more.
+  void compact();
+
+  const std::string& name() const;
+
+  // Snapshots (src/snapshot.cpp).
+  void dump(const std::string& path, const DumpOptions& options = {}) const;
+  static Map load(const std::string& path, const std::string& name,
+                  const LoadOptions& options = {});
+
+  /// For the library's own compiled code (snapshots, CLI support); not a stable API.
+  detail::MapImpl& impl() const { return *impl_; }
+
+ private:
+  explicit Map(std::unique_ptr<detail::MapImpl> impl);
+  void for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
+
+  std::unique_ptr<detail::MapImpl> impl_;
+};
+
+}  // namespace shmap

@@ -1,0 +1,296 @@
+// shmap — handle slots, epoch lanes and reclamation of retired tables.
+//
+// Ownership. A slot's owner word is 0 when free, else pid | nonce << 32, claimed and freed by
+// CAS. The owner's start time (from /proc/PID/stat) sits beside it, so a pid that the kernel
+// reused for another process is not mistaken for the owner, and a zombie counts as dead.
+//
+// Epochs (RCU's read side, in shared memory). Every operation pins: its lane's pin word gets
+// the global epoch (a seq_cst store or RMW) before it reads the current table, and 0 when it is
+// done. A table unlinked from the chain is retired with epoch e = global_epoch.fetch_add(1) and
+// freed once every lane of a live owner is quiescent or pinned at an epoch > e.
+//
+// Why a lock-free scan of the lanes is safe (what can race): the unlink, the fetch_add, the
+// pin stores and the scan's loads are all seq_cst, so they have one total order S. If a
+// reader's pin comes before the scan in S, the scan sees it (an epoch <= e keeps the table;
+// an epoch > e means the reader read global_epoch after the fetch_add, hence after the
+// unlink, and its later load of current_table cannot reach the table). If the pin comes after
+// the scan, the reader's loads of the chain also come after the unlink, so it cannot reach the
+// table either. A stale or conservative reading only delays reclamation. A lane shared by
+// several threads keeps the oldest epoch while any of them is pinned: conservative again.
+// Lanes of a dead owner are ignored; a stopped owner keeps its tables alive, never freed under it.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "shmap/detail/map_impl.hpp"
+
+namespace shmap::detail {
+namespace {
+
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+// Process-wide thread numbers, reused after a thread exits (so lanes stay few).
+std::mutex g_numbers_mutex;
+std::vector<std::size_t> g_free_numbers;
+std::size_t g_next_number = 0;
+
+struct ThreadNumber {
+  std::size_t n;
+  ThreadNumber() {
+    std::lock_guard lock(g_numbers_mutex);
+    if (!g_free_numbers.empty()) {
+      n = g_free_numbers.back();
+      g_free_numbers.pop_back();
+    } else {
+      n = g_next_number++;
+    }
+  }
+  ~ThreadNumber() {
+    std::lock_guard lock(g_numbers_mutex);
+    g_free_numbers.push_back(n);
+  }
+};
+
+thread_local bool t_reclaim_wanted = false;
+
+}  // namespace
+
+std::size_t thread_number() noexcept {
+  thread_local ThreadNumber number;
+  return number.n;
+}
+
+std::uint64_t process_start_time(int pid) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command name may contain spaces and ')'
+  if (p == nullptr) return 0;
+  ++p;
+  // Fields after the name: 3 state, ..., 22 starttime.
+  char state = 0;
+  unsigned long long start = 0;
+  int field = 2;
+  const char* tok = p;
+  while (*tok != '\0') {
+    while (*tok == ' ') ++tok;
+    if (*tok == '\0') break;
+    ++field;
+    if (field == 3) state = *tok;
+    if (field == 22) {
+      start = std::strtoull(tok, nullptr, 10);
+      break;
+    }
+    while (*tok != ' ' && *tok != '\0') ++tok;
+  }
+  if (state == 'Z' || state == 'X' || state == 'x') return 0;  // dead, not yet reaped
+  return start == 0 ? 1 : start;
+}
+
+bool process_alive(int pid, std::uint64_t start_time) noexcept {
+  if (pid <= 0) return false;
+  const std::uint64_t st = process_start_time(pid);
+  if (st == 0) {
+    // No /proc entry: fall back to kill(0), which cannot see zombies or reuse.
+    if (::access("/proc/self/stat", R_OK) != 0) return ::kill(pid, 0) == 0 || errno == EPERM;
+    return false;
+  }
+  return start_time == 0 || st == start_time;
+}
+
+void MapImpl::claim_slot() {
+  SegmentHeader& h = header();
+  const std::uint64_t pid = static_cast<std::uint64_t>(::getpid());
+  const std::uint64_t start = process_start_time(static_cast<int>(pid));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    for (std::size_t i = 0; i < h.max_handles; ++i) {
+      HandleSlot& s = slot(i);
+      std::uint64_t expected = 0;
+      if (s.owner.owner.load(std::memory_order_relaxed) != 0) continue;
+      const std::uint64_t nonce = (reinterpret_cast<std::uintptr_t>(this) >> 4) ^ now_ns();
+      const std::uint64_t word = pid | (((nonce & 0xffffffffu) | 1) << 32);
+      if (!s.owner.owner.compare_exchange_strong(expected, word, std::memory_order_seq_cst)) {
+        continue;
+      }
+      s.owner.start_time.store(start, std::memory_order_release);
+      s.owner.opened_at_ns.store(now_ns(), std::memory_order_relaxed);
+      // Lanes of a previous (dead) owner may still hold pins; they were ignored while the slot
+      // was dead or free, and are cleared here before this owner uses them. size_delta stays:
+      // it is part of the map's size.
+      for (Lane& lane : s.lanes) {
+        lane.depth = 0;
+        lane.pin.store(0, std::memory_order_release);
+      }
+      slot_index_ = i;
+      owner_word_ = word;
+      owner_pid_ = static_cast<int>(pid);
+      return;
+    }
+    if (attempt == 0 && clear_stale_slots() == 0) break;
+  }
+  fail(Errc::handles_exhausted, name_,
+       "all " + std::to_string(h.max_handles) +
+           " handle slots are owned by live processes; close some Map objects, or recreate the "
+           "map with a larger max_handles");
+}
+
+void MapImpl::release_slot() {
+  HandleSlot& s = slot(slot_index_);
+  std::uint64_t expected = owner_word_;
+  s.owner.owner.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+  slot_index_ = SIZE_MAX;
+}
+
+bool MapImpl::slot_owner_alive(std::size_t i) const {
+  const HandleSlot& s = slot(i);
+  const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
+  if (w == 0) return false;
+  const int pid = static_cast<int>(w & 0xffffffffu);
+  if (pid == ::getpid()) return true;
+  return process_alive(pid, s.owner.start_time.load(std::memory_order_acquire));
+}
+
+std::size_t MapImpl::clear_stale_slots() {
+  std::size_t cleared = 0;
+  for (std::size_t i = 0; i < header().max_handles; ++i) {
+    HandleSlot& s = slot(i);
+    std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
+    if (w == 0 || slot_owner_alive(i)) continue;
+    // Only the CAS that frees the slot counts: a concurrent clearer or a new owner wins cleanly.
+    if (s.owner.owner.compare_exchange_strong(w, 0, std::memory_order_seq_cst)) ++cleared;
+  }
+  if (cleared != 0) reclaim();
+  return cleared;
+}
+
+Lane& MapImpl::my_lane() const {
+  const std::size_t t = thread_number();
+  return slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
+}
+
+void MapImpl::pin() const {
+  const std::size_t t = thread_number();
+  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
+  SegmentHeader& h = header();
+  if (t < kLanes - 1) {
+    // Exclusive lane: only this thread writes it, so nesting is a private depth count.
+    if (lane.depth++ != 0) return;
+    const std::uint64_t e = h.global_epoch.load(std::memory_order_seq_cst);
+    // seq_cst store (xchg): no later load of the chain may be ordered before the pin is seen.
+    lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);
+    return;
+  }
+  // Shared lane: a count of pinned threads, keeping the oldest epoch while it is non-zero.
+  std::uint64_t w = lane.pin.load(std::memory_order_relaxed);
+  for (;;) {
+    const std::uint64_t e = h.global_epoch.load(std::memory_order_seq_cst);
+    const std::uint64_t next = (w & kPinCountMask) == 0 ? (e << 16 | 1) : w + 1;
+    if (lane.pin.compare_exchange_weak(w, next, std::memory_order_seq_cst)) return;
+  }
+}
+
+void MapImpl::unpin() const {
+  const std::size_t t = thread_number();
+  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
+  if (t < kLanes - 1) {
+    if (--lane.depth != 0) return;
+    // Release: everything this operation read happens-before a reclaimer that sees quiescence.
+    lane.pin.store(0, std::memory_order_release);
+  } else {
+    lane.pin.fetch_sub(1, std::memory_order_release);
+  }
+  if (t_reclaim_wanted && (lane.pin.load(std::memory_order_relaxed) & kPinCountMask) == 0) {
+    t_reclaim_wanted = false;
+    reclaim();
+  }
+}
+
+void MapImpl::retire(std::uint64_t table_offset) const {
+  SegmentHeader& h = header();
+  const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    for (RetiredEntry& r : h.retired) {
+      if (load_acquire(r.table) != 0) continue;
+      if (cas128(&r.table, 0, 0, table_offset, e)) {
+        // The retiring thread is pinned itself; it reclaims once it unpins.
+        t_reclaim_wanted = true;
+        return;
+      }
+    }
+    reclaim();
+  }
+  // No room to remember it: leave the table allocated (safe, only memory is lost).
+  h.leaked_bytes.fetch_add(at<TableHeader>(table_offset)->extent_bytes,
+                           std::memory_order_relaxed);
+}
+
+void MapImpl::reclaim() const {
+  SegmentHeader& h = header();
+  bool any = false;
+  for (const RetiredEntry& r : h.retired) any = any || load_acquire(r.table) != 0;
+  if (!any) return;
+  // Oldest epoch any live owner's lane is pinned at (UINT64_MAX: none).
+  std::uint64_t oldest = UINT64_MAX;
+  for (std::size_t i = 0; i < h.max_handles; ++i) {
+    const HandleSlot& s = slot(i);
+    if (s.owner.owner.load(std::memory_order_seq_cst) == 0) continue;
+    std::uint64_t slot_oldest = UINT64_MAX;
+    for (const Lane& lane : s.lanes) {
+      const std::uint64_t w = lane.pin.load(std::memory_order_seq_cst);
+      if ((w & kPinCountMask) != 0 && (w >> 16) < slot_oldest) slot_oldest = w >> 16;
+    }
+    if (slot_oldest < oldest && slot_owner_alive(i)) oldest = slot_oldest;
+  }
+  for (RetiredEntry& r : h.retired) {
+    const std::uint64_t table = load_acquire(r.table);
+    if (table == 0) continue;
+    const std::uint64_t epoch = load_acquire(r.epoch);
+    // Pinned at an epoch > e: pinned after the unlink, cannot see the table.
+    if (epoch >= oldest) continue;
+    const std::uint64_t bytes = this->table(table)->extent_bytes;
+    if (cas128(&r.table, table, epoch, 0, 0)) {
+      free_extent(table, bytes);
+      h.tables_freed.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+std::int64_t MapImpl::size_estimate() const {
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < header().max_handles; ++i) {
+    for (const Lane& lane : slot(i).lanes) sum += lane.size_delta.load(std::memory_order_relaxed);
+  }
+  return static_cast<std::int64_t>(sum);
+}
+
+void MapImpl::add_size(std::int64_t d) const {
+  const std::size_t t = thread_number();
+  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
+  if (t < kLanes - 1) {
+    // Only this thread writes an exclusive lane: a plain read-modify-write is enough.
+    lane.size_delta.store(lane.size_delta.load(std::memory_order_relaxed) +
+                              static_cast<std::uint64_t>(d),
+                          std::memory_order_relaxed);
+  } else {
+    lane.size_delta.fetch_add(static_cast<std::uint64_t>(d), std::memory_order_relaxed);
+  }
+}
+
+}  // namespace shmap::detail

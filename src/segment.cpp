@@ -1,0 +1,406 @@
+// shmap — the segment: creating, opening and validating the shared-memory object, mapping it
+// into this process, and the arena that hands out table extents.
+//
+// Mapping: each attached Map reserves Options::max_bytes of address space (PROT_NONE, no
+// memory) and maps the object over the start of it. When the segment grows, the new part is
+// mapped with MAP_FIXED right after the old one, so the base never moves: an offset taken at
+// any time stays valid for the life of the Map and no view ever has to be swapped out.
+//
+// Arena: extents are page-aligned. allocate() reuses an extent of exactly the same size from
+// the free list (a CAS on its entry claims it), else bumps arena_top by CAS after making sure
+// the object covers the range (posix_fallocate reserves the pages, so a full /dev/shm is an
+// ENOSPC error here and never a SIGBUS later). Two allocators racing for the same range both
+// fallocate it (harmless), one CAS wins and the other retries above it. free_extent() punches
+// a hole (the pages go back to the system at once) and files the range on the free list.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "shmap/detail/map_impl.hpp"
+
+namespace shmap::detail {
+namespace {
+
+constexpr std::uint32_t kReady = 1;
+constexpr auto kEmptyObjectWait = std::chrono::seconds(2);
+constexpr auto kInitWait = std::chrono::seconds(30);
+
+std::string shm_path(const std::string& name) { return "/" + name; }
+
+std::uint64_t round_pow2(std::uint64_t n) {
+  std::uint64_t c = kMinCapacity;
+  while (c < n) c <<= 1;
+  return c;
+}
+
+std::uint64_t pack_extent(std::uint64_t offset, std::uint64_t bytes) {
+  return (offset / kPage) << 24 | (bytes / kPage);
+}
+std::uint64_t extent_offset(std::uint64_t packed) { return (packed >> 24) * kPage; }
+std::uint64_t extent_bytes(std::uint64_t packed) { return (packed & 0xffffff) * kPage; }
+
+std::uint64_t random_u64() {
+  std::uint64_t r = 0;
+  if (::getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+    r = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  return r;
+}
+
+void check_options(const std::string& name, const Options& o) {
+  if (o.initial_capacity == 0 || o.initial_capacity > (std::size_t{1} << 36)) {
+    fail(Errc::invalid_argument, name, "initial_capacity must be between 1 and 2^36");
+  }
+  if (o.max_handles == 0 || o.max_handles > 4096) {
+    fail(Errc::invalid_argument, name, "max_handles must be between 1 and 4096");
+  }
+  if (o.mode > 0777) fail(Errc::invalid_argument, name, "mode must be permission bits (<= 0777)");
+  if (o.max_bytes < (std::size_t{1} << 20) || o.max_bytes > (std::size_t{1} << 46)) {
+    fail(Errc::invalid_argument, name, "max_bytes must be between 1 MiB and 64 TiB");
+  }
+}
+
+}  // namespace
+
+MapImpl::MapImpl(std::string name, int fd, bool) : name_(std::move(name)), fd_(fd) {}
+
+MapImpl::~MapImpl() {
+  if (base_ != nullptr) {
+    if (slot_index_ != SIZE_MAX && owner_pid_ == ::getpid()) release_slot();
+    ::munmap(base_, reserved_);
+  }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void MapImpl::reserve(std::uint64_t max_bytes) {
+  void* p = ::mmap(nullptr, max_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (p == MAP_FAILED) {
+    fail_errno(Errc::out_of_space, name_,
+               "cannot reserve " + std::to_string(max_bytes >> 20) + " MiB of address space",
+               errno);
+  }
+  base_ = static_cast<char*>(p);
+  reserved_ = max_bytes;
+}
+
+void MapImpl::map_initial(std::uint64_t bytes) {
+  if (::mmap(base_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
+    fail_errno(Errc::io_error, name_, "cannot map the segment", errno);
+  }
+  mapped_.store(bytes, std::memory_order_release);
+}
+
+void MapImpl::extend_mapping(std::uint64_t end) const {
+  std::lock_guard lock(map_mutex_);
+  const std::uint64_t cur = mapped_.load(std::memory_order_relaxed);
+  if (end <= cur) return;
+  // file_bytes only grows, and only after the object really is that large.
+  std::uint64_t target = header().file_bytes.load(std::memory_order_acquire);
+  if (target < end) target = end;
+  target = (target + kPage - 1) / kPage * kPage;
+  struct stat st{};
+  if (target > reserved_ || ::fstat(fd_, &st) != 0 ||
+      static_cast<std::uint64_t>(st.st_size) < target) {
+    fail(Errc::corrupt, name_,
+         "segment offset " + std::to_string(end) + " lies beyond the object (" +
+             std::to_string(st.st_size) + " bytes); run 'shmap check " + name_ + "'");
+  }
+  if (::mmap(base_ + cur, target - cur, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+             static_cast<off_t>(cur)) == MAP_FAILED) {
+    fail_errno(Errc::io_error, name_, "cannot map the grown segment", errno);
+  }
+  mapped_.store(target, std::memory_order_release);
+}
+
+TableHeader* MapImpl::table(std::uint64_t offset) const {
+  ensure_mapped(offset + kTableHeaderBytes);
+  auto* t = at<TableHeader>(offset);
+  ensure_mapped(offset + t->extent_bytes);
+  return t;
+}
+
+std::uint64_t MapImpl::allocate(std::uint64_t bytes) const {
+  SegmentHeader& h = header();
+  for (auto& entry : h.free_list) {
+    std::uint64_t e = entry.load(std::memory_order_acquire);
+    if (e != 0 && extent_bytes(e) == bytes &&
+        entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel)) {
+      ensure_mapped(extent_offset(e) + bytes);
+      return extent_offset(e);
+    }
+  }
+  for (;;) {
+    std::uint64_t top = h.arena_top.load(std::memory_order_acquire);
+    const std::uint64_t end = top + bytes;
+    if (end > h.max_bytes) {
+      fail(Errc::out_of_space, name_,
+           "the segment would exceed its max_bytes (" + std::to_string(h.max_bytes >> 20) +
+               " MiB); erase entries or recreate the map with a larger max_bytes");
+    }
+    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(top), static_cast<off_t>(bytes));
+    if (rc != 0) {
+      if (rc == ENOSPC) {
+        fail(Errc::out_of_space, name_,
+             "/dev/shm is full (needed " + std::to_string(bytes >> 10) +
+                 " KiB more); free space there or erase entries");
+      }
+      fail_errno(Errc::io_error, name_, "cannot grow the segment", rc);
+    }
+    // Record the new size before publishing the range, so ensure_mapped() can map it.
+    std::uint64_t fb = h.file_bytes.load(std::memory_order_acquire);
+    while (fb < end && !h.file_bytes.compare_exchange_weak(fb, end, std::memory_order_acq_rel)) {
+    }
+    if (h.arena_top.compare_exchange_strong(top, end, std::memory_order_acq_rel)) {
+      ensure_mapped(end);
+      return top;
+    }
+  }
+}
+
+void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
+  SegmentHeader& h = header();
+  // The pages go back to the system now; the range reads as zeros when reused.
+  ::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+              static_cast<off_t>(bytes));
+  h.bytes_freed.fetch_add(bytes, std::memory_order_relaxed);
+  const std::uint64_t packed = pack_extent(offset, bytes);
+  for (auto& entry : h.free_list) {
+    std::uint64_t e = 0;
+    if (entry.load(std::memory_order_relaxed) == 0 &&
+        entry.compare_exchange_strong(e, packed, std::memory_order_acq_rel)) {
+      return;
+    }
+  }
+  // Free list full: the pages are returned already; only the address range is lost.
+  h.leaked_bytes.fetch_add(bytes, std::memory_order_relaxed);
+}
+
+std::uint64_t MapImpl::allocated_bytes() const {
+  struct stat st{};
+  if (::fstat(fd_, &st) != 0) return 0;
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options& options,
+                                         bool exclusive_only, bool* existed) {
+  validate_name(name);
+  check_options(name, options);
+  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+                            static_cast<mode_t>(options.mode));
+  if (fd < 0) {
+    const int err = errno;
+    if (err == EEXIST) {
+      if (exclusive_only) {
+        fail(Errc::already_exists, name, "a map of this name exists; open it or remove it first");
+      }
+      *existed = true;
+      return nullptr;
+    }
+    if (err == EACCES) fail_errno(Errc::permission_denied, name, "cannot create", err);
+    fail_errno(Errc::io_error, name, "cannot create the shared-memory object", err);
+  }
+  auto m = std::make_unique<MapImpl>(name, fd, true);
+  auto undo = [&] { ::shm_unlink(shm_path(name).c_str()); };
+  try {
+    ::fchmod(fd, static_cast<mode_t>(options.mode));  // exact bits, whatever the umask
+    const std::uint64_t capacity = round_pow2(options.initial_capacity);
+    const std::uint64_t slots_bytes = options.max_handles * sizeof(HandleSlot);
+    const std::uint64_t arena = (kPage + slots_bytes + kPage - 1) / kPage * kPage;
+    const std::uint64_t total = arena + table_bytes(capacity, 0);
+    if (total > options.max_bytes) {
+      fail(Errc::invalid_argument, name, "initial_capacity does not fit in max_bytes");
+    }
+    // Header and slots first; the first table comes from the arena like every later one.
+    const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(arena));
+    if (rc != 0) {
+      fail_errno(rc == ENOSPC ? Errc::out_of_space : Errc::io_error, name,
+                 "cannot size the new segment", rc);
+    }
+    m->reserve(options.max_bytes);
+    m->map_initial(arena);
+    SegmentHeader& h = m->header();
+    h.creator_pid = static_cast<std::uint64_t>(::getpid());
+    h.creator_start = process_start_time(::getpid());
+    h.magic = kMagic;
+    h.format_version = kFormatVersion;
+    h.header_bytes = sizeof(SegmentHeader);
+    h.layout_signature = layout_signature();
+    h.initial_capacity = capacity;
+    h.max_handles = options.max_handles;
+    h.mode = options.mode;
+    h.max_bytes = options.max_bytes;
+    h.hash_seed = random_u64();
+    h.slots_offset = kPage;
+    h.arena_offset = arena;
+    h.file_bytes.store(arena, std::memory_order_relaxed);
+    h.arena_top.store(arena, std::memory_order_relaxed);
+    h.global_epoch.store(1, std::memory_order_relaxed);
+    m->seed_ = h.hash_seed;
+    const std::uint64_t first = m->create_table(capacity, 0);
+    h.current_table.store(first, std::memory_order_relaxed);
+    // Publishes every field above to openers that acquire init_state.
+    h.init_state.store(kReady, std::memory_order_release);
+    m->claim_slot();
+  } catch (...) {
+    undo();
+    throw;
+  }
+  return m;
+}
+
+std::unique_ptr<MapImpl> MapImpl::open(const std::string& name) {
+  validate_name(name);
+  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) fail(Errc::not_found, name, "no such map; create it first");
+    if (err == EACCES) {
+      fail_errno(Errc::permission_denied, name,
+                 "this process may not open the map; check the mode it was created with", err);
+    }
+    fail_errno(Errc::io_error, name, "cannot open the shared-memory object", err);
+  }
+  auto m = std::make_unique<MapImpl>(name, fd, false);
+  // A creator truncates the object to its full first size in one call, so a size of 0 means
+  // "being created" and any other size below one page means "not a shmap segment".
+  struct stat st{};
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    if (::fstat(fd, &st) != 0) fail_errno(Errc::io_error, name, "cannot stat", errno);
+    if (st.st_size >= static_cast<off_t>(sizeof(SegmentHeader))) break;
+    if (st.st_size != 0) {
+      fail(Errc::corrupt, name,
+           "not a shmap segment (" + std::to_string(st.st_size) +
+               " bytes, smaller than a header); remove it with 'shmap rm " + name + "'");
+    }
+    if (std::chrono::steady_clock::now() - start > kEmptyObjectWait) {
+      fail(Errc::corrupt, name,
+           "the object is empty and nobody initialised it; remove it with 'shmap rm " + name +
+               "'");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // Read the header through a temporary view to learn how much address space to reserve.
+  void* hp = ::mmap(nullptr, sizeof(SegmentHeader), PROT_READ, MAP_SHARED, fd, 0);
+  if (hp == MAP_FAILED) fail_errno(Errc::io_error, name, "cannot map the header", errno);
+  struct Unmap {
+    void* p;
+    ~Unmap() { ::munmap(p, sizeof(SegmentHeader)); }
+  } unmap{hp};
+  const auto& h = *static_cast<const SegmentHeader*>(hp);
+  for (;;) {
+    const std::uint64_t magic = std::atomic_ref<const std::uint64_t>(h.magic).load(
+        std::memory_order_relaxed);
+    if (h.init_state.load(std::memory_order_acquire) == kReady) break;
+    if (magic != 0 && magic != kMagic) break;  // foreign: reported below
+    const int creator = static_cast<int>(std::atomic_ref<const std::uint64_t>(h.creator_pid).load(
+        std::memory_order_relaxed));
+    if (creator != 0 && !process_alive(creator, 0)) {
+      fail(Errc::corrupt, name,
+           "the process that created it died during initialisation; remove it with 'shmap rm " +
+               name + "'");
+    }
+    if (std::chrono::steady_clock::now() - start > kInitWait) {
+      fail(Errc::timeout, name, "still being initialised after 30 s; try again or remove it");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (h.magic != kMagic) {
+    if (__builtin_bswap64(h.magic) == kMagic) {
+      fail(Errc::layout_mismatch, name, "written on a machine of the other byte order");
+    }
+    fail(Errc::corrupt, name,
+         "not a shmap segment (bad magic); remove it with 'shmap rm " + name + "'");
+  }
+  if (h.format_version != kFormatVersion) {
+    fail(Errc::version_mismatch, name,
+         "segment format version " + std::to_string(h.format_version) + ", this build reads " +
+             std::to_string(kFormatVersion) + "; use a matching build or dump and reload it");
+  }
+  if (h.header_bytes != sizeof(SegmentHeader) || h.layout_signature != layout_signature()) {
+    fail(Errc::layout_mismatch, name,
+         "segment written by a build with another memory layout; use the same build of shmap");
+  }
+  if (h.max_bytes < h.arena_offset || h.max_bytes > (std::uint64_t{1} << 46) ||
+      h.max_handles == 0 || h.max_handles > 4096 ||
+      h.slots_offset != kPage || h.file_bytes.load(std::memory_order_acquire) >
+                                     static_cast<std::uint64_t>(st.st_size)) {
+    fail(Errc::corrupt, name, "the segment header is inconsistent; run 'shmap check " + name + "'");
+  }
+  m->reserve(h.max_bytes);
+  ::fstat(fd, &st);
+  m->map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
+  m->seed_ = m->header().hash_seed;
+  m->clear_stale_slots();
+  m->claim_slot();
+  return m;
+}
+
+std::uint64_t layout_signature() noexcept {
+  // FNV-1a over every number that fixes where a shared field lives.
+  const std::uint64_t facts[] = {
+      sizeof(SegmentHeader), alignof(SegmentHeader), offsetof(SegmentHeader, current_table),
+      offsetof(SegmentHeader, file_bytes), offsetof(SegmentHeader, free_list),
+      offsetof(SegmentHeader, retired), sizeof(HandleSlot), sizeof(Lane), sizeof(SlotOwner),
+      sizeof(TableHeader), offsetof(TableHeader, older), offsetof(TableHeader, used),
+      sizeof(Bucket), alignof(Bucket), offsetof(Bucket, meta), offsetof(Bucket, key),
+      kCacheLine, kLanes, kStripes, kChunk, kTableHeaderBytes, sizeof(void*),
+      hash_key(0x0123456789abcdefULL, 42)};
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (const std::uint64_t f : facts) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (f >> (8 * i)) & 0xff;
+      h *= 0x100000001b3ULL;
+    }
+  }
+  return h;
+}
+
+}  // namespace shmap::detail
+
+namespace shmap {
+
+bool Map::remove(const std::string& name) {
+  detail::validate_name(name);
+  if (::shm_unlink(("/" + name).c_str()) == 0) return true;
+  const int err = errno;
+  if (err == ENOENT) return false;
+  if (err == EACCES || err == EPERM) {
+    detail::fail_errno(Errc::permission_denied, name, "cannot remove", err);
+  }
+  detail::fail_errno(Errc::io_error, name, "cannot remove", err);
+}
+
+std::vector<std::string> Map::list() {
+  std::vector<std::string> names;
+  DIR* d = ::opendir("/dev/shm");
+  if (d == nullptr) return names;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    const int fd = ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    std::uint64_t magic = 0;
+    struct stat st{};
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        ::pread(fd, &magic, sizeof(magic), 0) == sizeof(magic) && magic == detail::kMagic) {
+      names.push_back(n);
+    }
+    ::close(fd);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace shmap

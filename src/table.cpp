@@ -1,0 +1,547 @@
+// shmap — tables: linear probing over 32-byte buckets, the bucket state machine, and growth
+// by a chain of tables with incremental migration (seed 000, seed 004).
+//
+// The chain is `current -> older` (at most two tables; a new successor is only made once the
+// current table has assimilated its older one). Every write first migrates kChunksPerWrite
+// chunks of the older table, then settles its own key (moves the key's old bucket, or seals
+// the key's whole probe run in the older table), then works in the current table only.
+//
+// What can race, and why the result is still right:
+// - Two claimers of one empty bucket: the 16-byte CAS EMPTY -> CLAIMED(k) has one winner; the
+//   loser re-reads the bucket and either finds its own key there or probes on. Keys are never
+//   removed from a table, so a key is claimed at most once per table.
+// - A slow writer that still believes the older table is current: every CAS it makes on an
+//   older bucket expects the bucket's full {value, meta}, and migration changes meta (FROZEN,
+//   MOVED, SEALED) before the successor holds the key. Its CAS fails, it re-reads the chain
+//   and retries in the successor. An EMPTY bucket is SEALED, never skipped, so a slow insert
+//   cannot claim a bucket that the migration has passed.
+// - Two movers of one bucket (a chunk owner and a writer settling its key, or a helper redoing
+//   a stalled chunk): LIVE -> FROZEN freezes the value, the copy into the successor only fills
+//   a CLAIMED bucket (so a second copy of the same frozen value changes nothing, and a copy
+//   never overwrites a value written after the move), and FROZEN -> MOVED has one winner.
+//   Writers of the key in the successor first see the older bucket MOVED (they help move it).
+// - Readers look in the current table first, then in the older one, and when the older one
+//   says MOVED or SEALED they look in the current table once more: a value is in the older
+//   table until the moment it is sealed there, and the successor holds it from before then.
+// - A mover killed at any instruction leaves a FROZEN or CLAIMED bucket that the next
+//   writer of that key or the next pass over the chunk finishes; nothing waits for it.
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "shmap/detail/map_impl.hpp"
+
+namespace shmap::detail {
+namespace {
+
+thread_local unsigned t_erases = 0;
+
+void store_key(Bucket& b, std::uint64_t k) {
+  // Release: the key is visible to whoever later acquires the meta written by our CAS.
+  std::atomic_ref<std::uint64_t>(b.key).store(k, std::memory_order_release);
+}
+
+std::uint64_t log2_of(std::uint64_t pow2) { return static_cast<std::uint64_t>(__builtin_ctzll(pow2)); }
+
+std::uint64_t round_pow2(std::uint64_t n) {
+  std::uint64_t c = kMinCapacity;
+  while (c < n) c <<= 1;
+  return c;
+}
+
+}  // namespace
+
+std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older) const {
+  const std::uint64_t older_cap = older != 0 ? table(older)->capacity : 0;
+  const std::uint64_t bytes = table_bytes(capacity, older_cap);
+  const std::uint64_t off = allocate(bytes);  // zeroed: every bucket EMPTY, counters 0
+  auto* t = at<TableHeader>(off);
+  t->capacity = capacity;
+  t->bits = log2_of(capacity);
+  t->extent_bytes = bytes;
+  t->older_capacity = older_cap;
+  t->created_epoch = header().global_epoch.load(std::memory_order_relaxed);
+  t->discard_older = 0;
+  // Relaxed: the table is published by the seq_cst CAS on current_table.
+  t->older.store(older, std::memory_order_relaxed);
+  return off;
+}
+
+bool MapImpl::note_claim(TableHeader* t) const {
+  const std::size_t stripe = (slot_index_ * kLanes + thread_number()) % kStripes;
+  const std::uint64_t n = t->used[stripe].n.fetch_add(1, std::memory_order_relaxed) + 1;
+  // Summing the stripes costs 16 loads: do it on every claim of a small table, else every
+  // 16th claim of a stripe (the limit can be passed by at most 16 * kStripes claims).
+  if (t->capacity > 4096 && (n & 15) != 0) return false;
+  return used_buckets(t) * 4 >= t->capacity * 3;
+}
+
+std::uint64_t MapImpl::used_buckets(const TableHeader* t) const {
+  std::uint64_t sum = 0;
+  for (const auto& s : t->used) sum += s.n.load(std::memory_order_relaxed);
+  return sum;
+}
+
+ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim) const {
+  Bucket* b = buckets(t);
+  const std::uint64_t mask = t->capacity - 1;
+  std::uint64_t i = home(k, t);
+  for (std::uint64_t n = 0; n <= mask;) {
+    Bucket& bk = b[i];
+    const Cell c = read_cell(bk);
+    switch (c.state()) {
+      case kEmpty: {
+        if (!claim) return {Probe::absent};
+        const std::uint64_t m = next_meta(c.meta, kClaimed);
+        if (cas128(&bk.value, c.value, c.meta, k, m)) {
+          ProbeResult r{Probe::found, &bk, Cell{m, k}, true};
+          r.over_limit = note_claim(t);
+          return r;
+        }
+        continue;  // lost the bucket to another claim (or a seal): look at it again
+      }
+      case kSealed:
+        return {Probe::sealed};
+      case kClaimed:
+        if (c.value == k) return {Probe::found, &bk, c};
+        break;
+      default:
+        if (load_acquire(bk.key) == k) return {Probe::found, &bk, c};
+        break;
+    }
+    i = (i + 1) & mask;
+    ++n;
+  }
+  return {Probe::full};
+}
+
+void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
+  const std::uint64_t k = load_acquire(b->key);
+  if (newer->discard_older == 0) {
+    const ProbeResult r = probe(newer, k, true);
+    if (r.kind == Probe::found) {
+      // Only a CLAIMED bucket is filled: any other state means the value is there already
+      // (copied by another mover, and perhaps overwritten since by a writer).
+      Cell d = r.cell;
+      while (d.state() == kClaimed) {
+        store_key(*r.bucket, k);
+        if (cas128(&r.bucket->value, d.value, d.meta, c.value, next_meta(d.meta, kLive))) break;
+        d = read_cell(*r.bucket);
+      }
+    } else if (r.kind == Probe::full) {
+      fail(Errc::corrupt, name_,
+           "successor table full during migration (an invariant broke); run 'shmap check'");
+    }
+    // Probe::sealed: the successor was itself superseded, so this bucket was moved already.
+  }
+  if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved)) &&
+      newer->discard_older != 0) {
+    add_size(-1);  // a replaced entry leaves the map; counted once, by the winner of the CAS
+  }
+}
+
+void MapImpl::move_bucket(TableHeader*, Bucket* b, TableHeader* newer) const {
+  for (;;) {
+    const Cell c = read_cell(*b);
+    switch (c.state()) {
+      case kEmpty:
+        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
+        break;
+      case kClaimed:
+        store_key(*b, c.value);
+        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
+        break;
+      case kTomb:
+        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
+        break;
+      case kLive: {
+        const std::uint64_t m = next_meta(c.meta, kFrozen);
+        if (cas128(&b->value, c.value, c.meta, c.value, m)) {
+          copy_frozen(b, Cell{m, c.value}, newer);
+          return;
+        }
+        break;
+      }
+      case kFrozen:
+        copy_frozen(b, c, newer);
+        return;
+      default:
+        return;  // MOVED or SEALED: done
+    }
+  }
+}
+
+void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const {
+  Bucket* b = buckets(older);
+  const std::uint64_t mask = older->capacity - 1;
+  std::uint64_t i = home(k, older);
+  for (std::uint64_t n = 0; n <= mask;) {
+    Bucket& bk = b[i];
+    const Cell c = read_cell(bk);
+    switch (c.state()) {
+      case kEmpty:
+        // Seal the end of k's run: no slow writer can insert k into the older table now.
+        if (cas128(&bk.value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
+        continue;
+      case kSealed:
+        return;
+      case kClaimed:
+        if (c.value == k) return move_bucket(older, &bk, newer);
+        break;
+      default:
+        if (load_acquire(bk.key) == k) return move_bucket(older, &bk, newer);
+        break;
+    }
+    i = (i + 1) & mask;
+    ++n;
+  }
+}
+
+bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
+  const std::uint64_t o_off = newer->older.load(std::memory_order_acquire);
+  if (o_off == 0) return true;
+  TableHeader* older = table(o_off);
+  const std::uint64_t csize = std::min<std::uint64_t>(kChunk, older->capacity);
+  const std::uint64_t nchunks = older->capacity / csize;
+  std::uint64_t* bitmap = done_bitmap(newer);
+  Bucket* ob = buckets(older);
+  for (std::size_t c = 0; c < chunks; ++c) {
+    if (newer->mig_done.load(std::memory_order_acquire) >= nchunks) break;
+    // The cursor runs past the end and wraps: after the first pass it revisits chunks whose
+    // done bit is still clear (their mover died, stopped, or is just slow) and redoes them.
+    const std::uint64_t idx =
+        newer->mig_cursor.fetch_add(1, std::memory_order_relaxed) % nchunks;
+    std::atomic_ref<std::uint64_t> word(bitmap[idx / 64]);
+    const std::uint64_t bit = std::uint64_t{1} << (idx % 64);
+    if ((word.load(std::memory_order_acquire) & bit) != 0) continue;
+    for (std::uint64_t i = idx * csize; i < (idx + 1) * csize; ++i) {
+      move_bucket(older, &ob[i], newer);
+    }
+    // acq_rel: the moves above happen-before whoever sees the bit or the final count.
+    if ((word.fetch_or(bit, std::memory_order_acq_rel) & bit) == 0 &&
+        newer->mig_done.fetch_add(1, std::memory_order_acq_rel) + 1 == nchunks) {
+      std::uint64_t expected = o_off;
+      if (newer->older.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) {
+        retire(o_off);
+      }
+    }
+  }
+  return newer->older.load(std::memory_order_acquire) == 0;
+}
+
+void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
+  SegmentHeader& h = header();
+  const std::uint64_t t_off = offset_of(t);
+  if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
+  if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
+  const std::uint64_t cap = t->capacity;
+  const std::uint64_t live = static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+  const std::uint64_t used = used_buckets(t);
+  if (shrink) {
+    if (cap <= h.initial_capacity || live * 8 >= cap) return;
+  } else if (!force && used * 4 < cap * 3) {
+    return;
+  }
+  // The successor holds the live entries at a load of at most 1/2, so it has room for the
+  // inserts that come while it assimilates t (each write migrates 2 chunks first).
+  std::uint64_t want = round_pow2(std::max<std::uint64_t>(h.initial_capacity, live * 2 + 2));
+  want = std::max(want, cap / 16);  // bounds the migration work per write when shrinking
+  if (force && want <= cap) want = cap * 2;
+  std::uint64_t n_off = 0;
+  try {
+    n_off = create_table(want, t_off);
+  } catch (const Error& e) {
+    // Growth can wait while t still has room; a physically full table cannot.
+    if (e.code() == Errc::out_of_space && !force) return;
+    throw;
+  }
+  std::uint64_t expected = t_off;
+  if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
+    discard_table(n_off);  // another thread resized first; nobody saw this table
+    return;
+  }
+  h.resizes.fetch_add(1, std::memory_order_relaxed);
+}
+
+void MapImpl::discard_table(std::uint64_t table_off) const {
+  free_extent(table_off, table(table_off)->extent_bytes);
+}
+
+namespace {
+// How a probe's answer reads for a lookup.
+enum class Look { value, none, forward, unknown };
+Look classify(const ProbeResult& r, std::uint64_t* v) {
+  switch (r.kind) {
+    case Probe::found:
+      switch (r.cell.state()) {
+        case kLive:
+        case kFrozen:
+          *v = r.cell.value;
+          return Look::value;
+        case kTomb:
+          return Look::none;
+        case kMoved:
+        case kSealed:
+          return Look::forward;
+        default:
+          return Look::unknown;  // CLAIMED: an insert or a copy under way
+      }
+    case Probe::sealed:
+      return Look::forward;
+    default:
+      return Look::unknown;  // absent, or a full table without the key
+  }
+}
+}  // namespace
+
+std::optional<std::uint64_t> MapImpl::find(std::uint64_t k) const {
+  PinGuard pin(*this);
+  SegmentHeader& h = header();
+  for (;;) {
+    TableHeader* t = table(h.current_table.load(std::memory_order_seq_cst));
+    std::uint64_t v = 0;
+    switch (classify(probe(t, k, false), &v)) {
+      case Look::value:
+        return v;
+      case Look::none:
+        return std::nullopt;
+      case Look::forward:
+        continue;  // t was superseded: start again from the new current table
+      case Look::unknown:
+        break;
+    }
+    const std::uint64_t o_off = t->older.load(std::memory_order_acquire);
+    if (o_off == 0 || t->discard_older != 0) return std::nullopt;
+    switch (classify(probe(table(o_off), k, false), &v)) {
+      case Look::value:
+        return v;
+      case Look::none:
+      case Look::unknown:
+        return std::nullopt;
+      case Look::forward:
+        break;
+    }
+    // The older table handed k over after our first look: t is authoritative now.
+    switch (classify(probe(t, k, false), &v)) {
+      case Look::value:
+        return v;
+      case Look::forward:
+        continue;
+      default:
+        return std::nullopt;
+    }
+  }
+}
+
+std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_insert,
+                                                  DecideFn decide, void* ctx) {
+  PinGuard pin(*this);
+  wait_for_gate();
+  SegmentHeader& h = header();
+  for (;;) {
+    const std::uint64_t t_off = h.current_table.load(std::memory_order_seq_cst);
+    TableHeader* t = table(t_off);
+    if (const std::uint64_t o_off = t->older.load(std::memory_order_acquire); o_off != 0) {
+      help_migrate(t, kChunksPerWrite);
+      settle(table(o_off), t, k);
+    }
+    const ProbeResult r = probe(t, k, may_insert);
+    if (r.kind == Probe::sealed) continue;
+    if (r.kind == Probe::full) {
+      // Physically full (the load limit was raced past): finish migrating, then grow.
+      while (!help_migrate(t, 64)) {
+      }
+      maybe_resize(t, false, true);
+      continue;
+    }
+    if (r.kind == Probe::absent) {
+      (void)decide(ctx, std::nullopt);  // nothing to erase or exchange
+      return std::nullopt;
+    }
+    Bucket& b = *r.bucket;
+    Cell c = r.cell;
+    for (;;) {
+      std::optional<std::uint64_t> cur;
+      const std::uint64_t s = c.state();
+      if (s == kLive) {
+        cur = c.value;
+      } else if (s == kFrozen) {
+        // t is being migrated: help move this bucket, then retry in the successor.
+        move_bucket(t, &b, table(h.current_table.load(std::memory_order_seq_cst)));
+        break;
+      } else if (s == kMoved || s == kSealed) {
+        break;
+      }
+      const WriteIntent w = decide(ctx, cur);
+      if (w.kind == WriteIntent::keep || (w.kind == WriteIntent::erase && !cur)) {
+        if (r.over_limit) maybe_resize(t, false);
+        return cur;
+      }
+      if (s == kClaimed) store_key(b, k);
+      const bool set = w.kind == WriteIntent::set;
+      if (cas128(&b.value, c.value, c.meta, set ? w.value : 0,
+                 next_meta(c.meta, set ? kLive : kTomb))) {
+        if (set && !cur) add_size(1);
+        if (!set) add_size(-1);
+        if (r.over_limit) maybe_resize(t, false);
+        if (!set && (++t_erases & 255) == 0) maybe_resize(t, true);
+        return cur;
+      }
+      c = read_cell(b);
+    }
+  }
+}
+
+void MapImpl::finish_migration() const {
+  for (;;) {
+    PinGuard pin(*this);
+    TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+    if (help_migrate(t, 256) && t->older.load(std::memory_order_acquire) == 0) return;
+  }
+}
+
+void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const {
+  finish_migration();
+  PinGuard pin(*this);
+  TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+  Bucket* b = buckets(t);
+  // t has no older table: every key has exactly one bucket in it, so each is visited once.
+  // A bucket MOVED meanwhile (t got a successor during the walk) is followed by a lookup.
+  for (std::uint64_t i = 0; i < t->capacity; ++i) {
+    const Cell c = read_cell(b[i]);
+    const std::uint64_t s = c.state();
+    if (s == kLive || s == kFrozen) {
+      fn(ctx, load_acquire(b[i].key), c.value);
+    } else if (s == kMoved) {
+      const std::uint64_t k = load_acquire(b[i].key);
+      if (const auto v = find(k)) fn(ctx, k, *v);
+    }
+  }
+}
+
+// ---- point-in-time holds ---------------------------------------------------------------------
+
+bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
+  for (std::size_t i = 0; i < header().max_handles; ++i) {
+    if (slot(i).owner.owner.load(std::memory_order_acquire) == gate) return slot_owner_alive(i);
+  }
+  return false;  // the holder's slot was freed: it closed or was cleared as dead
+}
+
+void MapImpl::wait_for_gate() const {
+  SegmentHeader& h = header();
+  // Dekker-style with hold_writers(): our pin (seq_cst) precedes this load (seq_cst), the
+  // holder's gate store precedes its scan of the lanes. Either we see the gate, or the holder
+  // sees our pin and waits for this write to finish.
+  for (;;) {
+    std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
+    if (g == 0 || g == owner_word_) return;
+    if (!gate_owner_alive(g)) {
+      h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+      continue;
+    }
+    unpin();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    pin();
+  }
+}
+
+void MapImpl::hold_writers() const {
+  SegmentHeader& h = header();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    std::uint64_t g = 0;
+    if (h.writer_gate.compare_exchange_strong(g, owner_word_, std::memory_order_seq_cst)) break;
+    if (g == owner_word_) break;
+    if (!gate_owner_alive(g)) {
+      h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+      continue;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      fail(Errc::timeout, name_, "another process holds writers back (point-in-time dump)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // Wait for a grace period: every operation pinned before the gate was set has finished.
+  const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
+  const Lane* mine = &my_lane();
+  for (std::size_t i = 0; i < h.max_handles; ++i) {
+    for (const Lane& lane : slot(i).lanes) {
+      if (&lane == mine) continue;
+      for (;;) {
+        const std::uint64_t w = lane.pin.load(std::memory_order_seq_cst);
+        if ((w & kPinCountMask) == 0 || (w >> 16) > e || !slot_owner_alive(i)) break;
+        if (std::chrono::steady_clock::now() > deadline) {
+          release_writers();
+          fail(Errc::timeout, name_,
+               "a process (pid " +
+                   std::to_string(slot(i).owner.owner.load(std::memory_order_relaxed) &
+                                  0xffffffffu) +
+                   ") stays inside an operation (stopped?); point-in-time dump abandoned");
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+  }
+}
+
+void MapImpl::release_writers() const {
+  std::uint64_t g = owner_word_;
+  header().writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+}
+
+// ---- bulk loads --------------------------------------------------------------------------------
+
+std::uint64_t MapImpl::build_table(std::size_t entries) const {
+  return create_table(
+      round_pow2(std::max<std::uint64_t>(header().initial_capacity, entries * 2 + 2)), 0);
+}
+
+void MapImpl::bulk_put(std::uint64_t table_off, std::uint64_t k, std::uint64_t v) const {
+  TableHeader* t = table(table_off);
+  const ProbeResult r = probe(t, k, true);
+  if (r.kind != Probe::found) {
+    fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
+  }
+  store_key(*r.bucket, k);
+  Cell c = r.cell;
+  while (!cas128(&r.bucket->value, c.value, c.meta, v, next_meta(c.meta, kLive))) {
+    c = read_cell(*r.bucket);
+  }
+}
+
+void MapImpl::publish_replace(std::uint64_t built_off) const {
+  SegmentHeader& h = header();
+  TableHeader* built = table(built_off);
+  std::uint64_t count = 0;
+  for (std::uint64_t i = 0; i < built->capacity; ++i) {
+    count += state_of(buckets(built)[i].meta) == kLive ? 1 : 0;
+  }
+  for (;;) {
+    finish_migration();
+    PinGuard pin(*this);
+    const std::uint64_t cur_off = h.current_table.load(std::memory_order_seq_cst);
+    TableHeader* cur = table(cur_off);
+    if (cur->older.load(std::memory_order_acquire) != 0) continue;
+    // The successor needs a done bitmap sized for cur, so copy the built buckets into a table
+    // made for this very predecessor. It discards cur's entries instead of copying them.
+    const std::uint64_t n_off = create_table(built->capacity, cur_off);
+    TableHeader* n = table(n_off);
+    std::copy_n(buckets(built), built->capacity, buckets(n));
+    n->used[0].n.store(used_buckets(built), std::memory_order_relaxed);
+    n->discard_older = 1;
+    std::uint64_t expected = cur_off;
+    if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
+      discard_table(n_off);
+      continue;
+    }
+    h.resizes.fetch_add(1, std::memory_order_relaxed);
+    add_size(static_cast<std::int64_t>(count));
+    break;
+  }
+  discard_table(built_off);
+  finish_migration();
+}
+
+}  // namespace shmap::detail
