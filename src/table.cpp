@@ -300,6 +300,9 @@ std::optional<std::uint64_t> MapImpl::find(std::uint64_t k) const {
   SegmentHeader& h = header();
   for (;;) {
     TableHeader* t = table(h.current_table.load(std::memory_order_seq_cst));
+    // Read `older` before probing t: if it is 0 now, t was the only table for the whole probe.
+    // Read after, it could have been cleared by a migration that moved k in behind our probe.
+    const std::uint64_t o_off = t->older.load(std::memory_order_acquire);
     std::uint64_t v = 0;
     switch (classify(probe(t, k, false), &v)) {
       case Look::value:
@@ -311,7 +314,6 @@ std::optional<std::uint64_t> MapImpl::find(std::uint64_t k) const {
       case Look::unknown:
         break;
     }
-    const std::uint64_t o_off = t->older.load(std::memory_order_acquire);
     if (o_off == 0 || t->discard_older != 0) return std::nullopt;
     switch (classify(probe(table(o_off), k, false), &v)) {
       case Look::value:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# README command 2: install what is missing, build, and run the whole test suite through ctest:
+#   1. the normal build: every suite (unit, multi-process, snapshot, cli, consumer);
+#   2. AddressSanitizer + UndefinedBehaviorSanitizer: the unit and multi-process suites;
+#   3. ThreadSanitizer: the in-process concurrency tests.
+# Set SHMAP_QUICK=1 to run step 1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+JOBS=${JOBS:-2}
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "build (RelWithDebInfo) and run every suite"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$JOBS" >/dev/null
+ctest --test-dir build --output-on-failure
+
+if [[ "${SHMAP_QUICK:-0}" == 1 ]]; then exit 0; fi
+
+step "ASan+UBSan: unit and multi-process suites"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSHMAP_SANITIZE=address \
+  -DSHMAP_BUILD_TOOLS=OFF -DSHMAP_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build-asan -j"$JOBS" >/dev/null
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  SHMAP_SANITIZED=1 ctest --test-dir build-asan --output-on-failure -L 'unit|mp'
+
+step "TSan: in-process concurrency tests"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMAP_SANITIZE=thread \
+  -DSHMAP_BUILD_TOOLS=OFF -DSHMAP_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build-tsan -j"$JOBS" --target unit_tests >/dev/null
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 SHMAP_SANITIZED=1 \
+  ctest --test-dir build-tsan --output-on-failure -L concurrency

@@ -1,0 +1,902 @@
+// shmap — snapshots: Map::dump and Map::load (format in docs/FORMAT.md,
+// "Snapshot file format").
+//
+// Binary file
+// ===========
+//
+//   Header   +0  magic "SHMAPSNP" (8 bytes)   +8 format_version u32   +12
+//   body_bytes u32
+//            +16 body: a cereal portable-binary (little-endian) archive of
+//            SnapshotHeader then header_checksum u64 = XXH3_64bits(bytes 0 ..
+//            16 + body_bytes)
+//   Chunk*   tag "CHNK" u32, entries u32 (1..chunk_entries), index u64 (0, 1,
+//   2, ...)
+//            entries x {key u64, value u64}
+//            checksum u64 = XXH3_64bits(the chunk's 16-byte header and its
+//            entries)
+//   Footer   tag "FOOT" u32, reserved u32 (0), chunks u64, entries u64,
+//            file_checksum u64 = XXH3_64bits(every byte of the file before this
+//            field), end magic "SHMAPEND" (8 bytes)
+//
+// Every integer is little-endian whatever the host. The header's entry count is
+// a hint (the map's size when the dump began): a weakly consistent walk cannot
+// know the count in advance, so the footer's count is authoritative and the
+// loader sizes its table from it.
+//
+// Why a bad file changes nothing: load reads and verifies the whole file (every
+// checksum, the chunk sequence, the counts) before it touches any map. It then
+// reads the file a second time from the same descriptor, verifying again, into
+// a table nobody can see (Mode::replace), or a map under a temporary name
+// (Mode::create); only when that pass succeeds is the table published
+// (publish_replace) or the segment renamed to its final name
+// (RENAME_NOREPLACE). Mode::merge keeps the verified entries of the first pass
+// in memory and applies only those.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#include <xxhash.h>
+
+#include <atomic>
+#include <bit>
+#include <cereal/archives/json.hpp>
+#include <cereal/archives/portable_binary.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "shmap/detail/map_impl.hpp"
+
+namespace shmap {
+namespace detail {
+
+// ---- progress hook (for the CLI's progress bar and for tests)
+// ----------------------------- Declared by its users (tools/,
+// tests/snapshot/); process-wide, not a stable API.
+using SnapshotProgressFn = void (*)(void *ctx, const char *phase, std::uint64_t done,
+                                    std::uint64_t total);
+void set_snapshot_progress(SnapshotProgressFn fn, void *ctx) noexcept;
+
+namespace {
+
+std::atomic<SnapshotProgressFn> g_progress_fn{nullptr};
+std::atomic<void *> g_progress_ctx{nullptr};
+
+void report(const char *phase, std::uint64_t done, std::uint64_t total) {
+  // Acquire pairs with the release in set_snapshot_progress: ctx is published
+  // before fn.
+  if (auto fn = g_progress_fn.load(std::memory_order_acquire)) {
+    fn(g_progress_ctx.load(std::memory_order_relaxed), phase, done, total);
+  }
+}
+
+}  // namespace
+
+void set_snapshot_progress(SnapshotProgressFn fn, void *ctx) noexcept {
+  g_progress_ctx.store(ctx, std::memory_order_relaxed);
+  g_progress_fn.store(fn, std::memory_order_release);
+}
+
+namespace {
+
+constexpr char kMagic[8] = {'S', 'H', 'M', 'A', 'P', 'S', 'N', 'P'};
+constexpr char kEndMagic[8] = {'S', 'H', 'M', 'A', 'P', 'E', 'N', 'D'};
+constexpr std::uint32_t kSnapshotVersion = 1;
+constexpr std::uint32_t kChunkTag = 0x4b4e4843;   // "CHNK" little-endian
+constexpr std::uint32_t kFooterTag = 0x544f4f46;  // "FOOT" little-endian
+constexpr std::uint32_t kChunkEntries = 4096;     // 64 KiB of entries per chunk
+constexpr std::uint32_t kMaxChunkEntries = 1u << 20;
+constexpr std::uint32_t kMaxHeaderBody = 1u << 20;
+constexpr std::size_t kLeadBytes = 16;
+constexpr std::size_t kChunkHeadBytes = 16;
+constexpr std::size_t kEntryBytes = 16;
+constexpr std::size_t kFooterBytes = 40;
+constexpr std::size_t kIoBytes = std::size_t{1} << 20;
+constexpr const char *kJsonMagic = "shmap-snapshot";
+
+// ---- little-endian words ----
+inline void put32(unsigned char *p, std::uint32_t v) {
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap32(v);
+  std::memcpy(p, &v, 4);
+}
+inline void put64(unsigned char *p, std::uint64_t v) {
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
+  std::memcpy(p, &v, 8);
+}
+inline std::uint32_t get32(const unsigned char *p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap32(v);
+  return v;
+}
+inline std::uint64_t get64(const unsigned char *p) {
+  std::uint64_t v;
+  std::memcpy(&v, p, 8);
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
+  return v;
+}
+
+std::string hex(std::uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// What the header's cereal body holds (the lead holds magic, version and body
+/// length).
+struct SnapshotHeader {
+  std::string key_type = "u64";
+  std::string value_type = "u64";
+  std::uint64_t entry_count = 0;  // binary: a hint (map size at the start); JSON: exact
+  std::uint64_t created_unix_ns = 0;
+  std::uint32_t chunk_entries = kChunkEntries;
+  bool point_in_time = false;
+  std::string source_map;
+  std::uint32_t source_format_version = 0;
+  std::uint64_t initial_capacity = 0;
+  std::uint64_t max_handles = 0;
+  std::uint64_t mode = 0;
+  std::uint64_t max_bytes = 0;
+
+  template <class Archive>
+  void serialize(Archive &ar) {
+    ar(cereal::make_nvp("key_type", key_type), cereal::make_nvp("value_type", value_type),
+       cereal::make_nvp("entry_count", entry_count),
+       cereal::make_nvp("created_unix_ns", created_unix_ns),
+       cereal::make_nvp("chunk_entries", chunk_entries),
+       cereal::make_nvp("point_in_time", point_in_time), cereal::make_nvp("source_map", source_map),
+       cereal::make_nvp("source_format_version", source_format_version),
+       cereal::make_nvp("initial_capacity", initial_capacity),
+       cereal::make_nvp("max_handles", max_handles), cereal::make_nvp("mode", mode),
+       cereal::make_nvp("max_bytes", max_bytes));
+  }
+};
+
+/// The JSON form's preamble: the binary lead's fields by name, then the same
+/// header.
+struct JsonPreamble {
+  std::string magic = kJsonMagic;
+  std::uint32_t format_version = kSnapshotVersion;
+  template <class Archive>
+  void serialize(Archive &ar) {
+    ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
+  }
+};
+
+struct JsonEntry {
+  std::uint64_t key = 0;
+  std::uint64_t value = 0;
+  template <class Archive>
+  void serialize(Archive &ar) {
+    ar(cereal::make_nvp("key", key), cereal::make_nvp("value", value));
+  }
+};
+
+/// Names the map and the file in every message: "shmap: map 'm': snapshot 'f':
+/// what".
+struct Where {
+  const std::string &map;
+  const std::string &path;
+  [[noreturn]] void fail(Errc code, const std::string &what) const {
+    throw Error(code, "shmap: map '" + map + "': snapshot '" + path + "': " + what);
+  }
+  [[noreturn]] void fail_errno(Errc code, const std::string &what, int err) const {
+    fail(code, what + " (" + std::strerror(err) + ")");
+  }
+};
+
+Errc errc_of(int err, Errc otherwise = Errc::io_error) {
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return Errc::not_found;
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return Errc::permission_denied;
+    case ENOSPC:
+    case EDQUOT:
+      return Errc::out_of_space;
+    default:
+      return otherwise;
+  }
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd &) = delete;
+  Fd &operator=(const Fd &) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+std::uint64_t now_unix_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+SnapshotHeader header_for(const Map &m, bool point_in_time, std::uint64_t count_hint) {
+  const Stats s = m.stats();
+  SnapshotHeader h;
+  h.entry_count = count_hint;
+  h.created_unix_ns = now_unix_ns();
+  h.point_in_time = point_in_time;
+  h.source_map = m.name();
+  h.source_format_version = s.format_version;
+  h.initial_capacity = s.options.initial_capacity;
+  h.max_handles = s.options.max_handles;
+  h.mode = s.options.mode;
+  h.max_bytes = s.options.max_bytes;
+  return h;
+}
+
+// ---- writing
+// ----------------------------------------------------------------------------
+
+/// A file under a temporary name beside `path`; commit() makes it appear as
+/// `path`, complete. Until then (and if anything fails) the temporary is
+/// removed and `path` is untouched.
+class AtomicFile {
+ public:
+  AtomicFile(const Where &w) : w_(w) {
+    static std::atomic<unsigned> counter{0};
+    tmp_ = w.path + ".tmp." + std::to_string(::getpid()) + "." +
+           std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0) {
+      const int err = errno;
+      w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
+    }
+    XXH3_64bits_reset(&state_);
+  }
+  ~AtomicFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  AtomicFile(const AtomicFile &) = delete;
+  AtomicFile &operator=(const AtomicFile &) = delete;
+
+  /// Appends bytes (buffered) and folds them into the whole-file checksum.
+  void write(const void *p, std::size_t n) {
+    XXH3_64bits_update(&state_, p, n);
+    raw(p, n);
+  }
+  /// Appends bytes that the whole-file checksum does not cover (the checksum,
+  /// the end magic).
+  void raw(const void *p, std::size_t n) {
+    const auto *c = static_cast<const unsigned char *>(p);
+    buf_.insert(buf_.end(), c, c + n);
+    if (buf_.size() >= kIoBytes) flush();
+  }
+  std::uint64_t digest() const { return XXH3_64bits_digest(&state_); }
+
+  void flush() {
+    std::size_t off = 0;
+    while (off < buf_.size()) {
+      const ssize_t n = ::write(fd_, buf_.data() + off, buf_.size() - off);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        w_.fail_errno(errc_of(err), "cannot write '" + tmp_ + "'", err);
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    buf_.clear();
+  }
+
+  void commit() {
+    flush();
+    if (::fsync(fd_) != 0) {
+      const int err = errno;
+      w_.fail_errno(errc_of(err), "cannot fsync '" + tmp_ + "'", err);
+    }
+    ::close(fd_);
+    fd_ = -1;
+    if (::rename(tmp_.c_str(), w_.path.c_str()) != 0) {
+      const int err = errno;
+      w_.fail_errno(errc_of(err), "cannot rename '" + tmp_ + "' to it", err);
+    }
+    committed_ = true;
+    // The rename is durable once the directory is synced; failing that is not
+    // an error of the snapshot (the file is complete under one name or the
+    // other).
+    const auto slash = w_.path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : w_.path.substr(0, slash + 1);
+    Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (d.get() >= 0) ::fsync(d.get());
+  }
+
+ private:
+  const Where &w_;
+  std::string tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+  std::vector<unsigned char> buf_;
+  XXH3_state_t state_;
+};
+
+/// Holds writers back for a point-in-time dump; a dumper that dies is noticed
+/// by the writers.
+class WriterHold {
+ public:
+  WriterHold(const MapImpl &m, bool on) : m_(on ? &m : nullptr) {
+    if (m_) m_->hold_writers();
+  }
+  ~WriterHold() {
+    if (m_) m_->release_writers();
+  }
+  WriterHold(const WriterHold &) = delete;
+  WriterHold &operator=(const WriterHold &) = delete;
+
+ private:
+  const MapImpl *m_;
+};
+
+void dump_binary(const Map &m, const Where &w, bool point_in_time) {
+  AtomicFile out(w);
+  WriterHold hold(m.impl(), point_in_time);
+  const std::uint64_t hint = m.size();
+  const SnapshotHeader h = header_for(m, point_in_time, hint);
+
+  std::ostringstream body_stream;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+  }
+  const std::string body = body_stream.str();
+  unsigned char lead[kLeadBytes];
+  std::memcpy(lead, kMagic, 8);
+  put32(lead + 8, kSnapshotVersion);
+  put32(lead + 12, static_cast<std::uint32_t>(body.size()));
+  std::vector<unsigned char> head(lead, lead + kLeadBytes);
+  head.insert(head.end(), body.begin(), body.end());
+  unsigned char word[8];
+  put64(word, XXH3_64bits(head.data(), head.size()));
+  out.write(head.data(), head.size());
+  out.write(word, 8);
+
+  // The walk calls us inside the map's read protocol: never throw from it. A
+  // write failure is remembered and rethrown after the walk.
+  std::vector<unsigned char> chunk(kChunkHeadBytes + kChunkEntries * kEntryBytes + 8);
+  std::uint32_t in_chunk = 0;
+  std::uint64_t chunks = 0, total = 0;
+  std::exception_ptr failure;
+  report("dump", 0, hint);
+  auto emit = [&] {
+    if (in_chunk == 0) return;
+    put32(chunk.data(), kChunkTag);
+    put32(chunk.data() + 4, in_chunk);
+    put64(chunk.data() + 8, chunks);
+    const std::size_t len = kChunkHeadBytes + std::size_t{in_chunk} * kEntryBytes;
+    put64(chunk.data() + len, XXH3_64bits(chunk.data(), len));
+    out.write(chunk.data(), len + 8);
+    ++chunks;
+    in_chunk = 0;
+    report("dump", total, hint > total ? hint : total);
+  };
+  m.for_each([&](std::uint64_t k, std::uint64_t v) {
+    if (failure) return;
+    unsigned char *e = chunk.data() + kChunkHeadBytes + std::size_t{in_chunk} * kEntryBytes;
+    put64(e, k);
+    put64(e + 8, v);
+    ++total;
+    if (++in_chunk == kChunkEntries) {
+      try {
+        emit();
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+  });
+  if (failure) std::rethrow_exception(failure);
+  emit();
+
+  unsigned char foot[kFooterBytes];
+  put32(foot, kFooterTag);
+  put32(foot + 4, 0);
+  put64(foot + 8, chunks);
+  put64(foot + 16, total);
+  out.write(foot, 24);
+  put64(foot + 24, out.digest());
+  std::memcpy(foot + 32, kEndMagic, 8);
+  out.raw(foot + 24, 16);
+  out.commit();
+  report("dump", total, total);
+}
+
+void dump_json(const Map &m, const Where &w, bool point_in_time) {
+  std::vector<JsonEntry> entries;
+  SnapshotHeader h;
+  {
+    WriterHold hold(m.impl(), point_in_time);
+    const std::uint64_t hint = m.size();
+    h = header_for(m, point_in_time, hint);
+    entries.reserve(hint);
+    report("dump", 0, hint);
+    m.for_each([&](std::uint64_t k, std::uint64_t v) { entries.push_back({k, v}); });
+  }
+  h.entry_count = entries.size();
+  h.chunk_entries = 0;
+  std::ostringstream os;
+  {
+    cereal::JSONOutputArchive ar(
+        os, cereal::JSONOutputArchive::Options(
+                324, cereal::JSONOutputArchive::Options::IndentChar::space, 1));
+    ar(cereal::make_nvp("snapshot", JsonPreamble{}), cereal::make_nvp("header", h),
+       cereal::make_nvp("entries", entries));
+  }
+  os << '\n';
+  const std::string text = os.str();
+  AtomicFile out(w);
+  out.write(text.data(), text.size());
+  out.commit();
+  report("dump", entries.size(), entries.size());
+}
+
+// ---- reading
+// ----------------------------------------------------------------------------
+
+/// Buffered sequential reads by pread from one descriptor.
+class Reader {
+ public:
+  Reader(int fd, std::uint64_t size) : fd_(fd), size_(size) { buf_.resize(kIoBytes); }
+  std::uint64_t offset() const { return base_ + pos_; }
+  std::uint64_t remaining() const { return size_ - offset(); }
+  /// n bytes at the current offset (valid until the next call), or nullptr if
+  /// the file ends (or shrank) before them.
+  const unsigned char *take(std::size_t n, const Where &w) {
+    if (len_ - pos_ < n) {
+      std::memmove(buf_.data(), buf_.data() + pos_, len_ - pos_);
+      base_ += pos_;
+      len_ -= pos_;
+      pos_ = 0;
+      if (buf_.size() < n) buf_.resize(n);
+      while (len_ < n) {
+        const std::size_t want = std::min<std::uint64_t>(buf_.size() - len_, size_ - base_ - len_);
+        if (want == 0) return nullptr;
+        const ssize_t got = ::pread(fd_, buf_.data() + len_, want, base_ + len_);
+        if (got < 0) {
+          if (errno == EINTR) continue;
+          const int err = errno;
+          w.fail_errno(Errc::io_error, "read failed at byte " + std::to_string(base_ + len_), err);
+        }
+        if (got == 0) return nullptr;
+        len_ += static_cast<std::size_t>(got);
+      }
+    }
+    const unsigned char *p = buf_.data() + pos_;
+    pos_ += n;
+    return p;
+  }
+
+ private:
+  int fd_;
+  std::uint64_t size_;
+  std::vector<unsigned char> buf_;
+  std::uint64_t base_ = 0;  // file offset of buf_[0]
+  std::size_t pos_ = 0, len_ = 0;
+};
+
+using ChunkFn = std::function<void(const unsigned char *entries, std::uint32_t n)>;
+
+struct ScanResult {
+  SnapshotHeader header;
+  std::uint64_t entries = 0;
+  std::uint64_t chunks = 0;
+};
+
+/// Reads and verifies a binary snapshot from start to end, calling `fn` for
+/// each verified chunk.
+ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *phase,
+                       const ChunkFn &fn) {
+  Reader r(fd, size);
+  XXH3_state_t file_hash;
+  XXH3_64bits_reset(&file_hash);
+  ScanResult res;
+
+  const unsigned char *lead = r.take(kLeadBytes, w);
+  if (lead == nullptr || std::memcmp(lead, kMagic, 8) != 0) {
+    if (size >= 8) {
+      unsigned char got[8];
+      if (::pread(fd, got, 8, 0) == 8 && std::memcmp(got, kMagic, 8) != 0) {
+        w.fail(Errc::corrupt, "not a shmap snapshot: bad magic at byte 0 (expected " +
+                                  hex(get64(reinterpret_cast<const unsigned char *>(kMagic))) +
+                                  " \"SHMAPSNP\", found " + hex(get64(got)) + ")");
+      }
+    }
+    w.fail(Errc::corrupt, "truncated header: the file has " + std::to_string(size) +
+                              " bytes, the header's fixed part alone needs " +
+                              std::to_string(kLeadBytes));
+  }
+  const std::uint32_t version = get32(lead + 8);
+  if (version != kSnapshotVersion) {
+    w.fail(Errc::version_mismatch, "format version " + std::to_string(version) +
+                                       " at byte 8; this build reads version " +
+                                       std::to_string(kSnapshotVersion));
+  }
+  const std::uint32_t body_bytes = get32(lead + 12);
+  if (body_bytes == 0 || body_bytes > kMaxHeaderBody) {
+    w.fail(Errc::corrupt, "header length " + std::to_string(body_bytes) +
+                              " at byte 12 is out of range (1.." + std::to_string(kMaxHeaderBody) +
+                              ")");
+  }
+  std::vector<unsigned char> head(lead, lead + kLeadBytes);
+  const unsigned char *body = r.take(body_bytes + 8, w);
+  if (body == nullptr) {
+    w.fail(Errc::corrupt, "truncated header: needs " + std::to_string(kLeadBytes + body_bytes + 8) +
+                              " bytes, the file has " + std::to_string(size));
+  }
+  head.insert(head.end(), body, body + body_bytes);
+  {
+    const std::uint64_t stored = get64(body + body_bytes);
+    const std::uint64_t computed = XXH3_64bits(head.data(), head.size());
+    if (stored != computed) {
+      w.fail(Errc::corrupt, "header checksum mismatch at byte " +
+                                std::to_string(kLeadBytes + body_bytes) + " (stored " +
+                                hex(stored) + ", computed " + hex(computed) + ")");
+    }
+    XXH3_64bits_update(&file_hash, head.data(), head.size());
+    XXH3_64bits_update(&file_hash, body + body_bytes, 8);
+  }
+  try {
+    std::istringstream is(
+        std::string(reinterpret_cast<const char *>(head.data() + kLeadBytes), body_bytes));
+    cereal::PortableBinaryInputArchive ar(is);
+    ar(res.header);
+  } catch (const std::exception &e) {
+    w.fail(Errc::corrupt, std::string("header body does not decode: ") + e.what());
+  }
+  const SnapshotHeader &h = res.header;
+  if (h.key_type != "u64" || h.value_type != "u64") {
+    w.fail(Errc::version_mismatch, "holds " + h.key_type + " -> " + h.value_type +
+                                       " entries; this build stores u64 -> u64");
+  }
+  if (h.chunk_entries == 0 || h.chunk_entries > kMaxChunkEntries) {
+    w.fail(Errc::corrupt, "header says " + std::to_string(h.chunk_entries) +
+                              " entries per chunk (must be 1.." + std::to_string(kMaxChunkEntries) +
+                              ")");
+  }
+  report(phase, 0, size);
+
+  for (;;) {
+    const std::uint64_t at = r.offset();
+    const unsigned char *tag_at = r.take(4, w);
+    if (tag_at == nullptr) {
+      w.fail(Errc::corrupt, "truncated: the file ends at byte " + std::to_string(size) +
+                                " after chunk " + std::to_string(res.chunks) + " where chunk " +
+                                std::to_string(res.chunks) + " or the footer should start");
+    }
+    // Copy the tag: the next take() may move the buffer.
+    unsigned char tag_p[4];
+    std::memcpy(tag_p, tag_at, 4);
+    const std::uint32_t tag = get32(tag_p);
+    if (tag == kFooterTag) {
+      const unsigned char *f = r.take(kFooterBytes - 4, w);
+      if (f == nullptr) {
+        w.fail(Errc::corrupt, "truncated footer at byte " + std::to_string(at) + ": needs " +
+                                  std::to_string(kFooterBytes) + " bytes, " +
+                                  std::to_string(size - at) + " left");
+      }
+      XXH3_64bits_update(&file_hash, tag_p, 4);
+      XXH3_64bits_update(&file_hash, f, 20);
+      const std::uint64_t computed = XXH3_64bits_digest(&file_hash);
+      const std::uint64_t stored = get64(f + 20);
+      if (stored != computed) {
+        w.fail(Errc::corrupt, "file checksum mismatch in the footer at byte " +
+                                  std::to_string(at + 24) + " (stored " + hex(stored) +
+                                  ", computed " + hex(computed) + ")");
+      }
+      if (std::memcmp(f + 28, kEndMagic, 8) != 0) {
+        w.fail(Errc::corrupt, "bad end marker at byte " + std::to_string(at + 32) +
+                                  " (expected \"SHMAPEND\", found " + hex(get64(f + 28)) + ")");
+      }
+      const std::uint64_t f_chunks = get64(f + 4);
+      const std::uint64_t f_entries = get64(f + 12);
+      if (get32(f) != 0 || f_chunks != res.chunks || f_entries != res.entries) {
+        w.fail(Errc::corrupt, "footer at byte " + std::to_string(at) + " says " +
+                                  std::to_string(f_chunks) + " chunks / " +
+                                  std::to_string(f_entries) + " entries, found " +
+                                  std::to_string(res.chunks) + " / " + std::to_string(res.entries));
+      }
+      if (r.remaining() != 0) {
+        w.fail(Errc::corrupt, std::to_string(r.remaining()) +
+                                  " unexpected bytes after the footer (at byte " +
+                                  std::to_string(r.offset()) + ")");
+      }
+      report(phase, size, size);
+      return res;
+    }
+    if (tag != kChunkTag) {
+      w.fail(Errc::corrupt, "at byte " + std::to_string(at) + " where chunk " +
+                                std::to_string(res.chunks) +
+                                " or the footer should start: expected tag "
+                                "\"CHNK\" or \"FOOT\", found " +
+                                hex(tag));
+    }
+    const unsigned char *rest = r.take(kChunkHeadBytes - 4, w);
+    if (rest == nullptr) {
+      w.fail(Errc::corrupt, "truncated: chunk " + std::to_string(res.chunks) + " at byte " +
+                                std::to_string(at) + " has no complete header");
+    }
+    const std::uint32_t n = get32(rest);
+    const std::uint64_t index = get64(rest + 4);
+    if (n == 0 || n > h.chunk_entries) {
+      w.fail(Errc::corrupt, "chunk " + std::to_string(res.chunks) + " at byte " +
+                                std::to_string(at) + ": entry count " + std::to_string(n) +
+                                " out of range (1.." + std::to_string(h.chunk_entries) + ")");
+    }
+    const std::size_t body_len = std::size_t{n} * kEntryBytes;
+    // Re-take the header and body as one span so the checksum covers them
+    // contiguously.
+    unsigned char chead[kChunkHeadBytes];
+    std::memcpy(chead, tag_p, 4);
+    std::memcpy(chead + 4, rest, kChunkHeadBytes - 4);
+    const unsigned char *entries = r.take(body_len + 8, w);
+    if (entries == nullptr) {
+      w.fail(Errc::corrupt, "truncated: chunk " + std::to_string(res.chunks) + " at byte " +
+                                std::to_string(at) + " needs " +
+                                std::to_string(kChunkHeadBytes + body_len + 8) +
+                                " bytes, the file ends after " + std::to_string(size - at));
+    }
+    XXH3_state_t cs;
+    XXH3_64bits_reset(&cs);
+    XXH3_64bits_update(&cs, chead, kChunkHeadBytes);
+    XXH3_64bits_update(&cs, entries, body_len);
+    const std::uint64_t computed = XXH3_64bits_digest(&cs);
+    const std::uint64_t stored = get64(entries + body_len);
+    if (stored != computed) {
+      w.fail(Errc::corrupt, "chunk " + std::to_string(res.chunks) + " (entries " +
+                                std::to_string(res.entries) + ".." +
+                                std::to_string(res.entries + n - 1) + ") at byte " +
+                                std::to_string(at) + ": checksum mismatch (stored " + hex(stored) +
+                                ", computed " + hex(computed) + ")");
+    }
+    if (index != res.chunks) {
+      w.fail(Errc::corrupt, "chunk at byte " + std::to_string(at) + " is numbered " +
+                                std::to_string(index) + ", expected " + std::to_string(res.chunks) +
+                                " (chunks missing or reordered)");
+    }
+    XXH3_64bits_update(&file_hash, chead, kChunkHeadBytes);
+    XXH3_64bits_update(&file_hash, entries, body_len + 8);
+    if (fn) fn(entries, n);
+    res.entries += n;
+    ++res.chunks;
+    report(phase, r.offset(), size);
+  }
+}
+
+struct JsonSnapshot {
+  SnapshotHeader header;
+  std::vector<JsonEntry> entries;
+};
+
+JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
+  std::string text(size, '\0');
+  std::size_t off = 0;
+  while (off < size) {
+    const ssize_t n = ::pread(fd, text.data() + off, size - off, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      w.fail_errno(Errc::io_error, "read failed", err);
+    }
+    if (n == 0) break;
+    off += static_cast<std::size_t>(n);
+  }
+  text.resize(off);
+  JsonSnapshot s;
+  JsonPreamble pre;
+  pre.magic.clear();
+  pre.format_version = 0;
+  try {
+    std::istringstream is(text);
+    cereal::JSONInputArchive ar(is);
+    ar(cereal::make_nvp("snapshot", pre));
+    if (pre.magic != kJsonMagic) {
+      w.fail(Errc::corrupt, "not a shmap snapshot: JSON \"snapshot.magic\" is \"" + pre.magic +
+                                "\", expected \"" + kJsonMagic + "\"");
+    }
+    if (pre.format_version != kSnapshotVersion) {
+      w.fail(Errc::version_mismatch, "JSON format version " + std::to_string(pre.format_version) +
+                                         "; this build reads version " +
+                                         std::to_string(kSnapshotVersion));
+    }
+    ar(cereal::make_nvp("header", s.header), cereal::make_nvp("entries", s.entries));
+  } catch (const Error &) {
+    throw;
+  } catch (const std::exception &e) {
+    w.fail(Errc::corrupt, std::string("JSON snapshot does not parse: ") + e.what());
+  }
+  if (s.header.key_type != "u64" || s.header.value_type != "u64") {
+    w.fail(Errc::version_mismatch, "holds " + s.header.key_type + " -> " + s.header.value_type +
+                                       " entries; this build stores u64 -> u64");
+  }
+  if (s.header.entry_count != s.entries.size()) {
+    w.fail(Errc::corrupt, "JSON header says " + std::to_string(s.header.entry_count) +
+                              " entries, \"entries\" holds " + std::to_string(s.entries.size()));
+  }
+  return s;
+}
+
+/// An opened, verified snapshot: `feed` delivers its entries (again verified,
+/// for binary).
+struct Source {
+  std::uint64_t entries = 0;
+  bool feed_reports = false;  // feed reports its own progress (a binary re-read: "load")
+  std::function<void(const std::function<void(std::uint64_t, std::uint64_t)> &)> feed;
+};
+
+std::string shm_path(const std::string &name) { return "/dev/shm/" + name; }
+
+}  // namespace
+}  // namespace detail
+
+void Map::dump(const std::string &path, const DumpOptions &options) const {
+  const detail::Where w{name(), path};
+  if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+  if (options.json) {
+    detail::dump_json(*this, w, options.point_in_time);
+  } else {
+    detail::dump_binary(*this, w, options.point_in_time);
+  }
+}
+
+Map Map::load(const std::string &path, const std::string &name, const LoadOptions &options) {
+  using namespace detail;
+  const Where w{name, path};
+  validate_name(name);
+
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot open", err);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    const int err = errno;
+    w.fail_errno(Errc::io_error, "cannot stat", err);
+  }
+  if (S_ISDIR(st.st_mode)) w.fail(Errc::corrupt, "is a directory, not a snapshot file");
+  if (!S_ISREG(st.st_mode)) w.fail(Errc::corrupt, "is not a regular file");
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size == 0) w.fail(Errc::corrupt, "empty file (0 bytes): not a shmap snapshot");
+
+  // Detect the form: the binary form starts with its magic, the JSON form with
+  // '{'.
+  char first = 0;
+  {
+    char probe[64];
+    const ssize_t n = ::pread(fd.get(), probe, sizeof probe, 0);
+    for (ssize_t i = 0; i < n; ++i) {
+      if (probe[i] != ' ' && probe[i] != '\n' && probe[i] != '\r' && probe[i] != '\t') {
+        first = probe[i];
+        break;
+      }
+    }
+  }
+
+  // Pass 1: verify everything before touching any map.
+  Source src;
+  auto json = std::make_shared<JsonSnapshot>();
+  auto merged = std::make_shared<std::vector<std::pair<std::uint64_t, std::uint64_t>>>();
+  if (first == '{') {
+    *json = parse_json(fd.get(), size, w);
+    src.entries = json->entries.size();
+    src.feed = [json](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+      for (const auto &e : json->entries) put(e.key, e.value);
+    };
+  } else {
+    const bool keep = options.mode == LoadOptions::Mode::merge;
+    const ScanResult res =
+        scan_binary(fd.get(), size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
+          if (!keep) return;
+          for (std::uint32_t i = 0; i < n; ++i, e += 16)
+            merged->emplace_back(get64(e), get64(e + 8));
+        });
+    src.entries = res.entries;
+    if (keep) {
+      src.feed = [merged](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+        for (const auto &[k, v] : *merged) put(k, v);
+      };
+    } else {
+      src.feed_reports = true;
+      const int raw_fd = fd.get();
+      src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+        scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+          for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
+        });
+      };
+    }
+  }
+
+  // Pass 2: build off to the side and publish in one step.
+  auto build_into = [&](const MapImpl &impl) {
+    const std::uint64_t table = impl.build_table(src.entries);
+    try {
+      std::uint64_t done = 0;
+      src.feed([&](std::uint64_t k, std::uint64_t v) {
+        impl.bulk_put(table, k, v);
+        if ((++done & 0xffff) == 0 && !src.feed_reports) report("build", done, src.entries);
+      });
+    } catch (...) {
+      impl.discard_table(table);
+      throw;
+    }
+    impl.publish_replace(table);
+    if (!src.feed_reports) report("build", src.entries, src.entries);
+  };
+
+  switch (options.mode) {
+    case LoadOptions::Mode::merge: {
+      Map m = Map::open(name);
+      std::uint64_t done = 0;
+      src.feed([&](std::uint64_t k, std::uint64_t v) {
+        m.insert_or_assign(k, v);
+        if ((++done & 0xffff) == 0) report("build", done, src.entries);
+      });
+      report("build", src.entries, src.entries);
+      return m;
+    }
+    case LoadOptions::Mode::replace: {
+      Map m = Map::open(name);
+      build_into(m.impl());
+      return m;
+    }
+    case LoadOptions::Mode::create:
+      break;
+  }
+
+  // Mode::create: build the map under a temporary name nobody else uses, then
+  // rename the segment to `name` only if that name is still free
+  // (RENAME_NOREPLACE): a map appears under `name` complete or not at all.
+  if (::access(shm_path(name).c_str(), F_OK) == 0) {
+    fail(Errc::already_exists, name,
+         "a map of that name exists; load with --replace or --merge, or remove "
+         "it first");
+  }
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
+                          std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
+                          hex(XXH3_64bits(name.data(), name.size())).substr(2);
+  struct TmpGuard {
+    const std::string &tmp;
+    bool armed = true;
+    ~TmpGuard() {
+      if (armed) Map::remove(tmp);
+    }
+  } guard{tmp};
+  {
+    Map staging = Map::create(tmp, options.options);
+    if (src.entries > 0) build_into(staging.impl());
+    if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
+                    RENAME_NOREPLACE) != 0) {
+      const int err = errno;
+      if (err == EEXIST) {
+        fail(Errc::already_exists, name,
+             "a map of that name appeared while loading '" + path + "'; nothing was changed");
+      }
+      fail_errno(errc_of(err), name, "cannot rename the loaded segment into place", err);
+    }
+    guard.armed = false;
+    Map m = Map::open(name);
+    return m;
+  }
+}
+
+}  // namespace shmap

@@ -1,0 +1,272 @@
+// The bucket state machine and the migration protocol, driven step by step on small tables:
+// every state an older bucket can be in, met by migration, then by a slow writer whose CAS
+// still expects the old content (it must lose), and the races the design names.
+#include <gtest/gtest.h>
+
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/shmap.hpp"
+#include "test_util.hpp"
+
+namespace shmap::detail {
+namespace {
+
+using test::ScopedName;
+
+struct Fixture {
+  ScopedName name{"proto"};
+  Map map = Map::create(name, {.initial_capacity = 64});
+  MapImpl& m = map.impl();
+
+  TableHeader* current() const { return m.table(m.header().current_table.load()); }
+  /// Links a successor in front of the current table (the start of a migration).
+  std::pair<TableHeader*, TableHeader*> start_migration() {
+    TableHeader* old = current();
+    m.maybe_resize(old, false, true);
+    TableHeader* now = current();
+    EXPECT_NE(old, now);
+    EXPECT_EQ(now->older.load(), m.offset_of(old));
+    return {old, now};
+  }
+  Bucket* bucket_of(TableHeader* t, std::uint64_t k) {
+    const ProbeResult r = m.probe(t, k, false);
+    return r.kind == Probe::found ? r.bucket : nullptr;
+  }
+  /// The bucket that ends k's probe run (the first EMPTY or SEALED one).
+  Bucket* run_end(TableHeader* t, std::uint64_t k) {
+    Bucket* b = m.buckets(t);
+    for (std::uint64_t i = m.home(k, t);; i = (i + 1) & (t->capacity - 1)) {
+      const auto s = read_cell(b[i]).state();
+      if (s == kEmpty || s == kSealed) return &b[i];
+    }
+  }
+};
+
+enum class Start { empty, claimed, live, tomb };
+
+class OlderBucket : public ::testing::TestWithParam<Start> {};
+
+// State x event: migration meets an older bucket in each state; then a slow writer's CAS
+// (expecting what it read before the migration) must fail, and the map answers correctly.
+TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
+  Fixture f;
+  PinGuard pin(f.m);
+  const std::uint64_t k = 12345, v = 777;
+  for (std::uint64_t i = 0; i < 20; ++i) f.map.insert(1000 + i, i);  // some neighbours
+  TableHeader* t = f.current();
+  Bucket* b = nullptr;
+  switch (GetParam()) {
+    case Start::empty:
+      b = f.run_end(t, k);
+      break;
+    case Start::claimed:
+      b = f.m.probe(t, k, true).bucket;  // an insert that claimed and then stalled
+      break;
+    case Start::live:
+      f.map.insert(k, v);
+      b = f.bucket_of(t, k);
+      break;
+    case Start::tomb:
+      f.map.insert(k, v);
+      f.map.erase(k);
+      b = f.bucket_of(t, k);
+      break;
+  }
+  ASSERT_NE(b, nullptr);
+  const Cell before = read_cell(*b);
+  auto [old, now] = f.start_migration();
+  ASSERT_EQ(old, t);
+  f.m.settle(old, now, k);
+  const Cell after = read_cell(*b);
+  const std::uint64_t expect_state = GetParam() == Start::empty ? kSealed : kMoved;
+  EXPECT_EQ(after.state(), expect_state);
+  EXPECT_GT(after.meta >> 8, before.meta >> 8) << "every transition bumps the version";
+  // The slow writer: claim (for EMPTY) or value write (others), expecting the old content.
+  const std::uint64_t want_meta = next_meta(before.meta, before.state() == kEmpty ? kClaimed : kLive);
+  EXPECT_FALSE(cas128(&b->value, before.value, before.meta, 999, want_meta));
+  EXPECT_EQ(read_cell(*b).meta, after.meta);
+  // The successor is authoritative now.
+  if (GetParam() == Start::live) {
+    EXPECT_EQ(f.map.find(k), v);
+    const ProbeResult r = f.m.probe(now, k, false);
+    ASSERT_EQ(r.kind, Probe::found);
+    EXPECT_EQ(r.cell.state(), kLive);
+  } else {
+    EXPECT_FALSE(f.map.find(k));
+  }
+  // A second move of the same bucket changes nothing.
+  const Cell again = read_cell(*b);
+  f.m.move_bucket(old, b, now);
+  EXPECT_EQ(read_cell(*b).meta, again.meta);
+}
+
+INSTANTIATE_TEST_SUITE_P(States, OlderBucket,
+                         ::testing::Values(Start::empty, Start::claimed, Start::live,
+                                           Start::tomb));
+
+TEST(Protocol, LiveBucketIsFrozenBeforeCopy) {
+  Fixture f;
+  PinGuard pin(f.m);
+  f.map.insert(5, 50);
+  TableHeader* t = f.current();
+  Bucket* b = f.bucket_of(t, 5);
+  const Cell live = read_cell(*b);
+  auto [old, now] = f.start_migration();
+  // Freeze by hand, as a mover does first: writers' CAS on LIVE now fails...
+  ASSERT_TRUE(cas128(&b->value, live.value, live.meta, live.value, next_meta(live.meta, kFrozen)));
+  EXPECT_FALSE(cas128(&b->value, live.value, live.meta, 51, next_meta(live.meta, kLive)));
+  // ...readers still see the frozen value...
+  EXPECT_EQ(f.map.find(5), 50u);
+  // ...and a writer helps finish the move, then writes in the successor.
+  EXPECT_FALSE(f.map.insert_or_assign(5, 52));
+  EXPECT_EQ(read_cell(*b).state(), kMoved);
+  EXPECT_EQ(f.map.find(5), 52u);
+  (void)now;
+}
+
+TEST(Protocol, StaleCopyNeverOverwritesANewerValue) {
+  Fixture f;
+  PinGuard pin(f.m);
+  f.map.insert(9, 90);
+  TableHeader* t = f.current();
+  Bucket* b = f.bucket_of(t, 9);
+  const Cell live = read_cell(*b);
+  auto [old, now] = f.start_migration();
+  f.m.move_bucket(old, b, now);  // copied 90 and sealed
+  f.map.insert_or_assign(9, 91);  // a writer updates the successor
+  // A slow mover that froze 90 earlier now performs its copy and its final CAS.
+  const Cell stale_frozen{next_meta(live.meta, kFrozen), 90};
+  f.m.copy_frozen(b, stale_frozen, now);
+  EXPECT_EQ(f.map.find(9), 91u);
+  // Also after an erase: the copy must not resurrect the key.
+  f.map.erase(9);
+  f.m.copy_frozen(b, stale_frozen, now);
+  EXPECT_FALSE(f.map.find(9));
+}
+
+TEST(Protocol, SlowInsertIntoOlderTableLosesToSeal) {
+  // The race of DESIGN.md §4: a slow writer that still believes the older table is current
+  // found k's bucket EMPTY; a fast writer inserts k in the successor. The slow claim must fail.
+  Fixture f;
+  PinGuard pin(f.m);
+  TableHeader* t = f.current();
+  const std::uint64_t k = 4242;
+  Bucket* slot = f.run_end(t, k);
+  const Cell seen = read_cell(*slot);
+  ASSERT_EQ(seen.state(), kEmpty);
+  f.start_migration();
+  EXPECT_TRUE(f.map.insert(k, 1));  // fast writer, in the successor
+  EXPECT_FALSE(cas128(&slot->value, seen.value, seen.meta, k, next_meta(seen.meta, kClaimed)));
+  // Retrying through the map finds k present.
+  EXPECT_FALSE(f.map.insert(k, 2));
+  EXPECT_EQ(f.map.find(k), 1u);
+}
+
+TEST(Protocol, ReaderLooksInOlderTableUntilMoved) {
+  Fixture f;
+  PinGuard pin(f.m);
+  for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i + 100);
+  auto [old, now] = f.start_migration();
+  // Nothing migrated yet: every key is found through the older table.
+  for (std::uint64_t i = 0; i < 40; ++i) EXPECT_EQ(f.map.find(i), i + 100);
+  EXPECT_FALSE(f.map.find(999));
+  // A key claimed in the successor but not written (a copy in flight) is still found.
+  Bucket* b = f.bucket_of(old, 3);
+  const Cell c = read_cell(*b);
+  ASSERT_TRUE(cas128(&b->value, c.value, c.meta, c.value, next_meta(c.meta, kFrozen)));
+  f.m.probe(now, 3, true);
+  EXPECT_EQ(f.map.find(3), 103u);
+}
+
+TEST(Protocol, MigrationCompletesRetiresAndFrees) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i);
+  TableHeader* old;
+  TableHeader* now;
+  {
+    PinGuard pin(f.m);
+    std::tie(old, now) = f.start_migration();
+  }
+  const auto freed_before = f.map.stats().tables_freed;
+  f.m.finish_migration();
+  EXPECT_EQ(now->older.load(), 0u);
+  f.m.reclaim();
+  EXPECT_EQ(f.map.stats().retired_pending, 0u);
+  EXPECT_EQ(f.map.stats().tables_freed, freed_before + 1);
+  for (std::uint64_t i = 0; i < 40; ++i) EXPECT_EQ(f.map.find(i), i);
+}
+
+TEST(Protocol, PinnedReaderHoldsRetiredTable) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i);
+  {
+    PinGuard pin(f.m);
+    f.start_migration();
+  }
+  // A second handle pins (as a reader in another thread or process would), then the
+  // migration finishes and retires the older table: it must not be freed under the pin.
+  Map other = Map::open(f.name);
+  {
+    PinGuard reader(other.impl());
+    f.m.finish_migration();
+    f.m.reclaim();
+    EXPECT_EQ(f.map.stats().retired_pending, 1u);
+  }
+  f.m.reclaim();
+  EXPECT_EQ(f.map.stats().retired_pending, 0u);
+}
+
+TEST(Protocol, AbandonedChunkIsRedoneByOthers) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 60; ++i) f.map.insert(i * 31, i);
+  PinGuard pin(f.m);
+  auto [old, now] = f.start_migration();
+  // A mover claims chunk 0 and dies before doing it: the cursor moved, the done bit is clear.
+  now->mig_cursor.fetch_add(1);
+  f.m.finish_migration();
+  EXPECT_EQ(now->older.load(), 0u);
+  for (std::uint64_t i = 0; i < 60; ++i) EXPECT_EQ(f.map.find(i * 31), i);
+  (void)old;
+}
+
+TEST(Protocol, PublishReplaceDiscardsOldContent) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 100; ++i) f.map.insert(i, i);
+  const std::uint64_t built = f.m.build_table(3);
+  f.m.bulk_put(built, 7, 70);
+  f.m.bulk_put(built, 1000, 1);
+  f.m.bulk_put(built, 7, 71);  // last value wins
+  f.m.publish_replace(built);
+  EXPECT_EQ(f.map.size(), 2u);
+  EXPECT_EQ(f.map.find(7), 71u);
+  EXPECT_EQ(f.map.find(1000), 1u);
+  EXPECT_FALSE(f.map.find(8));
+  std::size_t n = 0;
+  f.map.for_each([&](std::uint64_t, std::uint64_t) { ++n; });
+  EXPECT_EQ(n, 2u);
+  EXPECT_TRUE(f.map.check().ok);
+}
+
+TEST(Protocol, HoldWritersBlocksWritesNotReads) {
+  Fixture f;
+  f.map.insert(1, 1);
+  Map other = Map::open(f.name);
+  f.m.hold_writers();
+  EXPECT_EQ(other.find(1), 1u);  // readers never wait
+  std::atomic<bool> wrote{false};
+  std::thread writer([&] {
+    other.insert_or_assign(1, 2);
+    wrote.store(true);
+  });
+  // The writer cannot finish while held: the value stays 1 as long as we hold.
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(f.map.find(1), 1u);
+    std::this_thread::yield();
+  }
+  EXPECT_FALSE(wrote.load());
+  f.m.release_writers();
+  writer.join();
+  EXPECT_EQ(f.map.find(1), 2u);
+}
+
+}  // namespace
+}  // namespace shmap::detail

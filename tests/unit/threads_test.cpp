@@ -1,0 +1,159 @@
+// Many threads on one Map (and on two Maps of one segment) through growth, shrink and
+// migration. Runs under ThreadSanitizer in CI (label "concurrency").
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "shmap/shmap.hpp"
+#include "test_util.hpp"
+
+namespace shmap {
+namespace {
+
+using test::ScopedName;
+
+bool sanitized() { return std::getenv("SHMAP_SANITIZED") != nullptr; }
+
+TEST(Threads, DisjointWritersThroughGrowthAndShrink) {
+  ScopedName n("threads");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  const int threads = 4;
+  const std::uint64_t per = sanitized() ? 20000 : 100000;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      const std::uint64_t base = static_cast<std::uint64_t>(t) << 48;
+      for (std::uint64_t i = 0; i < per; ++i) ASSERT_TRUE(m.insert(base | i, i));
+      for (std::uint64_t i = 0; i < per; ++i) ASSERT_EQ(m.find(base | i), i);
+      for (std::uint64_t i = 0; i < per; i += 2) ASSERT_TRUE(m.erase(base | i));
+      for (std::uint64_t i = 1; i < per; i += 2) ASSERT_FALSE(m.insert_or_assign(base | i, i * 2));
+      for (std::uint64_t i = 0; i < per - per / 10; ++i) m.erase(base | i);  // shrink
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int t = 0; t < threads; ++t) {
+    const std::uint64_t base = static_cast<std::uint64_t>(t) << 48;
+    for (std::uint64_t i = 0; i < per; ++i) {
+      const auto v = m.find(base | i);
+      if (i >= per - per / 10 && i % 2 == 1) {
+        ASSERT_EQ(v, i * 2) << i;
+      } else {
+        ASSERT_FALSE(v) << i;
+      }
+    }
+  }
+  EXPECT_EQ(m.size(), static_cast<std::size_t>(threads) * (per / 10 / 2));
+  EXPECT_TRUE(m.check().ok);
+}
+
+TEST(Threads, SharedCountersAreExact) {
+  ScopedName n("counters");
+  auto a = Map::create(n, {.initial_capacity = 8});
+  auto b = Map::open(n);  // two handles: threads split across them
+  const int threads = 4;
+  const std::uint64_t per = sanitized() ? 5000 : 50000;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      Map& m = t % 2 ? a : b;
+      for (std::uint64_t i = 0; i < per; ++i) {
+        m.fetch_add(i % 7, 1);  // a few hot keys
+        // A CAS-loop counter, exercising put-if-match under contention.
+        for (;;) {
+          const std::uint64_t cur = m.find(1000).value_or(0);
+          if (cur == 0 ? m.insert(1000, 1) : m.compare_exchange(1000, cur, cur + 1)) break;
+        }
+        m.insert(static_cast<std::uint64_t>(t + 1) << 40 | i, i);  // growth meanwhile
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::uint64_t total = 0;
+  for (std::uint64_t k = 0; k < 7; ++k) total += a.find(k).value_or(0);
+  EXPECT_EQ(total, threads * per);
+  EXPECT_EQ(a.find(1000), threads * per);
+  EXPECT_EQ(a.size(), 8 + threads * per);
+}
+
+TEST(Threads, ReadersNeverSeeWrongValuesDuringMigration) {
+  ScopedName n("readers");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  const std::uint64_t keys = sanitized() ? 20000 : 200000;
+  std::atomic<std::uint64_t> published{0};
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> errors{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&, r] {
+      std::mt19937_64 rng(static_cast<std::uint64_t>(r));
+      while (!done.load(std::memory_order_acquire)) {
+        const std::uint64_t p = published.load(std::memory_order_acquire);
+        if (p == 0) continue;
+        const std::uint64_t k = rng() % p;
+        const auto v = m.find(k);
+        // Values only ever go k -> k + 1 (one update), never absent once published.
+        if (!v || (*v != k && *v != k + 1)) errors.fetch_add(1);
+      }
+    });
+  }
+  for (std::uint64_t i = 0; i < keys; ++i) {
+    m.insert(i, i);
+    published.store(i + 1, std::memory_order_release);
+    if (i % 3 == 0 && i > 0) m.insert_or_assign(i / 2, i / 2 + 1);
+  }
+  done.store(true);
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(errors.load(), 0u);
+}
+
+TEST(Threads, ForEachDuringWritesVisitsStableKeysOnce) {
+  ScopedName n("walk");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  const std::uint64_t stable = sanitized() ? 5000 : 50000;
+  for (std::uint64_t i = 0; i < stable; ++i) m.insert(i, i);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    std::uint64_t j = 1ULL << 40;
+    while (!stop.load(std::memory_order_acquire)) {
+      m.insert(j, 0);  // grows the map while the walk runs
+      m.erase(j - 3);
+      ++j;
+    }
+  });
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::uint8_t> seen(stable, 0);
+    bool ok = true;
+    m.for_each([&](std::uint64_t k, std::uint64_t v) {
+      if (k < stable) {
+        if (v != k || seen[k]++ != 0) ok = false;
+      }
+    });
+    EXPECT_TRUE(ok);
+    for (std::uint64_t i = 0; i < stable; ++i) ASSERT_EQ(seen[i], 1) << i;
+  }
+  stop.store(true);
+  writer.join();
+}
+
+TEST(Threads, ManyThreadsShareTheOverflowLane) {
+  ScopedName n("lanes");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  const int threads = 24;  // more than the lanes of one handle
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < 2000; ++i) m.insert(static_cast<std::uint64_t>(t) << 32 | i, i);
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(m.size(), threads * 2000u);
+  m.compact();
+  EXPECT_EQ(m.stats().retired_pending, 0u);
+}
+
+}  // namespace
+}  // namespace shmap
