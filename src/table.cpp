@@ -206,25 +206,43 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
   const std::uint64_t nchunks = older->capacity / csize;
   std::uint64_t* bitmap = done_bitmap(newer);
   Bucket* ob = buckets(older);
+  // Unlinks and retires the older table; only the winner of the CAS retires it. Called again
+  // by anyone who finds the work done, so a finisher killed before its CAS delays nobody.
+  auto complete = [&] {
+    std::uint64_t expected = o_off;
+    if (newer->older.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) {
+      retire(o_off);
+    }
+    return true;
+  };
+  // Every done bit set (the count can lag: a mover killed between its bit and its count).
+  auto all_done = [&] {
+    std::uint64_t n = 0;
+    for (std::uint64_t w = 0; w < (nchunks + 63) / 64; ++w) {
+      n += static_cast<std::uint64_t>(__builtin_popcountll(
+          std::atomic_ref<std::uint64_t>(bitmap[w]).load(std::memory_order_acquire)));
+    }
+    return n == nchunks;
+  };
   for (std::size_t c = 0; c < chunks; ++c) {
-    if (newer->mig_done.load(std::memory_order_acquire) >= nchunks) break;
+    if (newer->mig_done.load(std::memory_order_acquire) >= nchunks) return complete();
     // The cursor runs past the end and wraps: after the first pass it revisits chunks whose
     // done bit is still clear (their mover died, stopped, or is just slow) and redoes them.
-    const std::uint64_t idx =
-        newer->mig_cursor.fetch_add(1, std::memory_order_relaxed) % nchunks;
+    const std::uint64_t raw = newer->mig_cursor.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t idx = raw % nchunks;
     std::atomic_ref<std::uint64_t> word(bitmap[idx / 64]);
     const std::uint64_t bit = std::uint64_t{1} << (idx % 64);
-    if ((word.load(std::memory_order_acquire) & bit) != 0) continue;
+    if ((word.load(std::memory_order_acquire) & bit) != 0) {
+      if (raw >= nchunks && raw % nchunks == 0 && all_done()) return complete();
+      continue;
+    }
     for (std::uint64_t i = idx * csize; i < (idx + 1) * csize; ++i) {
       move_bucket(older, &ob[i], newer);
     }
     // acq_rel: the moves above happen-before whoever sees the bit or the final count.
     if ((word.fetch_or(bit, std::memory_order_acq_rel) & bit) == 0 &&
-        newer->mig_done.fetch_add(1, std::memory_order_acq_rel) + 1 == nchunks) {
-      std::uint64_t expected = o_off;
-      if (newer->older.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) {
-        retire(o_off);
-      }
+        newer->mig_done.fetch_add(1, std::memory_order_acq_rel) + 1 >= nchunks) {
+      return complete();
     }
   }
   return newer->older.load(std::memory_order_acquire) == 0;
@@ -350,14 +368,14 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
     }
     const ProbeResult r = probe(t, k, may_insert);
     if (r.kind == Probe::sealed) continue;
-    if (r.kind == Probe::full) {
+    if (r.kind == Probe::full && may_insert) {
       // Physically full (the load limit was raced past): finish migrating, then grow.
       while (!help_migrate(t, 64)) {
       }
       maybe_resize(t, false, true);
       continue;
     }
-    if (r.kind == Probe::absent) {
+    if (r.kind == Probe::absent || r.kind == Probe::full) {
       (void)decide(ctx, std::nullopt);  // nothing to erase or exchange
       return std::nullopt;
     }

@@ -228,6 +228,29 @@ TEST(Protocol, AbandonedChunkIsRedoneByOthers) {
   (void)old;
 }
 
+TEST(Protocol, FinisherKilledBeforeUnlinkDelaysNobody) {
+  // A mover that set the last done bit (and maybe the count) died before unlinking the older
+  // table: whoever comes next must complete the migration instead of waiting for it.
+  for (const bool counted : {true, false}) {
+    Fixture f;
+    for (std::uint64_t i = 0; i < 300; ++i) f.map.insert(i, i);
+    PinGuard pin(f.m);
+    auto [old, now] = f.start_migration();
+    const std::uint64_t nchunks = old->capacity / kChunk;
+    Bucket* ob = f.m.buckets(old);
+    for (std::uint64_t i = 0; i < old->capacity; ++i) f.m.move_bucket(old, &ob[i], now);
+    for (std::uint64_t c = 0; c < nchunks; ++c) {
+      std::atomic_ref<std::uint64_t>(f.m.done_bitmap(now)[c / 64]).fetch_or(1ULL << (c % 64));
+    }
+    now->mig_cursor.store(nchunks);  // every chunk was claimed
+    now->mig_done.store(counted ? nchunks : nchunks - 1);
+    ASSERT_NE(now->older.load(), 0u);
+    for (int i = 0; i < 4 && now->older.load() != 0; ++i) f.map.insert(100000 + i, 1);
+    EXPECT_EQ(now->older.load(), 0u) << (counted ? "count complete" : "count lagging");
+    for (std::uint64_t i = 0; i < 300; ++i) ASSERT_EQ(f.map.find(i), i);
+  }
+}
+
 TEST(Protocol, PublishReplaceDiscardsOldContent) {
   Fixture f;
   for (std::uint64_t i = 0; i < 100; ++i) f.map.insert(i, i);
