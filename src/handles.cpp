@@ -19,7 +19,9 @@
 // several threads keeps the oldest epoch while any of them is pinned: conservative again.
 // Lanes of a dead owner are ignored; a stopped owner keeps its tables alive, never freed under it.
 #include <fcntl.h>
+#include <linux/membarrier.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -45,30 +47,47 @@ std::mutex g_numbers_mutex;
 std::vector<std::size_t> g_free_numbers;
 std::size_t g_next_number = 0;
 
-struct ThreadNumber {
-  std::size_t n;
-  ThreadNumber() {
+struct ThreadNumberReturn {
+  ~ThreadNumberReturn() {
     std::lock_guard lock(g_numbers_mutex);
-    if (!g_free_numbers.empty()) {
-      n = g_free_numbers.back();
-      g_free_numbers.pop_back();
-    } else {
-      n = g_next_number++;
-    }
-  }
-  ~ThreadNumber() {
-    std::lock_guard lock(g_numbers_mutex);
-    g_free_numbers.push_back(n);
+    g_free_numbers.push_back(t_thread_number);
+    t_thread_number = SIZE_MAX;
   }
 };
 
-thread_local bool t_reclaim_wanted = false;
+std::once_flag g_membarrier_once;
+bool g_light_pins = false;
+
+long membarrier(int cmd) { return ::syscall(__NR_membarrier, cmd, 0, 0); }
 
 }  // namespace
 
-std::size_t thread_number() noexcept {
-  thread_local ThreadNumber number;
-  return number.n;
+std::size_t assign_thread_number() noexcept {
+  thread_local ThreadNumberReturn give_back;  // returns the number when the thread exits
+  std::lock_guard lock(g_numbers_mutex);
+  if (!g_free_numbers.empty()) {
+    t_thread_number = g_free_numbers.back();
+    g_free_numbers.pop_back();
+  } else {
+    t_thread_number = g_next_number++;
+  }
+  return t_thread_number;
+}
+
+bool light_pins_enabled() noexcept {
+  std::call_once(g_membarrier_once, [] {
+    const long supported = membarrier(MEMBARRIER_CMD_QUERY);
+    g_light_pins = supported > 0 && (supported & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0 &&
+                   membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+  });
+  return g_light_pins;
+}
+
+bool global_barrier() noexcept {
+  if (membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0) return true;
+  if (membarrier(MEMBARRIER_CMD_GLOBAL) == 0) return true;  // slow (an RCU grace period)
+  // No membarrier at all: no process could register, so every pin is a seq_cst store.
+  return !light_pins_enabled();
 }
 
 std::uint64_t process_start_time(int pid) noexcept {
@@ -139,6 +158,8 @@ void MapImpl::claim_slot() {
         lane.pin.store(0, std::memory_order_release);
       }
       slot_index_ = i;
+      my_slot_ = &s;
+      light_ = light_pins_enabled();
       owner_word_ = word;
       owner_pid_ = static_cast<int>(pid);
       return;
@@ -180,43 +201,22 @@ std::size_t MapImpl::clear_stale_slots() {
   return cleared;
 }
 
-Lane& MapImpl::my_lane() const {
-  const std::size_t t = thread_number();
-  return slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
-}
-
-void MapImpl::pin() const {
-  const std::size_t t = thread_number();
-  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
-  SegmentHeader& h = header();
-  if (t < kLanes - 1) {
-    // Exclusive lane: only this thread writes it, so nesting is a private depth count.
-    if (lane.depth++ != 0) return;
-    const std::uint64_t e = h.global_epoch.load(std::memory_order_seq_cst);
-    // seq_cst store (xchg): no later load of the chain may be ordered before the pin is seen.
-    lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);
-    return;
-  }
+void MapImpl::pin_shared() const {
   // Shared lane: a count of pinned threads, keeping the oldest epoch while it is non-zero.
+  // Always seq_cst: the count is a read-modify-write anyway.
+  Lane& lane = lane_of(kLanes - 1);
   std::uint64_t w = lane.pin.load(std::memory_order_relaxed);
   for (;;) {
-    const std::uint64_t e = h.global_epoch.load(std::memory_order_seq_cst);
+    const std::uint64_t e = header().global_epoch.load(std::memory_order_seq_cst);
     const std::uint64_t next = (w & kPinCountMask) == 0 ? (e << 16 | 1) : w + 1;
     if (lane.pin.compare_exchange_weak(w, next, std::memory_order_seq_cst)) return;
   }
 }
 
-void MapImpl::unpin() const {
-  const std::size_t t = thread_number();
-  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
-  if (t < kLanes - 1) {
-    if (--lane.depth != 0) return;
-    // Release: everything this operation read happens-before a reclaimer that sees quiescence.
-    lane.pin.store(0, std::memory_order_release);
-  } else {
-    lane.pin.fetch_sub(1, std::memory_order_release);
-  }
-  if (t_reclaim_wanted && (lane.pin.load(std::memory_order_relaxed) & kPinCountMask) == 0) {
+void MapImpl::unpin_shared() const {
+  Lane& lane = lane_of(kLanes - 1);
+  const std::uint64_t before = lane.pin.fetch_sub(1, std::memory_order_release);
+  if (t_reclaim_wanted && (before & kPinCountMask) == 1) {
     t_reclaim_wanted = false;
     reclaim();
   }
@@ -246,6 +246,8 @@ void MapImpl::reclaim() const {
   bool any = false;
   for (const RetiredEntry& r : h.retired) any = any || load_acquire(r.table) != 0;
   if (!any) return;
+  // Light pins are plain stores: make every one of them visible before scanning.
+  if (!global_barrier()) return;
   // Oldest epoch any live owner's lane is pinned at (UINT64_MAX: none).
   std::uint64_t oldest = UINT64_MAX;
   for (std::size_t i = 0; i < h.max_handles; ++i) {
@@ -282,7 +284,7 @@ std::int64_t MapImpl::size_estimate() const {
 
 void MapImpl::add_size(std::int64_t d) const {
   const std::size_t t = thread_number();
-  Lane& lane = slot(slot_index_).lanes[t < kLanes - 1 ? t : kLanes - 1];
+  Lane& lane = lane_of(t);
   if (t < kLanes - 1) {
     // Only this thread writes an exclusive lane: a plain read-modify-write is enough.
     lane.size_delta.store(lane.size_delta.load(std::memory_order_relaxed) +

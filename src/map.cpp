@@ -23,6 +23,10 @@ Map Map::create(const std::string& name, const Options& options) {
 
 Map Map::open(const std::string& name) { return Map(MapImpl::open(name)); }
 
+Map Map::open(const std::string& name, const OpenOptions& options) {
+  return Map(MapImpl::open(name, options.clear_stale_handles));
+}
+
 Map Map::open_or_create(const std::string& name, const Options& options) {
   // Racing creators: exactly one shm_open(O_EXCL) succeeds; the others open what it made
   // (waiting for its initialisation). A remove() between the two steps just means retry.

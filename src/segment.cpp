@@ -258,7 +258,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
   return m;
 }
 
-std::unique_ptr<MapImpl> MapImpl::open(const std::string& name) {
+std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale) {
   validate_name(name);
   const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) {
@@ -341,7 +341,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name) {
   ::fstat(fd, &st);
   m->map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
   m->seed_ = m->header().hash_seed;
-  m->clear_stale_slots();
+  if (clear_stale) m->clear_stale_slots();
   m->claim_slot();
   return m;
 }

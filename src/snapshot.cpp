@@ -54,16 +54,11 @@
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/progress.hpp"
 
 namespace shmap {
 namespace detail {
 
-// ---- progress hook (for the CLI's progress bar and for tests)
-// ----------------------------- Declared by its users (tools/,
-// tests/snapshot/); process-wide, not a stable API.
-using SnapshotProgressFn = void (*)(void *ctx, const char *phase, std::uint64_t done,
-                                    std::uint64_t total);
-void set_snapshot_progress(SnapshotProgressFn fn, void *ctx) noexcept;
 
 namespace {
 

@@ -313,7 +313,7 @@ Look classify(const ProbeResult& r, std::uint64_t* v) {
 }
 }  // namespace
 
-std::optional<std::uint64_t> MapImpl::find(std::uint64_t k) const {
+std::optional<std::uint64_t> MapImpl::find_slow(std::uint64_t k) const {
   PinGuard pin(*this);
   SegmentHeader& h = header();
   for (;;) {
@@ -451,9 +451,9 @@ bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
 
 void MapImpl::wait_for_gate() const {
   SegmentHeader& h = header();
-  // Dekker-style with hold_writers(): our pin (seq_cst) precedes this load (seq_cst), the
-  // holder's gate store precedes its scan of the lanes. Either we see the gate, or the holder
-  // sees our pin and waits for this write to finish.
+  // Dekker-style with hold_writers(): our pin precedes this load (seq_cst store, or a plain
+  // store made visible by the holder's membarrier), and the holder's gate store precedes its
+  // scan of the lanes. Either we see the gate, or the holder sees our pin and waits for us.
   for (;;) {
     std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
     if (g == 0 || g == owner_word_) return;
@@ -485,6 +485,10 @@ void MapImpl::hold_writers() const {
   }
   // Wait for a grace period: every operation pinned before the gate was set has finished.
   const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
+  if (!global_barrier()) {
+    release_writers();
+    fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
+  }
   const Lane* mine = &my_lane();
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     for (const Lane& lane : slot(i).lanes) {

@@ -82,6 +82,12 @@ struct CheckReport {
   std::size_t live_entries = 0;       // counted by walking the tables
 };
 
+struct OpenOptions {
+  /// Free the handle slots of dead processes while attaching (the default). Inspection tools
+  /// (`shmap readers`) turn it off so that they can show those slots first.
+  bool clear_stale_handles = true;
+};
+
 /// Snapshot options (see docs/FORMAT.md). Implemented in src/snapshot.cpp.
 struct DumpOptions {
   bool json = false;           // write the JSON form instead of the binary one
@@ -99,6 +105,7 @@ class Map {
  public:
   static Map create(const std::string& name, const Options& options = {});
   static Map open(const std::string& name);
+  static Map open(const std::string& name, const OpenOptions& options);
   static Map open_or_create(const std::string& name, const Options& options = {});
   /// Unlinks the segment; processes attached keep using it until they close. False if absent.
   static bool remove(const std::string& name);

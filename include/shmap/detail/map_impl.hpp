@@ -26,7 +26,22 @@ std::uint64_t process_start_time(int pid) noexcept;  // 0 if the process does no
 /// True if pid names a running (or stopped) process started at `start_time` (0: any).
 bool process_alive(int pid, std::uint64_t start_time) noexcept;
 /// This thread's process-wide number (small, reused after the thread exits).
-std::size_t thread_number() noexcept;
+inline constinit thread_local std::size_t t_thread_number = SIZE_MAX;
+std::size_t assign_thread_number() noexcept;
+inline std::size_t thread_number() noexcept {
+  const std::size_t n = t_thread_number;
+  return n != SIZE_MAX ? n : assign_thread_number();
+}
+/// Set by retire(): the thread reclaims once it is no longer pinned.
+inline constinit thread_local bool t_reclaim_wanted = false;
+
+/// True when this process registered for membarrier(GLOBAL_EXPEDITED): its pins can then be
+/// plain stores, because reclaimers and writer-gate holders issue the fence for them.
+bool light_pins_enabled() noexcept;
+/// An asymmetric fence: after it returns, every pin stored by a thread of any process with
+/// light pins is visible to the caller (or that thread's later loads see the caller's earlier
+/// stores). False if no such fence is available while light pins are in use.
+bool global_barrier() noexcept;
 
 /// 16-byte compare-and-swap of {lo, hi} at p (16-byte aligned). lock cmpxchg16b is a full
 /// barrier: it orders like a seq_cst read-modify-write.
@@ -88,7 +103,7 @@ class MapImpl {
   // ---- segment.cpp ------------------------------------------------------------------------
   static std::unique_ptr<MapImpl> create(const std::string& name, const Options& options,
                                          bool exclusive_only, bool* existed);
-  static std::unique_ptr<MapImpl> open(const std::string& name);
+  static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true);
 
   const std::string& name() const { return name_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
@@ -127,16 +142,95 @@ class MapImpl {
   /// Frees slots whose owner died. Returns how many.
   std::size_t clear_stale_slots();
   bool slot_owner_alive(std::size_t i) const;
-  Lane& my_lane() const;
-  void pin() const;
-  void unpin() const;
+  Lane& lane_of(std::size_t t) const { return my_slot_->lanes[t < kLanes - 1 ? t : kLanes - 1]; }
+  Lane& my_lane() const { return lane_of(thread_number()); }
+  /// Pins this thread's lane with the global epoch (RCU read-side enter; see handles.cpp).
+  void pin() const {
+    const std::size_t t = thread_number();
+    if (t >= kLanes - 1) return pin_shared();
+    Lane& lane = my_slot_->lanes[t];
+    if (lane.depth++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
+    // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
+    const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
+    if (light_) {
+      // Plain store: the store-load order against our next loads is supplied by the
+      // reclaimer's membarrier (global_barrier), not paid on every operation.
+      lane.pin.store(e << 16 | 1, std::memory_order_relaxed);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);  // xchg: a full fence
+    }
+  }
+  void unpin() const {
+    const std::size_t t = thread_number();
+    if (t >= kLanes - 1) return unpin_shared();
+    Lane& lane = my_slot_->lanes[t];
+    if (--lane.depth != 0) return;
+    // Release: everything this operation read happens-before a reclaimer that sees quiescence.
+    lane.pin.store(0, std::memory_order_release);
+    if (t_reclaim_wanted) {
+      t_reclaim_wanted = false;
+      reclaim();
+    }
+  }
+  void pin_shared() const;
+  void unpin_shared() const;
   /// Tries to free retired tables that no pinned lane can still see.
   void reclaim() const;
   void retire(std::uint64_t table_offset) const;
   std::int64_t size_estimate() const;
 
   // ---- table.cpp --------------------------------------------------------------------------
-  std::optional<std::uint64_t> find(std::uint64_t k) const;
+  /// Lock-free lookup. The common case (the key LIVE in the current table, or absent from a
+  /// table with no older one) is decided here in a handful of loads; anything else goes to
+  /// find_slow(), which handles migration states.
+  std::optional<std::uint64_t> find(std::uint64_t k) const {
+    pin();
+    const std::uint64_t t_off = header().current_table.load(std::memory_order_acquire);
+    if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) {
+      unpin();
+      return find_slow(k);
+    }
+    const TableHeader* t = at<TableHeader>(t_off);
+    const std::uint64_t older = t->older.load(std::memory_order_acquire);
+    const Bucket* b = reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) +
+                                                      kTableHeaderBytes);
+    const std::uint64_t mask = t->capacity - 1;
+    if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) {
+      unpin();
+      return find_slow(k);
+    }
+    const std::uint64_t home = hash_key(k, seed_) >> (64 - t->bits);
+    for (std::uint64_t i = home, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+      const std::uint64_t m1 = load_acquire(b[i].meta);
+      const std::uint64_t s = state_of(m1);
+      if (s == kEmpty) {
+        if (older != 0) break;
+        unpin();
+        return std::nullopt;
+      }
+      if (s == kLive) {
+        if (load_acquire(b[i].key) != k) continue;
+        const std::uint64_t v = load_acquire(b[i].value);
+        // Same meta (state and version) after the value load: v belongs to LIVE k.
+        if (std::atomic_ref<const std::uint64_t>(b[i].meta).load(std::memory_order_relaxed) !=
+            m1) {
+          break;
+        }
+        unpin();
+        return v;
+      }
+      if (s == kTomb) {
+        if (load_acquire(b[i].key) != k) continue;
+        unpin();  // erased: the current table is authoritative for any key it has decided
+        return std::nullopt;
+      }
+      break;  // CLAIMED, FROZEN, MOVED, SEALED: migration states
+    }
+    unpin();
+    return find_slow(k);
+  }
+  std::optional<std::uint64_t> find_slow(std::uint64_t k) const;
   /// Applies `decide` (current value or nullopt -> intent) atomically to k. Returns the value
   /// k had when the intent was applied (nullopt: absent).
   template <class Decide>
@@ -206,6 +300,8 @@ class MapImpl {
   mutable std::mutex map_mutex_;
   std::uint64_t seed_ = 0;
   std::size_t slot_index_ = SIZE_MAX;
+  HandleSlot* my_slot_ = nullptr;
+  bool light_ = false;
   std::uint64_t owner_word_ = 0;
   int owner_pid_ = 0;
 

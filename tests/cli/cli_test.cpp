@@ -1,0 +1,405 @@
+// The shmap command-line tool through its real binary.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "test_util.hpp"
+
+namespace shmap::test {
+namespace {
+
+using json = nlohmann::json;
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/shmap-cli-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  /// Runs `shmap args...` with stdout and stderr captured in files (never a terminal).
+  Result run(const std::vector<std::string>& args) {
+    const std::string out = dir_ + "/out", err = dir_ + "/err";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ::dup2(o, 1);
+      ::dup2(e, 2);
+      std::vector<char*> argv{const_cast<char*>(SHMAP_CLI)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(SHMAP_CLI, argv.data());
+      ::_exit(127);
+    }
+    Result r;
+    r.rc = wait_child(pid);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  /// Expects a failure with this exit code and exactly one line on stderr, no stack trace.
+  void expect_fails(const std::vector<std::string>& args, int rc, const std::string& needle) {
+    const Result r = run(args);
+    std::string cmd;
+    for (const auto& a : args) cmd += a + " ";
+    EXPECT_EQ(r.rc, rc) << cmd << "\nstderr: " << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << cmd << "\nstderr: " << r.err;
+    EXPECT_EQ(r.err.rfind("shmap: ", 0), 0u) << cmd << "\nstderr: " << r.err;
+    if (rc != 2) {  // usage errors add a hint line
+      EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << cmd << "\n" << r.err;
+    }
+  }
+
+  std::string dir_;
+};
+
+TEST_F(Cli, CreatePutGetDelAdd) {
+  ScopedName name("cli");
+  EXPECT_EQ(run({"create", name, "--capacity", "64", "--max-handles", "16", "--mode", "0640"}).rc,
+            0);
+  struct stat st {};
+  ASSERT_EQ(::stat(("/dev/shm/" + name.str()).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  expect_fails({"create", name}, 3, "map '" + name.str() + "'");
+
+  EXPECT_EQ(run({"put", name, "1", "100"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "0xff", "0xFFFFFFFFFFFFFFFF"}).rc, 0);
+  Result r = run({"get", name, "1"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_EQ(r.out, "100\n");
+  r = run({"get", name, "255"});
+  EXPECT_EQ(r.out, "18446744073709551615\n");
+  r = run({"get", name, "2"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("not found"), std::string::npos);
+
+  r = run({"add", name, "7", "5"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_EQ(r.out, "5\n");
+  r = run({"add", name, "7", "0x10"});
+  EXPECT_EQ(r.out, "21\n");
+  r = run({"add", name, "255", "1"});  // wraps mod 2^64
+  EXPECT_EQ(r.out, "0\n");
+
+  EXPECT_EQ(run({"del", name, "7"}).rc, 0);
+  EXPECT_EQ(run({"del", name, "7"}).rc, 1);
+  EXPECT_EQ(run({"get", name, "7"}).rc, 1);
+
+  Map m = Map::open(name);
+  EXPECT_EQ(m.find(1), 100u);
+  EXPECT_EQ(m.size(), 2u);
+  EXPECT_EQ(m.stats().options.max_handles, 16u);
+}
+
+TEST_F(Cli, NumbersAreStrict) {
+  ScopedName name("num");
+  Map::create(name);
+  for (const std::string bad : {"-1", "+1", "1x", "", "0x", "0xg", " 1", "1 ", "1.5", "1e3",
+                                "18446744073709551616", "0x10000000000000000", "abc", "0x-1"}) {
+    expect_fails({"put", name, bad, "1"}, 2, "KEY");
+    expect_fails({"put", name, "1", bad}, 2, "VALUE");
+  }
+  expect_fails({"create", "x", "--mode", "999"}, 2, "--mode");
+  expect_fails({"create", "x", "--capacity", "lots"}, 2, "--capacity");
+  EXPECT_EQ(Map::open(name).size(), 0u);
+}
+
+TEST_F(Cli, UsageErrorsAndHelp) {
+  EXPECT_EQ(run({}).rc, 2);
+  EXPECT_EQ(run({"frobnicate"}).rc, 2);
+  EXPECT_EQ(run({"get", "onlyname"}).rc, 2);
+  EXPECT_EQ(run({"put", "a", "1", "2", "3"}).rc, 2);
+  EXPECT_EQ(run({"load", "f", "n", "--replace", "--merge"}).rc, 2);
+  Result r = run({"--help"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("Usage"), std::string::npos);
+  for (const std::string verb : {"create", "put", "get", "del", "add", "stat", "readers", "scan",
+                                 "dump", "load", "check", "rm", "ls"}) {
+    r = run({verb, "--help"});
+    EXPECT_EQ(r.rc, 0) << verb;
+    EXPECT_NE(r.out.find("Usage: shmap " + verb), std::string::npos) << verb << r.out;
+  }
+}
+
+TEST_F(Cli, ErrorsNameTheMap) {
+  expect_fails({"get", "shmap-cli-no-such-map", "1"}, 3, "map 'shmap-cli-no-such-map'");
+  expect_fails({"stat", "shmap-cli-no-such-map"}, 3, "map 'shmap-cli-no-such-map'");
+  expect_fails({"rm", "shmap-cli-no-such-map"}, 3, "map 'shmap-cli-no-such-map'");
+  expect_fails({"get", "a/b", "1"}, 3, "a/b");
+  expect_fails({"create", "a/b"}, 3, "a/b");
+}
+
+TEST_F(Cli, StatJsonAndHuman) {
+  ScopedName name("stat");
+  {
+    Map m = Map::create(name, {.initial_capacity = 128, .max_handles = 32});
+    for (std::uint64_t k = 0; k < 50; ++k) m.insert_or_assign(k, k);
+  }
+  Result r = run({"stat", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["map"], name.str());
+  EXPECT_EQ(j["entries"], 50);
+  EXPECT_GE(j["capacity"].get<std::uint64_t>(), 64u);
+  EXPECT_GT(j["load_factor"].get<double>(), 0.0);
+  EXPECT_EQ(j["tables"], 1);
+  EXPECT_EQ(j["handles_in_use"], 1);
+  EXPECT_EQ(j["max_handles"], 32);
+  EXPECT_EQ(j["options"]["initial_capacity"], 128);
+  EXPECT_EQ(j["format_version"], 1);
+  EXPECT_GT(j["segment_bytes"].get<std::uint64_t>(), 0u);
+  EXPECT_TRUE(j["migration"].is_object());
+  r = run({"stat", name});
+  ASSERT_EQ(r.rc, 0);
+  for (const std::string label :
+       {"entries", "capacity", "load factor", "tables in chain", "migration", "segment bytes",
+        "allocated bytes", "handles", "format version", "creation options"}) {
+    EXPECT_NE(r.out.find(label), std::string::npos) << label;
+  }
+  // Aligned: every value starts in the same column.
+  std::istringstream lines(r.out);
+  std::string line;
+  std::size_t col = 0;
+  while (std::getline(lines, line)) {
+    const auto gap = line.find("  ");
+    ASSERT_NE(gap, std::string::npos) << line;
+    const auto value = line.find_first_not_of(' ', gap);
+    if (col == 0) col = value;
+    EXPECT_EQ(value, col) << line;
+  }
+}
+
+TEST_F(Cli, ReadersAndClearStale) {
+  ScopedName name("readers");
+  Map m = Map::create(name);
+  // Processes that attach and die without closing leave stale slots. (A new handle may take
+  // over a dead one's slot, so make more than the command itself will take.)
+  // The three are attached at once, then killed.
+  std::set<int> dead;
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  for (int i = 0; i < 3; ++i) {
+    dead.insert(spawn([&] {
+      Map mm = Map::open(name);
+      const char c = 1;
+      if (::write(ready[1], &c, 1) != 1) return false;
+      ::pause();
+      return true;
+    }));
+  }
+  for (int i = 0; i < 3; ++i) {
+    char c;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  }
+  for (const int pid : dead) {
+    ::kill(pid, SIGKILL);
+    EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+  }
+  ::close(ready[0]);
+  ::close(ready[1]);
+  Result r = run({"readers", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json j = json::parse(r.out);
+  bool saw_me = false, saw_self = false;
+  std::size_t dead_listed = 0;
+  for (const auto& x : j["readers"]) {
+    if (dead.count(x["pid"].get<int>())) {
+      EXPECT_FALSE(x["alive"].get<bool>()) << r.out;
+      ++dead_listed;
+    }
+    if (x["pid"] == ::getpid()) saw_me = x["alive"].get<bool>();
+    if (x["self"].get<bool>()) saw_self = true;
+    EXPECT_TRUE(x["age_seconds"].is_number());
+    EXPECT_TRUE(x["pinned_lanes"].is_number());
+  }
+  EXPECT_TRUE(saw_me) << r.out;
+  EXPECT_TRUE(saw_self) << "the command's own handle is marked: " << r.out;
+  // 'readers' attaches without clearing stale slots, so all three dead processes are listed.
+  EXPECT_EQ(dead_listed, 3u) << r.out;
+  r = run({"readers", name});
+  EXPECT_NE(r.out.find("PID"), std::string::npos);
+  EXPECT_NE(r.out.find("(this command)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no (stale)"), std::string::npos) << r.out;
+  r = run({"readers", name, "--clear-stale", "--json"});
+  j = json::parse(r.out);
+  EXPECT_EQ(j["cleared"].get<int>(), 3) << r.out;
+  for (const auto& x : j["readers"]) EXPECT_EQ(dead.count(x["pid"].get<int>()), 0u) << r.out;
+  EXPECT_EQ(m.readers().size(), 1u) << "only this test's own handle remains";
+  r = run({"readers", name, "--clear-stale"});
+  EXPECT_NE(r.out.find("cleared 0 stale"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, ScanHumanAndJson) {
+  ScopedName name("scan");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 100; ++k) m.insert_or_assign(k, k * 3);
+    m.insert_or_assign(~0ULL, (1ULL << 53) + 1);
+  }
+  Result r = run({"scan", name, "--json"});
+  ASSERT_EQ(r.rc, 0);
+  json j = json::parse(r.out);
+  ASSERT_EQ(j["entries"].size(), 101u);
+  EXPECT_EQ(j["count"], 101);
+  std::map<std::uint64_t, std::uint64_t> seen;
+  for (const auto& e : j["entries"]) {
+    seen[e["key"].get<std::uint64_t>()] = e["value"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(seen.at(~0ULL), (1ULL << 53) + 1) << "exact beyond 2^53";
+  EXPECT_EQ(seen.at(10), 30u);
+  r = run({"scan", name, "--limit", "5", "--json"});
+  EXPECT_EQ(json::parse(r.out)["entries"].size(), 5u);
+  r = run({"scan", name, "--limit", "7"});
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 7);
+  r = run({"scan", name});
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 101);
+  EXPECT_NE(r.out.find("18446744073709551615  9007199254740993"), std::string::npos);
+  expect_fails({"scan", name, "--limit", "x"}, 2, "limit");
+}
+
+TEST_F(Cli, DumpLoadCheckRmLs) {
+  ScopedName name("dl"), copy("dl-copy");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k, k + 1);
+  }
+  const std::string bin = dir_ + "/snap.shmap", js = dir_ + "/snap.json";
+  Result r = run({"dump", name, bin});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("1000 entries"), std::string::npos) << r.out;
+  EXPECT_EQ(r.err, "") << "no progress bar when stderr is not a terminal";
+  EXPECT_EQ(run({"dump", name, js, "--json", "--point-in-time"}).rc, 0);
+  EXPECT_NO_THROW(json::parse(slurp(js)));
+
+  r = run({"load", bin, copy});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Map::open(copy).size(), 1000u);
+  expect_fails({"load", bin, copy}, 3, "map '" + copy.str() + "'");  // exists
+  {
+    Map c = Map::open(copy);
+    c.insert_or_assign(5000, 1);
+  }
+  EXPECT_EQ(run({"load", js, copy, "--replace"}).rc, 0);
+  EXPECT_FALSE(Map::open(copy).contains(5000));
+  {
+    Map c = Map::open(copy);
+    c.insert_or_assign(5000, 1);
+    c.insert_or_assign(3, 99);
+  }
+  EXPECT_EQ(run({"load", bin, copy, "--merge"}).rc, 0);
+  {
+    Map c = Map::open(copy);
+    EXPECT_EQ(c.size(), 1001u);
+    EXPECT_EQ(c.find(3), 4u);
+  }
+
+  // A file that is not a snapshot: one line naming the file, map unchanged.
+  std::ofstream(dir_ + "/junk") << "not a snapshot at all";
+  expect_fails({"load", dir_ + "/junk", copy, "--replace"}, 3, dir_ + "/junk");
+  expect_fails({"load", dir_ + "/missing", copy, "--replace"}, 3, "missing");
+  EXPECT_EQ(Map::open(copy).size(), 1001u);
+
+  r = run({"check", name});
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("all invariants hold"), std::string::npos) << r.out;
+  r = run({"check", name, "--json"});
+  EXPECT_TRUE(json::parse(r.out)["ok"].get<bool>());
+
+  r = run({"ls", "--json"});
+  ASSERT_EQ(r.rc, 0);
+  bool listed = false;
+  for (const auto& e : json::parse(r.out)) {
+    if (e["name"] == name.str()) listed = e["bytes"].get<std::uint64_t>() > 0;
+  }
+  EXPECT_TRUE(listed) << r.out;
+  r = run({"ls"});
+  EXPECT_NE(r.out.find(name.str()), std::string::npos);
+
+  EXPECT_EQ(run({"rm", name}).rc, 0);
+  expect_fails({"rm", name}, 3, "no such map");
+  expect_fails({"stat", name}, 3, name.str());
+}
+
+#ifdef SHMAP_TMUX
+/// Runs a command in a detached tmux session (a real terminal) and returns the screen text once
+/// it has finished.
+std::string in_terminal(const std::string& dir, const std::string& command) {
+  static int sessions = 0;
+  const std::string sock =
+      "shmap-test-" + std::to_string(::getpid()) + "-" + std::to_string(sessions++);
+  const std::string done = dir + "/done";
+  const std::string script = command + "; echo $? > " + done + "; sleep 60";
+  const std::string start = std::string(SHMAP_TMUX) + " -L " + sock +
+                            " new-session -d -x 160 -y 40 -s t 'sh -c \"" + script + "\"'";
+  EXPECT_EQ(std::system(start.c_str()), 0) << start;
+  for (int i = 0; i < 600 && !std::filesystem::exists(done); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string cap = dir + "/screen";
+  std::system((std::string(SHMAP_TMUX) + " -L " + sock + " capture-pane -p -t t > " + cap).c_str());
+  std::system((std::string(SHMAP_TMUX) + " -L " + sock + " kill-server 2>/dev/null").c_str());
+  EXPECT_EQ(slurp(done), "0\n") << slurp(cap);
+  return slurp(cap);
+}
+
+TEST_F(Cli, ProgressBarOnATerminal) {
+  ScopedName name("progress"), copy("progress-copy");
+  {
+    Map m = Map::create(name, {.initial_capacity = 1 << 20});
+    for (std::uint64_t k = 0; k < 600'000; ++k) m.insert_or_assign(k, k);
+  }
+  const std::string file = dir_ + "/big.shmap";
+  std::string screen =
+      in_terminal(dir_, std::string(SHMAP_CLI) + " dump " + name.str() + " " + file);
+  EXPECT_NE(screen.find("dump   [##############################] 100.0%"), std::string::npos)
+      << screen;
+  EXPECT_NE(screen.find("600000 / 600000 entries"), std::string::npos) << screen;
+  EXPECT_NE(screen.find("dumped map"), std::string::npos) << screen;
+
+  std::filesystem::remove(dir_ + "/done");
+  screen = in_terminal(dir_, std::string(SHMAP_CLI) + " load " + file + " " + copy.str());
+  EXPECT_NE(screen.find("verify [##############################] 100.0%"), std::string::npos)
+      << screen;
+  EXPECT_NE(screen.find("load   [##############################] 100.0%"), std::string::npos)
+      << screen;
+  EXPECT_EQ(Map::open(copy).size(), 600'000u);
+
+  // A small map gets no bar, even on a terminal.
+  ScopedName small("progress-small");
+  Map::create(small).insert_or_assign(1, 1);
+  std::filesystem::remove(dir_ + "/done");
+  screen = in_terminal(dir_, std::string(SHMAP_CLI) + " dump " + small.str() + " " + file);
+  EXPECT_EQ(screen.find("["), std::string::npos) << screen;
+}
+#endif
+
+}  // namespace
+}  // namespace shmap::test

@@ -1,0 +1,70 @@
+// Writes the golden snapshot files checked in beside this program (tests/golden/). The golden
+// test (tests/snapshot/golden_test.cpp) checks that today's code still reads them, with exactly
+// the content listed in the .expected files.
+//
+// Run only to add files for a new format version (never to "fix" a failing golden test: that
+// failure means today's code no longer reads files people already have):
+//   build/tests/snapshot/shmap_make_golden tests/golden
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <string>
+
+#include "shmap/shmap.hpp"
+
+namespace {
+
+constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+
+/// n entries: the edges of the domain, then a fixed pseudo-random sequence (splitmix64).
+std::map<std::uint64_t, std::uint64_t> content(std::size_t n) {
+  std::map<std::uint64_t, std::uint64_t> c;
+  const std::uint64_t edges[] = {0, 1, (std::uint64_t{1} << 53) + 1, std::uint64_t{1} << 63, kMax};
+  for (const auto k : edges) {
+    if (c.size() < n) c[k] = kMax - k;
+  }
+  std::uint64_t x = 0x5eed;
+  while (c.size() < n) {
+    auto next = [&x] {
+      std::uint64_t z = (x += 0x9E3779B97F4A7C15ULL);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+      return z ^ (z >> 31);
+    };
+    const std::uint64_t k = next();
+    c[k] = next();
+  }
+  return c;
+}
+
+void write(const std::string& dir, const std::string& stem, std::size_t n, bool json) {
+  const std::string name = "shmap-make-golden-" + stem;
+  shmap::Map::remove(name);
+  {
+    shmap::Map m = shmap::Map::create(name, {.initial_capacity = 64, .max_handles = 8});
+    const auto c = content(n);
+    for (const auto& [k, v] : c) m.insert_or_assign(k, v);
+    m.dump(dir + "/" + stem + (json ? ".json" : ".shmap"), {.json = json});
+    std::ofstream out(dir + "/" + stem + ".expected");
+    out << "# " << c.size() << " entries, sorted by key: key value\n";
+    for (const auto& [k, v] : c) out << k << ' ' << v << '\n';
+  }
+  shmap::Map::remove(name);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string dir = argc > 1 ? argv[1] : ".";
+  try {
+    write(dir, "v1-empty", 0, false);
+    write(dir, "v1-small", 5000, false);  // two chunks: 4096 + 904 entries
+    write(dir, "v1-small-json", 40, true);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
