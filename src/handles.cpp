@@ -18,6 +18,7 @@
 // table either. A stale or conservative reading only delays reclamation. A lane shared by
 // several threads keeps the oldest epoch while any of them is pinned: conservative again.
 // Lanes of a dead owner are ignored; a stopped owner keeps its tables alive, never freed under it.
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -119,7 +120,18 @@ std::uint64_t process_start_time(int pid) noexcept {
     }
     while (*tok != ' ' && *tok != '\0') ++tok;
   }
-  if (state == 'Z' || state == 'X' || state == 'x') return 0;  // dead, not yet reaped
+  if (state == 'X' || state == 'x') return 0;
+  if (state == 'Z') {
+    // A zombie: dead and not yet reaped -- unless only its main thread exited and other
+    // threads still run (then /proc/PID/task lists more than that one thread).
+    std::snprintf(path, sizeof(path), "/proc/%d/task", pid);
+    int tasks = 0;
+    if (DIR* d = ::opendir(path)) {
+      while (const dirent* e = ::readdir(d)) tasks += e->d_name[0] != '.';
+      ::closedir(d);
+    }
+    if (tasks <= 1) return 0;
+  }
   return start == 0 ? 1 : start;
 }
 
@@ -141,14 +153,13 @@ void MapImpl::claim_slot() {
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (std::size_t i = 0; i < h.max_handles; ++i) {
       HandleSlot& s = slot(i);
-      std::uint64_t expected = 0;
-      if (s.owner.owner.load(std::memory_order_relaxed) != 0) continue;
+      const SlotOwnerWords seen = read_owner(s);
+      if (seen.owner != 0) continue;
       const std::uint64_t nonce = (reinterpret_cast<std::uintptr_t>(this) >> 4) ^ now_ns();
       const std::uint64_t word = pid | (((nonce & 0xffffffffu) | 1) << 32);
-      if (!s.owner.owner.compare_exchange_strong(expected, word, std::memory_order_seq_cst)) {
-        continue;
-      }
-      s.owner.start_time.store(start, std::memory_order_release);
+      // Owner and start time change together: nobody can see this pid with the start time of
+      // the slot's previous owner and judge us dead.
+      if (!cas128(owner_words(s), seen.owner, seen.start, word, start)) continue;
       s.owner.opened_at_ns.store(now_ns(), std::memory_order_relaxed);
       // Lanes of a previous (dead) owner may still hold pins; they were ignored while the slot
       // was dead or free, and are cleared here before this owner uses them. size_delta stays:
@@ -174,28 +185,39 @@ void MapImpl::claim_slot() {
 
 void MapImpl::release_slot() {
   HandleSlot& s = slot(slot_index_);
-  std::uint64_t expected = owner_word_;
-  s.owner.owner.compare_exchange_strong(expected, 0, std::memory_order_seq_cst);
+  const SlotOwnerWords seen = read_owner(s);
+  if (seen.owner == owner_word_) cas128(owner_words(s), seen.owner, seen.start, 0, 0);
   slot_index_ = SIZE_MAX;
 }
 
-bool MapImpl::slot_owner_alive(std::size_t i) const {
-  const HandleSlot& s = slot(i);
-  const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
-  if (w == 0) return false;
-  const int pid = static_cast<int>(w & 0xffffffffu);
-  if (pid == ::getpid()) return true;
-  return process_alive(pid, s.owner.start_time.load(std::memory_order_acquire));
+SlotOwnerWords MapImpl::read_owner(const HandleSlot& s) {
+  // The owner word carries a per-claim nonce, so the same owner word before and after the
+  // start-time load means the pair was read from one claim.
+  for (;;) {
+    const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
+    const std::uint64_t st = s.owner.start_time.load(std::memory_order_acquire);
+    if (s.owner.owner.load(std::memory_order_relaxed) == w) return {w, st};
+  }
 }
+
+bool MapImpl::owner_alive(SlotOwnerWords o) {
+  if (o.owner == 0) return false;
+  const int pid = static_cast<int>(o.owner & 0xffffffffu);
+  if (pid == ::getpid()) return true;
+  return process_alive(pid, o.start);
+}
+
+bool MapImpl::slot_owner_alive(std::size_t i) const { return owner_alive(read_owner(slot(i))); }
 
 std::size_t MapImpl::clear_stale_slots() {
   std::size_t cleared = 0;
   for (std::size_t i = 0; i < header().max_handles; ++i) {
     HandleSlot& s = slot(i);
-    std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
-    if (w == 0 || slot_owner_alive(i)) continue;
-    // Only the CAS that frees the slot counts: a concurrent clearer or a new owner wins cleanly.
-    if (s.owner.owner.compare_exchange_strong(w, 0, std::memory_order_seq_cst)) ++cleared;
+    const SlotOwnerWords seen = read_owner(s);
+    if (seen.owner == 0 || owner_alive(seen)) continue;
+    // Only the CAS that frees the slot counts: a concurrent clearer or a new owner (another
+    // nonce) makes it fail.
+    if (cas128(owner_words(s), seen.owner, seen.start, 0, 0)) ++cleared;
   }
   if (cleared != 0) reclaim();
   return cleared;
@@ -224,32 +246,28 @@ void MapImpl::unpin_shared() const {
 
 void MapImpl::retire(std::uint64_t table_offset) const {
   SegmentHeader& h = header();
-  const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    for (RetiredEntry& r : h.retired) {
-      if (load_acquire(r.table) != 0) continue;
-      if (cas128(&r.table, 0, 0, table_offset, e)) {
-        // The retiring thread is pinned itself; it reclaims once it unpins.
-        t_reclaim_wanted = true;
-        return;
-      }
-    }
-    reclaim();
-  }
-  // No room to remember it: leave the table allocated (safe, only memory is lost).
-  h.leaked_bytes.fetch_add(at<TableHeader>(table_offset)->extent_bytes,
-                           std::memory_order_relaxed);
+  TableHeader* t = table(table_offset);
+  t->retire_epoch = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
+  // Treiber push onto the retired stack (no fixed limit: a long-pinned reader holds back
+  // memory, never correctness). Popping is only ever by exchange of the whole stack, so a
+  // push cannot suffer ABA.
+  std::uint64_t head = h.retired_head.load(std::memory_order_relaxed);
+  do {
+    t->retired_next = head;
+  } while (!h.retired_head.compare_exchange_weak(head, table_offset, std::memory_order_acq_rel));
+  // The retiring thread is pinned itself; it reclaims once it unpins.
+  t_reclaim_wanted = true;
 }
 
 void MapImpl::reclaim() const {
   SegmentHeader& h = header();
-  bool any = false;
-  for (const RetiredEntry& r : h.retired) any = any || load_acquire(r.table) != 0;
-  if (!any) return;
+  if (h.retired_head.load(std::memory_order_acquire) == 0) return;
+  // Read the epoch before scanning: a table retired during the scan gets an epoch >= this one
+  // and is kept, whatever the lanes scanned before its retirement said.
+  std::uint64_t oldest = h.global_epoch.load(std::memory_order_seq_cst);
   // Light pins are plain stores: make every one of them visible before scanning.
   if (!global_barrier()) return;
-  // Oldest epoch any live owner's lane is pinned at (UINT64_MAX: none).
-  std::uint64_t oldest = UINT64_MAX;
+  // Oldest epoch any live owner's lane is pinned at.
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     const HandleSlot& s = slot(i);
     if (s.owner.owner.load(std::memory_order_seq_cst) == 0) continue;
@@ -260,18 +278,33 @@ void MapImpl::reclaim() const {
     }
     if (slot_oldest < oldest && slot_owner_alive(i)) oldest = slot_oldest;
   }
-  for (RetiredEntry& r : h.retired) {
-    const std::uint64_t table = load_acquire(r.table);
-    if (table == 0) continue;
-    const std::uint64_t epoch = load_acquire(r.epoch);
+  // Take the whole stack; free what no pinned lane can see, push the rest back.
+  std::uint64_t off = h.retired_head.exchange(0, std::memory_order_acq_rel);
+  while (off != 0) {
+    TableHeader* t = table(off);
+    const std::uint64_t next = t->retired_next;
     // Pinned at an epoch > e: pinned after the unlink, cannot see the table.
-    if (epoch >= oldest) continue;
-    const std::uint64_t bytes = this->table(table)->extent_bytes;
-    if (cas128(&r.table, table, epoch, 0, 0)) {
-      free_extent(table, bytes);
+    if (t->retire_epoch < oldest) {
+      free_extent(off, t->extent_bytes);
       h.tables_freed.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      std::uint64_t head = h.retired_head.load(std::memory_order_relaxed);
+      do {
+        t->retired_next = head;
+      } while (!h.retired_head.compare_exchange_weak(head, off, std::memory_order_acq_rel));
     }
+    off = next;
   }
+}
+
+std::size_t MapImpl::retired_count() const {
+  // Racy walk (a reclaimer may pop meanwhile): bounded, and it reads only mapped memory.
+  std::size_t n = 0;
+  for (std::uint64_t off = header().retired_head.load(std::memory_order_acquire);
+       off != 0 && n < 1000000; ++n) {
+    off = table(off)->retired_next;
+  }
+  return n;
 }
 
 std::int64_t MapImpl::size_estimate() const {

@@ -126,7 +126,10 @@ Stats Map::stats() const {
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     if (m.slot(i).owner.owner.load(std::memory_order_relaxed) != 0) ++s.handles_in_use;
   }
-  for (const RetiredEntry& r : h.retired) s.retired_pending += load_acquire(r.table) != 0;
+  {
+    PinGuard pin(m);
+    s.retired_pending = m.retired_count();
+  }
   s.max_handles = h.max_handles;
   s.segment_bytes = h.file_bytes.load(std::memory_order_relaxed);
   s.allocated_bytes = m.allocated_bytes();
@@ -194,7 +197,13 @@ CheckReport MapImpl::check() const {
       problem(std::string(what) + " table offset " + std::to_string(off) + " is outside the arena");
       return false;
     }
+    ensure_mapped(off + kTableHeaderBytes);
     const auto* t = at<TableHeader>(off);
+    if (off + t->extent_bytes > top) {
+      problem(std::string(what) + " table at " + std::to_string(off) + " extends past the arena");
+      return false;
+    }
+    ensure_mapped(off + t->extent_bytes);
     if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 ||
         (std::uint64_t{1} << t->bits) != t->capacity ||
         off + t->extent_bytes > top ||
@@ -255,10 +264,13 @@ CheckReport MapImpl::check() const {
   cur_keys = walk(cur, "current", true);
   if (old_off != 0) walk(table(old_off), "older", false);
   rep.live_entries = live;
-  for (const RetiredEntry& r : h.retired) {
-    const std::uint64_t off = load_acquire(r.table);
-    if (off != 0) valid_table(off, "retired");
+  std::size_t retired = 0;
+  for (std::uint64_t off = h.retired_head.load(std::memory_order_acquire);
+       off != 0 && retired < 100000; ++retired) {
+    if (!valid_table(off, "retired")) break;
+    off = at<TableHeader>(off)->retired_next;
   }
+  rep.notes.push_back(std::to_string(retired) + " retired tables awaiting reclamation");
   std::size_t dead = 0;
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;

@@ -129,16 +129,20 @@ TableHeader* MapImpl::table(std::uint64_t offset) const {
   return t;
 }
 
-std::uint64_t MapImpl::allocate(std::uint64_t bytes) const {
+std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
   SegmentHeader& h = header();
+  // First fit among free extents of bytes .. 2 * bytes (the whole extent is taken: its size
+  // is recorded by the caller, and the pages it does not touch cost nothing after the punch).
   for (auto& entry : h.free_list) {
     std::uint64_t e = entry.load(std::memory_order_acquire);
-    if (e != 0 && extent_bytes(e) == bytes &&
+    if (e != 0 && extent_bytes(e) >= bytes && extent_bytes(e) <= 2 * bytes &&
         entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel)) {
-      ensure_mapped(extent_offset(e) + bytes);
+      ensure_mapped(extent_offset(e) + extent_bytes(e));
+      *got = extent_bytes(e);
       return extent_offset(e);
     }
   }
+  *got = bytes;
   for (;;) {
     std::uint64_t top = h.arena_top.load(std::memory_order_acquire);
     const std::uint64_t end = top + bytes;
@@ -170,9 +174,16 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes) const {
 void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   SegmentHeader& h = header();
   // The pages go back to the system now; the range reads as zeros when reused.
-  ::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-              static_cast<off_t>(bytes));
+  if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(bytes)) != 0) {
+    // Not zeroed: never hand it out again (a new table must start all EMPTY).
+    h.leaked_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    return;
+  }
   h.bytes_freed.fetch_add(bytes, std::memory_order_relaxed);
+  // The last extent of the arena: give its address range back too.
+  std::uint64_t top = offset + bytes;
+  if (h.arena_top.compare_exchange_strong(top, offset, std::memory_order_acq_rel)) return;
   const std::uint64_t packed = pack_extent(offset, bytes);
   for (auto& entry : h.free_list) {
     std::uint64_t e = 0;
@@ -331,6 +342,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     fail(Errc::layout_mismatch, name,
          "segment written by a build with another memory layout; use the same build of shmap");
   }
+  ::fstat(fd, &st);  // the segment may have grown while we waited
   if (h.max_bytes < h.arena_offset || h.max_bytes > (std::uint64_t{1} << 46) ||
       h.max_handles == 0 || h.max_handles > 4096 ||
       h.slots_offset != kPage || h.file_bytes.load(std::memory_order_acquire) >
@@ -351,8 +363,9 @@ std::uint64_t layout_signature() noexcept {
   const std::uint64_t facts[] = {
       sizeof(SegmentHeader), alignof(SegmentHeader), offsetof(SegmentHeader, current_table),
       offsetof(SegmentHeader, file_bytes), offsetof(SegmentHeader, free_list),
-      offsetof(SegmentHeader, retired), sizeof(HandleSlot), sizeof(Lane), sizeof(SlotOwner),
+      offsetof(SegmentHeader, retired_head), sizeof(HandleSlot), sizeof(Lane), sizeof(SlotOwner),
       sizeof(TableHeader), offsetof(TableHeader, older), offsetof(TableHeader, used),
+      offsetof(TableHeader, retired_next), offsetof(SlotOwner, start_time),
       sizeof(Bucket), alignof(Bucket), offsetof(Bucket, meta), offsetof(Bucket, key),
       kCacheLine, kLanes, kStripes, kChunk, kTableHeaderBytes, sizeof(void*),
       hash_key(0x0123456789abcdefULL, 42)};

@@ -342,6 +342,17 @@ class WriterHold {
   const MapImpl *m_;
 };
 
+// A point-in-time hold has a lease (writers break it after kWriterHoldLeaseNs): a dump that
+// outlived it is not an image of one moment, so it is not committed.
+void require_hold(const Map &m, bool point_in_time) {
+  if (point_in_time && !m.impl().still_holding_writers()) {
+    throw Error(Errc::timeout, "shmap: map '" + m.name() +
+                                   "': the point-in-time dump outlived its hold on writers (" +
+                                   std::to_string(detail::kWriterHoldLeaseNs / 1000000000) +
+                                   " s); dump without --point-in-time or retry");
+  }
+}
+
 void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   AtomicFile out(w);
   WriterHold hold(m.impl(), point_in_time);
@@ -411,6 +422,7 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   put64(foot + 24, out.digest());
   std::memcpy(foot + 32, kEndMagic, 8);
   out.raw(foot + 24, 16);
+  require_hold(m, point_in_time);
   out.commit();
   report("dump", total, total);
 }
@@ -425,6 +437,7 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
     entries.reserve(hint);
     report("dump", 0, hint);
     m.for_each([&](std::uint64_t k, std::uint64_t v) { entries.push_back({k, v}); });
+    require_hold(m, point_in_time);
   }
   h.entry_count = entries.size();
   h.chunk_entries = 0;

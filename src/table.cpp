@@ -37,6 +37,12 @@ namespace {
 
 thread_local unsigned t_erases = 0;
 
+std::uint64_t monotonic_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+
 void store_key(Bucket& b, std::uint64_t k) {
   // Release: the key is visible to whoever later acquires the meta written by our CAS.
   std::atomic_ref<std::uint64_t>(b.key).store(k, std::memory_order_release);
@@ -54,8 +60,8 @@ std::uint64_t round_pow2(std::uint64_t n) {
 
 std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older) const {
   const std::uint64_t older_cap = older != 0 ? table(older)->capacity : 0;
-  const std::uint64_t bytes = table_bytes(capacity, older_cap);
-  const std::uint64_t off = allocate(bytes);  // zeroed: every bucket EMPTY, counters 0
+  std::uint64_t bytes = 0;
+  const std::uint64_t off = allocate(table_bytes(capacity, older_cap), &bytes);  // zeroed
   auto* t = at<TableHeader>(off);
   t->capacity = capacity;
   t->bits = log2_of(capacity);
@@ -422,9 +428,18 @@ void MapImpl::finish_migration() const {
 }
 
 void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const {
-  finish_migration();
-  PinGuard pin(*this);
-  TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+  for (;;) {
+    finish_migration();
+    PinGuard pin(*this);
+    TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+    // A resize between finish_migration() and our pin: finish that one too, then walk.
+    if (t->older.load(std::memory_order_seq_cst) != 0) continue;
+    return walk(t, fn, ctx);
+  }
+}
+
+void MapImpl::walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t),
+                   void* ctx) const {
   Bucket* b = buckets(t);
   // t has no older table: every key has exactly one bucket in it, so each is visited once.
   // A bucket MOVED meanwhile (t got a successor during the walk) is followed by a lookup.
@@ -457,7 +472,9 @@ void MapImpl::wait_for_gate() const {
   for (;;) {
     std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
     if (g == 0 || g == owner_word_) return;
-    if (!gate_owner_alive(g)) {
+    // A dead holder, or one past its lease (stopped, or just too slow), no longer holds.
+    const std::uint64_t deadline = h.writer_gate_deadline.load(std::memory_order_acquire);
+    if (!gate_owner_alive(g) || (deadline != 0 && monotonic_ns() > deadline)) {
       h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
       continue;
     }
@@ -472,9 +489,13 @@ void MapImpl::hold_writers() const {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (;;) {
     std::uint64_t g = 0;
-    if (h.writer_gate.compare_exchange_strong(g, owner_word_, std::memory_order_seq_cst)) break;
+    if (h.writer_gate.compare_exchange_strong(g, owner_word_, std::memory_order_seq_cst)) {
+      h.writer_gate_deadline.store(monotonic_ns() + kWriterHoldLeaseNs, std::memory_order_release);
+      break;
+    }
     if (g == owner_word_) break;
-    if (!gate_owner_alive(g)) {
+    const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
+    if (!gate_owner_alive(g) || (lease != 0 && monotonic_ns() > lease)) {
       h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
       continue;
     }
@@ -510,9 +531,15 @@ void MapImpl::hold_writers() const {
   }
 }
 
-void MapImpl::release_writers() const {
+bool MapImpl::release_writers() const {
+  SegmentHeader& h = header();
   std::uint64_t g = owner_word_;
-  header().writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+  h.writer_gate_deadline.store(0, std::memory_order_relaxed);
+  return h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+}
+
+bool MapImpl::still_holding_writers() const {
+  return header().writer_gate.load(std::memory_order_seq_cst) == owner_word_;
 }
 
 // ---- bulk loads --------------------------------------------------------------------------------
@@ -555,13 +582,17 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
     std::copy_n(buckets(built), built->capacity, buckets(n));
     n->used[0].n.store(used_buckets(built), std::memory_order_relaxed);
     n->discard_older = 1;
+    // Count the new entries before publishing: a loader killed right after the CAS must not
+    // leave the size low (successors are sized from it); until the old entries are discarded
+    // the size reads high, which only makes a successor larger.
+    add_size(static_cast<std::int64_t>(count));
     std::uint64_t expected = cur_off;
     if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
+      add_size(-static_cast<std::int64_t>(count));
       discard_table(n_off);
       continue;
     }
     h.resizes.fetch_add(1, std::memory_order_relaxed);
-    add_size(static_cast<std::int64_t>(count));
     break;
   }
   discard_table(built_off);

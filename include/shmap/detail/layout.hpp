@@ -19,7 +19,7 @@
 //     +192   line: file_bytes, arena_top                               (allocators, CAS)
 //     +256   line: counters resizes, tables_freed, bytes_freed, leaked_bytes; writer_gate
 //     +512   free_list[64]   u64 packed {offset_pages:40, pages:24}    (allocator, CAS)
-//     +1024  retired[64]     {table offset, retire epoch}              (16-byte CAS)
+//     +1024  retired_head    offset of the newest retired table        (Treiber stack)
 //   slots_offset (4096)     HandleSlot[max_handles], each 64 * (1 + kLanes) bytes
 //   arena_offset            page-aligned extents, one per table, handed out by a bump pointer
 //                           (arena_top) and recycled through free_list
@@ -32,7 +32,8 @@
 // ===============================
 //
 //   +0      TableHeader: capacity, bits, older (offset of the table it replaces), migration
-//           cursor and done count, 16 striped "used" counters, each on its own cache line
+//           cursor and done count, retire epoch and retired-stack link, 16 striped "used"
+//           counters, each on its own cache line
 //   +2048   Bucket[capacity], 32 bytes each:
 //             +0  value   u64 ┐ updated together by one 16-byte CAS (cmpxchg16b)
 //             +8  meta    u64 ┘ bits 0-7 state, bits 8-63 version (bumped on every change)
@@ -77,8 +78,9 @@ inline constexpr std::size_t kChunk = 64;          // buckets per migration chun
 inline constexpr std::size_t kChunksPerWrite = 2;  // chunks every write migrates first
 inline constexpr std::size_t kMinCapacity = 8;
 inline constexpr std::size_t kFreeListSize = 64;
-inline constexpr std::size_t kRetiredSize = 64;
 inline constexpr std::size_t kTableHeaderBytes = 2048;
+/// A point-in-time hold lasts at most this long; then waiting writers break it.
+inline constexpr std::uint64_t kWriterHoldLeaseNs = 60'000'000'000;
 
 enum State : std::uint64_t {
   kEmpty = 0,
@@ -121,7 +123,8 @@ struct TableHeader {
   std::uint64_t older_capacity;  // capacity of the table it replaces (0: none); immutable
   std::uint64_t created_epoch;
   std::uint64_t discard_older;   // 1: replaces the older table's content instead of copying it
-  std::uint64_t reserved0[2];
+  std::uint64_t retire_epoch;    // global epoch when unlinked (set by the retirer)
+  std::uint64_t retired_next;    // next table on the retired stack
   // Second line: migration of `older` into this table.
   alignas(kCacheLine) std::atomic<std::uint64_t> older;  // offset; 0 once assimilated
   std::atomic<std::uint64_t> mig_cursor;  // next chunk to claim (fetch_add; may pass the end)
@@ -160,11 +163,6 @@ struct HandleSlot {
 };
 static_assert(sizeof(HandleSlot) == kCacheLine * (1 + kLanes), "slot = owner line + lanes");
 
-struct RetiredEntry {
-  std::uint64_t table;  // offset; 0 = empty entry
-  std::uint64_t epoch;  // global epoch at retirement
-};
-static_assert(sizeof(RetiredEntry) == 16, "retired entries are 16-byte CAS units");
 
 struct SegmentHeader {
   std::uint64_t magic;
@@ -193,16 +191,20 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> bytes_freed;
   std::atomic<std::uint64_t> leaked_bytes;
   std::atomic<std::uint64_t> writer_gate;  // 0, or the owner word of a point-in-time dumper
+  std::atomic<std::uint64_t> writer_gate_deadline;  // CLOCK_MONOTONIC ns; 0 = being set
   alignas(512) std::atomic<std::uint64_t> free_list[kFreeListSize];
-  alignas(16) RetiredEntry retired[kRetiredSize];
-  std::uint8_t reserved2[kPage - 2048];
+  // Stack of unlinked tables awaiting reclamation, linked through TableHeader::retired_next.
+  alignas(kCacheLine) std::atomic<std::uint64_t> retired_head;
+  std::uint8_t reserved2[kPage - 1088];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
 static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
 static_assert(offsetof(SegmentHeader, file_bytes) == 192, "allocator line");
 static_assert(offsetof(SegmentHeader, resizes) == 256, "counters line");
 static_assert(offsetof(SegmentHeader, free_list) == 512, "free list pinned");
-static_assert(offsetof(SegmentHeader, retired) == 1024, "retired list pinned");
+static_assert(offsetof(SegmentHeader, retired_head) == 1024, "retired stack head pinned");
+static_assert(offsetof(SegmentHeader, writer_gate) == 288, "writer gate pinned");
+static_assert(offsetof(SlotOwner, start_time) == 8, "owner and start time: one 16-byte CAS unit");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");

@@ -57,6 +57,15 @@ inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
   return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_acquire);
 }
 
+/// A handle slot's {owner, start_time}, which change together.
+struct SlotOwnerWords {
+  std::uint64_t owner;
+  std::uint64_t start;
+};
+inline std::uint64_t* owner_words(HandleSlot& s) {
+  return reinterpret_cast<std::uint64_t*>(&s.owner.owner);
+}
+
 /// A consistent {meta, value} pair of a bucket, read without writing to its cache line.
 struct Cell {
   std::uint64_t meta;
@@ -128,7 +137,8 @@ class MapImpl {
   }
 
   /// Allocates a zeroed, page-aligned extent; throws out_of_space.
-  std::uint64_t allocate(std::uint64_t bytes) const;
+  /// *got receives the extent's real size (>= bytes: a reused extent may be larger).
+  std::uint64_t allocate(std::uint64_t bytes, std::uint64_t* got) const;
   /// Gives an extent back: its pages to the system (hole punch), its range to the free list.
   void free_extent(std::uint64_t offset, std::uint64_t bytes) const;
   std::uint64_t allocated_bytes() const;
@@ -142,6 +152,10 @@ class MapImpl {
   /// Frees slots whose owner died. Returns how many.
   std::size_t clear_stale_slots();
   bool slot_owner_alive(std::size_t i) const;
+  static SlotOwnerWords read_owner(const HandleSlot& s);
+  static bool owner_alive(SlotOwnerWords o);
+  /// Tables retired and not yet freed (a racy count, for stats).
+  std::size_t retired_count() const;
   Lane& lane_of(std::size_t t) const { return my_slot_->lanes[t < kLanes - 1 ? t : kLanes - 1]; }
   Lane& my_lane() const { return lane_of(thread_number()); }
   /// Pins this thread's lane with the global epoch (RCU read-side enter; see handles.cpp).
@@ -186,13 +200,14 @@ class MapImpl {
   /// find_slow(), which handles migration states.
   std::optional<std::uint64_t> find(std::uint64_t k) const {
     pin();
-    const std::uint64_t t_off = header().current_table.load(std::memory_order_acquire);
+    // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
+    const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
     if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) {
       unpin();
       return find_slow(k);
     }
     const TableHeader* t = at<TableHeader>(t_off);
-    const std::uint64_t older = t->older.load(std::memory_order_acquire);
+    const std::uint64_t older = t->older.load(std::memory_order_seq_cst);
     const Bucket* b = reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) +
                                                       kTableHeaderBytes);
     const std::uint64_t mask = t->capacity - 1;
@@ -245,6 +260,8 @@ class MapImpl {
   std::optional<std::uint64_t> mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
                                            void* ctx);
   void for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
+  /// Walks one table that has no older table (see for_each).
+  void walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
   /// Runs migration chunks until the current table has no older table.
   void finish_migration() const;
   std::uint64_t create_table(std::uint64_t capacity, std::uint64_t older) const;
@@ -262,7 +279,9 @@ class MapImpl {
   /// Returns once every write already under way has finished. A holder that dies is noticed by
   /// the waiting writers, which then proceed.
   void hold_writers() const;
-  void release_writers() const;
+  /// False if the hold was broken meanwhile (its lease ran out: the copy is not point-in-time).
+  bool release_writers() const;
+  bool still_holding_writers() const;
   /// A fresh, unpublished table sized for `entries`.
   std::uint64_t build_table(std::size_t entries) const;
   /// Puts k -> v into an unpublished table (single-threaded; the last value wins).
