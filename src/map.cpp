@@ -207,7 +207,7 @@ CheckReport MapImpl::check() const {
     if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 ||
         (std::uint64_t{1} << t->bits) != t->capacity ||
         off + t->extent_bytes > top ||
-        t->extent_bytes < table_bytes(t->capacity, t->older_capacity)) {
+        t->extent_bytes < table_bytes(t->capacity)) {
       problem(std::string(what) + " table at " + std::to_string(off) + " has a bad header");
       return false;
     }

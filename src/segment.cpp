@@ -227,7 +227,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     const std::uint64_t capacity = round_pow2(options.initial_capacity);
     const std::uint64_t slots_bytes = options.max_handles * sizeof(HandleSlot);
     const std::uint64_t arena = (kPage + slots_bytes + kPage - 1) / kPage * kPage;
-    const std::uint64_t total = arena + table_bytes(capacity, 0);
+    const std::uint64_t total = arena + table_bytes(capacity);
     if (total > options.max_bytes) {
       fail(Errc::invalid_argument, name, "initial_capacity does not fit in max_bytes");
     }

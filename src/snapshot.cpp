@@ -838,10 +838,18 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
     const std::uint64_t table = impl.build_table(src.entries);
     try {
       std::uint64_t done = 0;
+      // Batches: the core prefetches a batch's buckets before filling them.
+      std::pair<std::uint64_t, std::uint64_t> batch[64];
+      std::size_t in_batch = 0;
       src.feed([&](std::uint64_t k, std::uint64_t v) {
-        impl.bulk_put(table, k, v);
+        batch[in_batch++] = {k, v};
+        if (in_batch == 64) {
+          impl.bulk_put_many(table, batch, in_batch);
+          in_batch = 0;
+        }
         if ((++done & 0xffff) == 0 && !src.feed_reports) report("build", done, src.entries);
       });
+      impl.bulk_put_many(table, batch, in_batch);
     } catch (...) {
       impl.discard_table(table);
       throw;

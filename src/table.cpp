@@ -25,6 +25,8 @@
 //   table until the moment it is sealed there, and the successor holds it from before then.
 // - A mover killed at any instruction leaves a FROZEN or CLAIMED bucket that the next
 //   writer of that key or the next pass over the chunk finishes; nothing waits for it.
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <thread>
@@ -36,6 +38,10 @@ namespace shmap::detail {
 namespace {
 
 thread_local unsigned t_erases = 0;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels refuse it and we fault lazily
+#endif
 
 std::uint64_t monotonic_ns() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -61,7 +67,7 @@ std::uint64_t round_pow2(std::uint64_t n) {
 std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older) const {
   const std::uint64_t older_cap = older != 0 ? table(older)->capacity : 0;
   std::uint64_t bytes = 0;
-  const std::uint64_t off = allocate(table_bytes(capacity, older_cap), &bytes);  // zeroed
+  const std::uint64_t off = allocate(table_bytes(capacity), &bytes);  // zeroed
   auto* t = at<TableHeader>(off);
   t->capacity = capacity;
   t->bits = log2_of(capacity);
@@ -210,7 +216,7 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
   TableHeader* older = table(o_off);
   const std::uint64_t csize = std::min<std::uint64_t>(kChunk, older->capacity);
   const std::uint64_t nchunks = older->capacity / csize;
-  std::uint64_t* bitmap = done_bitmap(newer);
+  std::uint64_t* bitmap = done_bitmap(older);
   Bucket* ob = buckets(older);
   // Unlinks and retires the older table; only the winner of the CAS retires it. Called again
   // by anyone who finds the work done, so a finisher killed before its CAS delays nobody.
@@ -545,57 +551,91 @@ bool MapImpl::still_holding_writers() const {
 // ---- bulk loads --------------------------------------------------------------------------------
 
 std::uint64_t MapImpl::build_table(std::size_t entries) const {
-  return create_table(
+  const std::uint64_t off = create_table(
       round_pow2(std::max<std::uint64_t>(header().initial_capacity, entries * 2 + 2)), 0);
+  // Fault the pages in with one call instead of one fault per page during the fill.
+  ::madvise(base_ + off, at<TableHeader>(off)->extent_bytes, MADV_POPULATE_WRITE);
+  return off;
 }
 
 void MapImpl::bulk_put(std::uint64_t table_off, std::uint64_t k, std::uint64_t v) const {
-  TableHeader* t = table(table_off);
-  const ProbeResult r = probe(t, k, true);
-  if (r.kind != Probe::found) {
-    fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
+  const std::pair<std::uint64_t, std::uint64_t> kv{k, v};
+  bulk_put_many(table_off, &kv, 1);
+}
+
+namespace {
+// Single-threaded insert into an unpublished table. Nobody else reads or writes it, so plain
+// stores will do (the CAS on current_table in publish_replace() publishes them).
+bool put_private(TableHeader* t, Bucket* b, std::uint64_t i, std::uint64_t k, std::uint64_t v) {
+  const std::uint64_t mask = t->capacity - 1;
+  for (std::uint64_t n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+    if (state_of(b[i].meta) == kEmpty) {
+      b[i].key = k;
+      b[i].value = v;
+      b[i].meta = next_meta(b[i].meta, kLive);
+      t->used[0].n.store(t->used[0].n.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
+      return true;
+    }
+    if (b[i].key == k) {
+      b[i].value = v;  // the last value wins
+      return true;
+    }
   }
-  store_key(*r.bucket, k);
-  Cell c = r.cell;
-  while (!cas128(&r.bucket->value, c.value, c.meta, v, next_meta(c.meta, kLive))) {
-    c = read_cell(*r.bucket);
+  return false;
+}
+}  // namespace
+
+void MapImpl::bulk_put_many(std::uint64_t table_off,
+                            const std::pair<std::uint64_t, std::uint64_t>* kv,
+                            std::size_t n) const {
+  TableHeader* t = table(table_off);
+  Bucket* b = buckets(t);
+  constexpr std::size_t kAhead = 16;
+  std::uint64_t homes[kAhead];
+  for (std::size_t base = 0; base < n; base += kAhead) {
+    const std::size_t m = std::min(kAhead, n - base);
+    for (std::size_t j = 0; j < m; ++j) {
+      homes[j] = home(kv[base + j].first, t);
+      __builtin_prefetch(&b[homes[j]], 1);
+    }
+    for (std::size_t j = 0; j < m; ++j) {
+      if (!put_private(t, b, homes[j], kv[base + j].first, kv[base + j].second)) {
+        fail(Errc::invalid_argument, name_,
+             "bulk load: more entries than the table was built for");
+      }
+    }
   }
 }
 
 void MapImpl::publish_replace(std::uint64_t built_off) const {
   SegmentHeader& h = header();
   TableHeader* built = table(built_off);
-  std::uint64_t count = 0;
-  for (std::uint64_t i = 0; i < built->capacity; ++i) {
-    count += state_of(buckets(built)[i].meta) == kLive ? 1 : 0;
-  }
+  const std::uint64_t count = used_buckets(built);  // every claimed bucket is LIVE
+  built->discard_older = 1;
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
     const std::uint64_t cur_off = h.current_table.load(std::memory_order_seq_cst);
     TableHeader* cur = table(cur_off);
     if (cur->older.load(std::memory_order_acquire) != 0) continue;
-    // The successor needs a done bitmap sized for cur, so copy the built buckets into a table
-    // made for this very predecessor. It discards cur's entries instead of copying them.
-    const std::uint64_t n_off = create_table(built->capacity, cur_off);
-    TableHeader* n = table(n_off);
-    std::copy_n(buckets(built), built->capacity, buckets(n));
-    n->used[0].n.store(used_buckets(built), std::memory_order_relaxed);
-    n->discard_older = 1;
+    // The built table becomes the successor of cur, one that discards cur's entries instead of
+    // copying them. Relaxed: published by the CAS below.
+    built->older.store(cur_off, std::memory_order_relaxed);
+    built->older_capacity = cur->capacity;
     // Count the new entries before publishing: a loader killed right after the CAS must not
     // leave the size low (successors are sized from it); until the old entries are discarded
     // the size reads high, which only makes a successor larger.
     add_size(static_cast<std::int64_t>(count));
     std::uint64_t expected = cur_off;
-    if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
+    if (!h.current_table.compare_exchange_strong(expected, built_off,
+                                                 std::memory_order_seq_cst)) {
       add_size(-static_cast<std::int64_t>(count));
-      discard_table(n_off);
       continue;
     }
     h.resizes.fetch_add(1, std::memory_order_relaxed);
     break;
   }
-  discard_table(built_off);
   finish_migration();
 }
 

@@ -240,7 +240,7 @@ TEST(Protocol, FinisherKilledBeforeUnlinkDelaysNobody) {
     Bucket* ob = f.m.buckets(old);
     for (std::uint64_t i = 0; i < old->capacity; ++i) f.m.move_bucket(old, &ob[i], now);
     for (std::uint64_t c = 0; c < nchunks; ++c) {
-      std::atomic_ref<std::uint64_t>(f.m.done_bitmap(now)[c / 64]).fetch_or(1ULL << (c % 64));
+      std::atomic_ref<std::uint64_t>(f.m.done_bitmap(old)[c / 64]).fetch_or(1ULL << (c % 64));
     }
     now->mig_cursor.store(nchunks);  // every chunk was claimed
     now->mig_done.store(counted ? nchunks : nchunks - 1);

@@ -39,7 +39,8 @@
 //             +8  meta    u64 ┘ bits 0-7 state, bits 8-63 version (bumped on every change)
 //             +16 key     u64   written once, before the bucket leaves state CLAIMED
 //             +24 reserved
-//   +2048 + 32 * capacity   done bitmap: one bit per 64-bucket chunk of the *older* table
+//   +2048 + 32 * capacity   done bitmap: one bit per 64-bucket chunk of this table, set as
+//                           the chunk is migrated into the successor
 //
 // Bucket state machine (a bucket never goes back to EMPTY or CLAIMED):
 //
@@ -213,12 +214,14 @@ static_assert(sizeof(std::atomic<std::uint64_t>) == 8, "atomics are plain words 
 /// Hash of every size, alignment and offset above; a build that differs refuses to attach.
 std::uint64_t layout_signature() noexcept;
 
-inline constexpr std::size_t table_bytes(std::size_t capacity, std::size_t older_capacity) {
-  const std::size_t bitmap_words = (older_capacity / kChunk + 63) / 64 + 1;
+/// Bytes of a table's extent: header, buckets, and the done bitmap of its own chunks (used when
+/// this table is the older one being migrated; one bit per 64-bucket chunk).
+inline constexpr std::size_t table_bytes(std::size_t capacity) {
+  const std::size_t bitmap_words = (capacity / kChunk + 63) / 64 + 1;
   const std::size_t raw = kTableHeaderBytes + capacity * sizeof(Bucket) + bitmap_words * 8;
   return (raw + kPage - 1) / kPage * kPage;
 }
-static_assert(table_bytes(8, 0) == kPage, "a minimal table is one page");
+static_assert(table_bytes(8) == kPage, "a minimal table is one page");
 
 /// The key hash (pinned by a golden test: changing it changes where keys live).
 constexpr std::uint64_t hash_key(std::uint64_t k, std::uint64_t seed) {

@@ -128,6 +128,7 @@ class MapImpl {
   Bucket* buckets(TableHeader* t) const {
     return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(t) + kTableHeaderBytes);
   }
+  /// One bit per chunk of t, set when the chunk has been moved into t's successor.
   std::uint64_t* done_bitmap(TableHeader* t) const {
     return reinterpret_cast<std::uint64_t*>(reinterpret_cast<char*>(t) + kTableHeaderBytes +
                                             t->capacity * sizeof(Bucket));
@@ -286,6 +287,10 @@ class MapImpl {
   std::uint64_t build_table(std::size_t entries) const;
   /// Puts k -> v into an unpublished table (single-threaded; the last value wins).
   void bulk_put(std::uint64_t table, std::uint64_t k, std::uint64_t v) const;
+  /// The same for n entries at once: their buckets are prefetched first, so the cache misses
+  /// of a random fill overlap.
+  void bulk_put_many(std::uint64_t table, const std::pair<std::uint64_t, std::uint64_t>* kv,
+                     std::size_t n) const;
   /// Makes the table the map's whole content in one atomic step; the old content is discarded
   /// (writers still in the old table are sealed out and retry in the new one).
   void publish_replace(std::uint64_t table) const;
