@@ -81,11 +81,24 @@ std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older)
 }
 
 bool MapImpl::note_claim(TableHeader* t) const {
+  // Claims are counted per thread and added to a striped counter 16 at a time (one locked
+  // add per 16 inserts); small tables count every claim. A count left pending when the thread
+  // moves to another table is dropped: the limit is approximate by design (a probe that finds
+  // a table physically full forces the resize anyway).
+  thread_local const TableHeader* t_table = nullptr;
+  thread_local std::uint64_t t_pending = 0;
+  std::uint64_t add = 1;
+  if (t->capacity > 4096) {
+    if (t_table != t) {
+      t_table = t;
+      t_pending = 0;
+    }
+    if (++t_pending < 16) return false;
+    add = t_pending;
+    t_pending = 0;
+  }
   const std::size_t stripe = (slot_index_ * kLanes + thread_number()) % kStripes;
-  const std::uint64_t n = t->used[stripe].n.fetch_add(1, std::memory_order_relaxed) + 1;
-  // Summing the stripes costs 16 loads: do it on every claim of a small table, else every
-  // 16th claim of a stripe (the limit can be passed by at most 16 * kStripes claims).
-  if (t->capacity > 4096 && (n & 15) != 0) return false;
+  t->used[stripe].n.fetch_add(add, std::memory_order_relaxed);
   return used_buckets(t) * 4 >= t->capacity * 3;
 }
 
