@@ -166,6 +166,7 @@ void MapImpl::claim_slot() {
       // it is part of the map's size.
       for (Lane& lane : s.lanes) {
         lane.depth = 0;
+        lane.pending_off.store(0, std::memory_order_relaxed);
         lane.pin.store(0, std::memory_order_release);
       }
       slot_index_ = i;
@@ -209,15 +210,38 @@ bool MapImpl::owner_alive(SlotOwnerWords o) {
 
 bool MapImpl::slot_owner_alive(std::size_t i) const { return owner_alive(read_owner(slot(i))); }
 
+void MapImpl::recover_lane(Lane& lane) const {
+  const std::uint64_t off = lane.pending_off.load(std::memory_order_acquire);
+  if (off == 0) return;
+  const std::uint64_t base = lane.pending_base.load(std::memory_order_relaxed);
+  const std::uint64_t delta = lane.pending_delta.load(std::memory_order_relaxed);
+  const std::uint64_t version = lane.pending_version.load(std::memory_order_relaxed);
+  ensure_mapped(off + sizeof(Bucket));
+  const Bucket& b = *at<Bucket>(off);
+  // The bucket's version reached the one the CAS installs: the CAS landed (a failed CAS
+  // clears the record before retrying). size_delta still at its base: the update did not.
+  // The CAS on size_delta makes two recoverers apply it once.
+  std::uint64_t expected = base;
+  if ((load_acquire(b.meta) >> 8) >= version) {
+    lane.size_delta.compare_exchange_strong(expected, base + delta, std::memory_order_acq_rel);
+  }
+  lane.pending_off.store(0, std::memory_order_release);
+}
+
+bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
+  HandleSlot& s = slot(i);
+  for (Lane& lane : s.lanes) recover_lane(lane);
+  // Only the CAS that frees the slot counts: a concurrent clearer or a new owner (another
+  // nonce) makes it fail.
+  return cas128(owner_words(s), seen.owner, seen.start, 0, 0);
+}
+
 std::size_t MapImpl::clear_stale_slots() {
   std::size_t cleared = 0;
   for (std::size_t i = 0; i < header().max_handles; ++i) {
-    HandleSlot& s = slot(i);
-    const SlotOwnerWords seen = read_owner(s);
+    const SlotOwnerWords seen = read_owner(slot(i));
     if (seen.owner == 0 || owner_alive(seen)) continue;
-    // Only the CAS that frees the slot counts: a concurrent clearer or a new owner (another
-    // nonce) makes it fail.
-    if (cas128(owner_words(s), seen.owner, seen.start, 0, 0)) ++cleared;
+    if (free_dead_slot(i, seen)) ++cleared;
   }
   if (cleared != 0) reclaim();
   return cleared;
@@ -267,7 +291,8 @@ void MapImpl::reclaim() const {
   std::uint64_t oldest = h.global_epoch.load(std::memory_order_seq_cst);
   // Light pins are plain stores: make every one of them visible before scanning.
   if (!global_barrier()) return;
-  // Oldest epoch any live owner's lane is pinned at.
+  // Oldest epoch any live owner's lane is pinned at. A dead owner's pins protect the tables
+  // of its last writes until its slot is freed, and freeing recovers those writes first.
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     const HandleSlot& s = slot(i);
     if (s.owner.owner.load(std::memory_order_seq_cst) == 0) continue;
@@ -276,7 +301,13 @@ void MapImpl::reclaim() const {
       const std::uint64_t w = lane.pin.load(std::memory_order_seq_cst);
       if ((w & kPinCountMask) != 0 && (w >> 16) < slot_oldest) slot_oldest = w >> 16;
     }
-    if (slot_oldest < oldest && slot_owner_alive(i)) oldest = slot_oldest;
+    if (slot_oldest >= oldest) continue;
+    const SlotOwnerWords seen = read_owner(s);
+    if (owner_alive(seen)) {
+      oldest = slot_oldest;
+    } else if (!free_dead_slot(i, seen) && read_owner(s).owner != 0) {
+      oldest = slot_oldest;  // changed hands meanwhile: be conservative
+    }
   }
   // Take the whole stack; free what no pinned lane can see, push the rest back.
   std::uint64_t off = h.retired_head.exchange(0, std::memory_order_acq_rel);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <algorithm>
 #include <cstring>
@@ -32,7 +33,13 @@ namespace {
 
 constexpr std::uint32_t kReady = 1;
 constexpr auto kEmptyObjectWait = std::chrono::seconds(2);
-constexpr auto kInitWait = std::chrono::seconds(30);
+// How long open() waits for a live creator to finish initialising (SHMAP_OPEN_TIMEOUT_MS).
+std::chrono::milliseconds init_wait() {
+  if (const char* env = std::getenv("SHMAP_OPEN_TIMEOUT_MS")) {
+    return std::chrono::milliseconds(std::strtoull(env, nullptr, 10));
+  }
+  return std::chrono::seconds(30);
+}
 
 std::string shm_path(const std::string& name) { return "/" + name; }
 
@@ -321,8 +328,10 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
            "the process that created it died during initialisation; remove it with 'shmap rm " +
                name + "'");
     }
-    if (std::chrono::steady_clock::now() - start > kInitWait) {
-      fail(Errc::timeout, name, "still being initialised after 30 s; try again or remove it");
+    if (std::chrono::steady_clock::now() - start > init_wait()) {
+      fail(Errc::timeout, name,
+           "still being initialised after " + std::to_string(init_wait().count()) +
+               " ms; try again, or remove it if its creator is stuck");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -342,12 +351,20 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     fail(Errc::layout_mismatch, name,
          "segment written by a build with another memory layout; use the same build of shmap");
   }
-  ::fstat(fd, &st);  // the segment may have grown while we waited
+  // file_bytes is raised only after the object has grown: read it before the size.
+  const std::uint64_t file_bytes = h.file_bytes.load(std::memory_order_acquire);
+  ::fstat(fd, &st);
+  const std::uint64_t cur = h.current_table.load(std::memory_order_acquire);
+  const std::uint64_t slots_end = h.slots_offset + h.max_handles * sizeof(HandleSlot);
   if (h.max_bytes < h.arena_offset || h.max_bytes > (std::uint64_t{1} << 46) ||
-      h.max_handles == 0 || h.max_handles > 4096 ||
-      h.slots_offset != kPage || h.file_bytes.load(std::memory_order_acquire) >
-                                     static_cast<std::uint64_t>(st.st_size)) {
-    fail(Errc::corrupt, name, "the segment header is inconsistent; run 'shmap check " + name + "'");
+      h.max_handles == 0 || h.max_handles > 4096 || h.slots_offset != kPage ||
+      h.arena_offset < slots_end || h.arena_offset % kPage != 0 ||
+      file_bytes > static_cast<std::uint64_t>(st.st_size) || file_bytes > h.max_bytes ||
+      cur < h.arena_offset || cur % kPage != 0 || cur + table_bytes(kMinCapacity) > file_bytes) {
+    fail(Errc::corrupt, name,
+         "the segment header is inconsistent (damaged or not written by shmap); remove it "
+         "with 'shmap rm " +
+             name + "'");
   }
   m->reserve(h.max_bytes);
   ::fstat(fd, &st);

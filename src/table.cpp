@@ -425,10 +425,23 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       }
       if (s == kClaimed) store_key(b, k);
       const bool set = w.kind == WriteIntent::set;
-      if (cas128(&b.value, c.value, c.meta, set ? w.value : 0,
-                 next_meta(c.meta, set ? kLive : kTomb))) {
-        if (set && !cur) add_size(1);
-        if (!set) add_size(-1);
+      const std::int64_t delta = set ? (cur ? 0 : 1) : -1;
+      const std::uint64_t new_meta = next_meta(c.meta, set ? kLive : kTomb);
+      // Record a size-changing write before its CAS (own lane, plain stores; a dead process's
+      // stores are all visible to whoever recovers its slot).
+      const std::size_t tn = thread_number();
+      Lane* record = delta != 0 && tn < kLanes - 1 ? &lane_of(tn) : nullptr;
+      if (record != nullptr) {
+        record->pending_base.store(record->size_delta.load(std::memory_order_relaxed),
+                                   std::memory_order_relaxed);
+        record->pending_delta.store(static_cast<std::uint64_t>(delta), std::memory_order_relaxed);
+        record->pending_version.store(new_meta >> 8, std::memory_order_relaxed);
+        record->pending_off.store(offset_of(&b), std::memory_order_release);
+      }
+      const bool ok = cas128(&b.value, c.value, c.meta, set ? w.value : 0, new_meta);
+      if (ok && delta != 0) add_size(delta);
+      if (record != nullptr) record->pending_off.store(0, std::memory_order_release);
+      if (ok) {
         if (r.over_limit) maybe_resize(t, false);
         if (!set && (++t_erases & 255) == 0) maybe_resize(t, true);
         return cur;

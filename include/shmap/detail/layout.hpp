@@ -148,12 +148,17 @@ struct alignas(kCacheLine) SlotOwner {
 static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
 
 // pin word: 0 = quiescent; else epoch << 16 | count (count > 1 only on the shared last lane).
+// pending_*: the write this thread is making, recorded before its CAS, so that the size can be
+// corrected if the process dies between the CAS and the size update (see recover_lane()).
 struct alignas(kCacheLine) Lane {
   std::atomic<std::uint64_t> pin;
   std::atomic<std::uint64_t> size_delta;  // +1 per insert, -1 per erase, by this lane (wraps)
   std::uint64_t depth;                    // nesting of pins by the owning thread (its own)
-  std::atomic<std::uint64_t> ops;         // operations begun through this lane (wraps)
-  std::uint64_t reserved[4];
+  std::atomic<std::uint64_t> pending_off;      // bucket offset, 0 = none
+  std::atomic<std::uint64_t> pending_version;  // meta version the CAS installs
+  std::atomic<std::uint64_t> pending_delta;    // +1 or -1 (as u64)
+  std::atomic<std::uint64_t> pending_base;     // size_delta before the write
+  std::uint64_t reserved;
 };
 static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
 inline constexpr std::uint64_t kPinCountMask = 0xffff;

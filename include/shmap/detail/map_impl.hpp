@@ -310,6 +310,11 @@ class MapImpl {
   void wait_for_gate() const;
   bool gate_owner_alive(std::uint64_t gate) const;
   void add_size(std::int64_t d) const;
+  /// Applies the size change of a dead owner's write whose CAS landed but whose size update
+  /// did not. Called before a dead owner's slot is freed; its pins kept the bucket's table.
+  void recover_lane(Lane& lane) const;
+  /// Recovers a dead owner's lanes and frees its slot; false if someone else got there first.
+  bool free_dead_slot(std::size_t i, SlotOwnerWords seen) const;
 
  private:
   void extend_mapping(std::uint64_t end) const;
