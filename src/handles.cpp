@@ -165,8 +165,7 @@ void MapImpl::claim_slot() {
       // was dead or free, and are cleared here before this owner uses them. size_delta stays:
       // it is part of the map's size.
       for (Lane& lane : s.lanes) {
-        lane.depth = 0;
-        lane.pending_off.store(0, std::memory_order_relaxed);
+        lane.pending.store(0, std::memory_order_relaxed);
         lane.pin.store(0, std::memory_order_release);
       }
       slot_index_ = i;
@@ -210,30 +209,78 @@ bool MapImpl::owner_alive(SlotOwnerWords o) {
 
 bool MapImpl::slot_owner_alive(std::size_t i) const { return owner_alive(read_owner(slot(i))); }
 
-void MapImpl::recover_lane(Lane& lane) const {
-  const std::uint64_t off = lane.pending_off.load(std::memory_order_acquire);
-  if (off == 0) return;
-  const std::uint64_t base = lane.pending_base.load(std::memory_order_relaxed);
-  const std::uint64_t delta = lane.pending_delta.load(std::memory_order_relaxed);
-  const std::uint64_t version = lane.pending_version.load(std::memory_order_relaxed);
-  ensure_mapped(off + sizeof(Bucket));
-  const Bucket& b = *at<Bucket>(off);
-  // The bucket's version reached the one the CAS installs: the CAS landed (a failed CAS
-  // clears the record before retrying). size_delta still at its base: the update did not.
-  // The CAS on size_delta makes two recoverers apply it once.
-  std::uint64_t expected = base;
-  if ((load_acquire(b.meta) >> 8) >= version) {
-    lane.size_delta.compare_exchange_strong(expected, base + delta, std::memory_order_acq_rel);
+namespace {
+std::int64_t delta_of(std::uint64_t meta) { return state_of(meta) == kLive ? 1 : -1; }
+}  // namespace
+
+MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
+  // size_seq changes with every change of size_delta: equal before and after, one pair.
+  for (;;) {
+    const std::uint64_t s1 = std::atomic_ref<const std::uint64_t>(lane.size_seq).load(
+        std::memory_order_acquire);
+    const std::uint64_t n = std::atomic_ref<const std::uint64_t>(lane.size_delta).load(
+        std::memory_order_acquire);
+    const std::uint64_t s2 = std::atomic_ref<const std::uint64_t>(lane.size_seq).load(
+        std::memory_order_relaxed);
+    if (s1 == s2) return {n, s1};
   }
-  lane.pending_off.store(0, std::memory_order_release);
+}
+
+void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
+  const SizeWords now = read_size(lane);
+  if (now.seq != seq) return;  // applied already (by the owner or another helper)
+  // One winner: the owner after its CAS, a writer about to change the bucket, a recoverer.
+  cas128(&lane.size_delta, now.size, now.seq, now.size + static_cast<std::uint64_t>(delta),
+         now.seq + 1);
+}
+
+void MapImpl::help_pending(const Bucket& b, const Cell& c) const {
+  const std::uint64_t tag = tag_of(c.meta);
+  if (tag == 0) return;
+  const std::size_t owner = (tag - 1) / kLanes;
+  if (owner >= header().max_handles) return;
+  Lane& lane = slot(owner).lanes[(tag - 1) % kLanes];
+  // Seqlock-style read of the record: the writer clears `pending`, fences, rewrites the
+  // fields and publishes a new generation, so an unchanged `pending` means one record.
+  const std::uint64_t w1 = lane.pending.load(std::memory_order_acquire);
+  if (w1 == 0 || (w1 & kPendingOffsetMask) != offset_of(&b)) return;
+  const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
+  const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
+  const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
+  if (lane.pending.load(std::memory_order_acquire) != w1) return;
+  // The record is for exactly the transition that produced the bucket's current content.
+  if (meta != c.meta || value != c.value) return;
+  apply_pending(lane, seq, delta_of(meta));
+}
+
+void MapImpl::recover_lane(Lane& lane) const {
+  const std::uint64_t w = lane.pending.load(std::memory_order_acquire);
+  if (w == 0) return;
+  const std::uint64_t off = w & kPendingOffsetMask;
+  const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
+  const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
+  const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
+  ensure_mapped(off + sizeof(Bucket));
+  const Cell c = read_cell(*at<Bucket>(off));
+  // The owner is dead. If the bucket still holds what its CAS installs, the CAS landed and
+  // nobody changed the bucket since (a change would have applied the record first): apply it
+  // unless the owner did. Otherwise the CAS never landed, or the change was applied.
+  if (c.meta == meta && c.value == value) apply_pending(lane, seq, delta_of(meta));
+  lane.pending.store(0, std::memory_order_release);
 }
 
 bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
   HandleSlot& s = slot(i);
+  // Take the slot over first (owner = this process, with bit 63 set: "recovering"), so that
+  // no new owner can claim it and start writing its lanes while we recover them, and only
+  // one clearer recovers. A clearer that dies here leaves a dead owner: the next one redoes
+  // the (idempotent) recovery.
+  static const std::uint64_t my_start = process_start_time(::getpid());
+  const std::uint64_t marker = static_cast<std::uint64_t>(::getpid()) |
+                               ((((now_ns() >> 3) & 0x7fffffffu) | 0x80000001u) << 32);
+  if (!cas128(owner_words(s), seen.owner, seen.start, marker, my_start)) return false;
   for (Lane& lane : s.lanes) recover_lane(lane);
-  // Only the CAS that frees the slot counts: a concurrent clearer or a new owner (another
-  // nonce) makes it fail.
-  return cas128(owner_words(s), seen.owner, seen.start, 0, 0);
+  return cas128(owner_words(s), marker, my_start, 0, 0);
 }
 
 std::size_t MapImpl::clear_stale_slots() {
@@ -341,21 +388,28 @@ std::size_t MapImpl::retired_count() const {
 std::int64_t MapImpl::size_estimate() const {
   std::uint64_t sum = 0;
   for (std::size_t i = 0; i < header().max_handles; ++i) {
-    for (const Lane& lane : slot(i).lanes) sum += lane.size_delta.load(std::memory_order_relaxed);
+    for (const Lane& lane : slot(i).lanes) {
+      sum += std::atomic_ref<const std::uint64_t>(lane.size_delta).load(std::memory_order_relaxed);
+    }
   }
   return static_cast<std::int64_t>(sum);
 }
 
 void MapImpl::add_size(std::int64_t d) const {
-  const std::size_t t = thread_number();
-  Lane& lane = lane_of(t);
-  if (t < kLanes - 1) {
-    // Only this thread writes an exclusive lane: a plain read-modify-write is enough.
-    lane.size_delta.store(lane.size_delta.load(std::memory_order_relaxed) +
-                              static_cast<std::uint64_t>(d),
-                          std::memory_order_relaxed);
-  } else {
-    lane.size_delta.fetch_add(static_cast<std::uint64_t>(d), std::memory_order_relaxed);
+  Lane& lane = lane_of(thread_number());
+  // The shared lane has several writers and no pending records: a plain atomic add. An
+  // exclusive lane can also be updated by helpers applying a record: a 16-byte CAS with seq.
+  if (thread_number() >= kLanes - 1) {
+    std::atomic_ref<std::uint64_t>(lane.size_delta)
+        .fetch_add(static_cast<std::uint64_t>(d), std::memory_order_relaxed);
+    return;
+  }
+  for (;;) {
+    const SizeWords now = read_size(lane);
+    if (cas128(&lane.size_delta, now.size, now.seq, now.size + static_cast<std::uint64_t>(d),
+               now.seq + 1)) {
+      return;
+    }
   }
 }
 

@@ -67,8 +67,8 @@ void check_options(const std::string& name, const Options& o) {
   if (o.initial_capacity == 0 || o.initial_capacity > (std::size_t{1} << 36)) {
     fail(Errc::invalid_argument, name, "initial_capacity must be between 1 and 2^36");
   }
-  if (o.max_handles == 0 || o.max_handles > 4096) {
-    fail(Errc::invalid_argument, name, "max_handles must be between 1 and 4096");
+  if (o.max_handles == 0 || o.max_handles > kMaxHandles) {
+    fail(Errc::invalid_argument, name, "max_handles must be between 1 and 4095");
   }
   if (o.mode > 0777) fail(Errc::invalid_argument, name, "mode must be permission bits (<= 0777)");
   if (o.max_bytes < (std::size_t{1} << 20) || o.max_bytes > (std::size_t{1} << 46)) {
@@ -357,7 +357,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   const std::uint64_t cur = h.current_table.load(std::memory_order_acquire);
   const std::uint64_t slots_end = h.slots_offset + h.max_handles * sizeof(HandleSlot);
   if (h.max_bytes < h.arena_offset || h.max_bytes > (std::uint64_t{1} << 46) ||
-      h.max_handles == 0 || h.max_handles > 4096 || h.slots_offset != kPage ||
+      h.max_handles == 0 || h.max_handles > kMaxHandles || h.slots_offset != kPage ||
       h.arena_offset < slots_end || h.arena_offset % kPage != 0 ||
       file_bytes > static_cast<std::uint64_t>(st.st_size) || file_bytes > h.max_bytes ||
       cur < h.arena_offset || cur % kPage != 0 || cur + table_bytes(kMinCapacity) > file_bytes) {

@@ -178,9 +178,11 @@ void MapImpl::move_bucket(TableHeader*, Bucket* b, TableHeader* newer) const {
         if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
         break;
       case kTomb:
+        help_pending(*b, c);  // the erase that made it is counted before the tag is gone
         if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
         break;
       case kLive: {
+        help_pending(*b, c);
         const std::uint64_t m = next_meta(c.meta, kFrozen);
         if (cas128(&b->value, c.value, c.meta, c.value, m)) {
           copy_frozen(b, Cell{m, c.value}, newer);
@@ -425,22 +427,38 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       }
       if (s == kClaimed) store_key(b, k);
       const bool set = w.kind == WriteIntent::set;
+      const std::uint64_t new_value = set ? w.value : 0;
       const std::int64_t delta = set ? (cur ? 0 : 1) : -1;
-      const std::uint64_t new_meta = next_meta(c.meta, set ? kLive : kTomb);
-      // Record a size-changing write before its CAS (own lane, plain stores; a dead process's
-      // stores are all visible to whoever recovers its slot).
       const std::size_t tn = thread_number();
-      Lane* record = delta != 0 && tn < kLanes - 1 ? &lane_of(tn) : nullptr;
+      const std::uint64_t tag = delta != 0 ? my_tag(tn) : 0;
+      const std::uint64_t new_meta = next_meta(c.meta, set ? kLive : kTomb, tag);
+      // The previous writer's size change lands before its bucket changes again.
+      help_pending(b, c);
+      // A size-changing write records itself before its CAS (own lane; a dead process's
+      // stores are all visible to whoever frees its slot), so that the count stays exact if
+      // this process dies between the CAS and the count update.
+      Lane* record = tag != 0 ? &lane_of(tn) : nullptr;
+      std::uint64_t seq = 0;
       if (record != nullptr) {
-        record->pending_base.store(record->size_delta.load(std::memory_order_relaxed),
-                                   std::memory_order_relaxed);
-        record->pending_delta.store(static_cast<std::uint64_t>(delta), std::memory_order_relaxed);
-        record->pending_version.store(new_meta >> 8, std::memory_order_relaxed);
-        record->pending_off.store(offset_of(&b), std::memory_order_release);
+        seq = read_size(*record).seq;
+        record->pending.store(0, std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_release);  // a reader seeing new fields
+                                                              // sees the cleared word
+        record->pending_meta.store(new_meta, std::memory_order_relaxed);
+        record->pending_value.store(new_value, std::memory_order_relaxed);
+        record->pending_seq.store(seq, std::memory_order_relaxed);
+        pending_gen_[tn] = (pending_gen_[tn] + 1) & 0x3ffff;
+        record->pending.store(pending_gen_[tn] << 46 | offset_of(&b), std::memory_order_release);
       }
-      const bool ok = cas128(&b.value, c.value, c.meta, set ? w.value : 0, new_meta);
-      if (ok && delta != 0) add_size(delta);
-      if (record != nullptr) record->pending_off.store(0, std::memory_order_release);
+      const bool ok = cas128(&b.value, c.value, c.meta, new_value, new_meta);
+      if (ok && delta != 0) {
+        if (record != nullptr) {
+          apply_pending(*record, seq, delta);  // unless a helper was faster
+        } else {
+          add_size(delta);
+        }
+      }
+      if (record != nullptr) record->pending.store(0, std::memory_order_release);
       if (ok) {
         if (r.over_limit) maybe_resize(t, false);
         if (!set && (++t_erases & 255) == 0) maybe_resize(t, true);

@@ -23,11 +23,14 @@ TEST(Layout, MetaWordPacksStateAndVersion) {
   EXPECT_EQ(state_of(m), kEmpty);
   m = next_meta(m, kClaimed);
   EXPECT_EQ(state_of(m), kClaimed);
-  EXPECT_EQ(m >> 8, 1u);
-  m = next_meta(m, kLive);
+  EXPECT_EQ(version_of(m), 1u);
+  m = next_meta(m, kLive, 0x1234);
+  EXPECT_EQ(tag_of(m), 0x1234u);
   m = next_meta(m, kLive);
   EXPECT_EQ(state_of(m), kLive);
-  EXPECT_EQ(m >> 8, 3u);  // every transition bumps the version, even LIVE -> LIVE
+  EXPECT_EQ(tag_of(m), 0u);  // the tag belongs to one transition only
+  EXPECT_EQ(version_of(m), 3u);  // every transition bumps the version, even LIVE -> LIVE
+  EXPECT_EQ(next_meta(0xffffffULL, kEmpty) >> 24, 1u);
 }
 
 TEST(Layout, SlotAndLaneSizes) {

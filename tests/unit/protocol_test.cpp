@@ -79,7 +79,7 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
   const Cell after = read_cell(*b);
   const std::uint64_t expect_state = GetParam() == Start::empty ? kSealed : kMoved;
   EXPECT_EQ(after.state(), expect_state);
-  EXPECT_GT(after.meta >> 8, before.meta >> 8) << "every transition bumps the version";
+  EXPECT_GT(version_of(after.meta), version_of(before.meta)) << "every transition bumps the version";
   // The slow writer: claim (for EMPTY) or value write (others), expecting the old content.
   const std::uint64_t want_meta = next_meta(before.meta, before.state() == kEmpty ? kClaimed : kLive);
   EXPECT_FALSE(cas128(&b->value, before.value, before.meta, 999, want_meta));
@@ -249,6 +249,61 @@ TEST(Protocol, FinisherKilledBeforeUnlinkDelaysNobody) {
     EXPECT_EQ(now->older.load(), 0u) << (counted ? "count complete" : "count lagging");
     for (std::uint64_t i = 0; i < 300; ++i) ASSERT_EQ(f.map.find(i), i);
   }
+}
+
+// A writer that recorded a size-changing write and made its CAS, then stopped before updating
+// the count (as if killed there): the record is applied exactly once, by the next writer of
+// the bucket or by whoever frees the dead writer's slot.
+struct CrashedErase {
+  Lane* lane;
+  std::uint64_t seq;
+};
+CrashedErase erase_without_count(Map& m, std::uint64_t k) {
+  MapImpl& mi = m.impl();
+  PinGuard pin(mi);
+  const ProbeResult r = mi.probe(mi.table(mi.header().current_table.load()), k, false);
+  EXPECT_EQ(r.kind, Probe::found);
+  const std::size_t tn = thread_number();
+  Lane& lane = mi.lane_of(tn);
+  const std::uint64_t meta = next_meta(r.cell.meta, kTomb, mi.my_tag(tn));
+  const std::uint64_t seq = MapImpl::read_size(lane).seq;
+  lane.pending_meta.store(meta);
+  lane.pending_value.store(0);
+  lane.pending_seq.store(seq);
+  lane.pending.store(std::uint64_t{1} << 46 | mi.offset_of(r.bucket));
+  EXPECT_TRUE(cas128(&r.bucket->value, r.cell.value, r.cell.meta, 0, meta));
+  return {&lane, seq};
+}
+
+TEST(Protocol, PendingCountIsAppliedByTheNextWriter) {
+  Fixture f;
+  Map other = Map::open(f.name);
+  f.map.insert(7, 1);
+  f.map.insert(8, 1);
+  erase_without_count(other, 7);
+  EXPECT_EQ(f.map.size(), 2u);       // the erase landed, its count did not
+  EXPECT_FALSE(f.map.insert(8, 2));  // another key: nothing to apply
+  EXPECT_EQ(f.map.size(), 2u);
+  EXPECT_TRUE(f.map.insert(7, 3));   // the next writer of key 7 applies the -1 first
+  EXPECT_EQ(f.map.size(), 2u);
+  EXPECT_TRUE(f.map.erase(7));
+  EXPECT_EQ(f.map.size(), 1u);
+}
+
+TEST(Protocol, PendingCountIsRecoveredWhenTheSlotIsFreed) {
+  Fixture f;
+  Map other = Map::open(f.name);
+  f.map.insert(7, 1);
+  const CrashedErase crash = erase_without_count(other, 7);
+  EXPECT_EQ(f.map.size(), 1u);
+  // Free the "dead" writer's slot the way clear_stale_handles() does (recovery first).
+  const std::size_t slot = other.impl().slot_index_for_test();
+  ASSERT_TRUE(f.m.free_dead_slot(slot, MapImpl::read_owner(f.m.slot(slot))));
+  EXPECT_EQ(f.map.size(), 0u);
+  EXPECT_EQ(crash.lane->pending.load(), 0u);
+  // Applied once: a second recovery (another clearer) changes nothing.
+  f.m.recover_lane(*crash.lane);
+  EXPECT_EQ(f.map.size(), 0u);
 }
 
 TEST(Protocol, PublishReplaceDiscardsOldContent) {

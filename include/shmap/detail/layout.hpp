@@ -92,13 +92,21 @@ enum State : std::uint64_t {
   kMoved = 5,
   kSealed = 6,
 };
+// The meta word of a bucket:
+//   bits 63..24  version   +1 on every transition (ABA-free CAS, consistent reads)
+//   bits 23..8   tag       writer of a size-changing transition: slot * kLanes + lane + 1,
+//                          0 otherwise; names the lane whose pending record covers it
+//   bits  7..0   state
 inline constexpr std::uint64_t kStateMask = 0xff;
-inline constexpr std::uint64_t kVersionOne = 0x100;
+inline constexpr std::uint64_t kVersionOne = std::uint64_t{1} << 24;
 
 constexpr std::uint64_t state_of(std::uint64_t meta) { return meta & kStateMask; }
-constexpr std::uint64_t next_meta(std::uint64_t meta, std::uint64_t state) {
-  return ((meta & ~kStateMask) + kVersionOne) | state;
+constexpr std::uint64_t tag_of(std::uint64_t meta) { return (meta >> 8) & 0xffff; }
+constexpr std::uint64_t version_of(std::uint64_t meta) { return meta >> 24; }
+constexpr std::uint64_t next_meta(std::uint64_t meta, std::uint64_t state, std::uint64_t tag = 0) {
+  return ((meta & ~std::uint64_t{0xffffff}) + kVersionOne) | (tag << 8) | state;
 }
+inline constexpr std::size_t kMaxHandles = 4095;  // so that every tag fits in 16 bits
 
 struct alignas(32) Bucket {
   std::uint64_t value;  // with meta: the 16-byte CAS unit
@@ -147,19 +155,24 @@ struct alignas(kCacheLine) SlotOwner {
 };
 static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
 
-// pin word: 0 = quiescent; else epoch << 16 | count (count > 1 only on the shared last lane).
-// pending_*: the write this thread is making, recorded before its CAS, so that the size can be
-// corrected if the process dies between the CAS and the size update (see recover_lane()).
+// pin: 0 = quiescent; else epoch << 16 | count (count > 1 only on the shared last lane).
+// The size count: the map's size is the sum of every lane's size_delta. A size-changing write
+// records itself in `pending` + pending_* before its bucket CAS and tags the bucket's meta with
+// its lane; whoever next changes that bucket, or frees the slot of a dead owner, first applies
+// the recorded change if it has not been applied (size_seq says), so the count stays exact
+// even when a process dies between its CAS and its count update.
 struct alignas(kCacheLine) Lane {
   std::atomic<std::uint64_t> pin;
-  std::atomic<std::uint64_t> size_delta;  // +1 per insert, -1 per erase, by this lane (wraps)
-  std::uint64_t depth;                    // nesting of pins by the owning thread (its own)
-  std::atomic<std::uint64_t> pending_off;      // bucket offset, 0 = none
-  std::atomic<std::uint64_t> pending_version;  // meta version the CAS installs
-  std::atomic<std::uint64_t> pending_delta;    // +1 or -1 (as u64)
-  std::atomic<std::uint64_t> pending_base;     // size_delta before the write
+  std::atomic<std::uint64_t> pending;  // generation << 46 | bucket offset; 0 = none
+  alignas(16) std::uint64_t size_delta;  // \ one 16-byte CAS unit: the count (+1 per insert,
+  std::uint64_t size_seq;                // /  -1 per erase; wraps) and changes applied to it
+  std::atomic<std::uint64_t> pending_meta;   // the meta the recorded CAS installs
+  std::atomic<std::uint64_t> pending_value;  // the value it installs
+  std::atomic<std::uint64_t> pending_seq;    // size_seq when the write was recorded
   std::uint64_t reserved;
 };
+static_assert(offsetof(Lane, size_delta) == 16, "size_delta + size_seq: a 16-byte CAS unit");
+inline constexpr std::uint64_t kPendingOffsetMask = (std::uint64_t{1} << 46) - 1;
 static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
 inline constexpr std::uint64_t kPinCountMask = 0xffff;
 

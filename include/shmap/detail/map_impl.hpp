@@ -150,6 +150,7 @@ class MapImpl {
   }
   void claim_slot();
   void release_slot();
+  std::size_t slot_index_for_test() const { return slot_index_; }
   /// Frees slots whose owner died. Returns how many.
   std::size_t clear_stale_slots();
   bool slot_owner_alive(std::size_t i) const;
@@ -164,7 +165,7 @@ class MapImpl {
     const std::size_t t = thread_number();
     if (t >= kLanes - 1) return pin_shared();
     Lane& lane = my_slot_->lanes[t];
-    if (lane.depth++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
+    if (depth_[t]++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
     // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
     const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
     if (light_) {
@@ -180,7 +181,7 @@ class MapImpl {
     const std::size_t t = thread_number();
     if (t >= kLanes - 1) return unpin_shared();
     Lane& lane = my_slot_->lanes[t];
-    if (--lane.depth != 0) return;
+    if (--depth_[t] != 0) return;
     // Release: everything this operation read happens-before a reclaimer that sees quiescence.
     lane.pin.store(0, std::memory_order_release);
     if (t_reclaim_wanted) {
@@ -310,6 +311,19 @@ class MapImpl {
   void wait_for_gate() const;
   bool gate_owner_alive(std::uint64_t gate) const;
   void add_size(std::int64_t d) const;
+  /// Tag for a size-changing write by thread t (0 on the shared lane: not recorded).
+  std::uint64_t my_tag(std::size_t t) const {
+    return t < kLanes - 1 ? slot_index_ * kLanes + t + 1 : 0;
+  }
+  /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
+  /// size change if it is still pending (its CAS landed, its count update did not yet).
+  void help_pending(const Bucket& b, const Cell& c) const;
+  /// Adds delta to lane's count if no change was applied to it since seq (exactly once).
+  static void apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta);
+  struct SizeWords {
+    std::uint64_t size, seq;
+  };
+  static SizeWords read_size(const Lane& lane);
   /// Applies the size change of a dead owner's write whose CAS landed but whose size update
   /// did not. Called before a dead owner's slot is freed; its pins kept the bucket's table.
   void recover_lane(Lane& lane) const;
@@ -331,6 +345,10 @@ class MapImpl {
   std::size_t slot_index_ = SIZE_MAX;
   HandleSlot* my_slot_ = nullptr;
   bool light_ = false;
+  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting, and the
+  // generation of its pending records.
+  mutable std::uint32_t depth_[kLanes] = {};
+  mutable std::uint64_t pending_gen_[kLanes] = {};
   std::uint64_t owner_word_ = 0;
   int owner_pid_ = 0;
 
