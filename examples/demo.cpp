@@ -31,7 +31,9 @@ struct Shared {  // anonymous shared memory between the demo's processes (not th
 std::uint64_t key_of(int writer, std::uint64_t i) {
   return (static_cast<std::uint64_t>(writer) << 40) | i;
 }
-std::uint64_t value_of(int writer, std::uint64_t i) { return i * 7 + static_cast<std::uint64_t>(writer); }
+std::uint64_t value_of(int writer, std::uint64_t i) {
+  return i * 7 + static_cast<std::uint64_t>(writer);
+}
 
 constexpr std::uint64_t kCounterKey = ~std::uint64_t{0};  // every writer bumps it: fetch_add
 
@@ -87,8 +89,8 @@ int main(int argc, char** argv) {
 
   const auto t0 = std::chrono::steady_clock::now();
   auto map = shmap::Map::create(name, {.initial_capacity = 8});
-  std::printf("created map '%s' with %zu buckets (%zu bytes)\n", name.c_str(),
-              map.stats().capacity, map.stats().segment_bytes);
+  std::printf("created map '%s' with %zu buckets (%zu bytes)\n", name.c_str(), map.stats().capacity,
+              map.stats().segment_bytes);
 
   std::vector<pid_t> pids;
   for (int w = 0; w < writers; ++w) {
@@ -114,10 +116,11 @@ int main(int argc, char** argv) {
   int status = 0;
   waitpid(pids[0], &status, 0);
   const std::uint64_t killed_acked = sh->acked[0].load(std::memory_order_acquire);
-  std::printf("killed writer 0 (pid %d) with SIGKILL after %llu acknowledged writes; "
-              "the map now has %zu buckets in %zu table(s)\n",
-              pids[0], static_cast<unsigned long long>(killed_acked), map.stats().capacity,
-              map.stats().tables);
+  std::printf(
+      "killed writer 0 (pid %d) with SIGKILL after %llu acknowledged writes; "
+      "the map now has %zu buckets in %zu table(s)\n",
+      pids[0], static_cast<unsigned long long>(killed_acked), map.stats().capacity,
+      map.stats().tables);
 
   bool ok = true;
   for (int w = 1; w < writers; ++w) {

@@ -1,24 +1,36 @@
 // shmap — error codes and the message helpers every component uses.
+#include "shmap/error.hpp"
+
 #include <cstring>
 
 #include "shmap/detail/map_impl.hpp"
-#include "shmap/error.hpp"
 
 namespace shmap {
 
 std::string_view errc_name(Errc code) noexcept {
   switch (code) {
-    case Errc::not_found: return "not_found";
-    case Errc::already_exists: return "already_exists";
-    case Errc::invalid_argument: return "invalid_argument";
-    case Errc::handles_exhausted: return "handles_exhausted";
-    case Errc::out_of_space: return "out_of_space";
-    case Errc::version_mismatch: return "version_mismatch";
-    case Errc::layout_mismatch: return "layout_mismatch";
-    case Errc::permission_denied: return "permission_denied";
-    case Errc::corrupt: return "corrupt";
-    case Errc::io_error: return "io_error";
-    case Errc::timeout: return "timeout";
+    case Errc::not_found:
+      return "not_found";
+    case Errc::already_exists:
+      return "already_exists";
+    case Errc::invalid_argument:
+      return "invalid_argument";
+    case Errc::handles_exhausted:
+      return "handles_exhausted";
+    case Errc::out_of_space:
+      return "out_of_space";
+    case Errc::version_mismatch:
+      return "version_mismatch";
+    case Errc::layout_mismatch:
+      return "layout_mismatch";
+    case Errc::permission_denied:
+      return "permission_denied";
+    case Errc::corrupt:
+      return "corrupt";
+    case Errc::io_error:
+      return "io_error";
+    case Errc::timeout:
+      return "timeout";
   }
   return "unknown";
 }

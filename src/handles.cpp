@@ -37,10 +37,9 @@ namespace shmap::detail {
 namespace {
 
 std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
 }
 
 // Process-wide thread numbers, reused after a thread exits (so lanes stay few).
@@ -216,12 +215,12 @@ std::int64_t delta_of(std::uint64_t meta) { return state_of(meta) == kLive ? 1 :
 MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
   // size_seq changes with every change of size_delta: equal before and after, one pair.
   for (;;) {
-    const std::uint64_t s1 = std::atomic_ref<const std::uint64_t>(lane.size_seq).load(
-        std::memory_order_acquire);
-    const std::uint64_t n = std::atomic_ref<const std::uint64_t>(lane.size_delta).load(
-        std::memory_order_acquire);
-    const std::uint64_t s2 = std::atomic_ref<const std::uint64_t>(lane.size_seq).load(
-        std::memory_order_relaxed);
+    const std::uint64_t s1 =
+        std::atomic_ref<const std::uint64_t>(lane.size_seq).load(std::memory_order_acquire);
+    const std::uint64_t n =
+        std::atomic_ref<const std::uint64_t>(lane.size_delta).load(std::memory_order_acquire);
+    const std::uint64_t s2 =
+        std::atomic_ref<const std::uint64_t>(lane.size_seq).load(std::memory_order_relaxed);
     if (s1 == s2) return {n, s1};
   }
 }

@@ -205,8 +205,7 @@ CheckReport MapImpl::check() const {
     }
     ensure_mapped(off + t->extent_bytes);
     if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 ||
-        (std::uint64_t{1} << t->bits) != t->capacity ||
-        off + t->extent_bytes > top ||
+        (std::uint64_t{1} << t->bits) != t->capacity || off + t->extent_bytes > top ||
         t->extent_bytes < table_bytes(t->capacity)) {
       problem(std::string(what) + " table at " + std::to_string(off) + " has a bad header");
       return false;
@@ -237,8 +236,7 @@ CheckReport MapImpl::check() const {
       const std::uint64_t k = s == kClaimed ? c.value : load_acquire(b[i].key);
       keys.push_back(k);
       if (s == kLive || s == kFrozen) {
-        if (is_current ||
-            !std::binary_search(cur_keys.begin(), cur_keys.end(), k)) {
+        if (is_current || !std::binary_search(cur_keys.begin(), cur_keys.end(), k)) {
           ++live;
         }
       }
@@ -253,12 +251,19 @@ CheckReport MapImpl::check() const {
     }
     std::sort(keys.begin(), keys.end());
     const auto dup = std::adjacent_find(keys.begin(), keys.end());
-    if (dup != keys.end()) problem(std::string(what) + " table holds key " + std::to_string(*dup) + " twice");
-    if (bad_states != 0) problem(std::string(what) + " table: " + std::to_string(bad_states) + " buckets in an unknown state");
-    if (unreachable != 0) problem(std::string(what) + " table: " + std::to_string(unreachable) + " keys not reachable from their home bucket");
-    if (claimed > t->capacity) problem(std::string(what) + " table: more claimed buckets than capacity");
+    if (dup != keys.end())
+      problem(std::string(what) + " table holds key " + std::to_string(*dup) + " twice");
+    if (bad_states != 0)
+      problem(std::string(what) + " table: " + std::to_string(bad_states) +
+              " buckets in an unknown state");
+    if (unreachable != 0)
+      problem(std::string(what) + " table: " + std::to_string(unreachable) +
+              " keys not reachable from their home bucket");
+    if (claimed > t->capacity)
+      problem(std::string(what) + " table: more claimed buckets than capacity");
     rep.notes.push_back(std::string(what) + " table: capacity " + std::to_string(t->capacity) +
-                        ", " + std::to_string(claimed) + " claimed buckets, keys unique and reachable");
+                        ", " + std::to_string(claimed) +
+                        " claimed buckets, keys unique and reachable");
     return keys;
   };
   cur_keys = walk(cur, "current", true);
@@ -275,7 +280,10 @@ CheckReport MapImpl::check() const {
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;
   }
-  if (dead != 0) rep.notes.push_back(std::to_string(dead) + " handle slots belong to dead processes ('shmap readers --clear-stale' frees them)");
+  if (dead != 0)
+    rep.notes.push_back(
+        std::to_string(dead) +
+        " handle slots belong to dead processes ('shmap readers --clear-stale' frees them)");
   const std::int64_t counted = size_estimate();
   if (counted != static_cast<std::int64_t>(live)) {
     rep.notes.push_back("size counter says " + std::to_string(counted) + ", the tables hold " +

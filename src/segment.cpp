@@ -19,10 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstdlib>
-#include <chrono>
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -89,8 +89,8 @@ MapImpl::~MapImpl() {
 }
 
 void MapImpl::reserve(std::uint64_t max_bytes) {
-  void* p = ::mmap(nullptr, max_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, max_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     fail_errno(Errc::out_of_space, name_,
                "cannot reserve " + std::to_string(max_bytes >> 20) + " MiB of address space",
@@ -115,7 +115,7 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
   std::uint64_t target = header().file_bytes.load(std::memory_order_acquire);
   if (target < end) target = end;
   target = (target + kPage - 1) / kPage * kPage;
-  struct stat st{};
+  struct stat st {};
   if (target > reserved_ || ::fstat(fd_, &st) != 0 ||
       static_cast<std::uint64_t>(st.st_size) < target) {
     fail(Errc::corrupt, name_,
@@ -204,7 +204,7 @@ void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
 }
 
 std::uint64_t MapImpl::allocated_bytes() const {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd_, &st) != 0) return 0;
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
@@ -291,7 +291,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   auto m = std::make_unique<MapImpl>(name, fd, false);
   // A creator truncates the object to its full first size in one call, so a size of 0 means
   // "being created" and any other size below one page means "not a shmap segment".
-  struct stat st{};
+  struct stat st {};
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
     if (::fstat(fd, &st) != 0) fail_errno(Errc::io_error, name, "cannot stat", errno);
@@ -303,8 +303,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     }
     if (std::chrono::steady_clock::now() - start > kEmptyObjectWait) {
       fail(Errc::corrupt, name,
-           "the object is empty and nobody initialised it; remove it with 'shmap rm " + name +
-               "'");
+           "the object is empty and nobody initialised it; remove it with 'shmap rm " + name + "'");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -317,12 +316,12 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   } unmap{hp};
   const auto& h = *static_cast<const SegmentHeader*>(hp);
   for (;;) {
-    const std::uint64_t magic = std::atomic_ref<const std::uint64_t>(h.magic).load(
-        std::memory_order_relaxed);
+    const std::uint64_t magic =
+        std::atomic_ref<const std::uint64_t>(h.magic).load(std::memory_order_relaxed);
     if (h.init_state.load(std::memory_order_acquire) == kReady) break;
     if (magic != 0 && magic != kMagic) break;  // foreign: reported below
-    const int creator = static_cast<int>(std::atomic_ref<const std::uint64_t>(h.creator_pid).load(
-        std::memory_order_relaxed));
+    const int creator = static_cast<int>(
+        std::atomic_ref<const std::uint64_t>(h.creator_pid).load(std::memory_order_relaxed));
     if (creator != 0 && !process_alive(creator, 0)) {
       fail(Errc::corrupt, name,
            "the process that created it died during initialisation; remove it with 'shmap rm " +
@@ -377,15 +376,31 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
 
 std::uint64_t layout_signature() noexcept {
   // FNV-1a over every number that fixes where a shared field lives.
-  const std::uint64_t facts[] = {
-      sizeof(SegmentHeader), alignof(SegmentHeader), offsetof(SegmentHeader, current_table),
-      offsetof(SegmentHeader, file_bytes), offsetof(SegmentHeader, free_list),
-      offsetof(SegmentHeader, retired_head), sizeof(HandleSlot), sizeof(Lane), sizeof(SlotOwner),
-      sizeof(TableHeader), offsetof(TableHeader, older), offsetof(TableHeader, used),
-      offsetof(TableHeader, retired_next), offsetof(SlotOwner, start_time),
-      sizeof(Bucket), alignof(Bucket), offsetof(Bucket, meta), offsetof(Bucket, key),
-      kCacheLine, kLanes, kStripes, kChunk, kTableHeaderBytes, sizeof(void*),
-      hash_key(0x0123456789abcdefULL, 42)};
+  const std::uint64_t facts[] = {sizeof(SegmentHeader),
+                                 alignof(SegmentHeader),
+                                 offsetof(SegmentHeader, current_table),
+                                 offsetof(SegmentHeader, file_bytes),
+                                 offsetof(SegmentHeader, free_list),
+                                 offsetof(SegmentHeader, retired_head),
+                                 sizeof(HandleSlot),
+                                 sizeof(Lane),
+                                 sizeof(SlotOwner),
+                                 sizeof(TableHeader),
+                                 offsetof(TableHeader, older),
+                                 offsetof(TableHeader, used),
+                                 offsetof(TableHeader, retired_next),
+                                 offsetof(SlotOwner, start_time),
+                                 sizeof(Bucket),
+                                 alignof(Bucket),
+                                 offsetof(Bucket, meta),
+                                 offsetof(Bucket, key),
+                                 kCacheLine,
+                                 kLanes,
+                                 kStripes,
+                                 kChunk,
+                                 kTableHeaderBytes,
+                                 sizeof(void*),
+                                 hash_key(0x0123456789abcdefULL, 42)};
   std::uint64_t h = 0xcbf29ce484222325ULL;
   for (const std::uint64_t f : facts) {
     for (int i = 0; i < 8; ++i) {
@@ -421,7 +436,7 @@ std::vector<std::string> Map::list() {
     const int fd = ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) continue;
     std::uint64_t magic = 0;
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
         ::pread(fd, &magic, sizeof(magic), 0) == sizeof(magic) && magic == detail::kMagic) {
       names.push_back(n);

@@ -59,7 +59,6 @@
 namespace shmap {
 namespace detail {
 
-
 namespace {
 
 std::atomic<SnapshotProgressFn> g_progress_fn{nullptr};

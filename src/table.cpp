@@ -54,7 +54,9 @@ void store_key(Bucket& b, std::uint64_t k) {
   std::atomic_ref<std::uint64_t>(b.key).store(k, std::memory_order_release);
 }
 
-std::uint64_t log2_of(std::uint64_t pow2) { return static_cast<std::uint64_t>(__builtin_ctzll(pow2)); }
+std::uint64_t log2_of(std::uint64_t pow2) {
+  return static_cast<std::uint64_t>(__builtin_ctzll(pow2));
+}
 
 std::uint64_t round_pow2(std::uint64_t n) {
   std::uint64_t c = kMinCapacity;
@@ -279,7 +281,7 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
   SegmentHeader& h = header();
   const std::uint64_t t_off = offset_of(t);
   if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
-  if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
+  if (t->older.load(std::memory_order_acquire) != 0) return;             // one migration at a time
   const std::uint64_t cap = t->capacity;
   const std::uint64_t live = static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
   const std::uint64_t used = used_buckets(t);
@@ -381,8 +383,8 @@ std::optional<std::uint64_t> MapImpl::find_slow(std::uint64_t k) const {
   }
 }
 
-std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_insert,
-                                                  DecideFn decide, void* ctx) {
+std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
+                                                  void* ctx) {
   PinGuard pin(*this);
   wait_for_gate();
   SegmentHeader& h = header();
@@ -645,8 +647,7 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
     }
     for (std::size_t j = 0; j < m; ++j) {
       if (!put_private(t, b, homes[j], kv[base + j].first, kv[base + j].second)) {
-        fail(Errc::invalid_argument, name_,
-             "bulk load: more entries than the table was built for");
+        fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
       }
     }
   }
@@ -672,8 +673,7 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
     // the size reads high, which only makes a successor larger.
     add_size(static_cast<std::int64_t>(count));
     std::uint64_t expected = cur_off;
-    if (!h.current_table.compare_exchange_strong(expected, built_off,
-                                                 std::memory_order_seq_cst)) {
+    if (!h.current_table.compare_exchange_strong(expected, built_off, std::memory_order_seq_cst)) {
       add_size(-static_cast<std::int64_t>(count));
       continue;
     }

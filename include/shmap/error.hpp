@@ -9,17 +9,17 @@
 namespace shmap {
 
 enum class Errc : int {
-  not_found = 1,       // no map of that name (open), no such file (load)
-  already_exists,      // create on a name that is taken
-  invalid_argument,    // bad name, bad option, bad value
-  handles_exhausted,   // every handle slot is owned by a live process
-  out_of_space,        // /dev/shm (or Options::max_bytes) is full
-  version_mismatch,    // segment or snapshot written by another format version
-  layout_mismatch,     // segment written by a build with another struct layout / byte order
-  permission_denied,   // the process may not open the segment or file
-  corrupt,             // not a shmap segment / snapshot, or damaged
-  io_error,            // a system call failed for another reason
-  timeout,             // waited too long for a segment that another process is initialising
+  not_found = 1,      // no map of that name (open), no such file (load)
+  already_exists,     // create on a name that is taken
+  invalid_argument,   // bad name, bad option, bad value
+  handles_exhausted,  // every handle slot is owned by a live process
+  out_of_space,       // /dev/shm (or Options::max_bytes) is full
+  version_mismatch,   // segment or snapshot written by another format version
+  layout_mismatch,    // segment written by a build with another struct layout / byte order
+  permission_denied,  // the process may not open the segment or file
+  corrupt,            // not a shmap segment / snapshot, or damaged
+  io_error,           // a system call failed for another reason
+  timeout,            // waited too long for a segment that another process is initialising
 };
 
 /// Stable lower-case name of a code ("not_found", ...), used by the CLI and in messages.

@@ -50,17 +50,17 @@ struct Stats {
   std::size_t tables = 0;          // length of the table chain: 1, or 2 while migrating
   std::size_t handles_in_use = 0;  // slots owned by a process (live or not yet reclaimed)
   std::size_t max_handles = 0;
-  std::size_t segment_bytes = 0;   // size of the shared-memory object
-  std::size_t allocated_bytes = 0; // bytes the segment really occupies (st_blocks)
-  std::size_t used_buckets = 0;    // claimed buckets of the current table (live + tombstones)
-  std::size_t migration_total = 0; // chunks of the older table to migrate (0 when none)
-  std::size_t migration_done = 0;  // chunks of it already migrated
-  std::size_t retired_pending = 0; // unlinked tables waiting for readers to move on
+  std::size_t segment_bytes = 0;    // size of the shared-memory object
+  std::size_t allocated_bytes = 0;  // bytes the segment really occupies (st_blocks)
+  std::size_t used_buckets = 0;     // claimed buckets of the current table (live + tombstones)
+  std::size_t migration_total = 0;  // chunks of the older table to migrate (0 when none)
+  std::size_t migration_done = 0;   // chunks of it already migrated
+  std::size_t retired_pending = 0;  // unlinked tables waiting for readers to move on
   std::uint64_t global_epoch = 0;
   std::uint64_t resizes = 0;       // tables created since the map was made
   std::uint64_t tables_freed = 0;  // retired tables given back to the system
   std::uint32_t format_version = 0;
-  Options options;                 // creation options
+  Options options;  // creation options
 };
 
 /// One handle slot in use (what `shmap readers` shows).
@@ -68,8 +68,8 @@ struct ReaderInfo {
   std::size_t slot = 0;
   int pid = 0;
   bool alive = false;
-  bool self = false;                // owned by this Map object
-  std::size_t pinned_lanes = 0;     // threads of it inside an operation right now
+  bool self = false;                      // owned by this Map object
+  std::size_t pinned_lanes = 0;           // threads of it inside an operation right now
   std::uint64_t oldest_pinned_epoch = 0;  // valid when pinned_lanes > 0
   std::uint64_t opened_at_unix_ns = 0;
 };
@@ -96,9 +96,9 @@ struct DumpOptions {
 
 struct LoadOptions {
   enum class Mode { create, replace, merge };
-  Mode mode = Mode::create;    // create a new map / replace the content / merge into it
-  Options options;             // for Mode::create: options of the new map (capacity is raised
-                               // to fit the snapshot)
+  Mode mode = Mode::create;  // create a new map / replace the content / merge into it
+  Options options;           // for Mode::create: options of the new map (capacity is raised
+                             // to fit the snapshot)
 };
 
 class Map {

@@ -1,7 +1,8 @@
 // Layout arithmetic, the pinned hash, names and error codes.
+#include "shmap/detail/layout.hpp"
+
 #include <gtest/gtest.h>
 
-#include "shmap/detail/layout.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 
@@ -28,7 +29,7 @@ TEST(Layout, MetaWordPacksStateAndVersion) {
   EXPECT_EQ(tag_of(m), 0x1234u);
   m = next_meta(m, kLive);
   EXPECT_EQ(state_of(m), kLive);
-  EXPECT_EQ(tag_of(m), 0u);  // the tag belongs to one transition only
+  EXPECT_EQ(tag_of(m), 0u);      // the tag belongs to one transition only
   EXPECT_EQ(version_of(m), 3u);  // every transition bumps the version, even LIVE -> LIVE
   EXPECT_EQ(next_meta(0xffffffULL, kEmpty) >> 24, 1u);
 }

@@ -55,15 +55,16 @@ TEST(Map, BasicOperations) {
 TEST(Map, FullDomainKeysAndValues) {
   ScopedName n("domain");
   auto m = Map::create(n, {.initial_capacity = 8});
-  const std::uint64_t specials[] = {0,
-                                    1,
-                                    2,
-                                    std::numeric_limits<std::uint64_t>::max(),
-                                    std::numeric_limits<std::uint64_t>::max() - 1,
-                                    std::bit_cast<std::uint64_t>(-0.0),
-                                    std::bit_cast<std::uint64_t>(std::numeric_limits<double>::quiet_NaN()),
-                                    0x8000000000000000ULL,
-                                    0x7fffffffffffffffULL};
+  const std::uint64_t specials[] = {
+      0,
+      1,
+      2,
+      std::numeric_limits<std::uint64_t>::max(),
+      std::numeric_limits<std::uint64_t>::max() - 1,
+      std::bit_cast<std::uint64_t>(-0.0),
+      std::bit_cast<std::uint64_t>(std::numeric_limits<double>::quiet_NaN()),
+      0x8000000000000000ULL,
+      0x7fffffffffffffffULL};
   for (const auto k : specials) {
     for (const auto v : specials) {
       m.insert_or_assign(k, v);
@@ -71,7 +72,8 @@ TEST(Map, FullDomainKeysAndValues) {
     }
   }
   // Every special as key with every special as value, through growth.
-  for (std::size_t i = 0; i < std::size(specials); ++i) m.insert_or_assign(specials[i], specials[i]);
+  for (std::size_t i = 0; i < std::size(specials); ++i)
+    m.insert_or_assign(specials[i], specials[i]);
   for (std::uint64_t i = 1000; i < 5000; ++i) m.insert(i, i);
   for (const auto k : specials) EXPECT_EQ(m.find(k), k);
   EXPECT_EQ(m.fetch_add(std::numeric_limits<std::uint64_t>::max(), 2),
@@ -198,8 +200,7 @@ TEST(Map, CreateOpenRemoveErrors) {
             Errc::invalid_argument);
   EXPECT_EQ(code_of([&] { Map::create(n.str() + "x", {.max_handles = 0}); }),
             Errc::invalid_argument);
-  EXPECT_EQ(code_of([&] { Map::create(n.str() + "x", {.mode = 01777}); }),
-            Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] { Map::create(n.str() + "x", {.mode = 01777}); }), Errc::invalid_argument);
   EXPECT_FALSE(Map::open(n).contains(1));
   EXPECT_TRUE(Map::remove(n));
   EXPECT_FALSE(Map::remove(n));
@@ -213,7 +214,7 @@ TEST(Map, ModeBitsAreExact) {
   const mode_t old = ::umask(077);
   auto m = Map::create(n, {.mode = 0644});
   ::umask(old);
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(("/dev/shm/" + n.str()).c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0644u);
   EXPECT_EQ(m.stats().options.mode, 0644u);

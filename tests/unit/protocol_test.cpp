@@ -79,9 +79,11 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
   const Cell after = read_cell(*b);
   const std::uint64_t expect_state = GetParam() == Start::empty ? kSealed : kMoved;
   EXPECT_EQ(after.state(), expect_state);
-  EXPECT_GT(version_of(after.meta), version_of(before.meta)) << "every transition bumps the version";
+  EXPECT_GT(version_of(after.meta), version_of(before.meta))
+      << "every transition bumps the version";
   // The slow writer: claim (for EMPTY) or value write (others), expecting the old content.
-  const std::uint64_t want_meta = next_meta(before.meta, before.state() == kEmpty ? kClaimed : kLive);
+  const std::uint64_t want_meta =
+      next_meta(before.meta, before.state() == kEmpty ? kClaimed : kLive);
   EXPECT_FALSE(cas128(&b->value, before.value, before.meta, 999, want_meta));
   EXPECT_EQ(read_cell(*b).meta, after.meta);
   // The successor is authoritative now.
@@ -100,8 +102,7 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(States, OlderBucket,
-                         ::testing::Values(Start::empty, Start::claimed, Start::live,
-                                           Start::tomb));
+                         ::testing::Values(Start::empty, Start::claimed, Start::live, Start::tomb));
 
 TEST(Protocol, LiveBucketIsFrozenBeforeCopy) {
   Fixture f;
@@ -131,7 +132,7 @@ TEST(Protocol, StaleCopyNeverOverwritesANewerValue) {
   Bucket* b = f.bucket_of(t, 9);
   const Cell live = read_cell(*b);
   auto [old, now] = f.start_migration();
-  f.m.move_bucket(old, b, now);  // copied 90 and sealed
+  f.m.move_bucket(old, b, now);   // copied 90 and sealed
   f.map.insert_or_assign(9, 91);  // a writer updates the successor
   // A slow mover that froze 90 earlier now performs its copy and its final CAS.
   const Cell stale_frozen{next_meta(live.meta, kFrozen), 90};
@@ -284,7 +285,7 @@ TEST(Protocol, PendingCountIsAppliedByTheNextWriter) {
   EXPECT_EQ(f.map.size(), 2u);       // the erase landed, its count did not
   EXPECT_FALSE(f.map.insert(8, 2));  // another key: nothing to apply
   EXPECT_EQ(f.map.size(), 2u);
-  EXPECT_TRUE(f.map.insert(7, 3));   // the next writer of key 7 applies the -1 first
+  EXPECT_TRUE(f.map.insert(7, 3));  // the next writer of key 7 applies the -1 first
   EXPECT_EQ(f.map.size(), 2u);
   EXPECT_TRUE(f.map.erase(7));
   EXPECT_EQ(f.map.size(), 1u);

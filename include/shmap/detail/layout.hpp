@@ -126,14 +126,14 @@ struct alignas(kCacheLine) PaddedCounter {
 static_assert(sizeof(PaddedCounter) == kCacheLine, "one counter per cache line");
 
 struct TableHeader {
-  std::uint64_t capacity;     // power of two; immutable
-  std::uint64_t bits;         // log2(capacity); immutable
-  std::uint64_t extent_bytes; // bytes of this table's arena extent; immutable
+  std::uint64_t capacity;        // power of two; immutable
+  std::uint64_t bits;            // log2(capacity); immutable
+  std::uint64_t extent_bytes;    // bytes of this table's arena extent; immutable
   std::uint64_t older_capacity;  // capacity of the table it replaces (0: none); immutable
   std::uint64_t created_epoch;
-  std::uint64_t discard_older;   // 1: replaces the older table's content instead of copying it
-  std::uint64_t retire_epoch;    // global epoch when unlinked (set by the retirer)
-  std::uint64_t retired_next;    // next table on the retired stack
+  std::uint64_t discard_older;  // 1: replaces the older table's content instead of copying it
+  std::uint64_t retire_epoch;   // global epoch when unlinked (set by the retirer)
+  std::uint64_t retired_next;   // next table on the retired stack
   // Second line: migration of `older` into this table.
   alignas(kCacheLine) std::atomic<std::uint64_t> older;  // offset; 0 once assimilated
   std::atomic<std::uint64_t> mig_cursor;  // next chunk to claim (fetch_add; may pass the end)
@@ -149,7 +149,8 @@ static_assert(kTableHeaderBytes % alignof(Bucket) == 0, "buckets start aligned")
 struct alignas(kCacheLine) SlotOwner {
   // owner: 0 = free, else pid (low 32 bits) | claim nonce (high 32 bits). CAS to claim/free.
   std::atomic<std::uint64_t> owner;
-  std::atomic<std::uint64_t> start_time;  // owner's start time (clock ticks since boot), 0 = unknown
+  std::atomic<std::uint64_t>
+      start_time;  // owner's start time (clock ticks since boot), 0 = unknown
   std::atomic<std::uint64_t> opened_at_ns;  // CLOCK_REALTIME
   std::uint64_t reserved[5];
 };
@@ -163,9 +164,9 @@ static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
 // even when a process dies between its CAS and its count update.
 struct alignas(kCacheLine) Lane {
   std::atomic<std::uint64_t> pin;
-  std::atomic<std::uint64_t> pending;  // generation << 46 | bucket offset; 0 = none
-  alignas(16) std::uint64_t size_delta;  // \ one 16-byte CAS unit: the count (+1 per insert,
-  std::uint64_t size_seq;                // /  -1 per erase; wraps) and changes applied to it
+  std::atomic<std::uint64_t> pending;        // generation << 46 | bucket offset; 0 = none
+  alignas(16) std::uint64_t size_delta;      // \ one 16-byte CAS unit: the count (+1 per insert,
+  std::uint64_t size_seq;                    // /  -1 per erase; wraps) and changes applied to it
   std::atomic<std::uint64_t> pending_meta;   // the meta the recorded CAS installs
   std::atomic<std::uint64_t> pending_value;  // the value it installs
   std::atomic<std::uint64_t> pending_seq;    // size_seq when the write was recorded
@@ -181,7 +182,6 @@ struct HandleSlot {
   Lane lanes[kLanes];
 };
 static_assert(sizeof(HandleSlot) == kCacheLine * (1 + kLanes), "slot = owner line + lanes");
-
 
 struct SegmentHeader {
   std::uint64_t magic;
@@ -202,9 +202,9 @@ struct SegmentHeader {
   std::uint64_t arena_offset;
   std::uint64_t reserved1;
   alignas(kCacheLine) std::atomic<std::uint64_t> current_table;  // read by every operation
-  std::atomic<std::uint64_t> global_epoch;                         // read by every pin
-  alignas(kCacheLine) std::atomic<std::uint64_t> file_bytes;       // size of the object
-  std::atomic<std::uint64_t> arena_top;                            // bump pointer
+  std::atomic<std::uint64_t> global_epoch;                       // read by every pin
+  alignas(kCacheLine) std::atomic<std::uint64_t> file_bytes;     // size of the object
+  std::atomic<std::uint64_t> arena_top;                          // bump pointer
   alignas(kCacheLine) std::atomic<std::uint64_t> resizes;
   std::atomic<std::uint64_t> tables_freed;
   std::atomic<std::uint64_t> bytes_freed;

@@ -80,8 +80,8 @@ inline Cell read_cell(const Bucket& b) noexcept {
     const std::uint64_t m1 = load_acquire(b.meta);
     const std::uint64_t v = load_acquire(b.value);
     // Acquire on the value load keeps the second meta load after it.
-    const std::uint64_t m2 = std::atomic_ref<const std::uint64_t>(b.meta).load(
-        std::memory_order_relaxed);
+    const std::uint64_t m2 =
+        std::atomic_ref<const std::uint64_t>(b.meta).load(std::memory_order_relaxed);
     if (m1 == m2) return {m1, v};
   }
 }
@@ -145,9 +145,7 @@ class MapImpl {
   std::uint64_t allocated_bytes() const;
 
   // ---- handles.cpp ------------------------------------------------------------------------
-  HandleSlot& slot(std::size_t i) const {
-    return at<HandleSlot>(header().slots_offset)[i];
-  }
+  HandleSlot& slot(std::size_t i) const { return at<HandleSlot>(header().slots_offset)[i]; }
   void claim_slot();
   void release_slot();
   std::size_t slot_index_for_test() const { return slot_index_; }
@@ -210,8 +208,8 @@ class MapImpl {
     }
     const TableHeader* t = at<TableHeader>(t_off);
     const std::uint64_t older = t->older.load(std::memory_order_seq_cst);
-    const Bucket* b = reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) +
-                                                      kTableHeaderBytes);
+    const Bucket* b =
+        reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
     const std::uint64_t mask = t->capacity - 1;
     if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) {
       unpin();
@@ -230,8 +228,7 @@ class MapImpl {
         if (load_acquire(b[i].key) != k) continue;
         const std::uint64_t v = load_acquire(b[i].value);
         // Same meta (state and version) after the value load: v belongs to LIVE k.
-        if (std::atomic_ref<const std::uint64_t>(b[i].meta).load(std::memory_order_relaxed) !=
-            m1) {
+        if (std::atomic_ref<const std::uint64_t>(b[i].meta).load(std::memory_order_relaxed) != m1) {
           break;
         }
         unpin();

@@ -1,8 +1,8 @@
 // A program outside the shmap tree: creates a map, writes, reads back, removes it.
-#include <shmap/shmap.hpp>
 #include <unistd.h>
 
 #include <cstdio>
+#include <shmap/shmap.hpp>
 #include <string>
 
 int main() {
