@@ -1,5 +1,6 @@
 // shmap — the public Map: thin wrappers over MapImpl, plus stats, readers and check.
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -61,7 +62,26 @@ bool Map::insert_or_assign(std::uint64_t k, std::uint64_t v) {
               .has_value();
 }
 
-std::optional<std::uint64_t> Map::find(std::uint64_t k) const { return impl_->find(k); }
+namespace detail {
+// std::optional<uint64_t> as libstdc++ lays it out: the value, then the engaged flag. GCC 12
+// builds an optional return with a byte store followed by a qword load of the same bytes (a
+// store-forwarding stall on every lookup); bit_cast from two words avoids it. The layout is
+// checked by Layout.OptionalReturnLayout.
+struct OptionalWords {
+  std::uint64_t value;
+  std::uint64_t engaged;
+};
+static_assert(sizeof(OptionalWords) == sizeof(std::optional<std::uint64_t>));
+inline std::optional<std::uint64_t> make_optional_fast(bool engaged, std::uint64_t v) {
+  return std::bit_cast<std::optional<std::uint64_t>>(OptionalWords{engaged ? v : 0, engaged});
+}
+}  // namespace detail
+
+std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
+  std::uint64_t v = 0;
+  const bool found = impl_->find(k, &v);
+  return detail::make_optional_fast(found, v);
+}
 
 bool Map::erase(std::uint64_t k) {
   return impl_

@@ -342,7 +342,13 @@ Look classify(const ProbeResult& r, std::uint64_t* v) {
 }
 }  // namespace
 
-std::optional<std::uint64_t> MapImpl::find_slow(std::uint64_t k) const {
+bool MapImpl::find_slow(std::uint64_t k, std::uint64_t* out) const {
+  const auto r = find_slower(k);
+  if (r) *out = *r;
+  return r.has_value();
+}
+
+std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
   PinGuard pin(*this);
   SegmentHeader& h = header();
   for (;;) {

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+#include <optional>
+
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 
@@ -58,6 +61,18 @@ TEST(Layout, HashIsPinned) {
 TEST(Layout, SignatureIsStableWithinABuild) {
   EXPECT_EQ(layout_signature(), layout_signature());
   EXPECT_NE(layout_signature(), 0u);
+}
+
+// Map::find returns std::optional built by bit_cast from {value, engaged} (see map.cpp).
+TEST(Layout, OptionalReturnLayout) {
+  struct Words {
+    std::uint64_t value, engaged;
+  };
+  const auto yes = std::bit_cast<std::optional<std::uint64_t>>(Words{42, 1});
+  const auto no = std::bit_cast<std::optional<std::uint64_t>>(Words{0, 0});
+  ASSERT_TRUE(yes.has_value());
+  EXPECT_EQ(*yes, 42u);
+  EXPECT_FALSE(no.has_value());
 }
 
 TEST(Names, ValidAndInvalid) {

@@ -198,13 +198,15 @@ class MapImpl {
   /// Lock-free lookup. The common case (the key LIVE in the current table, or absent from a
   /// table with no older one) is decided here in a handful of loads; anything else goes to
   /// find_slow(), which handles migration states.
-  std::optional<std::uint64_t> find(std::uint64_t k) const {
+  /// (Returns found/absent with the value through *out: a bool in a register, not an
+  /// optional built on the stack, keeps consecutive lookups from stalling on each other.)
+  [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t* out) const {
     pin();
     // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
     if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) {
       unpin();
-      return find_slow(k);
+      return find_slow(k, out);
     }
     const TableHeader* t = at<TableHeader>(t_off);
     const std::uint64_t older = t->older.load(std::memory_order_seq_cst);
@@ -213,7 +215,7 @@ class MapImpl {
     const std::uint64_t mask = t->capacity - 1;
     if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) {
       unpin();
-      return find_slow(k);
+      return find_slow(k, out);
     }
     const std::uint64_t home = hash_key(k, seed_) >> (64 - t->bits);
     for (std::uint64_t i = home, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
@@ -222,7 +224,7 @@ class MapImpl {
       if (s == kEmpty) {
         if (older != 0) break;
         unpin();
-        return std::nullopt;
+        return false;
       }
       if (s == kLive) {
         if (load_acquire(b[i].key) != k) continue;
@@ -232,19 +234,26 @@ class MapImpl {
           break;
         }
         unpin();
-        return v;
+        *out = v;
+        return true;
       }
       if (s == kTomb) {
         if (load_acquire(b[i].key) != k) continue;
         unpin();  // erased: the current table is authoritative for any key it has decided
-        return std::nullopt;
+        return false;
       }
       break;  // CLAIMED, FROZEN, MOVED, SEALED: migration states
     }
     unpin();
-    return find_slow(k);
+    return find_slow(k, out);
   }
-  std::optional<std::uint64_t> find_slow(std::uint64_t k) const;
+  bool find_slow(std::uint64_t k, std::uint64_t* out) const;
+  std::optional<std::uint64_t> find_slower(std::uint64_t k) const;
+  std::optional<std::uint64_t> find(std::uint64_t k) const {
+    std::uint64_t v;
+    if (find(k, &v)) return v;
+    return std::nullopt;
+  }
   /// Applies `decide` (current value or nullopt -> intent) atomically to k. Returns the value
   /// k had when the intent was applied (nullopt: absent).
   template <class Decide>

@@ -1,0 +1,292 @@
+// shmap micro-benchmarks: one thread, every map side by side on the same keys.
+//
+//   shmap_micro [--sizes=1M,16M] [--peers=shmap,bipc,...] [google benchmark flags]
+//
+// Sizes also come from $SHMAP_BENCH_SIZES (default 1M). Workloads, per size and map:
+//   insert    insert the n keys into an empty map that grows from its smallest capacity
+//   find_hit  look up keys that are present (shuffled order)
+//   find_miss look up keys that are absent
+//   mixed     90% find_hit, 10% overwrite of a present key
+// Each benchmark is repeated (3 times unless --benchmark_repetitions says otherwise) and the
+// console shows the aggregates; a summary table of medians and shmap's ratios closes the run.
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peers.hpp"
+
+namespace {
+
+using namespace shmap_bench;
+
+constexpr std::size_t kBatch = 1024;  // lookups per benchmark iteration
+
+const Keys& keys_for(std::size_t n) {
+  static std::map<std::size_t, std::unique_ptr<Keys>> cache;
+  auto& slot = cache[n];
+  if (!slot) slot = std::make_unique<Keys>(make_keys(n));
+  return *slot;
+}
+
+std::string segment_name(const char* peer) {
+  return "shmap-bench-" + std::to_string(::getpid()) + "-" + peer;
+}
+
+/// A map built for one benchmark: a growing instance of P, unlinked when dropped.
+struct AnyInstance {
+  virtual ~AnyInstance() = default;
+};
+
+template <class P>
+struct Instance : AnyInstance {
+  explicit Instance(std::size_t n) : name(segment_name(P::kName)) {
+    if constexpr (std::is_constructible_v<P, Create, std::string, std::size_t>) {
+      P::destroy(name);  // a leftover of a crashed run
+      if constexpr (std::is_same_v<P, BipcPeer> || std::is_base_of_v<LmdbPeer, P>) {
+        peer = std::make_unique<P>(Create{}, name, n);  // segment sized for n
+      } else {
+        peer = std::make_unique<P>(Create{}, name, 8);  // shmap: the smallest capacity
+      }
+    } else {
+      peer = std::make_unique<P>(n);
+    }
+  }
+  ~Instance() override {
+    peer.reset();
+    if constexpr (requires { P::destroy(name); }) P::destroy(name);
+  }
+  std::string name;
+  std::unique_ptr<P> peer;
+};
+
+/// The filled map of the lookup benchmarks: one at a time (benchmarks are registered grouped by
+/// size and map), so memory holds a single 16M-key map.
+std::unique_ptr<AnyInstance> g_filled;
+std::string g_filled_key;
+
+void drop_filled() {
+  g_filled.reset();
+  g_filled_key.clear();
+}
+
+template <class P>
+P& filled(std::size_t n) {
+  const std::string key = std::string(P::kName) + "/" + std::to_string(n);
+  if (g_filled_key != key) {
+    drop_filled();
+    auto inst = std::make_unique<Instance<P>>(n);
+    const Keys& k = keys_for(n);
+    for (std::size_t i = 0; i < n; ++i) inst->peer->insert(k.insert_order[i], i);
+    inst->peer->flush();
+    if constexpr (requires { inst->peer->compact(); }) inst->peer->compact();
+    g_filled = std::move(inst);
+    g_filled_key = key;
+  }
+  return *static_cast<Instance<P>&>(*g_filled).peer;
+}
+
+/// CPU time of this process (user + system: page faults and segment growth included). On a
+/// shared machine it is steadier than wall time; the lookups are timed the same way (Google
+/// Benchmark's rates use CPU time unless told otherwise).
+double cpu_seconds() {
+  timespec ts;
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+template <class P>
+void bm_insert(benchmark::State& state, std::size_t n) {
+  drop_filled();
+  const Keys& k = keys_for(n);
+  for (auto _ : state) {
+    Instance<P> inst(n);
+    const double t0 = cpu_seconds();
+    for (std::size_t i = 0; i < n; ++i) inst.peer->insert(k.insert_order[i], i);
+    inst.peer->flush();
+    state.SetIterationTime(cpu_seconds() - t0);
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+enum class Workload { find_hit, find_miss, mixed };
+
+template <class P, Workload W>
+void bm_lookup(benchmark::State& state, std::size_t n) {
+  const Keys& k = keys_for(n);
+  P& p = filled<P>(n);
+  const std::uint64_t* keys = W == Workload::find_miss ? k.misses.data() : k.lookup_order.data();
+  std::size_t i = 0;
+  std::uint64_t sum = 0;
+  std::size_t found = 0;
+  std::size_t finds = 0;
+  for (auto _ : state) {
+    for (std::size_t j = 0; j < kBatch; ++j) {
+      std::uint64_t v;
+      if (W == Workload::mixed && j % 10 == 0) {
+        p.assign(keys[i + j], i + j);
+        continue;
+      }
+      ++finds;
+      if (p.find(keys[i + j], &v)) {
+        sum += v;
+        ++found;
+      }
+    }
+    i += kBatch;
+    if (i >= n) i = 0;
+  }
+  p.flush();
+  benchmark::DoNotOptimize(sum);
+  if (found != (W == Workload::find_miss ? 0 : finds)) {
+    state.SkipWithError("wrong lookup results: a present key was missed or an absent one found");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
+}
+
+// ---- registration ---------------------------------------------------------------------------
+
+const char* const kWorkloads[] = {"insert", "find_hit", "find_miss", "mixed"};
+
+template <class P>
+void register_peer(std::size_t n) {
+  const std::string suffix = std::string("/") + P::kName + "/" + count_label(n);
+  auto* b = benchmark::RegisterBenchmark(("insert" + suffix).c_str(), bm_insert<P>, n);
+  b->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark(("find_hit" + suffix).c_str(), bm_lookup<P, Workload::find_hit>, n);
+  benchmark::RegisterBenchmark(("find_miss" + suffix).c_str(), bm_lookup<P, Workload::find_miss>,
+                               n);
+  benchmark::RegisterBenchmark(("mixed" + suffix).c_str(), bm_lookup<P, Workload::mixed>, n);
+}
+
+// ---- summary: medians and shmap's ratios ----------------------------------------------------
+
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  SummaryReporter() : ConsoleReporter(::isatty(1) ? OO_Defaults : OO_Tabular) {}
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
+      const bool single = r.run_type == Run::RT_Iteration && r.repetitions <= 1;
+      if (r.error_occurred || !(median || single)) continue;
+      const auto it = r.counters.find("items_per_second");
+      if (it != r.counters.end()) mops_[r.run_name.function_name] = it->second.value / 1e6;
+    }
+  }
+
+  void Summary(const std::vector<std::size_t>& sizes, const std::vector<std::string>& peers) {
+    std::printf("\n## Summary: median Mops/s (one thread)\n");
+    for (std::size_t n : sizes) {
+      const std::string size = count_label(n);
+      std::printf("\n### %s keys\n\n| workload |", size.c_str());
+      for (const auto& p : peers) std::printf(" %s |", p.c_str());
+      std::printf("\n|---|");
+      for (std::size_t i = 0; i < peers.size(); ++i) std::printf("---:|");
+      std::printf("\n");
+      for (const char* w : kWorkloads) {
+        std::printf("| %s |", w);
+        for (const auto& p : peers) {
+          const double v = get(w, p, size);
+          if (v > 0) {
+            std::printf(" %.2f |", v);
+          } else {
+            std::printf(" - |");
+          }
+        }
+        std::printf("\n");
+      }
+      std::printf("\nshmap / peer (>1: shmap faster):\n\n| workload |");
+      for (const auto& p : peers) {
+        if (p != "shmap") std::printf(" vs %s |", p.c_str());
+      }
+      std::printf("\n|---|");
+      for (std::size_t i = 1; i < peers.size(); ++i) std::printf("---:|");
+      std::printf("\n");
+      for (const char* w : kWorkloads) {
+        std::printf("| %s |", w);
+        const double s = get(w, "shmap", size);
+        for (const auto& p : peers) {
+          if (p == "shmap") continue;
+          const double v = get(w, p, size);
+          if (s > 0 && v > 0) {
+            std::printf(" %.2fx |", s / v);
+          } else {
+            std::printf(" - |");
+          }
+        }
+        std::printf("\n");
+      }
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  double get(const std::string& w, const std::string& p, const std::string& size) const {
+    const auto it = mops_.find(w + "/" + p + "/" + size);
+    return it == mops_.end() ? 0.0 : it->second;
+  }
+  std::map<std::string, double> mops_;
+};
+
+bool take_flag(const std::string& arg, const char* flag, std::string* value) {
+  const std::string prefix = std::string(flag) + "=";
+  if (arg.rfind(prefix, 0) != 0) return false;
+  *value = arg.substr(prefix.size());
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string sizes_arg =
+      std::getenv("SHMAP_BENCH_SIZES") ? std::getenv("SHMAP_BENCH_SIZES") : "1M";
+  std::string peers_arg = "shmap,bipc,lmdb,lmdb-txn1,tbb,flat";
+  // Our flags first; defaults for Google Benchmark's before the user's (later flags win).
+  std::vector<char*> args{argv[0]};
+  std::string reps = "--benchmark_repetitions=3";
+  std::string display = "--benchmark_display_aggregates_only=true";
+  args.push_back(reps.data());
+  args.push_back(display.data());
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (take_flag(a, "--sizes", &sizes_arg) || take_flag(a, "--peers", &peers_arg)) continue;
+    args.push_back(argv[i]);
+  }
+  int args_count = static_cast<int>(args.size());
+
+  std::vector<std::size_t> sizes;
+  for (const auto& s : split(sizes_arg)) {
+    sizes.push_back((parse_count(s) + kBatch - 1) / kBatch * kBatch);
+  }
+  const std::vector<std::string> peers = split(peers_arg);
+  auto wanted = [&](const char* p) {
+    return std::find(peers.begin(), peers.end(), p) != peers.end();
+  };
+  for (std::size_t n : sizes) {
+#ifndef SHMAP_BENCH_PEERS_ONLY
+    if (wanted("shmap")) register_peer<ShmapPeer>(n);
+#endif
+    if (wanted("bipc")) register_peer<BipcPeer>(n);
+    if (wanted("lmdb")) register_peer<LmdbPeer>(n);
+    // One commit per insert is slow (microseconds each): measured up to 1M keys.
+    if (wanted("lmdb-txn1") && n <= (std::size_t{1} << 20)) register_peer<LmdbTxn1Peer>(n);
+    if (wanted("tbb")) register_peer<TbbPeer>(n);
+    if (wanted("flat")) register_peer<FlatPeer>(n);
+  }
+
+  benchmark::Initialize(&args_count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(args_count, args.data())) return 1;
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  drop_filled();
+  reporter.Summary(sizes, peers);
+  benchmark::Shutdown();
+  return 0;
+}

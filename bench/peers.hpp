@@ -1,0 +1,393 @@
+// shmap benchmarks — the key sets and one adapter per map under comparison.
+//
+// Every adapter has the same small surface so that one templated workload drives them all:
+//
+//   void insert(k, v)             insert a key that is absent
+//   void assign(k, v)             overwrite the value of a key that is present (the "write" of
+//                                 the 90/10 mix)
+//   bool find(k, uint64_t* v)     look a key up
+//   void flush()                  make the writes so far durable/visible (LMDB: commit)
+//
+// Shared-memory peers (shmap, Boost.Interprocess, LMDB) are built with a Create or an Attach
+// tag: the creator sizes the segment, an attacher opens it by name (what a second process
+// does), and `destroy(name)` unlinks it. Destroying the object only detaches.
+#pragma once
+
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <tbb/concurrent_hash_map.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/interprocess/allocators/allocator.hpp>
+#include <boost/interprocess/managed_shared_memory.hpp>
+#include <boost/interprocess/sync/interprocess_sharable_mutex.hpp>
+#include <boost/interprocess/sync/scoped_lock.hpp>
+#include <boost/interprocess/sync/sharable_lock.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
+#include <boost/unordered/unordered_map.hpp>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// SHMAP_BENCH_PEERS_ONLY builds the peers alone (g++ -DSHMAP_BENCH_PEERS_ONLY bench/micro.cpp
+// ...), to work on them while the library does not build.
+#ifndef SHMAP_BENCH_PEERS_ONLY
+#include "shmap/shmap.hpp"
+#endif
+
+namespace shmap_bench {
+
+// ---- keys -----------------------------------------------------------------------------------
+
+/// The splitmix64 finaliser: a bijection on 64-bit words, so distinct inputs give distinct keys.
+inline std::uint64_t mix64(std::uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+inline constexpr std::uint64_t kSeed = 0x5eed'0f5a'a9b1'7e11ULL;
+
+/// The keys of one size. Hits are mix64 of even numbers, misses of odd ones: the two sets are
+/// disjoint by construction. Lookups walk a shuffled copy of the inserted keys, so a node-based
+/// map does not get its nodes visited in allocation order (which would flatter it).
+struct Keys {
+  std::vector<std::uint64_t> insert_order;
+  std::vector<std::uint64_t> lookup_order;
+  std::vector<std::uint64_t> misses;
+  std::size_t size() const { return insert_order.size(); }
+};
+
+inline Keys make_keys(std::size_t n) {
+  Keys k;
+  k.insert_order.resize(n);
+  k.misses.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    k.insert_order[i] = mix64((2 * i) ^ kSeed);
+    k.misses[i] = mix64((2 * i + 1) ^ kSeed);
+  }
+  k.lookup_order = k.insert_order;
+  std::mt19937_64 rng(kSeed);
+  std::shuffle(k.lookup_order.begin(), k.lookup_order.end(), rng);
+  return k;
+}
+
+/// "1M" -> 1048576, "16M" -> 16777216, "10M" -> 10485760, "1000" -> 1000.
+inline std::size_t parse_count(const std::string& s) {
+  if (s.empty()) throw std::invalid_argument("empty count");
+  std::size_t mult = 1;
+  std::string digits = s;
+  const char last = s.back();
+  if (last == 'k' || last == 'K') mult = std::size_t{1} << 10;
+  if (last == 'm' || last == 'M') mult = std::size_t{1} << 20;
+  if (last == 'g' || last == 'G') mult = std::size_t{1} << 30;
+  if (mult != 1) digits.pop_back();
+  return static_cast<std::size_t>(std::stoull(digits)) * mult;
+}
+
+inline std::string count_label(std::size_t n) {
+  if (n % (std::size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
+  if (n % (std::size_t{1} << 10) == 0) return std::to_string(n >> 10) + "K";
+  return std::to_string(n);
+}
+
+inline std::vector<std::string> split(const std::string& s, char sep = ',') {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+struct Create {};
+struct Attach {};
+
+// ---- shmap ----------------------------------------------------------------------------------
+
+#ifndef SHMAP_BENCH_PEERS_ONLY
+class ShmapPeer {
+ public:
+  static constexpr const char* kName = "shmap";
+  /// `capacity` is the initial capacity; 8 (the smallest) for a map that has to grow.
+  ShmapPeer(Create, const std::string& name, std::size_t capacity)
+      : map_(shmap::Map::create(name, options(capacity))) {}
+  ShmapPeer(Attach, const std::string& name) : map_(shmap::Map::open(name)) {}
+  static void destroy(const std::string& name) { shmap::Map::remove(name); }
+
+  void insert(std::uint64_t k, std::uint64_t v) { map_.insert(k, v); }
+  void assign(std::uint64_t k, std::uint64_t v) { map_.insert_or_assign(k, v); }
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    const auto r = map_.find(k);
+    if (!r) return false;
+    *v = *r;
+    return true;
+  }
+  void flush() {}
+  /// Finishes a migration left in flight by the last insert, so lookups see the steady state.
+  void compact() { map_.compact(); }
+  shmap::Map& map() { return map_; }
+
+ private:
+  static shmap::Options options(std::size_t capacity) {
+    shmap::Options o;
+    o.initial_capacity = capacity;
+    return o;
+  }
+  shmap::Map map_;
+};
+#endif
+
+// ---- Boost.Interprocess: boost::unordered_map in a managed segment behind a sharable mutex ---
+
+namespace bip = boost::interprocess;
+
+/// What users build today: a node-based map in a managed segment, one reader-writer lock.
+/// Readers take the lock shared, writers exclusive, once per operation.
+class BipcPeer {
+ public:
+  static constexpr const char* kName = "bipc";
+  using Alloc = bip::allocator<std::pair<const std::uint64_t, std::uint64_t>,
+                               bip::managed_shared_memory::segment_manager>;
+  using Table = boost::unordered_map<std::uint64_t, std::uint64_t, boost::hash<std::uint64_t>,
+                                     std::equal_to<std::uint64_t>, Alloc>;
+
+  /// The segment cannot grow while others are attached, so it is sized for `keys` up front
+  /// (128 bytes a key: node, allocator header and bucket array with a rehash in flight).
+  BipcPeer(Create, const std::string& name, std::size_t keys)
+      : segment_(bip::create_only, name.c_str(), segment_bytes(keys)) {
+    mutex_ = segment_.construct<bip::interprocess_sharable_mutex>("mutex")();
+    table_ = segment_.construct<Table>("table")(segment_.get_segment_manager());
+  }
+  BipcPeer(Attach, const std::string& name) : segment_(bip::open_only, name.c_str()) {
+    mutex_ = segment_.find<bip::interprocess_sharable_mutex>("mutex").first;
+    table_ = segment_.find<Table>("table").first;
+    if (mutex_ == nullptr || table_ == nullptr) throw std::runtime_error("bipc: bad segment");
+  }
+  static void destroy(const std::string& name) { bip::shared_memory_object::remove(name.c_str()); }
+
+  void insert(std::uint64_t k, std::uint64_t v) {
+    bip::scoped_lock<bip::interprocess_sharable_mutex> lock(*mutex_);
+    table_->emplace(k, v);
+  }
+  void assign(std::uint64_t k, std::uint64_t v) {
+    bip::scoped_lock<bip::interprocess_sharable_mutex> lock(*mutex_);
+    (*table_)[k] = v;
+  }
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    bip::sharable_lock<bip::interprocess_sharable_mutex> lock(*mutex_);
+    const auto it = table_->find(k);
+    if (it == table_->end()) return false;
+    *v = it->second;
+    return true;
+  }
+  void flush() {}
+
+ private:
+  static std::size_t segment_bytes(std::size_t keys) {
+    return (std::size_t{64} << 20) + keys * 128;
+  }
+  bip::managed_shared_memory segment_;
+  bip::interprocess_sharable_mutex* mutex_ = nullptr;
+  Table* table_ = nullptr;
+};
+
+// ---- LMDB -----------------------------------------------------------------------------------
+
+/// An LMDB environment in a tmpfs directory (/dev/shm/<name>), opened with
+/// MDB_NOSYNC | MDB_WRITEMAP | MDB_NOMETASYNC (no fsync: as close to an in-memory map as LMDB
+/// gets) and MDB_NOTLS (a thread may hold a read transaction while it writes). Keys are
+/// MDB_INTEGERKEY (native 8-byte integers).
+///
+/// Transactions are batched: `write_batch` writes per write transaction (commit on the last
+/// one and on flush) and `read_batch` lookups per read transaction (reset + renew, the cheap
+/// way to start a fresh snapshot). Batch 1 is one transaction per operation.
+class LmdbPeer {
+ public:
+  static constexpr const char* kName = "lmdb";
+
+  LmdbPeer(Create, const std::string& name, std::size_t keys, int write_batch = 4096,
+           int read_batch = 1024)
+      : write_batch_(write_batch), read_batch_(read_batch) {
+    const std::string dir = path(name);
+    std::filesystem::create_directories(dir);
+    open(dir, keys);
+    MDB_txn* txn = nullptr;
+    check(mdb_txn_begin(env_, nullptr, 0, &txn), "txn_begin");
+    check(mdb_dbi_open(txn, nullptr, MDB_INTEGERKEY | MDB_CREATE, &dbi_), "dbi_open");
+    check(mdb_txn_commit(txn), "commit");
+  }
+  LmdbPeer(Attach, const std::string& name, int write_batch = 1, int read_batch = 1024)
+      : write_batch_(write_batch), read_batch_(read_batch) {
+    open(path(name), 0);
+    MDB_txn* txn = nullptr;
+    check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn), "txn_begin");
+    check(mdb_dbi_open(txn, nullptr, MDB_INTEGERKEY, &dbi_), "dbi_open");
+    mdb_txn_abort(txn);
+  }
+  LmdbPeer(const LmdbPeer&) = delete;
+  LmdbPeer& operator=(const LmdbPeer&) = delete;
+  ~LmdbPeer() {
+    try {
+      flush();
+    } catch (const std::exception&) {
+    }
+    if (rtxn_ != nullptr) mdb_txn_abort(rtxn_);
+    mdb_env_close(env_);
+  }
+  static void destroy(const std::string& name) {
+    std::error_code ec;
+    std::filesystem::remove_all(path(name), ec);
+  }
+
+  void insert(std::uint64_t k, std::uint64_t v) { put(k, v); }
+  void assign(std::uint64_t k, std::uint64_t v) { put(k, v); }
+  bool find(std::uint64_t k, std::uint64_t* v) {
+    if (rtxn_ == nullptr) {
+      check(mdb_txn_begin(env_, nullptr, MDB_RDONLY, &rtxn_), "read txn_begin");
+      reads_ = 0;
+    } else if (reads_ == read_batch_ || reads_ < 0) {
+      if (reads_ >= 0) mdb_txn_reset(rtxn_);
+      check(mdb_txn_renew(rtxn_), "txn_renew");
+      reads_ = 0;
+    }
+    ++reads_;
+    MDB_val key{sizeof k, &k};
+    MDB_val val;
+    const int rc = mdb_get(rtxn_, dbi_, &key, &val);
+    if (rc == MDB_NOTFOUND) return false;
+    check(rc, "get");
+    std::uint64_t out;
+    std::memcpy(&out, val.mv_data, sizeof out);
+    *v = out;
+    return true;
+  }
+  /// Commits the pending writes and ends the read snapshot: an idle process that kept its
+  /// snapshot would stop every writer from reusing the pages freed since (MDB_MAP_FULL).
+  void flush() {
+    if (wtxn_ != nullptr) {
+      const int rc = mdb_txn_commit(wtxn_);
+      wtxn_ = nullptr;
+      writes_ = 0;
+      check(rc, "commit");
+    }
+    if (rtxn_ != nullptr && reads_ >= 0) {
+      mdb_txn_reset(rtxn_);
+      reads_ = -1;  // renew before the next lookup
+    }
+  }
+
+ private:
+  static std::string path(const std::string& name) { return "/dev/shm/" + name; }
+  static void check(int rc, const char* what) {
+    if (rc != MDB_SUCCESS) {
+      throw std::runtime_error(std::string("lmdb ") + what + ": " + mdb_strerror(rc));
+    }
+  }
+  void open(const std::string& dir, std::size_t keys) {
+    check(mdb_env_create(&env_), "env_create");
+    // Map size: generous for random inserts (pages end up about 2/3 full); tmpfs is sparse.
+    const std::size_t map_bytes = keys == 0 ? 0 : (std::size_t{512} << 20) + keys * 128;
+    if (map_bytes != 0) check(mdb_env_set_mapsize(env_, map_bytes), "set_mapsize");
+    check(mdb_env_set_maxreaders(env_, 256), "set_maxreaders");
+    check(mdb_env_open(env_, dir.c_str(), MDB_NOSYNC | MDB_WRITEMAP | MDB_NOMETASYNC | MDB_NOTLS,
+                       0600),
+          "env_open");
+  }
+  void put(std::uint64_t k, std::uint64_t v) {
+    if (wtxn_ == nullptr) check(mdb_txn_begin(env_, nullptr, 0, &wtxn_), "write txn_begin");
+    MDB_val key{sizeof k, &k};
+    MDB_val val{sizeof v, &v};
+    const int rc = mdb_put(wtxn_, dbi_, &key, &val, 0);
+    if (rc != MDB_SUCCESS) {
+      mdb_txn_abort(wtxn_);  // releases the writer lock that other processes wait for
+      wtxn_ = nullptr;
+      writes_ = 0;
+      check(rc, "put");
+    }
+    if (++writes_ == write_batch_) flush();
+  }
+
+  MDB_env* env_ = nullptr;
+  MDB_dbi dbi_ = 0;
+  MDB_txn* wtxn_ = nullptr;
+  MDB_txn* rtxn_ = nullptr;
+  int write_batch_;
+  int read_batch_;
+  int writes_ = 0;
+  int reads_ = 0;
+};
+
+/// LMDB with one transaction per operation (reads and writes): what a service that cannot
+/// batch pays.
+class LmdbTxn1Peer : public LmdbPeer {
+ public:
+  static constexpr const char* kName = "lmdb-txn1";
+  LmdbTxn1Peer(Create, const std::string& name, std::size_t keys)
+      : LmdbPeer(Create{}, name, keys, 1, 1) {}
+};
+
+// ---- in-process peers -----------------------------------------------------------------------
+
+/// tbb::concurrent_hash_map: the in-process concurrent map (threads, not processes).
+class TbbPeer {
+ public:
+  static constexpr const char* kName = "tbb";
+  explicit TbbPeer(std::size_t) {}
+  void insert(std::uint64_t k, std::uint64_t v) { table_.insert({k, v}); }
+  void assign(std::uint64_t k, std::uint64_t v) {
+    Table::accessor a;
+    table_.insert(a, k);
+    a->second = v;
+  }
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    Table::const_accessor a;
+    if (!table_.find(a, k)) return false;
+    *v = a->second;
+    return true;
+  }
+  void flush() {}
+
+ private:
+  using Table = tbb::concurrent_hash_map<std::uint64_t, std::uint64_t>;
+  Table table_;
+};
+
+/// boost::unordered_flat_map, single-threaded: the in-process ceiling.
+class FlatPeer {
+ public:
+  static constexpr const char* kName = "flat";
+  explicit FlatPeer(std::size_t) {}
+  void insert(std::uint64_t k, std::uint64_t v) { table_.emplace(k, v); }
+  void assign(std::uint64_t k, std::uint64_t v) { table_[k] = v; }
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    const auto it = table_.find(k);
+    if (it == table_.end()) return false;
+    *v = it->second;
+    return true;
+  }
+  void flush() {}
+  void reserve(std::size_t n) { table_.reserve(n); }
+
+ private:
+  boost::unordered_flat_map<std::uint64_t, std::uint64_t> table_;
+};
+
+}  // namespace shmap_bench
