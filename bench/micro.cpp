@@ -235,13 +235,6 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   std::map<std::string, double> mops_;
 };
 
-bool take_flag(const std::string& arg, const char* flag, std::string* value) {
-  const std::string prefix = std::string(flag) + "=";
-  if (arg.rfind(prefix, 0) != 0) return false;
-  *value = arg.substr(prefix.size());
-  return true;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {

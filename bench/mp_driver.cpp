@@ -575,13 +575,6 @@ void measure_growth(const Config& cfg) {
   growth_row(label.c_str(), flat_grow, flat_pre);
 }
 
-bool take_flag(const std::string& arg, const char* flag, std::string* value) {
-  const std::string prefix = std::string(flag) + "=";
-  if (arg.rfind(prefix, 0) != 0) return false;
-  *value = arg.substr(prefix.size());
-  return true;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {

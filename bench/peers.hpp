@@ -45,6 +45,14 @@
 
 namespace shmap_bench {
 
+/// Parses "--flag=value" into *value; false if arg is not that flag.
+inline bool take_flag(const std::string& arg, const char* flag, std::string* value) {
+  const std::string prefix = std::string(flag) + "=";
+  if (arg.rfind(prefix, 0) != 0) return false;
+  *value = arg.substr(prefix.size());
+  return true;
+}
+
 // ---- keys -----------------------------------------------------------------------------------
 
 /// The splitmix64 finaliser: a bijection on 64-bit words, so distinct inputs give distinct keys.

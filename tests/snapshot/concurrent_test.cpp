@@ -73,7 +73,9 @@ TEST(ConcurrentDump, EveryEntryIsOneTheKeyHeldAndNoneTwice) {
     }));
   }
   for (int round = 0; round < 12; ++round) {
-    const std::string file = dir.path("d" + std::to_string(round));
+    std::string stem = "d";  // (not "d" + to_string: GCC 12 -O3 warns falsely, bug 105329)
+    stem += std::to_string(round);
+    const std::string file = dir.path(stem);
     m.dump(file, {.json = round % 4 == 3});
     if (round % 4 == 3) {
       ScopedName back("back");
