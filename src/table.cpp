@@ -643,7 +643,7 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
                             std::size_t n) const {
   TableHeader* t = table(table_off);
   Bucket* b = buckets(t);
-  constexpr std::size_t kAhead = 16;
+  constexpr std::size_t kAhead = 64;
   std::uint64_t homes[kAhead];
   for (std::size_t base = 0; base < n; base += kAhead) {
     const std::size_t m = std::min(kAhead, n - base);
