@@ -26,7 +26,8 @@
 //
 // HandleSlot: one cache line of owner data, then kLanes cache lines, one per thread of the
 // owning Map (a thread of the process gets lane = its process-wide thread number; threads past
-// kLanes - 1 share the last lane with a pin count). A lane is written only by its thread.
+// kLanes - 1 share the last lane with a pin count). A lane is written by its thread, except that
+// helpers apply a pending size record to its count by 16-byte CAS (see struct Lane).
 //
 // Table Layout (one arena extent)
 // ===============================
@@ -36,7 +37,7 @@
 //           counters, each on its own cache line
 //   +2048   Bucket[capacity], 32 bytes each:
 //             +0  value   u64 ┐ updated together by one 16-byte CAS (cmpxchg16b)
-//             +8  meta    u64 ┘ bits 0-7 state, bits 8-63 version (bumped on every change)
+//             +8  meta    u64 ┘ bits 0-7 state, 8-23 writer tag, 24-63 version (+1 per change)
 //             +16 key     u64   written once, before the bucket leaves state CLAIMED
 //             +24 reserved
 //   +2048 + 32 * capacity   done bitmap: one bit per 64-bucket chunk of this table, set as
