@@ -60,6 +60,11 @@ bool g_light_pins = false;
 
 long membarrier(int cmd) { return ::syscall(__NR_membarrier, cmd, 0, 0); }
 
+// No /proc entry: gone -- or /proc hides other users' processes (hidepid). kill(0) tells.
+std::uint64_t probe_by_signal(int pid) {
+  return ::kill(pid, 0) == 0 || errno == EPERM ? kStartUnknown : 0;
+}
+
 }  // namespace
 
 std::size_t assign_thread_number() noexcept {
@@ -94,11 +99,11 @@ std::uint64_t process_start_time(int pid) noexcept {
   char path[64];
   std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return errno == ENOENT || errno == ESRCH ? probe_by_signal(pid) : kStartUnknown;
   char buf[1024];
   const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
   ::close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0) return errno == ESRCH ? 0 : kStartUnknown;
   buf[n] = '\0';
   const char* p = std::strrchr(buf, ')');  // the command name may contain spaces and ')'
   if (p == nullptr) return 0;
@@ -137,18 +142,30 @@ std::uint64_t process_start_time(int pid) noexcept {
 bool process_alive(int pid, std::uint64_t start_time) noexcept {
   if (pid <= 0) return false;
   const std::uint64_t st = process_start_time(pid);
-  if (st == 0) {
-    // No /proc entry: fall back to kill(0), which cannot see zombies or reuse.
-    if (::access("/proc/self/stat", R_OK) != 0) return ::kill(pid, 0) == 0 || errno == EPERM;
-    return false;
+  if (st == kStartUnknown) {
+    // /proc could not tell (hidepid, out of file descriptors...): kill(0) can, although it
+    // cannot see zombies or pid reuse. Only a definite "no such process" means dead.
+    return ::kill(pid, 0) == 0 || errno == EPERM;
   }
-  return start_time == 0 || st == start_time;
+  if (st == 0) return false;
+  return start_time == 0 || start_time == kStartUnknown || st == start_time;
+}
+
+std::uint64_t own_start_time() noexcept {
+  // Cached per pid: a forked child computes its own.
+  static std::atomic<std::uint64_t> cached_pid{0}, cached_start{0};
+  const auto pid = static_cast<std::uint64_t>(::getpid());
+  if (cached_pid.load(std::memory_order_acquire) != pid) {
+    cached_start.store(process_start_time(static_cast<int>(pid)), std::memory_order_relaxed);
+    cached_pid.store(pid, std::memory_order_release);
+  }
+  return cached_start.load(std::memory_order_relaxed);
 }
 
 void MapImpl::claim_slot() {
   SegmentHeader& h = header();
   const std::uint64_t pid = static_cast<std::uint64_t>(::getpid());
-  const std::uint64_t start = process_start_time(static_cast<int>(pid));
+  const std::uint64_t start = own_start_time();
   for (int attempt = 0; attempt < 2; ++attempt) {
     for (std::size_t i = 0; i < h.max_handles; ++i) {
       HandleSlot& s = slot(i);
@@ -202,7 +219,10 @@ SlotOwnerWords MapImpl::read_owner(const HandleSlot& s) {
 bool MapImpl::owner_alive(SlotOwnerWords o) {
   if (o.owner == 0) return false;
   const int pid = static_cast<int>(o.owner & 0xffffffffu);
-  if (pid == ::getpid()) return true;
+  // Our own pid is alive, but it may be a reused pid: the start time still has to match.
+  if (pid == ::getpid()) {
+    return o.start == 0 || o.start == kStartUnknown || o.start == own_start_time();
+  }
   return process_alive(pid, o.start);
 }
 
@@ -239,23 +259,26 @@ void MapImpl::help_pending(const Bucket& b, const Cell& c) const {
   const std::size_t owner = (tag - 1) / kLanes;
   if (owner >= header().max_handles) return;
   Lane& lane = slot(owner).lanes[(tag - 1) % kLanes];
-  // Seqlock-style read of the record: the writer clears `pending`, fences, rewrites the
-  // fields and publishes a new generation, so an unchanged `pending` means one record.
-  const std::uint64_t w1 = lane.pending.load(std::memory_order_acquire);
-  if (w1 == 0 || (w1 & kPendingOffsetMask) != offset_of(&b)) return;
+  // Seqlock read of the record: an even generation, unchanged after the fields, means they
+  // all belong to one record (the generation is never reset, so records cannot be confused
+  // across owners of the slot). Clearing `pending` after a write needs no new generation.
+  const std::uint64_t g1 = lane.record_gen.load(std::memory_order_acquire);
+  if ((g1 & 1) != 0) return;  // being rewritten: the owner's previous write was applied
+  const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
   const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
-  if (lane.pending.load(std::memory_order_acquire) != w1) return;
+  if (lane.record_gen.load(std::memory_order_acquire) != g1) return;
+  if (off != offset_of(&b)) return;
   // The record is for exactly the transition that produced the bucket's current content.
   if (meta != c.meta || value != c.value) return;
   apply_pending(lane, seq, delta_of(meta));
 }
 
 void MapImpl::recover_lane(Lane& lane) const {
-  const std::uint64_t w = lane.pending.load(std::memory_order_acquire);
-  if (w == 0) return;
-  const std::uint64_t off = w & kPendingOffsetMask;
+  // The owner is dead: nobody rewrites the record under us (a clearer took the slot over).
+  const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
+  if (off == 0) return;
   const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
@@ -274,7 +297,7 @@ bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
   // no new owner can claim it and start writing its lanes while we recover them, and only
   // one clearer recovers. A clearer that dies here leaves a dead owner: the next one redoes
   // the (idempotent) recovery.
-  static const std::uint64_t my_start = process_start_time(::getpid());
+  const std::uint64_t my_start = own_start_time();
   const std::uint64_t marker = static_cast<std::uint64_t>(::getpid()) |
                                ((((now_ns() >> 3) & 0x7fffffffu) | 0x80000001u) << 32);
   if (!cas128(owner_words(s), seen.owner, seen.start, marker, my_start)) return false;

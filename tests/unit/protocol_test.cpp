@@ -268,10 +268,13 @@ CrashedErase erase_without_count(Map& m, std::uint64_t k) {
   Lane& lane = mi.lane_of(tn);
   const std::uint64_t meta = next_meta(r.cell.meta, kTomb, mi.my_tag(tn));
   const std::uint64_t seq = MapImpl::read_size(lane).seq;
+  const std::uint64_t gen = lane.record_gen.load();
+  lane.record_gen.store(gen + 1);
+  lane.pending.store(mi.offset_of(r.bucket));
   lane.pending_meta.store(meta);
   lane.pending_value.store(0);
   lane.pending_seq.store(seq);
-  lane.pending.store(std::uint64_t{1} << 46 | mi.offset_of(r.bucket));
+  lane.record_gen.store(gen + 2);
   EXPECT_TRUE(cas128(&r.bucket->value, r.cell.value, r.cell.meta, 0, meta));
   return {&lane, seq};
 }

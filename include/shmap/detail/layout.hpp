@@ -165,16 +165,17 @@ static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
 // even when a process dies between its CAS and its count update.
 struct alignas(kCacheLine) Lane {
   std::atomic<std::uint64_t> pin;
-  std::atomic<std::uint64_t> pending;        // generation << 46 | bucket offset; 0 = none
+  std::atomic<std::uint64_t> pending;        // bucket offset of the recorded write; 0 = none
   alignas(16) std::uint64_t size_delta;      // \ one 16-byte CAS unit: the count (+1 per insert,
   std::uint64_t size_seq;                    // /  -1 per erase; wraps) and changes applied to it
   std::atomic<std::uint64_t> pending_meta;   // the meta the recorded CAS installs
   std::atomic<std::uint64_t> pending_value;  // the value it installs
   std::atomic<std::uint64_t> pending_seq;    // size_seq when the write was recorded
-  std::uint64_t reserved;
+  // Seqlock over the record: odd while a new record is being written, +2 per record, never
+  // reset (not even when the slot changes owner), so a reader can tell two records apart.
+  std::atomic<std::uint64_t> record_gen;
 };
 static_assert(offsetof(Lane, size_delta) == 16, "size_delta + size_seq: a 16-byte CAS unit");
-inline constexpr std::uint64_t kPendingOffsetMask = (std::uint64_t{1} << 46) - 1;
 static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
 inline constexpr std::uint64_t kPinCountMask = 0xffff;
 

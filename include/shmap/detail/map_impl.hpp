@@ -22,7 +22,12 @@ namespace shmap::detail {
 void validate_name(const std::string& name);
 
 /// Process identity that survives pid reuse: the kernel's start time of the process.
-std::uint64_t process_start_time(int pid) noexcept;  // 0 if the process does not exist
+/// 0 if the process does not exist (or is a zombie), kStartUnknown if it exists but /proc
+/// cannot say when it started.
+std::uint64_t process_start_time(int pid) noexcept;
+inline constexpr std::uint64_t kStartUnknown = UINT64_MAX;
+/// This process's start time (recomputed after fork).
+std::uint64_t own_start_time() noexcept;
 /// True if pid names a running (or stopped) process started at `start_time` (0: any).
 bool process_alive(int pid, std::uint64_t start_time) noexcept;
 /// This thread's process-wide number (small, reused after the thread exits).
@@ -351,10 +356,8 @@ class MapImpl {
   std::size_t slot_index_ = SIZE_MAX;
   HandleSlot* my_slot_ = nullptr;
   bool light_ = false;
-  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting, and the
-  // generation of its pending records.
+  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting.
   mutable std::uint32_t depth_[kLanes] = {};
-  mutable std::uint64_t pending_gen_[kLanes] = {};
   std::uint64_t owner_word_ = 0;
   int owner_pid_ = 0;
 
