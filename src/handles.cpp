@@ -6,7 +6,8 @@
 //
 // Epochs (RCU's read side, in shared memory). Every operation pins: its lane's pin word gets
 // the global epoch (a seq_cst store or RMW) before it reads the current table, and 0 when it is
-// done. A table unlinked from the chain is retired with epoch e = global_epoch.fetch_add(1) and
+// done. A table unlinked from the chain is retired with epoch e = the value a fetch_add on
+// global_epoch returned, and
 // freed once every lane of a live owner is quiescent or pinned at an epoch > e.
 //
 // Why a lock-free scan of the lanes is safe (what can race): the unlink, the fetch_add, the
