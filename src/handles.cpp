@@ -1,24 +1,27 @@
 // shmap — handle slots, epoch lanes and reclamation of retired tables.
 //
-// Ownership. A slot's owner word is 0 when free, else pid | nonce << 32, claimed and freed by
-// CAS. The owner's start time (from /proc/PID/stat) sits beside it, so a pid that the kernel
-// reused for another process is not mistaken for the owner, and a zombie counts as dead.
+// Ownership. A slot's {owner word, start time} pair is claimed, freed and read as one 16-byte
+// unit. The owner word is 0 when free, else pid | nonce << 32; the start time (from
+// /proc/PID/stat) makes a pid that the kernel reused for another process, or a zombie, count
+// as dead. A clearer takes a dead slot over (bit 63 set) before it recovers the dead owner's
+// pending size records and frees it, so no new owner writes those lanes meanwhile.
 //
 // Epochs (RCU's read side, in shared memory). Every operation pins: its lane's pin word gets
-// the global epoch (a seq_cst store or RMW) before it reads the current table, and 0 when it is
-// done. A table unlinked from the chain is retired with epoch e = the value a fetch_add on
-// global_epoch returned, and
+// the global epoch before it reads the current table, and 0 when it is done. A table unlinked
+// from the chain is retired with epoch e (the value a fetch_add on global_epoch returned) and
 // freed once every lane of a live owner is quiescent or pinned at an epoch > e.
 //
-// Why a lock-free scan of the lanes is safe (what can race): the unlink, the fetch_add, the
-// pin stores and the scan's loads are all seq_cst, so they have one total order S. If a
-// reader's pin comes before the scan in S, the scan sees it (an epoch <= e keeps the table;
-// an epoch > e means the reader read global_epoch after the fetch_add, hence after the
-// unlink, and its later load of current_table cannot reach the table). If the pin comes after
-// the scan, the reader's loads of the chain also come after the unlink, so it cannot reach the
-// table either. A stale or conservative reading only delays reclamation. A lane shared by
-// several threads keeps the oldest epoch while any of them is pinned: conservative again.
-// Lanes of a dead owner are ignored; a stopped owner keeps its tables alive, never freed under it.
+// Why a lock-free scan of the lanes is safe (what can race). The reclaimer reads the global
+// epoch G0 *before* scanning and frees only tables retired at e < G0, so a table retired
+// during the scan is never judged by lanes read before its retirement. Between that read and
+// the scan it issues membarrier(GLOBAL_EXPEDITED) (or pins are seq_cst stores where that is
+// unavailable): every pin stored before the barrier is visible to the scan, and every pin
+// stored after it belongs to a thread whose following loads of the chain see the unlink that
+// preceded G0 -- it cannot reach the table. A pin at an epoch <= e keeps the table; a stale
+// or conservative reading only delays reclamation. A lane shared by several threads keeps the
+// oldest epoch while any of them is pinned: conservative again. A dead owner's pins keep its
+// tables until its slot is freed (after recovery); a stopped owner keeps its tables alive and
+// they are never freed under it.
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
