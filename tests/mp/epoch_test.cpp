@@ -147,8 +147,8 @@ TEST_F(EpochTest, StoppedReaderHoldsMemoryBackButSeesNoFreedMemory) {
 }
 
 // More resizes (over 64: the retired list was once a fixed 64 entries) while a reader is
-// stopped: writers must not
-// wait for the stopped process. The resizing runs in a child so that a hang is a failure.
+// stopped: writers must not wait for the stopped process. The resizing runs in a child so that
+// a hang is a failure.
 TEST_F(EpochTest, StoppedReaderDoesNotBlockManyResizes) {
   ScopedName name("stoppedmany");
   Shared<WalkShared> sh;
