@@ -249,6 +249,26 @@ MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
   }
 }
 
+std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
+                                    std::uint64_t value) {
+  const std::uint64_t seq = read_size(lane).seq;
+  // Seqlock write: generation odd, fields, generation even. A reader that saw any new field
+  // sees the odd or a later generation and drops what it read. The parity is computed, not
+  // inherited: a previous owner of the slot killed mid-record left the generation odd, and
+  // +1/+2 from there would mark every later whole record as "being written" -- helpers would
+  // skip it, and a count left pending by a writer killed after its CAS would be lost.
+  const std::uint64_t base =
+      (lane.record_gen.load(std::memory_order_relaxed) + 1) & ~std::uint64_t{1};
+  lane.record_gen.store(base + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  lane.pending.store(off, std::memory_order_relaxed);
+  lane.pending_meta.store(meta, std::memory_order_relaxed);
+  lane.pending_value.store(value, std::memory_order_relaxed);
+  lane.pending_seq.store(seq, std::memory_order_relaxed);
+  lane.record_gen.store(base + 2, std::memory_order_release);
+  return seq;
+}
+
 void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
   const SizeWords now = read_size(lane);
   if (now.seq != seq) return;  // applied already (by the owner or another helper)
@@ -283,6 +303,12 @@ void MapImpl::recover_lane(Lane& lane) const {
   // The owner is dead: nobody rewrites the record under us (a clearer took the slot over).
   const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
   if (off == 0) return;
+  if ((lane.record_gen.load(std::memory_order_acquire) & 1) != 0) {
+    // Killed while writing a record: its CAS never ran, and its previous write was applied
+    // before the record was begun. Fields may mix two records; nothing to apply.
+    lane.pending.store(0, std::memory_order_release);
+    return;
+  }
   const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);

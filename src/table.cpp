@@ -447,19 +447,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       // this process dies between the CAS and the count update.
       Lane* record = tag != 0 ? &lane_of(tn) : nullptr;
       std::uint64_t seq = 0;
-      if (record != nullptr) {
-        seq = read_size(*record).seq;
-        // Seqlock write: generation odd, fields, generation even. A reader that saw any new
-        // field sees the odd or a later generation and drops what it read.
-        const std::uint64_t gen = record->record_gen.load(std::memory_order_relaxed);
-        record->record_gen.store(gen + 1, std::memory_order_relaxed);
-        std::atomic_thread_fence(std::memory_order_release);
-        record->pending.store(offset_of(&b), std::memory_order_relaxed);
-        record->pending_meta.store(new_meta, std::memory_order_relaxed);
-        record->pending_value.store(new_value, std::memory_order_relaxed);
-        record->pending_seq.store(seq, std::memory_order_relaxed);
-        record->record_gen.store(gen + 2, std::memory_order_release);
-      }
+      if (record != nullptr) seq = write_record(*record, offset_of(&b), new_meta, new_value);
       const bool ok = cas128(&b.value, c.value, c.meta, new_value, new_meta);
       if (ok && delta != 0) {
         if (record != nullptr) {

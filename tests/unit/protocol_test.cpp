@@ -267,14 +267,7 @@ CrashedErase erase_without_count(Map& m, std::uint64_t k) {
   const std::size_t tn = thread_number();
   Lane& lane = mi.lane_of(tn);
   const std::uint64_t meta = next_meta(r.cell.meta, kTomb, mi.my_tag(tn));
-  const std::uint64_t seq = MapImpl::read_size(lane).seq;
-  const std::uint64_t gen = lane.record_gen.load();
-  lane.record_gen.store(gen + 1);
-  lane.pending.store(mi.offset_of(r.bucket));
-  lane.pending_meta.store(meta);
-  lane.pending_value.store(0);
-  lane.pending_seq.store(seq);
-  lane.record_gen.store(gen + 2);
+  const std::uint64_t seq = MapImpl::write_record(lane, mi.offset_of(r.bucket), meta, 0);
   EXPECT_TRUE(cas128(&r.bucket->value, r.cell.value, r.cell.meta, 0, meta));
   return {&lane, seq};
 }
@@ -308,6 +301,46 @@ TEST(Protocol, PendingCountIsRecoveredWhenTheSlotIsFreed) {
   // Applied once: a second recovery (another clearer) changes nothing.
   f.m.recover_lane(*crash.lane);
   EXPECT_EQ(f.map.size(), 0u);
+}
+
+// A previous owner of the slot was killed halfway through writing a record: the generation
+// is left odd. The next owner's whole records must still read as whole, so that a count it
+// leaves pending (killed after its CAS) is applied by the next writer of the bucket.
+TEST(Protocol, RecordAfterAnOwnerKilledMidRecordIsStillHelped) {
+  Fixture f;
+  Map other = Map::open(f.name);
+  f.map.insert(7, 1);
+  Lane& lane = other.impl().lane_of(thread_number());
+  const std::uint64_t gen = lane.record_gen.load();
+  lane.record_gen.store(gen | 1);  // as a writer killed between its two generation stores
+  erase_without_count(other, 7);
+  EXPECT_EQ(f.map.size(), 1u);
+  EXPECT_EQ(lane.record_gen.load() & 1, 0u) << "a whole record has an even generation";
+  EXPECT_TRUE(f.map.insert(7, 3));  // applies the -1 first, then counts its own +1
+  EXPECT_EQ(f.map.size(), 1u);
+  std::size_t walked = 0;
+  f.map.for_each([&](std::uint64_t, std::uint64_t) { ++walked; });
+  EXPECT_EQ(walked, 1u);
+}
+
+// A dead owner killed while writing a record (odd generation): recovery applies nothing,
+// whatever the half-written fields say -- here they describe the bucket's content exactly and
+// carry the lane's current change number, so only the generation stops a double count.
+TEST(Protocol, HalfWrittenRecordIsNotRecovered) {
+  Fixture f;
+  Map other = Map::open(f.name);
+  f.map.insert(7, 1);
+  f.map.insert(8, 1);
+  const CrashedErase crash = erase_without_count(other, 7);
+  MapImpl::apply_pending(*crash.lane, crash.seq, -1);  // the owner counted its erase...
+  EXPECT_EQ(f.map.size(), 1u);
+  // ...then began its next record and died there.
+  crash.lane->record_gen.fetch_add(1);
+  crash.lane->pending_seq.store(MapImpl::read_size(*crash.lane).seq);
+  const std::size_t slot = other.impl().slot_index_for_test();
+  ASSERT_TRUE(f.m.free_dead_slot(slot, MapImpl::read_owner(f.m.slot(slot))));
+  EXPECT_EQ(f.map.size(), 1u);
+  EXPECT_EQ(crash.lane->pending.load(), 0u);
 }
 
 TEST(Protocol, PublishReplaceDiscardsOldContent) {

@@ -171,8 +171,9 @@ struct alignas(kCacheLine) Lane {
   std::atomic<std::uint64_t> pending_meta;   // the meta the recorded CAS installs
   std::atomic<std::uint64_t> pending_value;  // the value it installs
   std::atomic<std::uint64_t> pending_seq;    // size_seq when the write was recorded
-  // Seqlock over the record: odd while a new record is being written, +2 per record, never
-  // reset (not even when the slot changes owner), so a reader can tell two records apart.
+  // Seqlock over the record: odd while a new record is being written, even once it is whole;
+  // never reset (not even when the slot changes owner), so a reader can tell two records
+  // apart. An owner killed mid-record leaves it odd; the next writer rounds it up to even.
   std::atomic<std::uint64_t> record_gen;
 };
 static_assert(offsetof(Lane, size_delta) == 16, "size_delta + size_seq: a 16-byte CAS unit");

@@ -329,6 +329,10 @@ class MapImpl {
   /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
   /// size change if it is still pending (its CAS landed, its count update did not yet).
   void help_pending(const Bucket& b, const Cell& c) const;
+  /// Records (before its CAS) that this lane's next write installs {meta, value} in the
+  /// bucket at offset off, with the lane's count at change number seq. Returns seq.
+  static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
+                                    std::uint64_t value);
   /// Adds delta to lane's count if no change was applied to it since seq (exactly once).
   static void apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta);
   struct SizeWords {
