@@ -260,11 +260,12 @@ std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t
   const std::uint64_t base =
       (lane.record_gen.load(std::memory_order_relaxed) + 1) & ~std::uint64_t{1};
   lane.record_gen.store(base + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
-  lane.pending.store(off, std::memory_order_relaxed);
-  lane.pending_meta.store(meta, std::memory_order_relaxed);
-  lane.pending_value.store(value, std::memory_order_relaxed);
-  lane.pending_seq.store(seq, std::memory_order_relaxed);
+  // Release on each field (plain stores on x86): a reader whose acquire load sees a new field
+  // also sees the odd generation, or a later one, on its second generation load.
+  lane.pending.store(off, std::memory_order_release);
+  lane.pending_meta.store(meta, std::memory_order_release);
+  lane.pending_value.store(value, std::memory_order_release);
+  lane.pending_seq.store(seq, std::memory_order_release);
   lane.record_gen.store(base + 2, std::memory_order_release);
   return seq;
 }
