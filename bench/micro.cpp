@@ -7,6 +7,9 @@
 //   find_hit  look up keys that are present (shuffled order)
 //   find_miss look up keys that are absent
 //   mixed     90% find_hit, 10% overwrite of a present key
+//   find_hit_many / find_miss_many (shmap only): the same lookups through Map::find_many,
+//             1024 keys per call. The peers have no batch API: their ratio column compares
+//             against their one-at-a-time find_hit / find_miss.
 // Each benchmark is repeated (3 times unless --benchmark_repetitions says otherwise) and the
 // console shows the aggregates; a summary table of medians and shmap's ratios closes the run.
 #include <benchmark/benchmark.h>
@@ -17,6 +20,7 @@
 #include <ctime>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -150,9 +154,42 @@ void bm_lookup(benchmark::State& state, std::size_t n) {
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
 }
 
+/// The same lookups as bm_lookup, kBatch keys per find_many call.
+template <class P, Workload W>
+void bm_lookup_many(benchmark::State& state, std::size_t n) {
+  const Keys& k = keys_for(n);
+  P& p = filled<P>(n);
+  const std::uint64_t* keys = W == Workload::find_miss ? k.misses.data() : k.lookup_order.data();
+  std::vector<std::optional<std::uint64_t>> out(kBatch);
+  std::size_t i = 0;
+  std::uint64_t sum = 0;
+  std::size_t found = 0;
+  std::size_t finds = 0;
+  for (auto _ : state) {
+    found += p.find_many(keys + i, kBatch, out.data());
+    finds += kBatch;
+    for (const auto& v : out) sum += v.value_or(0);
+    i += kBatch;
+    if (i >= n) i = 0;
+  }
+  benchmark::DoNotOptimize(sum);
+  if (found != (W == Workload::find_miss ? 0 : finds)) {
+    state.SkipWithError("wrong lookup results: a present key was missed or an absent one found");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
+}
+
 // ---- registration ---------------------------------------------------------------------------
 
-const char* const kWorkloads[] = {"insert", "find_hit", "find_miss", "mixed"};
+const char* const kWorkloads[] = {"insert", "find_hit",      "find_miss",
+                                  "mixed",  "find_hit_many", "find_miss_many"};
+
+/// The peer workload a shmap workload is compared with: its own, or for the batched lookups
+/// (which only shmap has) the peer's one-at-a-time lookups.
+std::string peer_workload(const std::string& w) {
+  const std::string suffix = "_many";
+  return w.ends_with(suffix) ? w.substr(0, w.size() - suffix.size()) : w;
+}
 
 template <class P>
 void register_peer(std::size_t n) {
@@ -163,6 +200,14 @@ void register_peer(std::size_t n) {
   benchmark::RegisterBenchmark(("find_miss" + suffix).c_str(), bm_lookup<P, Workload::find_miss>,
                                n);
   benchmark::RegisterBenchmark(("mixed" + suffix).c_str(), bm_lookup<P, Workload::mixed>, n);
+  if constexpr (requires(const P& p, std::optional<std::uint64_t>* out) {
+                  p.find_many(nullptr, 0, out);
+                }) {
+    benchmark::RegisterBenchmark(("find_hit_many" + suffix).c_str(),
+                                 bm_lookup_many<P, Workload::find_hit>, n);
+    benchmark::RegisterBenchmark(("find_miss_many" + suffix).c_str(),
+                                 bm_lookup_many<P, Workload::find_miss>, n);
+  }
 }
 
 // ---- summary: medians and shmap's ratios ----------------------------------------------------
@@ -214,7 +259,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
         const double s = get(w, "shmap", size);
         for (const auto& p : peers) {
           if (p == "shmap") continue;
-          const double v = get(w, p, size);
+          const double v = get(peer_workload(w), p, size);
           if (s > 0 && v > 0) {
             std::printf(" %.2fx |", s / v);
           } else {

@@ -148,6 +148,11 @@ class ShmapPeer {
     *v = *r;
     return true;
   }
+  /// Batched lookups (Map::find_many); the peers have no such API.
+  std::size_t find_many(const std::uint64_t* keys, std::size_t n,
+                        std::optional<std::uint64_t>* out) const {
+    return map_.find_many({keys, n}, {out, n});
+  }
   void flush() {}
   /// Finishes a migration left in flight by the last insert, so lookups see the steady state.
   void compact() { map_.compact(); }

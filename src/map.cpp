@@ -83,6 +83,18 @@ std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
   return detail::make_optional_fast(found, v);
 }
 
+std::size_t Map::find_many(std::span<const std::uint64_t> keys,
+                           std::span<std::optional<std::uint64_t>> out) const {
+  if (out.size() < keys.size()) {
+    detail::fail(Errc::invalid_argument, impl_->name(),
+                 "find_many: " + std::to_string(keys.size()) + " keys but room for only " +
+                     std::to_string(out.size()) +
+                     " results; pass an output span at least as "
+                     "long as the keys");
+  }
+  return impl_->find_many(keys.data(), keys.size(), out.data());
+}
+
 bool Map::erase(std::uint64_t k) {
   return impl_
       ->mutate(k, false,

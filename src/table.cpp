@@ -342,6 +342,39 @@ Look classify(const ProbeResult& r, std::uint64_t* v) {
 }
 }  // namespace
 
+std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
+                               std::optional<std::uint64_t>* out) const {
+  // kFindGroup keys per pin: enough misses in flight to hide most of the memory latency (16:
+  // 48 Mops/s at 1M keys here, 32: 55, 64: 66), and a pin of about a microsecond, so a batch
+  // of millions never holds a retired table back for long.
+  constexpr std::size_t kGroup = kFindGroup;
+  std::size_t found = 0;
+  for (std::size_t base = 0; base < n; base += kGroup) {
+    const std::size_t m = std::min(kGroup, n - base);
+    std::uint64_t homes[kGroup];
+    Fast r[kGroup];
+    std::uint64_t v[kGroup];
+    pin();
+    FastTable ft;
+    const bool fast = fast_table(&ft);
+    if (fast) {
+      for (std::size_t j = 0; j < m; ++j) {
+        homes[j] = hash_key(keys[base + j], seed_) >> ft.shift;
+        __builtin_prefetch(&ft.buckets[homes[j]]);
+      }
+      for (std::size_t j = 0; j < m; ++j) r[j] = find_fast(ft, keys[base + j], homes[j], &v[j]);
+    }
+    unpin();
+    for (std::size_t j = 0; j < m; ++j) {
+      const bool hit =
+          fast && r[j] != Fast::slow ? r[j] == Fast::hit : find_slow(keys[base + j], &v[j]);
+      out[base + j] = hit ? std::optional<std::uint64_t>(v[j]) : std::nullopt;
+      found += hit ? 1 : 0;
+    }
+  }
+  return found;
+}
+
 bool MapImpl::find_slow(std::uint64_t k, std::uint64_t* out) const {
   const auto r = find_slower(k);
   if (r) *out = *r;

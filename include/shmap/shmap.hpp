@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -124,6 +125,13 @@ class Map {
   bool insert_or_assign(std::uint64_t k, std::uint64_t v);
   std::optional<std::uint64_t> find(std::uint64_t k) const;
   bool contains(std::uint64_t k) const { return find(k).has_value(); }
+  /// Looks up every key of `keys`: out[i] is keys[i]'s value, or nullopt when absent. Returns
+  /// how many were found. Each lookup is atomic on its own, exactly as find(); the batch as a
+  /// whole is not a snapshot. On a map larger than the CPU caches this is several times the
+  /// speed of a loop of find(): the buckets of a group of keys are fetched in parallel.
+  /// `out` must hold at least keys.size() elements (else invalid_argument, nothing written).
+  std::size_t find_many(std::span<const std::uint64_t> keys,
+                        std::span<std::optional<std::uint64_t>> out) const;
   /// Removes k. Returns false if k was absent.
   bool erase(std::uint64_t k);
   /// Put-if-match: sets k -> desired only if k is present with value `expected`.

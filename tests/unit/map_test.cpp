@@ -52,6 +52,44 @@ TEST(Map, BasicOperations) {
   EXPECT_EQ(m.name(), n.str());
 }
 
+TEST(Map, FindManyAgreesWithFind) {
+  ScopedName n("findmany");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  std::vector<std::uint64_t> keys = {0, kMax, kMax - 1};
+  for (std::uint64_t i = 1; i <= 5000; ++i) keys.push_back(i * 0x9e3779b97f4a7c15ULL);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (i % 3 != 2) m.insert(keys[i], i);  // one key in three never inserted
+    if (i % 7 == 0) m.erase(keys[i]);      // and some erased again
+  }
+  std::vector<std::optional<std::uint64_t>> out(keys.size(), 12345);
+  std::size_t want = 0;
+  for (const std::uint64_t k : keys) want += m.contains(k) ? 1 : 0;
+  EXPECT_EQ(m.find_many(keys, out), want);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_EQ(out[i], m.find(keys[i])) << "key " << keys[i];
+  }
+  EXPECT_GT(want, keys.size() / 3);
+  // Every length up to two groups and one key, from 0.
+  for (std::size_t len = 0; len <= 2 * detail::MapImpl::kFindGroup + 1; ++len) {
+    std::vector<std::optional<std::uint64_t>> part(len);
+    std::size_t hits = 0;
+    for (std::size_t i = 0; i < len; ++i) hits += m.contains(keys[i]) ? 1 : 0;
+    EXPECT_EQ(m.find_many(std::span(keys).first(len), part), hits) << "length " << len;
+  }
+  // Too little room for the results: an error, and nothing written.
+  std::vector<std::optional<std::uint64_t>> small(2, 777);
+  try {
+    m.find_many(std::span(keys).first(3), small);
+    ADD_FAILURE() << "expected invalid_argument";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::invalid_argument);
+    EXPECT_NE(std::string(e.what()).find("find_many"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(small[0], 777u);
+  EXPECT_EQ(small[1], 777u);
+}
+
 TEST(Map, FullDomainKeysAndValues) {
   ScopedName n("domain");
   auto m = Map::create(n, {.initial_capacity = 8});

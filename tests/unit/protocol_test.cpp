@@ -178,6 +178,24 @@ TEST(Protocol, ReaderLooksInOlderTableUntilMoved) {
   EXPECT_EQ(f.map.find(3), 103u);
 }
 
+TEST(Protocol, FindManyLooksInOlderTableUntilMoved) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i + 100);
+  ASSERT_TRUE(f.map.erase(5));  // a tombstone, moved below
+  auto [old, now] = f.start_migration();
+  // Half moved, half still in the older table (no write: a write would finish the migration).
+  for (std::uint64_t i = 0; i < 20; ++i) f.m.move_bucket(old, f.bucket_of(old, i), now);
+  ASSERT_NE(now->older.load(), 0u) << "the migration must still be under way";
+  std::vector<std::uint64_t> keys;
+  for (std::uint64_t i = 0; i < 41; ++i) keys.push_back(i == 40 ? 999 : i);
+  std::vector<std::optional<std::uint64_t>> out(keys.size());
+  EXPECT_EQ(f.map.find_many(keys, out), 39u);
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    EXPECT_EQ(out[i], i == 5 ? std::nullopt : std::optional<std::uint64_t>(i + 100)) << i;
+  }
+  EXPECT_EQ(out[40], std::nullopt);
+}
+
 TEST(Protocol, MigrationCompletesRetiresAndFrees) {
   Fixture f;
   for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i);

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -79,24 +80,41 @@ TEST(Threads, SharedCountersAreExact) {
   EXPECT_EQ(a.size(), 8 + threads * per);
 }
 
-TEST(Threads, ReadersNeverSeeWrongValuesDuringMigration) {
-  ScopedName n("readers");
+// Readers (find, or find_many in batches of random keys) race a writer that grows the map
+// from 8 buckets and updates some keys: a published key is never absent, and its value is
+// only ever k or k + 1.
+void readers_during_migration(const char* tag, bool batched) {
+  ScopedName n(tag);
   auto m = Map::create(n, {.initial_capacity = 8});
   const std::uint64_t keys = sanitized() ? 20000 : 200000;
   std::atomic<std::uint64_t> published{0};
   std::atomic<bool> done{false};
   std::atomic<std::uint64_t> errors{0};
+  std::atomic<std::uint64_t> lookups{0};
   std::vector<std::thread> readers;
   for (int r = 0; r < 2; ++r) {
     readers.emplace_back([&, r] {
       std::mt19937_64 rng(static_cast<std::uint64_t>(r));
+      std::vector<std::uint64_t> batch(101);  // not a multiple of the 64-key groups
+      std::vector<std::optional<std::uint64_t>> out(batch.size());
       while (!done.load(std::memory_order_acquire)) {
         const std::uint64_t p = published.load(std::memory_order_acquire);
         if (p == 0) continue;
-        const std::uint64_t k = rng() % p;
-        const auto v = m.find(k);
-        // Values only ever go k -> k + 1 (one update), never absent once published.
-        if (!v || (*v != k && *v != k + 1)) errors.fetch_add(1);
+        auto wrong = [](std::uint64_t k, const std::optional<std::uint64_t>& v) {
+          return !v || (*v != k && *v != k + 1);
+        };
+        if (!batched) {
+          const std::uint64_t k = rng() % p;
+          if (wrong(k, m.find(k))) errors.fetch_add(1);
+          lookups.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        for (auto& k : batch) k = rng() % p;
+        if (m.find_many(batch, out) != batch.size()) errors.fetch_add(1);
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          if (wrong(batch[i], out[i])) errors.fetch_add(1);
+        }
+        lookups.fetch_add(batch.size(), std::memory_order_relaxed);
       }
     });
   }
@@ -108,6 +126,15 @@ TEST(Threads, ReadersNeverSeeWrongValuesDuringMigration) {
   done.store(true);
   for (auto& t : readers) t.join();
   EXPECT_EQ(errors.load(), 0u);
+  EXPECT_GT(lookups.load(), 0u) << "the readers never ran";
+}
+
+TEST(Threads, ReadersNeverSeeWrongValuesDuringMigration) {
+  readers_during_migration("readers", false);
+}
+
+TEST(Threads, BatchReadersNeverSeeWrongValuesDuringMigration) {
+  readers_during_migration("batch-readers", true);
 }
 
 TEST(Threads, ForEachDuringWritesVisitsStableKeysOnce) {

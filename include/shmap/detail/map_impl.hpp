@@ -207,55 +207,75 @@ class MapImpl {
   /// optional built on the stack, keeps consecutive lookups from stalling on each other.)
   [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t* out) const {
     pin();
+    FastTable ft;
+    if (!fast_table(&ft)) {
+      unpin();
+      return find_slow(k, out);
+    }
+    const Fast r = find_fast(ft, k, hash_key(k, seed_) >> ft.shift, out);
+    unpin();
+    return r == Fast::slow ? find_slow(k, out) : r == Fast::hit;
+  }
+  /// find() for n keys: out[i] gets keys[i]'s value or nullopt; returns how many were found.
+  /// Each lookup is atomic on its own, as find(). Keys go in groups of kFindGroup under one
+  /// pin: a group's home buckets are prefetched together, so their cache misses overlap.
+  static constexpr std::size_t kFindGroup = 64;
+  std::size_t find_many(const std::uint64_t* keys, std::size_t n,
+                        std::optional<std::uint64_t>* out) const;
+  /// What the fast path needs of the current table, read once per pin.
+  struct FastTable {
+    const Bucket* buckets;
+    std::uint64_t mask;
+    std::uint64_t older;
+    unsigned shift;  // home = hash >> shift
+  };
+  /// The current table, if it is mapped here (else the slow path maps it). Call pinned.
+  [[gnu::always_inline]] bool fast_table(FastTable* ft) const {
     // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
-    if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) {
-      unpin();
-      return find_slow(k, out);
-    }
+    if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) return false;
     const TableHeader* t = at<TableHeader>(t_off);
-    const std::uint64_t older = t->older.load(std::memory_order_seq_cst);
-    const Bucket* b =
+    if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) return false;
+    ft->older = t->older.load(std::memory_order_seq_cst);
+    ft->buckets =
         reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
-    const std::uint64_t mask = t->capacity - 1;
-    if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) {
-      unpin();
-      return find_slow(k, out);
-    }
-    const std::uint64_t home = hash_key(k, seed_) >> (64 - t->bits);
-    for (std::uint64_t i = home, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+    ft->mask = t->capacity - 1;
+    ft->shift = 64 - t->bits;
+    return true;
+  }
+  enum class Fast { hit, miss, slow };
+  /// The common case of a lookup, decided in a handful of loads: k LIVE in the current table,
+  /// or absent from it with no older table. Anything else (migration states) is Fast::slow.
+  /// Call pinned, with ft read under the same pin.
+  [[gnu::always_inline]] Fast find_fast(const FastTable& ft, std::uint64_t k, std::uint64_t home,
+                                        std::uint64_t* out) const {
+    const Bucket* b = ft.buckets;
+    for (std::uint64_t i = home, n = 0; n <= ft.mask; i = (i + 1) & ft.mask, ++n) {
       const std::uint64_t m1 = load_acquire(b[i].meta);
       const std::uint64_t s = state_of(m1);
-      if (s == kEmpty) {
-        if (older != 0) break;
-        unpin();
-        return false;
-      }
+      if (s == kEmpty) return ft.older != 0 ? Fast::slow : Fast::miss;
       if (s == kLive) {
         if (load_acquire(b[i].key) != k) continue;
         const std::uint64_t v = load_acquire(b[i].value);
         // Same meta (state and version) after the value load: v belongs to LIVE k.
         if (std::atomic_ref<const std::uint64_t>(b[i].meta).load(std::memory_order_relaxed) != m1) {
-          break;
+          return Fast::slow;
         }
-        unpin();
         *out = v;
-        return true;
+        return Fast::hit;
       }
       if (s == kTomb) {
         if (load_acquire(b[i].key) != k) continue;
-        unpin();  // erased: the current table is authoritative for any key it has decided
-        return false;
+        return Fast::miss;  // erased: the current table is authoritative for any key it decided
       }
-      break;  // CLAIMED, FROZEN, MOVED, SEALED: migration states
+      return Fast::slow;  // CLAIMED, FROZEN, MOVED, SEALED: migration states
     }
-    unpin();
-    return find_slow(k, out);
+    return Fast::slow;
   }
   bool find_slow(std::uint64_t k, std::uint64_t* out) const;
   std::optional<std::uint64_t> find_slower(std::uint64_t k) const;
   std::optional<std::uint64_t> find(std::uint64_t k) const {
-    std::uint64_t v;
+    std::uint64_t v = 0;
     if (find(k, &v)) return v;
     return std::nullopt;
   }
