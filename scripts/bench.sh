@@ -6,6 +6,7 @@
 #   MICRO_REPS=3     repetitions of each micro benchmark  SKIP_MICRO=1 / SKIP_MP=1
 #   TAG=name         name of the result files (default: date and time)
 #   SNAP_ENTRIES=16M entries of the snapshot benchmark    SKIP_SNAP=1
+#   MICRO_ARGS=...   extra flags of shmap_micro, e.g. --benchmark_filter=find
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 SIZES=${SIZES:-1M,16M}
@@ -31,7 +32,7 @@ machine() {
 
 if [[ -z ${SKIP_MICRO:-} ]]; then
   cmd=("$root/build-bench/bench/shmap_micro" "--sizes=$SIZES"
-       "--benchmark_repetitions=$MICRO_REPS" "--benchmark_min_time=0.5")
+       "--benchmark_repetitions=$MICRO_REPS" "--benchmark_min_time=0.5" ${MICRO_ARGS:-})
   { machine; echo "# ${cmd[*]}"; "${cmd[@]}"; echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"; } \
     2>&1 | tee "$out/$TAG-micro.txt"
 fi
