@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -628,8 +629,23 @@ bool MapImpl::still_holding_writers() const {
 std::uint64_t MapImpl::build_table(std::size_t entries) const {
   const std::uint64_t off = create_table(
       round_pow2(std::max<std::uint64_t>(header().initial_capacity, entries * 2 + 2)), 0);
-  // Fault the pages in with one call instead of one fault per page during the fill.
-  ::madvise(base_ + off, at<TableHeader>(off)->extent_bytes, MADV_POPULATE_WRITE);
+  // Fault the pages in with one call instead of one fault per page during the fill. Most of
+  // a big load is the kernel allocating and zeroing these pages: large tables are populated
+  // by two threads, one half each (the fill has nothing to do until the pages exist).
+  char* const start = base_ + off;
+  const std::size_t bytes = at<TableHeader>(off)->extent_bytes;
+  constexpr std::size_t kSplitAbove = std::size_t{64} << 20;
+  const std::size_t half = bytes / 2 / kPage * kPage;
+  std::thread helper;
+  if (bytes >= kSplitAbove && std::thread::hardware_concurrency() >= 2) {
+    try {
+      helper = std::thread([=] { ::madvise(start + half, bytes - half, MADV_POPULATE_WRITE); });
+    } catch (const std::system_error&) {
+      // No thread to be had (limits): populate it all here.
+    }
+  }
+  ::madvise(start, helper.joinable() ? half : bytes, MADV_POPULATE_WRITE);
+  if (helper.joinable()) helper.join();
   return off;
 }
 
