@@ -25,9 +25,11 @@ cmake --build build-asan -j"$JOBS" >/dev/null
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   SHMAP_SANITIZED=1 ctest --test-dir build-asan --output-on-failure -L 'unit|mp'
 
-step "TSan: in-process concurrency tests"
+step "TSan: in-process concurrency tests, and snapshots (dump writes on a second thread)"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMAP_SANITIZE=thread \
   -DSHMAP_BUILD_TOOLS=OFF -DSHMAP_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-tsan -j"$JOBS" --target unit_tests >/dev/null
+cmake --build build-tsan -j"$JOBS" --target unit_tests snapshot_tests >/dev/null
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 SHMAP_SANITIZED=1 \
   ctest --test-dir build-tsan --output-on-failure -L concurrency
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 SHMAP_SANITIZED=1 \
+  ctest --test-dir build-tsan --output-on-failure -R '^snapshot_tests$'

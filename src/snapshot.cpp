@@ -45,12 +45,17 @@
 #include <cereal/types/vector.hpp>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
@@ -245,6 +250,101 @@ SnapshotHeader header_for(const Map &m, bool point_in_time, std::uint64_t count_
 /// A file under a temporary name beside `path`; commit() makes it appear as
 /// `path`, complete. Until then (and if anything fails) the temporary is
 /// removed and `path` is untouched.
+/// Writes buffers to a file descriptor on a thread of its own, so that a dump walks the map
+/// while the previous megabyte goes to the file (walk and write each take about half of a
+/// big dump). At most two buffers wait, so memory stays bounded. The first error stops the
+/// writing; it is reported by the next hand-off or by finish(). Without a thread (none could
+/// be started) the buffers are written in place.
+class FileWriter {
+ public:
+  explicit FileWriter(int fd) : fd_(fd) {
+    try {
+      thread_ = std::thread([this] { run(); });
+    } catch (const std::system_error &) {
+      // Synchronous writes.
+    }
+  }
+  ~FileWriter() { stop(); }
+  FileWriter(const FileWriter &) = delete;
+  FileWriter &operator=(const FileWriter &) = delete;
+
+  /// Takes *buf (leaving it empty, capacity kept where possible); 0 or the errno of a
+  /// failed write so far.
+  int hand_off(std::vector<unsigned char> *buf) {
+    if (!thread_.joinable()) {
+      if (error_ == 0) error_ = write_all(*buf);
+      buf->clear();
+      return error_;
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return queue_.size() < 2; });
+    queue_.push_back(std::move(*buf));
+    if (!spare_.empty()) {
+      *buf = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    buf->clear();
+    cv_.notify_all();
+    return error_;
+  }
+  /// Waits until everything handed off is written; 0 or the errno of the first failure.
+  int finish() {
+    stop();
+    return error_;
+  }
+
+ private:
+  int write_all(const std::vector<unsigned char> &b) const {
+    std::size_t off = 0;
+    while (off < b.size()) {
+      const ssize_t n = ::write(fd_, b.data() + off, b.size() - off);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno;
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    return 0;
+  }
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !queue_.empty() || done_; });
+      if (queue_.empty()) return;  // done, and everything written
+      std::vector<unsigned char> b = std::move(queue_.front());
+      queue_.pop_front();
+      const bool skip = error_ != 0;
+      lock.unlock();
+      const int err = skip ? 0 : write_all(b);
+      lock.lock();
+      if (err != 0) error_ = err;
+      b.clear();
+      spare_.push_back(std::move(b));
+      cv_.notify_all();
+    }
+  }
+  void stop() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  int fd_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<unsigned char>> queue_;
+  std::vector<std::vector<unsigned char>> spare_;
+  int error_ = 0;  // guarded by mu_ while the thread runs
+  bool done_ = false;
+  std::thread thread_;
+};
+
+/// The snapshot file: written under a temporary name, fsynced and renamed into place by
+/// commit(); removed if never committed.
 class AtomicFile {
  public:
   AtomicFile(const Where &w) : w_(w) {
@@ -256,9 +356,11 @@ class AtomicFile {
       const int err = errno;
       w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
     }
+    writer_ = std::make_unique<FileWriter>(fd_);
     XXH3_64bits_reset(&state_);
   }
   ~AtomicFile() {
+    writer_.reset();  // stops the writing thread before the descriptor goes
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(tmp_.c_str());
   }
@@ -279,22 +381,11 @@ class AtomicFile {
   }
   std::uint64_t digest() const { return XXH3_64bits_digest(&state_); }
 
-  void flush() {
-    std::size_t off = 0;
-    while (off < buf_.size()) {
-      const ssize_t n = ::write(fd_, buf_.data() + off, buf_.size() - off);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        const int err = errno;
-        w_.fail_errno(errc_of(err), "cannot write '" + tmp_ + "'", err);
-      }
-      off += static_cast<std::size_t>(n);
-    }
-    buf_.clear();
-  }
+  void flush() { check(writer_->hand_off(&buf_)); }
 
   void commit() {
     flush();
+    check(writer_->finish());
     if (::fsync(fd_) != 0) {
       const int err = errno;
       w_.fail_errno(errc_of(err), "cannot fsync '" + tmp_ + "'", err);
@@ -316,11 +407,16 @@ class AtomicFile {
   }
 
  private:
+  void check(int err) const {
+    if (err != 0) w_.fail_errno(errc_of(err), "cannot write '" + tmp_ + "'", err);
+  }
+
   const Where &w_;
   std::string tmp_;
   int fd_ = -1;
   bool committed_ = false;
   std::vector<unsigned char> buf_;
+  std::unique_ptr<FileWriter> writer_;
   XXH3_state_t state_;
 };
 
