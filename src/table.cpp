@@ -31,6 +31,7 @@
 #include <chrono>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
@@ -281,35 +282,54 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
 void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
   SegmentHeader& h = header();
   const std::uint64_t t_off = offset_of(t);
-  if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
-  if (t->older.load(std::memory_order_acquire) != 0) return;             // one migration at a time
   const std::uint64_t cap = t->capacity;
-  const std::uint64_t live = static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
-  const std::uint64_t used = used_buckets(t);
-  if (shrink) {
-    if (cap <= h.initial_capacity || live * 8 >= cap) return;
-  } else if (!force && used * 4 < cap * 3) {
+  // The successor must hold t's live entries plus the keys inserted while it assimilates t
+  // (each write migrates kChunksPerWrite chunks first, so at most ~cap / 32 of them): sized
+  // at twice the live count, and never below cap / 16, it does. But the live count is read
+  // before the successor is allocated, and writers keep inserting into t until the CAS below
+  // publishes it: a shrink decided in a lull of an empty-and-refill cycle could otherwise
+  // publish a successor too small for what t holds by then, and the migration would find it
+  // full. So the count is read again right before the CAS; if t outgrew the successor, the
+  // decision is made again (a handful of rounds at most, then growth goes ahead anyway).
+  for (int round = 0;; ++round) {
+    if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
+    if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
+    const std::uint64_t live =
+        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    const std::uint64_t used = used_buckets(t);
+    if (shrink) {
+      if (cap <= h.initial_capacity || live * 8 >= cap) return;
+    } else if (!force && used * 4 < cap * 3) {
+      return;
+    }
+    // The successor holds the live entries at a load of at most 1/2, so it has room for the
+    // inserts that come while it assimilates t.
+    std::uint64_t want = round_pow2(std::max<std::uint64_t>(h.initial_capacity, live * 2 + 2));
+    want = std::max(want, cap / 16);  // bounds the migration work per write when shrinking
+    if (force && want <= cap) want = cap * 2;
+    std::uint64_t n_off = 0;
+    try {
+      n_off = create_table(want, t_off);
+    } catch (const Error& e) {
+      // Growth can wait while t still has room; a physically full table cannot.
+      if (e.code() == Errc::out_of_space && !force) return;
+      throw;
+    }
+    if (before_publish_for_test != nullptr) std::exchange(before_publish_for_test, nullptr)();
+    const std::uint64_t live_now =
+        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    if (live_now * 2 + 2 > want && (shrink || round < 4)) {
+      discard_table(n_off);  // t grew while the successor was being made: decide again
+      continue;
+    }
+    std::uint64_t expected = t_off;
+    if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
+      discard_table(n_off);  // another thread resized first; nobody saw this table
+      return;
+    }
+    h.resizes.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  // The successor holds the live entries at a load of at most 1/2, so it has room for the
-  // inserts that come while it assimilates t (each write migrates 2 chunks first).
-  std::uint64_t want = round_pow2(std::max<std::uint64_t>(h.initial_capacity, live * 2 + 2));
-  want = std::max(want, cap / 16);  // bounds the migration work per write when shrinking
-  if (force && want <= cap) want = cap * 2;
-  std::uint64_t n_off = 0;
-  try {
-    n_off = create_table(want, t_off);
-  } catch (const Error& e) {
-    // Growth can wait while t still has room; a physically full table cannot.
-    if (e.code() == Errc::out_of_space && !force) return;
-    throw;
-  }
-  std::uint64_t expected = t_off;
-  if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
-    discard_table(n_off);  // another thread resized first; nobody saw this table
-    return;
-  }
-  h.resizes.fetch_add(1, std::memory_order_relaxed);
 }
 
 void MapImpl::discard_table(std::uint64_t table_off) const {

@@ -3,6 +3,8 @@
 // still expects the old content (it must lose), and the races the design names.
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 #include "test_util.hpp"
@@ -194,6 +196,54 @@ TEST(Protocol, FindManyLooksInOlderTableUntilMoved) {
     EXPECT_EQ(out[i], i == 5 ? std::nullopt : std::optional<std::uint64_t>(i + 100)) << i;
   }
   EXPECT_EQ(out[40], std::nullopt);
+}
+
+// A shrink is decided while the map is nearly empty; before the small successor is published,
+// other writers refill the old table (an empty-and-refill cycle). The successor must still
+// hold everything: the count is read again before publishing, and the shrink re-decided.
+Map* g_refill_map = nullptr;
+std::uint64_t g_refill_keys = 0;
+void refill() {
+  // Keys erased before: their tombstones are reused, so the old table claims no new bucket
+  // (which could make it grow instead, and the shrink would simply lose its CAS).
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) g_refill_map->insert(i, i + 7);
+}
+
+TEST(Protocol, ShrinkRechecksTheCountBeforePublishing) {
+  ScopedName name("shrink-race");
+  Map map = Map::create(name, {.initial_capacity = 8});
+  MapImpl& m = map.impl();
+  constexpr std::uint64_t kKeys = 3000;
+  for (std::uint64_t i = 0; i < kKeys; ++i) ASSERT_TRUE(map.insert(i, i));
+  // Erase everything from short-lived threads: each erases fewer than the 256 that make a
+  // thread consider shrinking, so the big table stays with nothing live in it.
+  for (std::uint64_t from = 0; from < kKeys; from += 200) {
+    std::thread([&] {
+      for (std::uint64_t i = from; i < std::min(kKeys, from + 200); ++i) map.erase(i);
+    }).join();
+  }
+  TableHeader* t = m.table(m.header().current_table.load());
+  const std::uint64_t cap = t->capacity;
+  ASSERT_GE(cap, 4096u);
+  ASSERT_EQ(map.size(), 0u);
+  // The shrink alone would make a successor of cap / 16 buckets; the refill puts in more
+  // keys than that (and few enough that shrinking is still right).
+  g_refill_map = &map;
+  g_refill_keys = cap / 8 - 1;
+  ASSERT_GT(g_refill_keys, cap / 16);
+  MapImpl::before_publish_for_test = refill;
+  {
+    PinGuard pin(m);
+    m.maybe_resize(t, true);
+  }
+  EXPECT_EQ(MapImpl::before_publish_for_test, nullptr) << "the hook never ran";
+  map.compact();  // finishes the migration: copies every refilled key
+  TableHeader* now = m.table(m.header().current_table.load());
+  EXPECT_LT(now->capacity, cap) << "still a shrink";
+  EXPECT_GT(now->capacity, g_refill_keys) << "sized for what the old table held at the end";
+  EXPECT_EQ(map.size(), g_refill_keys);
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_EQ(map.find(i), i + 7);
+  EXPECT_TRUE(map.check().ok);
 }
 
 TEST(Protocol, MigrationCompletesRetiresAndFrees) {

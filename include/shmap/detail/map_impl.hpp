@@ -349,6 +349,9 @@ class MapImpl {
   /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
   /// size change if it is still pending (its CAS landed, its count update did not yet).
   void help_pending(const Bucket& b, const Cell& c) const;
+  /// Test hook: maybe_resize() calls it (once: it is cleared first) between allocating a
+  /// successor and publishing it, where concurrent writers could be inserting.
+  static inline thread_local void (*before_publish_for_test)() = nullptr;
   /// Records (before its CAS) that this lane's next write installs {meta, value} in the
   /// bucket at offset off, with the lane's count at change number seq. Returns seq.
   static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
