@@ -260,8 +260,8 @@ class FileWriter {
   explicit FileWriter(int fd) : fd_(fd) {
     try {
       thread_ = std::thread([this] { run(); });
-    } catch (const std::system_error &) {
-      // Synchronous writes.
+    } catch (const std::exception &) {
+      // No thread to be had (limits, memory): synchronous writes.
     }
   }
   ~FileWriter() { stop(); }
@@ -356,7 +356,13 @@ class AtomicFile {
       const int err = errno;
       w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
     }
-    writer_ = std::make_unique<FileWriter>(fd_);
+    try {
+      writer_ = std::make_unique<FileWriter>(fd_);
+    } catch (...) {
+      ::close(fd_);  // the destructor does not run for a constructor that throws
+      ::unlink(tmp_.c_str());
+      throw;
+    }
     XXH3_64bits_reset(&state_);
   }
   ~AtomicFile() {

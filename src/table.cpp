@@ -289,8 +289,8 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
   // before the successor is allocated, and writers keep inserting into t until the CAS below
   // publishes it: a shrink decided in a lull of an empty-and-refill cycle could otherwise
   // publish a successor too small for what t holds by then, and the migration would find it
-  // full. So the count is read again right before the CAS; if t outgrew the successor, the
-  // decision is made again (a handful of rounds at most, then growth goes ahead anyway).
+  // full. So the count is read again right before the CAS, and a successor that t outgrew
+  // is never published.
   for (int round = 0;; ++round) {
     if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
     if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
@@ -318,8 +318,12 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
     if (before_publish_for_test != nullptr) std::exchange(before_publish_for_test, nullptr)();
     const std::uint64_t live_now =
         static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
-    if (live_now * 2 + 2 > want && (shrink || round < 4)) {
-      discard_table(n_off);  // t grew while the successor was being made: decide again
+    if (live_now * 2 + 2 > want) {
+      // t grew while the successor was being made. A shrink is called off (always safe: the
+      // next 256th erase tries again); growth is decided again with the new count -- a few
+      // times, then left to the next claim over the limit, unless t is physically full.
+      discard_table(n_off);
+      if (shrink || (!force && round >= 3)) return;
       continue;
     }
     std::uint64_t expected = t_off;
@@ -660,8 +664,8 @@ std::uint64_t MapImpl::build_table(std::size_t entries) const {
   if (bytes >= kSplitAbove && std::thread::hardware_concurrency() >= 2) {
     try {
       helper = std::thread([=] { ::madvise(start + half, bytes - half, MADV_POPULATE_WRITE); });
-    } catch (const std::system_error&) {
-      // No thread to be had (limits): populate it all here.
+    } catch (const std::exception&) {
+      // No thread to be had (limits, memory): populate it all here.
     }
   }
   ::madvise(start, helper.joinable() ? half : bytes, MADV_POPULATE_WRITE);
