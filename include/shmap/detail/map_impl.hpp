@@ -173,8 +173,11 @@ class MapImpl {
     const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
     if (light_) {
       // Plain store: the store-load order against our next loads is supplied by the
-      // reclaimer's membarrier (global_barrier), not paid on every operation.
-      lane.pin.store(e << 16 | 1, std::memory_order_relaxed);
+      // reclaimer's membarrier (global_barrier), not paid on every operation. Release (a
+      // plain mov on x86, as relaxed would be): a reclaimer that reads this pin, not our
+      // previous unpin, must still be ordered after everything our previous operations read
+      // -- a later store by the same thread does not carry the unpin's release by itself.
+      lane.pin.store(e << 16 | 1, std::memory_order_release);
       std::atomic_signal_fence(std::memory_order_seq_cst);
     } else {
       lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);  // xchg: a full fence
