@@ -60,9 +60,11 @@ std::uint64_t log2_of(std::uint64_t pow2) {
   return static_cast<std::uint64_t>(__builtin_ctzll(pow2));
 }
 
+// Clamped to kMaxCapacity: n may come from counters in shared memory (damage must not make
+// this loop forever); a table that large fails to allocate with out_of_space.
 std::uint64_t round_pow2(std::uint64_t n) {
   std::uint64_t c = kMinCapacity;
-  while (c < n) c <<= 1;
+  while (c < n && c < kMaxCapacity) c <<= 1;
   return c;
 }
 
@@ -148,21 +150,44 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim) const {
 void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
   const std::uint64_t k = load_acquire(b->key);
   if (newer->discard_older == 0) {
-    const ProbeResult r = probe(newer, k, true);
-    if (r.kind == Probe::found) {
-      // Only a CLAIMED bucket is filled: any other state means the value is there already
-      // (copied by another mover, and perhaps overwritten since by a writer).
-      Cell d = r.cell;
-      while (d.state() == kClaimed) {
-        store_key(*r.bucket, k);
-        if (cas128(&r.bucket->value, d.value, d.meta, c.value, next_meta(d.meta, kLive))) break;
-        d = read_cell(*r.bucket);
+    // The value goes to `newer`, or -- when newer is full, or was itself migrated past k's
+    // run before this copy landed -- on to newer's successor, and so on up the chain.
+    TableHeader* target = newer;
+    for (std::size_t hop = 0;; ++hop) {
+      if (hop > kMaxChain) {
+        fail(Errc::corrupt, name_,
+             "table chain longer than " + std::to_string(kMaxChain) +
+                 " during migration (damaged segment); run 'shmap check " + name_ + "'");
       }
-    } else if (r.kind == Probe::full) {
-      fail(Errc::corrupt, name_,
-           "successor table full during migration (an invariant broke); run 'shmap check'");
+      const ProbeResult r = probe(target, k, true);
+      if (r.kind == Probe::found) {
+        // Only a CLAIMED bucket is filled: LIVE, TOMB or FROZEN mean the value is there
+        // already (copied by another mover, and perhaps overwritten since by a writer).
+        Cell d = r.cell;
+        while (d.state() == kClaimed) {
+          store_key(*r.bucket, k);
+          if (cas128(&r.bucket->value, d.value, d.meta, c.value, next_meta(d.meta, kLive))) {
+            d.meta = next_meta(d.meta, kLive);
+            break;
+          }
+          d = read_cell(*r.bucket);
+        }
+        // MOVED: target's migration moved k's bucket on while it was CLAIMED (no value yet):
+        // the copy must land in target's successor instead.
+        if (d.state() != kMoved) break;
+      } else if (r.kind == Probe::full) {
+        grow_stuck(target);  // target has no room for k: the copy goes to a larger successor
+      }
+      // Follow to target's successor -- unless the copy is stale: if b is no longer the
+      // FROZEN cell we were asked to copy, another mover finished it (and a writer may have
+      // erased k since, leaving no bucket for k up the chain: a copy there would revive it).
+      // While b is still FROZEN no writer has touched k in any newer table (writers settle k
+      // first, which finishes this very copy), so landing the value further up is right.
+      if (read_cell(*b).meta != c.meta) return;
+      const std::uint64_t nx = target->newer.load(std::memory_order_acquire);
+      if (nx == 0) break;  // a format-1 successor (never superseded mid-migration): moved
+      target = table(nx);
     }
-    // Probe::sealed: the successor was itself superseded, so this bucket was moved already.
   }
   if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved)) &&
       newer->discard_older != 0) {
@@ -229,10 +254,23 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
   }
 }
 
-bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
+bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t depth) const {
   const std::uint64_t o_off = newer->older.load(std::memory_order_acquire);
   if (o_off == 0) return true;
   TableHeader* older = table(o_off);
+  if (older->older.load(std::memory_order_acquire) != 0) {
+    // A chain of three: `older` was superseded before it had assimilated its own older table
+    // (it was too small). That migration finishes first -- its copies that do not fit in
+    // `older` land in `newer` -- and only then is `older` moved into `newer`, so `newer`
+    // never unlinks a table whose older one still holds entries.
+    if (depth + 2 > kMaxChain) {
+      fail(Errc::corrupt, name_,
+           "table chain longer than " + std::to_string(kMaxChain) +
+               " (damaged segment, or a cycle); run 'shmap check " + name_ + "'");
+    }
+    help_migrate(older, chunks, depth + 1);
+    if (older->older.load(std::memory_order_acquire) != 0) return false;
+  }
   const std::uint64_t csize = std::min<std::uint64_t>(kChunk, older->capacity);
   const std::uint64_t nchunks = older->capacity / csize;
   std::uint64_t* bitmap = done_bitmap(older);
@@ -281,19 +319,23 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks) const {
 
 void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
   SegmentHeader& h = header();
-  const std::uint64_t t_off = offset_of(t);
   const std::uint64_t cap = t->capacity;
   // The successor must hold t's live entries plus the keys inserted while it assimilates t
   // (each write migrates kChunksPerWrite chunks first, so at most ~cap / 32 of them): sized
-  // at twice the live count, and never below cap / 16, it does. But the live count is read
-  // before the successor is allocated, and writers keep inserting into t until the CAS below
-  // publishes it: a shrink decided in a lull of an empty-and-refill cycle could otherwise
-  // publish a successor too small for what t holds by then, and the migration would find it
-  // full. So the count is read again right before the CAS, and a successor that t outgrew
-  // is never published.
+  // at twice the live count, and never below cap / 16, it usually does. The live count is read
+  // again right before the successor is linked, and a successor that t outgrew meanwhile is
+  // not published. That narrows the window but cannot close it (writers keep reviving their
+  // tombstones in t until the publication, which no count can be atomic with): a successor
+  // that still turns out too small is replaced by grow_stuck() -- see "Successors that are
+  // too small" below.
   for (int round = 0;; ++round) {
-    if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
-    if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
+    if (top_table(false) != offset_of(t)) return;  // resized already
+    if (t->older.load(std::memory_order_acquire) != 0) {
+      // One migration at a time -- unless t (the successor) is nearly full before it has
+      // assimilated its older table: then waiting for the migration would only fill it up.
+      if (!shrink && used_buckets(t) * 8 >= cap * 7) grow_stuck(t);
+      return;
+    }
     const std::uint64_t live =
         static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
     const std::uint64_t used = used_buckets(t);
@@ -309,7 +351,7 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
     if (force && want <= cap) want = cap * 2;
     std::uint64_t n_off = 0;
     try {
-      n_off = create_table(want, t_off);
+      n_off = create_table(want, offset_of(t));
     } catch (const Error& e) {
       // Growth can wait while t still has room; a physically full table cannot.
       if (e.code() == Errc::out_of_space && !force) return;
@@ -326,13 +368,103 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
       if (shrink || (!force && round >= 3)) return;
       continue;
     }
-    std::uint64_t expected = t_off;
-    if (!h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst)) {
-      discard_table(n_off);  // another thread resized first; nobody saw this table
-      return;
-    }
-    h.resizes.fetch_add(1, std::memory_order_relaxed);
+    if (after_recount_for_test != nullptr) std::exchange(after_recount_for_test, nullptr)();
+    link_successor(t, n_off);
     return;
+  }
+}
+
+// Successors that are too small
+// =============================
+// A successor is sized from a count that cannot be atomic with its publication, so it can
+// turn out too small: full (or nearly) before it has assimilated its older table. Such a
+// table gets a successor of its own *while its migration is still under way*: the chain
+// becomes current -> too-small -> older (three tables; each recovery adds one, bounded by
+// kMaxChain, and the sizing below makes a second one practically impossible). Why it stays
+// right:
+// - Writers settle their key in every table of the chain, oldest first, then write in the
+//   newest only; so a key is written in a table only after every older table handed it on.
+// - Migrations finish oldest first (help_migrate): too-small -> current starts only once
+//   older -> too-small is done, so no table is unlinked while an older one holds entries.
+// - A copy out of `older` that finds too-small full (no EMPTY bucket: nobody can claim k
+//   there any more), or migrated past k's run, or k's CLAIMED bucket moved on without a
+//   value, lands in too-small's successor instead (copy_frozen). It re-checks its source
+//   first: while the source is still FROZEN no writer has written k anywhere newer.
+// - Readers probe the chain newest first; a MOVED or SEALED answer restarts from the top.
+// The new successor holds every key any table of the chain can hold (the sum of their
+// capacities) at a load of at most 1/2, so it is never outrun by what migrates into it.
+void MapImpl::grow_stuck(TableHeader* t) const {
+  if (const std::uint64_t nx = t->newer.load(std::memory_order_acquire); nx != 0) {
+    link_successor(t, 0);  // linked already: only make sure it is published
+    return;
+  }
+  TableHeader* chain[kMaxChain];
+  const std::size_t n = load_chain(t, chain);
+  std::uint64_t room = 0;
+  for (std::size_t i = 0; i < n; ++i) room += std::min(chain[i]->capacity, kMaxCapacity);
+  link_successor(t, create_table(round_pow2(room * 2), offset_of(t)));
+}
+
+std::uint64_t MapImpl::link_successor(TableHeader* t, std::uint64_t n_off) const {
+  SegmentHeader& h = header();
+  std::uint64_t linked = 0;
+  if (n_off == 0 ||
+      // seq_cst: the successor's header (older, capacity) is written before anyone can
+      // follow this link; one CAS winner per table, so t has exactly one successor.
+      !t->newer.compare_exchange_strong(linked, n_off, std::memory_order_seq_cst)) {
+    if (n_off != 0) discard_table(n_off);  // another thread linked first; nobody saw ours
+    n_off = linked != 0 ? linked : t->newer.load(std::memory_order_acquire);
+  } else {
+    h.resizes.fetch_add(1, std::memory_order_relaxed);
+  }
+  // Publish. If t is no longer current, someone published it (or something newer) already.
+  std::uint64_t expected = offset_of(t);
+  h.current_table.compare_exchange_strong(expected, n_off, std::memory_order_seq_cst);
+  return n_off;
+}
+
+std::uint64_t MapImpl::top_table(bool publish) const {
+  SegmentHeader& h = header();
+  // Normally current_table has no successor and this is one load. Past it there can be one
+  // linked but unpublished successor (its linker stopped or died between the two CASes), and
+  // a thread descheduled after reading current_table may find the whole history since then
+  // in the `newer` links (safe to follow: those tables were retired after our pin). So a walk
+  // that runs long starts again from a fresh current_table; only one that keeps running long
+  // from there is a cycle (damage).
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const std::uint64_t start = h.current_table.load(std::memory_order_seq_cst);
+    std::uint64_t off = start;
+    for (std::size_t i = 0; i < kMaxChain; ++i) {
+      const std::uint64_t nx = table(off)->newer.load(std::memory_order_acquire);
+      if (nx == 0) return off;
+      // A writer finishes a publication it finds half done (the same CAS the linker makes;
+      // one of them wins, and a CAS that fails means current_table moved on already).
+      if (publish) {
+        std::uint64_t expected = off;
+        h.current_table.compare_exchange_strong(expected, nx, std::memory_order_seq_cst);
+      }
+      off = nx;
+    }
+    if (!publish && h.current_table.load(std::memory_order_seq_cst) == start) break;
+  }
+  fail(Errc::corrupt, name_,
+       "the tables linked past the current one form a cycle (damaged segment); run 'shmap "
+       "check " +
+           name_ + "'");
+}
+
+std::size_t MapImpl::load_chain(TableHeader* t, TableHeader** out) const {
+  std::size_t n = 0;
+  for (;;) {
+    out[n++] = t;
+    const std::uint64_t o = t->older.load(std::memory_order_acquire);
+    if (o == 0) return n;
+    if (n == kMaxChain) {
+      fail(Errc::corrupt, name_,
+           "the table chain is longer than " + std::to_string(kMaxChain) +
+               " (damaged segment, or a cycle); run 'shmap check " + name_ + "'");
+    }
+    t = table(o);
   }
 }
 
@@ -408,42 +540,45 @@ bool MapImpl::find_slow(std::uint64_t k, std::uint64_t* out) const {
 
 std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
   PinGuard pin(*this);
-  SegmentHeader& h = header();
   for (;;) {
-    TableHeader* t = table(h.current_table.load(std::memory_order_seq_cst));
-    // Read `older` before probing t: if it is 0 now, t was the only table for the whole probe.
-    // Read after, it could have been cleared by a migration that moved k in behind our probe.
-    const std::uint64_t o_off = t->older.load(std::memory_order_acquire);
-    std::uint64_t v = 0;
-    switch (classify(probe(t, k, false), &v)) {
-      case Look::value:
-        return v;
-      case Look::none:
-        return std::nullopt;
-      case Look::forward:
-        continue;  // t was superseded: start again from the new current table
-      case Look::unknown:
-        break;
+    // The chain is read before any probe: a table whose `older` is 0 now was the last one for
+    // the whole probe (read after, it could have been cleared by a migration that moved k in
+    // behind our look). Tables are probed newest first; the first that decides k answers.
+    TableHeader* chain[kMaxChain];
+    const std::size_t n = load_chain(table(top_table(false)), chain);
+    std::size_t end = n;  // probe chain[0, end)
+    bool restart = false;
+    for (std::size_t i = 0; i < end;) {
+      std::uint64_t v = 0;
+      switch (classify(probe(chain[i], k, false), &v)) {
+        case Look::value:
+          return v;
+        case Look::none:
+          return std::nullopt;
+        case Look::forward:
+          // chain[i] handed k on after we looked at the newer tables: those are authoritative
+          // now (k's value, if any, moved up; it only ever moves to newer tables). Look at
+          // them again; if the newest one forwarded, a newer table was published: restart.
+          if (i == 0) {
+            restart = true;
+            end = 0;
+          } else {
+            end = i;
+            i = 0;
+          }
+          continue;
+        case Look::unknown:
+          // Not decided here (absent, or claimed but unwritten): ask the older table, unless
+          // this one replaces its older table's content instead of copying it.
+          if (chain[i]->discard_older != 0) return std::nullopt;
+          break;
+      }
+      ++i;
     }
-    if (o_off == 0 || t->discard_older != 0) return std::nullopt;
-    switch (classify(probe(table(o_off), k, false), &v)) {
-      case Look::value:
-        return v;
-      case Look::none:
-      case Look::unknown:
-        return std::nullopt;
-      case Look::forward:
-        break;
-    }
-    // The older table handed k over after our first look: t is authoritative now.
-    switch (classify(probe(t, k, false), &v)) {
-      case Look::value:
-        return v;
-      case Look::forward:
-        continue;
-      default:
-        return std::nullopt;
-    }
+    // Absent from every table -- unless a copy out of an older table found chain[0] full and
+    // landed in a successor linked after we read the top (a copy goes there only once that
+    // link exists, and the link is never undone).
+    if (!restart && chain[0]->newer.load(std::memory_order_seq_cst) == 0) return std::nullopt;
   }
 }
 
@@ -451,24 +586,30 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
                                                   void* ctx) {
   PinGuard pin(*this);
   wait_for_gate();
-  SegmentHeader& h = header();
   for (;;) {
-    const std::uint64_t t_off = h.current_table.load(std::memory_order_seq_cst);
-    TableHeader* t = table(t_off);
-    if (const std::uint64_t o_off = t->older.load(std::memory_order_acquire); o_off != 0) {
+    TableHeader* t = table(top_table(true));
+    if (t->older.load(std::memory_order_acquire) != 0) {
       help_migrate(t, kChunksPerWrite);
-      settle(table(o_off), t, k);
+      // Settle k in every older table, oldest first: each hands k on to the next newer one,
+      // so when we write in t no older table can still answer for k.
+      TableHeader* chain[kMaxChain];
+      for (std::size_t i = load_chain(t, chain) - 1; i > 0; --i) settle(chain[i], chain[i - 1], k);
     }
     const ProbeResult r = probe(t, k, may_insert);
     if (r.kind == Probe::sealed) continue;
     if (r.kind == Probe::full && may_insert) {
-      // Physically full (the load limit was raced past): finish migrating, then grow.
-      while (!help_migrate(t, 64)) {
+      // Physically full (the load limit was raced past, or t is a successor that turned out
+      // too small): grow, even while t is still assimilating an older table.
+      if (t->older.load(std::memory_order_acquire) != 0) {
+        grow_stuck(t);
+      } else {
+        maybe_resize(t, false, true);
       }
-      maybe_resize(t, false, true);
       continue;
     }
     if (r.kind == Probe::absent || r.kind == Probe::full) {
+      // A copy that found t full may have put k in t's successor: absent only if t has none.
+      if (t->newer.load(std::memory_order_seq_cst) != 0) continue;
       (void)decide(ctx, std::nullopt);  // nothing to erase or exchange
       return std::nullopt;
     }
@@ -481,7 +622,8 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
         cur = c.value;
       } else if (s == kFrozen) {
         // t is being migrated: help move this bucket, then retry in the successor.
-        move_bucket(t, &b, table(h.current_table.load(std::memory_order_seq_cst)));
+        const std::uint64_t nx = t->newer.load(std::memory_order_acquire);
+        move_bucket(t, &b, table(nx != 0 ? nx : top_table(true)));
         break;
       } else if (s == kMoved || s == kSealed) {
         break;
@@ -528,7 +670,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
 void MapImpl::finish_migration() const {
   for (;;) {
     PinGuard pin(*this);
-    TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+    TableHeader* t = table(top_table(true));
     if (help_migrate(t, 256) && t->older.load(std::memory_order_acquire) == 0) return;
   }
 }
@@ -537,7 +679,7 @@ void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ct
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
-    TableHeader* t = table(header().current_table.load(std::memory_order_seq_cst));
+    TableHeader* t = table(top_table(false));
     // A resize between finish_migration() and our pin: finish that one too, then walk.
     if (t->older.load(std::memory_order_seq_cst) != 0) continue;
     return walk(t, fn, ctx);
@@ -730,23 +872,25 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
-    const std::uint64_t cur_off = h.current_table.load(std::memory_order_seq_cst);
+    const std::uint64_t cur_off = top_table(true);
     TableHeader* cur = table(cur_off);
     if (cur->older.load(std::memory_order_acquire) != 0) continue;
     // The built table becomes the successor of cur, one that discards cur's entries instead of
-    // copying them. Relaxed: published by the CAS below.
+    // copying them. Relaxed: published by the CAS that links it.
     built->older.store(cur_off, std::memory_order_relaxed);
     built->older_capacity = cur->capacity;
     // Count the new entries before publishing: a loader killed right after the CAS must not
     // leave the size low (successors are sized from it); until the old entries are discarded
     // the size reads high, which only makes a successor larger.
     add_size(static_cast<std::int64_t>(count));
-    std::uint64_t expected = cur_off;
-    if (!h.current_table.compare_exchange_strong(expected, built_off, std::memory_order_seq_cst)) {
+    std::uint64_t linked = 0;
+    if (!cur->newer.compare_exchange_strong(linked, built_off, std::memory_order_seq_cst)) {
       add_size(-static_cast<std::int64_t>(count));
-      continue;
+      continue;  // cur got another successor first: let that migration finish, then retry
     }
     h.resizes.fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t expected = cur_off;
+    h.current_table.compare_exchange_strong(expected, built_off, std::memory_order_seq_cst);
     break;
   }
   finish_migration();

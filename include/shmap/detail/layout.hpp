@@ -33,8 +33,8 @@
 // ===============================
 //
 //   +0      TableHeader: capacity, bits, older (offset of the table it replaces), migration
-//           cursor and done count, retire epoch and retired-stack link, 16 striped "used"
-//           counters, each on its own cache line
+//           cursor and done count, newer (the table it migrates into, once linked), retire
+//           epoch and retired-stack link, 16 striped "used" counters, each on its own line
 //   +2048   Bucket[capacity], 32 bytes each:
 //             +0  value   u64 ┐ updated together by one 16-byte CAS (cmpxchg16b)
 //             +8  meta    u64 ┘ bits 0-7 state, 8-23 writer tag, 24-63 version (+1 per change)
@@ -81,6 +81,13 @@ inline constexpr std::size_t kChunksPerWrite = 2;  // chunks every write migrate
 inline constexpr std::size_t kMinCapacity = 8;
 inline constexpr std::size_t kFreeListSize = 64;
 inline constexpr std::size_t kTableHeaderBytes = 2048;
+/// Longest chain of tables (current -> older -> ...) the protocol makes; a longer one (or a
+/// cycle) in a segment is damage. Normally 1 or 2; 3 or more only while a successor that
+/// turned out too small is being replaced (table.cpp, "Successors that are too small").
+inline constexpr std::size_t kMaxChain = 8;
+/// Largest table: 2^40 buckets (32 TiB). Sizes computed from counters in shared memory are
+/// clamped to it, so damage cannot make a sizing loop overflow.
+inline constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 40;
 /// A point-in-time hold lasts at most this long; then waiting writers break it.
 inline constexpr std::uint64_t kWriterHoldLeaseNs = 60'000'000'000;
 
@@ -139,10 +146,17 @@ struct TableHeader {
   alignas(kCacheLine) std::atomic<std::uint64_t> older;  // offset; 0 once assimilated
   std::atomic<std::uint64_t> mig_cursor;  // next chunk to claim (fetch_add; may pass the end)
   std::atomic<std::uint64_t> mig_done;    // chunks finished (each counted once via the bitmap)
-  std::uint64_t reserved1[5];
+  // The one table this table migrates into: set once, by CAS from 0, *before* that table is
+  // published as current_table (0: none yet). Anyone who finds it set and the table still
+  // current finishes the publication; a copy that finds this table full or already migrated
+  // past its key follows it (table.cpp).
+  std::atomic<std::uint64_t> newer;
+  std::uint64_t reserved1[4];
   PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
 };
 static_assert(offsetof(TableHeader, older) == 64, "migration fields on their own line");
+static_assert(offsetof(TableHeader, newer) == 88,
+              "newer was a reserved word (0) in format 1: maps made before it still open");
 static_assert(sizeof(TableHeader) == 128 + kStripes * kCacheLine, "table header layout pinned");
 static_assert(sizeof(TableHeader) <= kTableHeaderBytes, "header fits before the buckets");
 static_assert(kTableHeaderBytes % alignof(Bucket) == 0, "buckets start aligned");

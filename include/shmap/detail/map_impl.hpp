@@ -304,6 +304,18 @@ class MapImpl {
   /// Starts a resize of t if it is over its load limit (or, with shrink, far under it). With
   /// force, resizes even under the limit (t is physically full).
   void maybe_resize(TableHeader* t, bool shrink, bool force = false) const;
+  /// t is (or is about to be) too small for what migration and writers put into it: links a
+  /// successor sized for everything the chain below t can hold, unless t has one already, and
+  /// publishes it. Works whether or not t is still assimilating an older table.
+  void grow_stuck(TableHeader* t) const;
+  /// Links n_off as t's successor (or, if t has one already, frees n_off and adopts that one)
+  /// and publishes it as the current table. Returns the successor's offset.
+  std::uint64_t link_successor(TableHeader* t, std::uint64_t n_off) const;
+  /// The newest table: current_table, or past it a successor linked but not yet published
+  /// (its linker stopped or died between the two steps). Writers publish what they pass.
+  std::uint64_t top_table(bool publish) const;
+  /// The chain from t down: out[0] = t, out[i + 1] = out[i]->older. Returns its length.
+  std::size_t load_chain(TableHeader* t, TableHeader** out) const;
   CheckReport check() const;
 
   std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
@@ -338,7 +350,8 @@ class MapImpl {
   /// Makes `newer` authoritative for k: moves k's bucket in `older`, or seals its probe run.
   void settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const;
   /// Migrates up to `chunks` chunks of newer->older; returns true once migration is complete.
-  bool help_migrate(TableHeader* newer, std::size_t chunks) const;
+  /// A chain of three or more finishes the oldest migration first (depth: recursion guard).
+  bool help_migrate(TableHeader* newer, std::size_t chunks, std::size_t depth = 0) const;
   bool note_claim(TableHeader* t) const;
   std::uint64_t used_buckets(const TableHeader* t) const;
   void copy_frozen(Bucket* b, Cell c, TableHeader* newer) const;
@@ -355,6 +368,9 @@ class MapImpl {
   /// Test hook: maybe_resize() calls it (once: it is cleared first) between allocating a
   /// successor and publishing it, where concurrent writers could be inserting.
   static inline thread_local void (*before_publish_for_test)() = nullptr;
+  /// Test hook: maybe_resize() calls it (once) after its last count, right before it links and
+  /// publishes the successor: a refill here makes a published successor too small.
+  static inline thread_local void (*after_recount_for_test)() = nullptr;
   /// Records (before its CAS) that this lane's next write installs {meta, value} in the
   /// bucket at offset off, with the lane's count at change number seq. Returns seq.
   static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
