@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <iterator>
 #include <thread>
 #include <vector>
 
@@ -147,10 +148,10 @@ Stats Map::stats() const {
     TableHeader* t = m.table(h.current_table.load(std::memory_order_seq_cst));
     s.capacity = t->capacity;
     s.used_buckets = m.used_buckets(t);
-    s.tables = 1;
-    if (const std::uint64_t o = t->older.load(std::memory_order_acquire); o != 0) {
-      s.tables = 2;
-      const std::uint64_t ocap = m.table(o)->capacity;
+    TableHeader* chain[kMaxChain];
+    s.tables = m.load_chain(t, chain);
+    if (s.tables > 1) {
+      const std::uint64_t ocap = chain[1]->capacity;
       s.migration_total = ocap / std::min<std::uint64_t>(kChunk, ocap);
       s.migration_done = t->mig_done.load(std::memory_order_relaxed);
     }
@@ -224,35 +225,64 @@ CheckReport MapImpl::check() const {
   if (h.initial_capacity < kMinCapacity || (h.initial_capacity & (h.initial_capacity - 1)) != 0) {
     problem("initial capacity " + std::to_string(h.initial_capacity) + " is not a power of two");
   }
-  auto valid_table = [&](std::uint64_t off, const char* what) {
-    if (off < h.arena_offset || off >= top || off % kPage != 0) {
-      problem(std::string(what) + " table offset " + std::to_string(off) + " is outside the arena");
+  // Validates a table's offset and header. The arena top is read again each time: the arena
+  // grows under a live map, and a table allocated after our first read is not damage.
+  auto table_ok = [&](std::uint64_t off, std::string* why) {
+    const std::uint64_t arena_top = h.arena_top.load(std::memory_order_acquire);
+    if (off < h.arena_offset || off >= arena_top || off % kPage != 0) {
+      *why = "offset " + std::to_string(off) + " is outside the arena";
       return false;
     }
     ensure_mapped(off + kTableHeaderBytes);
     const auto* t = at<TableHeader>(off);
-    if (off + t->extent_bytes > top) {
-      problem(std::string(what) + " table at " + std::to_string(off) + " extends past the arena");
+    if (t->capacity < kMinCapacity || t->capacity > kMaxCapacity ||
+        (t->capacity & (t->capacity - 1)) != 0 || (std::uint64_t{1} << t->bits) != t->capacity ||
+        t->extent_bytes < table_bytes(t->capacity) || off + t->extent_bytes > arena_top) {
+      *why = "table at " + std::to_string(off) + " has a bad header";
       return false;
     }
     ensure_mapped(off + t->extent_bytes);
-    if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 ||
-        (std::uint64_t{1} << t->bits) != t->capacity || off + t->extent_bytes > top ||
-        t->extent_bytes < table_bytes(t->capacity)) {
-      problem(std::string(what) + " table at " + std::to_string(off) + " has a bad header");
-      return false;
-    }
     return true;
   };
   PinGuard pin(*this);
-  const std::uint64_t cur_off = h.current_table.load(std::memory_order_seq_cst);
-  if (!valid_table(cur_off, "current")) return rep;
-  TableHeader* cur = table(cur_off);
-  const std::uint64_t old_off = cur->older.load(std::memory_order_acquire);
-  if (old_off != 0 && !valid_table(old_off, "older")) return rep;
-  std::vector<std::uint64_t> cur_keys;
+  // The chain, newest first: current_table, past it a successor linked but not yet published,
+  // and the older tables being assimilated.
+  std::vector<TableHeader*> chain;
+  {
+    std::string why;
+    std::uint64_t off = h.current_table.load(std::memory_order_seq_cst);
+    if (!table_ok(off, &why)) {
+      problem("current " + why);
+      return rep;
+    }
+    for (std::size_t i = 0; i < kMaxChain; ++i) {
+      const std::uint64_t nx = at<TableHeader>(off)->newer.load(std::memory_order_acquire);
+      if (nx == 0) break;
+      if (!table_ok(nx, &why)) {
+        problem("successor " + why);
+        return rep;
+      }
+      if (i == 0) rep.notes.push_back("a successor is linked but not yet published");
+      off = nx;
+    }
+    for (;;) {
+      chain.push_back(at<TableHeader>(off));
+      off = chain.back()->older.load(std::memory_order_acquire);
+      if (off == 0) break;
+      if (chain.size() == kMaxChain) {
+        problem("the table chain is longer than " + std::to_string(kMaxChain) +
+                " tables (damaged, or a cycle)");
+        return rep;
+      }
+      if (!table_ok(off, &why)) {
+        problem("older " + why);
+        return rep;
+      }
+    }
+  }
+  std::vector<std::uint64_t> newer_keys;  // keys with a bucket in a newer table (sorted)
   std::size_t live = 0;
-  auto walk = [&](TableHeader* t, const char* what, bool is_current) {
+  auto walk = [&](TableHeader* t, const std::string& what) {
     Bucket* b = buckets(t);
     std::vector<std::uint64_t> keys;
     std::size_t bad_states = 0, unreachable = 0, claimed = 0;
@@ -267,10 +297,9 @@ CheckReport MapImpl::check() const {
       ++claimed;
       const std::uint64_t k = s == kClaimed ? c.value : load_acquire(b[i].key);
       keys.push_back(k);
-      if (s == kLive || s == kFrozen) {
-        if (is_current || !std::binary_search(cur_keys.begin(), cur_keys.end(), k)) {
-          ++live;
-        }
+      if ((s == kLive || s == kFrozen) &&
+          !std::binary_search(newer_keys.begin(), newer_keys.end(), k)) {
+        ++live;
       }
       // Linear probing: no EMPTY bucket between the key's home and its bucket.
       for (std::uint64_t j = home(k, t); j != i; j = (j + 1) & (t->capacity - 1)) {
@@ -283,31 +312,76 @@ CheckReport MapImpl::check() const {
     }
     std::sort(keys.begin(), keys.end());
     const auto dup = std::adjacent_find(keys.begin(), keys.end());
-    if (dup != keys.end())
-      problem(std::string(what) + " table holds key " + std::to_string(*dup) + " twice");
+    if (dup != keys.end()) problem(what + " table holds key " + std::to_string(*dup) + " twice");
     if (bad_states != 0)
-      problem(std::string(what) + " table: " + std::to_string(bad_states) +
-              " buckets in an unknown state");
+      problem(what + " table: " + std::to_string(bad_states) + " buckets in an unknown state");
     if (unreachable != 0)
-      problem(std::string(what) + " table: " + std::to_string(unreachable) +
+      problem(what + " table: " + std::to_string(unreachable) +
               " keys not reachable from their home bucket");
-    if (claimed > t->capacity)
-      problem(std::string(what) + " table: more claimed buckets than capacity");
-    rep.notes.push_back(std::string(what) + " table: capacity " + std::to_string(t->capacity) +
-                        ", " + std::to_string(claimed) +
-                        " claimed buckets, keys unique and reachable");
-    return keys;
+    rep.notes.push_back(what + " table: capacity " + std::to_string(t->capacity) + ", " +
+                        std::to_string(claimed) + " claimed buckets, keys unique and reachable");
+    std::vector<std::uint64_t> merged;
+    std::merge(newer_keys.begin(), newer_keys.end(), keys.begin(), keys.end(),
+               std::back_inserter(merged));
+    newer_keys.swap(merged);
+    return claimed;
   };
-  cur_keys = walk(cur, "current", true);
-  if (old_off != 0) walk(table(old_off), "older", false);
-  rep.live_entries = live;
-  std::size_t retired = 0;
-  for (std::uint64_t off = h.retired_head.load(std::memory_order_acquire);
-       off != 0 && retired < 100000; ++retired) {
-    if (!valid_table(off, "retired")) break;
-    off = at<TableHeader>(off)->retired_next;
+  for (std::size_t i = 0; i < chain.size(); ++i) {
+    const std::size_t claimed =
+        walk(chain[i],
+             i == 0 ? std::string("current") : "older (" + std::to_string(i) + " below current)");
+    // A table still assimilating an older one must have room for what is left to copy. A
+    // full one with no successor cannot finish its migration until a write links one (this
+    // build's writers do so at once; a map left so by an earlier build heals on its next
+    // write or on compact()). Looked at again before it is called a problem: under load the
+    // writer that filled it replaces it within microseconds.
+    if (i == 0 && chain.size() > 1 && claimed >= chain[0]->capacity) {
+      bool still = true;
+      for (int again = 0; again < 3 && still; ++again) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        still = h.current_table.load(std::memory_order_seq_cst) == offset_of(chain[0]) &&
+                chain[0]->newer.load(std::memory_order_acquire) == 0 &&
+                chain[0]->older.load(std::memory_order_acquire) != 0;
+      }
+      if (still) {
+        problem(
+            "the current table is full but still assimilating an older table: its "
+            "migration cannot finish until a write (or 'compact') replaces it with a larger "
+            "one");
+      }
+    }
   }
-  rep.notes.push_back(std::to_string(retired) + " retired tables awaiting reclamation");
+  rep.live_entries = live;
+  if (chain.size() > 1) {
+    rep.notes.push_back("migration under way: " + std::to_string(chain.size()) +
+                        " tables in the chain");
+  }
+  // The retired stack changes under a live map (reclaimers pop it whole and free what they
+  // can), so a link read from a table freed meanwhile is not damage: the walk is trusted only
+  // if no table was freed while it ran, and tried again otherwise.
+  for (int attempt = 0;; ++attempt) {
+    const std::uint64_t freed_before = h.tables_freed.load(std::memory_order_acquire);
+    std::size_t retired = 0;
+    std::string bad;
+    for (std::uint64_t off = h.retired_head.load(std::memory_order_acquire);
+         off != 0 && retired <= 1000000; ++retired) {
+      std::string why;
+      if (!table_ok(off, &why)) {
+        bad = "retired " + why;
+        break;
+      }
+      off = at<TableHeader>(off)->retired_next;
+    }
+    if (retired > 1000000) bad = "the retired-table stack does not end (a cycle)";
+    if (h.tables_freed.load(std::memory_order_acquire) != freed_before) {
+      if (attempt < 5) continue;
+      rep.notes.push_back("retired tables: being reclaimed while checked; not verified");
+      break;
+    }
+    if (!bad.empty()) problem(bad);
+    rep.notes.push_back(std::to_string(retired) + " retired tables awaiting reclamation");
+    break;
+  }
   std::size_t dead = 0;
   for (std::size_t i = 0; i < h.max_handles; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;

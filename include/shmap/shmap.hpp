@@ -48,7 +48,8 @@ struct Options {
 struct Stats {
   std::size_t size = 0;            // live entries (exact when no writer is mid-operation)
   std::size_t capacity = 0;        // buckets of the current table
-  std::size_t tables = 0;          // length of the table chain: 1, or 2 while migrating
+  std::size_t tables = 0;          // length of the table chain: 1, 2 while migrating (more
+                                   // while a successor found too small is replaced)
   std::size_t handles_in_use = 0;  // slots owned by a process (live or not yet reclaimed)
   std::size_t max_handles = 0;
   std::size_t segment_bytes = 0;    // size of the shared-memory object

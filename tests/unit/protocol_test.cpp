@@ -244,6 +244,115 @@ TEST(Protocol, ShrinkRechecksTheCountBeforePublishing) {
   EXPECT_TRUE(map.check().ok);
 }
 
+// The window the recount cannot close: the resizer is held after its last count, right before
+// it links and publishes the small successor, while another writer refills the table. The
+// published successor is then too small for what migrates into it; the protocol must replace
+// it with a larger one and lose nothing.
+TEST(Protocol, SuccessorOutgrownAfterTheRecountIsReplaced) {
+  ScopedName name("outgrown");
+  Map map = Map::create(name, {.initial_capacity = 8});
+  MapImpl& m = map.impl();
+  constexpr std::uint64_t kKeys = 3000;
+  for (std::uint64_t i = 0; i < kKeys; ++i) ASSERT_TRUE(map.insert(i, i));
+  for (std::uint64_t from = 0; from < kKeys; from += 200) {
+    std::thread([&] {
+      for (std::uint64_t i = from; i < std::min(kKeys, from + 200); ++i) map.erase(i);
+    }).join();
+  }
+  TableHeader* t = m.table(m.header().current_table.load());
+  const std::uint64_t cap = t->capacity;
+  ASSERT_EQ(map.size(), 0u);
+  g_refill_map = &map;
+  g_refill_keys = cap / 8 - 1;  // more than the cap / 16 successor can hold
+  ASSERT_GT(g_refill_keys, cap / 16);
+  MapImpl::after_recount_for_test = [] {
+    std::thread(refill).join();  // another thread: the hook runs inside our pin
+  };
+  {
+    PinGuard pin(m);
+    m.maybe_resize(t, true);
+  }
+  EXPECT_EQ(MapImpl::after_recount_for_test, nullptr) << "the hook never ran";
+  TableHeader* small = m.table(m.header().current_table.load());
+  ASSERT_NE(small, t) << "the too-small successor should have been published";
+  EXPECT_LT(small->capacity, g_refill_keys) << "the test must publish a successor too small";
+  // Every key readable at once, writes go on, and the chain ends in one larger table.
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_EQ(map.find(i), i + 7) << i;
+  EXPECT_TRUE(map.insert(kKeys + 1, 1));
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_TRUE(map.erase(i)) << i;
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_TRUE(map.insert(i, i + 9)) << i;
+  map.compact();
+  EXPECT_EQ(map.stats().tables, 1u);
+  EXPECT_EQ(map.size(), g_refill_keys + 1);
+  for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_EQ(map.find(i), i + 9);
+  const CheckReport rep = map.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+}
+
+// A map left stuck by a build before chains: an 8-bucket successor published (with no `newer`
+// link) over a table holding 40 entries. Its next write heals it, and check() reports the
+// state while it lasts.
+TEST(Protocol, MapStuckByAnEarlierBuildHealsOnItsNextWrite) {
+  ScopedName name("stuck");
+  Map map = Map::create(name, {.initial_capacity = 64});
+  MapImpl& m = map.impl();
+  for (std::uint64_t i = 0; i < 40; ++i) ASSERT_TRUE(map.insert(i, i * 3));
+  {
+    PinGuard pin(m);
+    const std::uint64_t t_off = m.header().current_table.load();
+    const std::uint64_t small = m.create_table(8, t_off);
+    m.header().current_table.store(small);  // format-1 publication: no newer link
+    // A format-1 mover got as far as filling the successor, then threw.
+    for (std::uint64_t i = 0; i < 8; ++i) m.settle(m.table(t_off), m.table(small), i);
+  }
+  const CheckReport stuck = map.check();
+  EXPECT_FALSE(stuck.ok) << "check must report a successor too small to finish its migration";
+  for (std::uint64_t i = 0; i < 40; ++i) ASSERT_EQ(map.find(i), i * 3) << i;
+  EXPECT_TRUE(map.insert(1000, 1));  // heals
+  for (std::uint64_t i = 0; i < 40; ++i) ASSERT_EQ(map.find(i), i * 3) << i;
+  map.compact();
+  EXPECT_EQ(map.size(), 41u);
+  EXPECT_EQ(map.stats().tables, 1u);
+  const CheckReport rep = map.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+}
+
+// Three tables: readers and writers through a chain current -> too-small -> older, with keys
+// in every table and copies that overflow past the too-small one.
+TEST(Protocol, ChainOfThreeAnswersFromEveryTable) {
+  Fixture f;
+  for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i + 100);
+  PinGuard pin(f.m);
+  TableHeader* old = f.current();
+  const std::uint64_t old_off = f.m.offset_of(old);
+  const std::uint64_t small_off = f.m.create_table(8, old_off);
+  f.m.link_successor(old, small_off);
+  TableHeader* small = f.m.table(small_off);
+  // Fill the small table: 5 keys moved into it, 3 new ones written there.
+  for (std::uint64_t i = 0; i < 5; ++i) f.m.settle(old, small, i);
+  for (std::uint64_t i = 0; i < 3; ++i) ASSERT_TRUE(f.m.probe(small, 500 + i, true).claimed);
+  f.m.grow_stuck(small);
+  TableHeader* top = f.current();
+  ASSERT_EQ(top->older.load(), small_off);
+  ASSERT_EQ(small->older.load(), old_off);
+  for (std::uint64_t i = 0; i < 40; ++i) EXPECT_EQ(f.map.find(i), i + 100) << i;
+  for (std::uint64_t i = 0; i < 3; ++i) EXPECT_FALSE(f.map.find(500 + i)) << "claimed, unwritten";
+  // A copy out of the oldest table no longer fits in the small one: it lands in the top.
+  f.m.settle(old, small, 20);
+  EXPECT_EQ(f.map.find(20), 120u);
+  EXPECT_NE(f.bucket_of(top, 20), nullptr);
+  EXPECT_TRUE(f.map.erase(21));
+  EXPECT_FALSE(f.map.find(21));
+  EXPECT_EQ(f.map.fetch_add(22, 1), 122u);
+  f.m.finish_migration();
+  EXPECT_EQ(top->older.load(), 0u);
+  for (std::uint64_t i = 0; i < 40; ++i) {
+    const auto want = i == 21 ? std::nullopt : std::optional<std::uint64_t>(i + 100 + (i == 22));
+    EXPECT_EQ(f.map.find(i), want) << i;
+  }
+  EXPECT_EQ(f.map.size(), 39u);
+}
+
 TEST(Protocol, MigrationCompletesRetiresAndFrees) {
   Fixture f;
   for (std::uint64_t i = 0; i < 40; ++i) f.map.insert(i, i);
