@@ -240,7 +240,12 @@ bool MapImpl::owner_alive(SlotOwnerWords o) {
 bool MapImpl::slot_owner_alive(std::size_t i) const { return owner_alive(read_owner(slot(i))); }
 
 namespace {
-std::int64_t delta_of(std::uint64_t meta) { return state_of(meta) == kLive ? 1 : -1; }
+// The size change a recorded transition makes: an insert +1, an erase or a discarded entry
+// (tagged MOVED) -1, a bulk-loaded table's count (BULK) +count.
+std::int64_t delta_of(std::uint64_t meta, std::uint64_t value) {
+  const std::uint64_t s = state_of(meta);
+  return s == kLive ? 1 : s == kBulk ? static_cast<std::int64_t>(value) : -1;
+}
 }  // namespace
 
 MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
@@ -304,7 +309,7 @@ void MapImpl::help_pending(const Bucket& b, const Cell& c) const {
   if (off != offset_of(&b)) return;
   // The record is for exactly the transition that produced the bucket's current content.
   if (meta != c.meta || value != c.value) return;
-  apply_pending(lane, seq, delta_of(meta));
+  apply_pending(lane, seq, delta_of(meta, value));
 }
 
 void MapImpl::recover_lane(Lane& lane) const {
@@ -325,7 +330,7 @@ void MapImpl::recover_lane(Lane& lane) const {
   // The owner is dead. If the bucket still holds what its CAS installs, the CAS landed and
   // nobody changed the bucket since (a change would have applied the record first): apply it
   // unless the owner did. Otherwise the CAS never landed, or the change was applied.
-  if (c.meta == meta && c.value == value) apply_pending(lane, seq, delta_of(meta));
+  if (c.meta == meta && c.value == value) apply_pending(lane, seq, delta_of(meta, value));
   lane.pending.store(0, std::memory_order_release);
 }
 

@@ -189,9 +189,41 @@ void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
       target = table(nx);
     }
   }
-  if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved)) &&
-      newer->discard_older != 0) {
-    add_size(-1);  // a replaced entry leaves the map; counted once, by the winner of the CAS
+  if (newer->discard_older != 0) {
+    // A replaced entry leaves the map: counted once, by the winner of the CAS, and recorded
+    // first so that a mover killed between the CAS and the count cannot lose it.
+    counted_cas(*b, c, 0, kMoved, -1);
+  } else {
+    cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved));
+  }
+}
+
+bool MapImpl::counted_cas(Bucket& b, const Cell& c, std::uint64_t value, std::uint64_t state,
+                          std::int64_t delta) const {
+  const std::size_t tn = thread_number();
+  const std::uint64_t tag = my_tag(tn);
+  const std::uint64_t meta = next_meta(c.meta, state, tag);
+  Lane* record = tag != 0 ? &lane_of(tn) : nullptr;
+  const std::uint64_t seq =
+      record != nullptr ? write_record(*record, offset_of(&b), meta, value) : 0;
+  const bool ok = cas128(&b.value, c.value, c.meta, value, meta);
+  if (ok) {
+    if (record != nullptr) {
+      apply_pending(*record, seq, delta);  // unless a helper was faster
+    } else {
+      add_size(delta);
+    }
+  }
+  if (record != nullptr) record->pending.store(0, std::memory_order_release);
+  return ok;
+}
+
+void MapImpl::help_bulk(TableHeader* t) const {
+  for (;;) {
+    const Cell c = read_cell(t->bulk);
+    if (c.state() == kBulk) return help_pending(t->bulk, c);  // added, or its adder is slow
+    if (c.state() != kClaimed) return;                        // not a bulk-loaded table
+    if (counted_cas(t->bulk, c, c.value, kBulk, static_cast<std::int64_t>(c.value))) return;
   }
 }
 
@@ -275,6 +307,9 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
   const std::uint64_t nchunks = older->capacity / csize;
   std::uint64_t* bitmap = done_bitmap(older);
   Bucket* ob = buckets(older);
+  // A bulk-loaded replacement counts its entries before it discards the older ones: the size
+  // reads high while the discard runs, never low (successors are sized from it).
+  if (newer->discard_older != 0) help_bulk(newer);
   // Unlinks and retires the older table; only the winner of the CAS retires it. Called again
   // by anyone who finds the work done, so a finisher killed before its CAS delays nobody.
   auto complete = [&] {
@@ -879,13 +914,14 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
     // copying them. Relaxed: published by the CAS that links it.
     built->older.store(cur_off, std::memory_order_relaxed);
     built->older_capacity = cur->capacity;
-    // Count the new entries before publishing: a loader killed right after the CAS must not
-    // leave the size low (successors are sized from it); until the old entries are discarded
-    // the size reads high, which only makes a successor larger.
-    add_size(static_cast<std::int64_t>(count));
+    // The new entries are counted once the table is linked, by whoever first helps its
+    // migration (help_bulk: recorded like a write, so a loader killed right after the link
+    // loses no count); until the old entries are discarded the size reads high, which only
+    // makes a successor larger.
+    built->bulk.value = count;
+    built->bulk.meta = next_meta(0, kClaimed);
     std::uint64_t linked = 0;
     if (!cur->newer.compare_exchange_strong(linked, built_off, std::memory_order_seq_cst)) {
-      add_size(-static_cast<std::int64_t>(count));
       continue;  // cur got another successor first: let that migration finish, then retry
     }
     h.resizes.fetch_add(1, std::memory_order_relaxed);

@@ -99,6 +99,7 @@ enum State : std::uint64_t {
   kFrozen = 4,
   kMoved = 5,
   kSealed = 6,
+  kBulk = 7,  // only in a table header's bulk cell: its count was added to the size
 };
 // The meta word of a bucket:
 //   bits 63..24  version   +1 on every transition (ABA-free CAS, consistent reads)
@@ -151,10 +152,15 @@ struct TableHeader {
   // current finishes the publication; a copy that finds this table full or already migrated
   // past its key follows it (table.cpp).
   std::atomic<std::uint64_t> newer;
-  std::uint64_t reserved1[4];
+  // A bulk-loaded table's entry count, added to the map's size exactly once, like a bucket
+  // write: {value = count, meta} goes CLAIMED (count not yet added) -> BULK (tagged with the
+  // lane whose size record adds it). EMPTY in every other table. Only value and meta are used.
+  Bucket bulk;
   PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
 };
 static_assert(offsetof(TableHeader, older) == 64, "migration fields on their own line");
+static_assert(offsetof(TableHeader, bulk) == 96 && offsetof(TableHeader, bulk) % 16 == 0,
+              "bulk cell: a 16-byte CAS unit in what format 1 left reserved (zero)");
 static_assert(offsetof(TableHeader, newer) == 88,
               "newer was a reserved word (0) in format 1: maps made before it still open");
 static_assert(sizeof(TableHeader) == 128 + kStripes * kCacheLine, "table header layout pinned");

@@ -355,6 +355,13 @@ class MapImpl {
   bool note_claim(TableHeader* t) const;
   std::uint64_t used_buckets(const TableHeader* t) const;
   void copy_frozen(Bucket* b, Cell c, TableHeader* newer) const;
+  /// A size-changing CAS of b from c to {value, state}, recorded in this thread's lane first
+  /// (as a write is), so that `delta` is added to the size exactly once even if this process
+  /// dies between the CAS and the count. Returns whether the CAS landed.
+  bool counted_cas(Bucket& b, const Cell& c, std::uint64_t value, std::uint64_t state,
+                   std::int64_t delta) const;
+  /// Adds a bulk-loaded table's entry count to the size, exactly once (TableHeader::bulk).
+  void help_bulk(TableHeader* t) const;
   void wait_for_gate() const;
   bool gate_owner_alive(std::uint64_t gate) const;
   void add_size(std::int64_t d) const;
