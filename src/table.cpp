@@ -740,11 +740,27 @@ void MapImpl::walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_
 
 // ---- point-in-time holds ---------------------------------------------------------------------
 
+// The gate is one 16-byte CAS unit: {writer_gate, writer_gate_deadline} = {holder's owner
+// word, CLOCK_MONOTONIC ns after which the hold is void}. Set, released and broken together,
+// so there is no moment at which a gate is set without a deadline: a holder stopped or killed
+// at any instruction blocks writers at most until its deadline (or until it is seen dead).
+// Which thread of the holder's Map holds it is process-local (gate_thread_): its other
+// threads are writers like any other and wait too.
+namespace {
+std::uint64_t* gate_words(SegmentHeader& h) {
+  return reinterpret_cast<std::uint64_t*>(&h.writer_gate);
+}
+}  // namespace
+
 bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
   for (std::size_t i = 0; i < header().max_handles; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) == gate) return slot_owner_alive(i);
   }
   return false;  // the holder's slot was freed: it closed or was cleared as dead
+}
+
+bool MapImpl::gate_is_mine(std::uint64_t gate) const {
+  return gate == owner_word_ && gate_thread_.load(std::memory_order_relaxed) == thread_number() + 1;
 }
 
 void MapImpl::wait_for_gate() const {
@@ -753,12 +769,14 @@ void MapImpl::wait_for_gate() const {
   // store made visible by the holder's membarrier), and the holder's gate store precedes its
   // scan of the lanes. Either we see the gate, or the holder sees our pin and waits for us.
   for (;;) {
-    std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
-    if (g == 0 || g == owner_word_) return;
-    // A dead holder, or one past its lease (stopped, or just too slow), no longer holds.
+    const std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
+    if (g == 0 || gate_is_mine(g)) return;
+    // A dead holder, or one past its lease (stopped, or just too slow), no longer holds. A
+    // deadline of 0 with a gate set is what a build before the 16-byte gate left when it was
+    // stopped between its two stores: void too.
     const std::uint64_t deadline = h.writer_gate_deadline.load(std::memory_order_acquire);
-    if (!gate_owner_alive(g) || (deadline != 0 && monotonic_ns() > deadline)) {
-      h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+    if (!gate_owner_alive(g) || deadline == 0 || monotonic_ns() > deadline) {
+      cas128(gate_words(h), g, deadline, 0, 0);
       continue;
     }
     unpin();
@@ -771,15 +789,20 @@ void MapImpl::hold_writers() const {
   SegmentHeader& h = header();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (;;) {
-    std::uint64_t g = 0;
-    if (h.writer_gate.compare_exchange_strong(g, owner_word_, std::memory_order_seq_cst)) {
-      h.writer_gate_deadline.store(monotonic_ns() + kWriterHoldLeaseNs, std::memory_order_release);
-      break;
-    }
-    if (g == owner_word_) break;
+    const std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
     const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
-    if (!gate_owner_alive(g) || (lease != 0 && monotonic_ns() > lease)) {
-      h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+    if (g == 0) {
+      // Thread first: a writer of this Map that sees the gate must not take it for its own.
+      gate_thread_.store(thread_number() + 1, std::memory_order_relaxed);
+      // seq_cst (lock cmpxchg16b): the gate store precedes our scan of the lanes below.
+      if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + kWriterHoldLeaseNs)) {
+        break;
+      }
+      continue;
+    }
+    if (gate_is_mine(g)) break;
+    if (!gate_owner_alive(g) || lease == 0 || monotonic_ns() > lease) {
+      cas128(gate_words(h), g, lease, 0, 0);
       continue;
     }
     if (std::chrono::steady_clock::now() > deadline) {
@@ -816,13 +839,15 @@ void MapImpl::hold_writers() const {
 
 bool MapImpl::release_writers() const {
   SegmentHeader& h = header();
-  std::uint64_t g = owner_word_;
-  h.writer_gate_deadline.store(0, std::memory_order_relaxed);
-  return h.writer_gate.compare_exchange_strong(g, 0, std::memory_order_seq_cst);
+  const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
+  // One CAS: gate and deadline go together (seq_cst: writers that see 0 go on at once).
+  const bool held = cas128(gate_words(h), owner_word_, lease, 0, 0);
+  if (held) gate_thread_.store(0, std::memory_order_relaxed);
+  return held;
 }
 
 bool MapImpl::still_holding_writers() const {
-  return header().writer_gate.load(std::memory_order_seq_cst) == owner_word_;
+  return gate_is_mine(header().writer_gate.load(std::memory_order_seq_cst));
 }
 
 // ---- bulk loads --------------------------------------------------------------------------------
@@ -907,6 +932,7 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
+    wait_for_gate();  // a replacement is a write: a point-in-time dump must not see half of it
     const std::uint64_t cur_off = top_table(true);
     TableHeader* cur = table(cur_off);
     if (cur->older.load(std::memory_order_acquire) != 0) continue;

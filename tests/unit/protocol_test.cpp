@@ -558,5 +558,52 @@ TEST(Protocol, HoldWritersBlocksWritesNotReads) {
   EXPECT_EQ(f.map.find(1), 2u);
 }
 
+// Other threads of the holder's own Map are writers like any other: they wait too.
+TEST(Protocol, HoldWritersBlocksOtherThreadsOfTheSameMap) {
+  Fixture f;
+  f.map.insert(1, 1);
+  f.m.hold_writers();
+  std::atomic<bool> wrote{false};
+  std::thread writer([&] {
+    f.map.insert_or_assign(1, 2);
+    wrote.store(true);
+  });
+  std::thread replacer([&] {
+    const std::uint64_t t = f.m.build_table(1);
+    f.m.bulk_put(t, 1, 3);
+    f.m.publish_replace(t);  // a replacement is a write too
+  });
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(f.map.find(1), 1u);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  EXPECT_FALSE(wrote.load());
+  EXPECT_TRUE(f.map.insert_or_assign(2, 2)) << "the holding thread itself may write";
+  EXPECT_TRUE(f.m.release_writers());
+  writer.join();
+  replacer.join();
+  EXPECT_TRUE(f.map.find(1) == 2u || f.map.find(1) == 3u);
+}
+
+// A gate without a deadline (what a holder stopped between the two stores of the previous
+// build left) or past its deadline holds nobody, even while its holder is alive.
+TEST(Protocol, GateWithoutALiveLeaseHoldsNobody) {
+  Fixture f;
+  Map other = Map::open(f.name);
+  SegmentHeader& h = f.m.header();
+  const std::uint64_t holder = h.writer_gate.load();
+  ASSERT_EQ(holder, 0u);
+  other.impl().hold_writers();
+  const std::uint64_t g = h.writer_gate.load();
+  ASSERT_NE(g, 0u);
+  h.writer_gate_deadline.store(0);  // stopped mid-set (the previous build's two stores)
+  EXPECT_TRUE(f.map.insert(5, 5));  // does not wait (the test would hang otherwise)
+  EXPECT_FALSE(other.impl().still_holding_writers());
+  other.impl().hold_writers();
+  h.writer_gate_deadline.store(1);  // long past
+  EXPECT_TRUE(f.map.insert(6, 6));
+  EXPECT_FALSE(other.impl().release_writers()) << "the hold was broken";
+}
+
 }  // namespace
 }  // namespace shmap::detail

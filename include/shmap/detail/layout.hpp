@@ -233,7 +233,7 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> bytes_freed;
   std::atomic<std::uint64_t> leaked_bytes;
   std::atomic<std::uint64_t> writer_gate;  // 0, or the owner word of a point-in-time dumper
-  std::atomic<std::uint64_t> writer_gate_deadline;  // CLOCK_MONOTONIC ns; 0 = being set
+  std::atomic<std::uint64_t> writer_gate_deadline;  // CLOCK_MONOTONIC ns; CAS'd with the gate
   alignas(512) std::atomic<std::uint64_t> free_list[kFreeListSize];
   // Stack of unlinked tables awaiting reclamation, linked through TableHeader::retired_next.
   alignas(kCacheLine) std::atomic<std::uint64_t> retired_head;
@@ -246,6 +246,9 @@ static_assert(offsetof(SegmentHeader, resizes) == 256, "counters line");
 static_assert(offsetof(SegmentHeader, free_list) == 512, "free list pinned");
 static_assert(offsetof(SegmentHeader, retired_head) == 1024, "retired stack head pinned");
 static_assert(offsetof(SegmentHeader, writer_gate) == 288, "writer gate pinned");
+static_assert(offsetof(SegmentHeader, writer_gate_deadline) == 296 &&
+                  offsetof(SegmentHeader, writer_gate) % 16 == 0,
+              "gate and deadline: one 16-byte CAS unit, set and cleared together");
 static_assert(offsetof(SlotOwner, start_time) == 8, "owner and start time: one 16-byte CAS unit");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,

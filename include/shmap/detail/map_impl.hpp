@@ -364,6 +364,8 @@ class MapImpl {
   void help_bulk(TableHeader* t) const;
   void wait_for_gate() const;
   bool gate_owner_alive(std::uint64_t gate) const;
+  /// The gate is held by this Map *and* this thread (its other threads wait like any writer).
+  bool gate_is_mine(std::uint64_t gate) const;
   void add_size(std::int64_t d) const;
   /// Tag for a size-changing write by thread t (0 on the shared lane: not recorded).
   std::uint64_t my_tag(std::size_t t) const {
@@ -412,6 +414,8 @@ class MapImpl {
   // Per exclusive lane, touched only by the thread that owns the lane: pin nesting.
   mutable std::uint32_t depth_[kLanes] = {};
   std::uint64_t owner_word_ = 0;
+  // Which thread of this Map holds the writer gate: its thread_number() + 1, 0 = none.
+  mutable std::atomic<std::uint64_t> gate_thread_{0};
   int owner_pid_ = 0;
 
   friend class ::shmap::Map;
