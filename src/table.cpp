@@ -488,6 +488,18 @@ std::uint64_t MapImpl::top_table(bool publish) const {
            name_ + "'");
 }
 
+void MapImpl::check_forward(TableHeader* t) const {
+  // A bucket of t says "moved on" (FROZEN, MOVED, SEALED): t has a successor -- linked
+  // (this build), or published over it (a format-1 successor, so t is no longer current).
+  // Neither: the state was written by damage, and retrying would spin for ever.
+  if (t->newer.load(std::memory_order_acquire) == 0 && top_table(false) == offset_of(t)) {
+    fail(Errc::corrupt, name_,
+         "a bucket of the current table is in a migration state but the table has no "
+         "successor (damaged segment); run 'shmap check " +
+             name_ + "'");
+  }
+}
+
 std::size_t MapImpl::load_chain(TableHeader* t, TableHeader** out) const {
   std::size_t n = 0;
   for (;;) {
@@ -595,6 +607,7 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
           // now (k's value, if any, moved up; it only ever moves to newer tables). Look at
           // them again; if the newest one forwarded, a newer table was published: restart.
           if (i == 0) {
+            check_forward(chain[0]);
             restart = true;
             end = 0;
           } else {
@@ -631,7 +644,10 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       for (std::size_t i = load_chain(t, chain) - 1; i > 0; --i) settle(chain[i], chain[i - 1], k);
     }
     const ProbeResult r = probe(t, k, may_insert);
-    if (r.kind == Probe::sealed) continue;
+    if (r.kind == Probe::sealed) {
+      check_forward(t);
+      continue;
+    }
     if (r.kind == Probe::full && may_insert) {
       // Physically full (the load limit was raced past, or t is a successor that turned out
       // too small): grow, even while t is still assimilating an older table.
@@ -657,10 +673,12 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
         cur = c.value;
       } else if (s == kFrozen) {
         // t is being migrated: help move this bucket, then retry in the successor.
+        check_forward(t);
         const std::uint64_t nx = t->newer.load(std::memory_order_acquire);
         move_bucket(t, &b, table(nx != 0 ? nx : top_table(true)));
         break;
       } else if (s == kMoved || s == kSealed) {
+        check_forward(t);
         break;
       }
       const WriteIntent w = decide(ctx, cur);

@@ -316,6 +316,9 @@ class MapImpl {
   std::uint64_t top_table(bool publish) const;
   /// The chain from t down: out[0] = t, out[i + 1] = out[i]->older. Returns its length.
   std::size_t load_chain(TableHeader* t, TableHeader** out) const;
+  /// Throws corrupt if t, the newest table, has no successor although one of its buckets
+  /// says its key moved on (only damage writes that; a retry would spin for ever).
+  void check_forward(TableHeader* t) const;
   CheckReport check() const;
 
   std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
