@@ -62,7 +62,9 @@ std::uint64_t log2_of(std::uint64_t pow2) {
 
 std::uint64_t round_pow2(std::uint64_t n) {
   std::uint64_t c = kMinCapacity;
-  while (c < n) c <<= 1;
+  // Bounded: a size count from damaged memory (near 2^63) must not overflow the doubling into
+  // an endless loop; kMaxCapacity fits no segment, so its allocation fails with out_of_space.
+  while (c < n && c < kMaxCapacity) c <<= 1;
   return c;
 }
 
@@ -294,8 +296,10 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
   for (int round = 0;; ++round) {
     if (h.current_table.load(std::memory_order_seq_cst) != t_off) return;  // resized already
     if (t->older.load(std::memory_order_acquire) != 0) return;  // one migration at a time
-    const std::uint64_t live =
-        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    // Clamped to cap: t (with no older table) holds every live entry, so a larger count is
+    // damaged shared memory and must not size a successor as large as max_bytes allows.
+    const std::uint64_t live = std::min<std::uint64_t>(
+        cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
     const std::uint64_t used = used_buckets(t);
     if (shrink) {
       if (cap <= h.initial_capacity || live * 8 >= cap) return;
@@ -316,8 +320,8 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
       throw;
     }
     if (before_publish_for_test != nullptr) std::exchange(before_publish_for_test, nullptr)();
-    const std::uint64_t live_now =
-        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    const std::uint64_t live_now = std::min<std::uint64_t>(
+        cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
     if (live_now * 2 + 2 > want) {
       // t grew while the successor was being made. A shrink is called off (always safe: the
       // next 256th erase tries again); growth is decided again with the new count -- a few
@@ -564,7 +568,7 @@ void MapImpl::walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_
 // ---- point-in-time holds ---------------------------------------------------------------------
 
 bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
-  for (std::size_t i = 0; i < header().max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) == gate) return slot_owner_alive(i);
   }
   return false;  // the holder's slot was freed: it closed or was cleared as dead
@@ -617,7 +621,7 @@ void MapImpl::hold_writers() const {
     fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
   }
   const Lane* mine = &my_lane();
-  for (std::size_t i = 0; i < h.max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
       if (&lane == mine) continue;
       for (;;) {
