@@ -204,6 +204,21 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
         off + len > h.file_bytes.load(std::memory_order_acquire)) {
       continue;
     }
+    // The extent was hole-punched when freed: reserve its pages again, so a full /dev/shm is
+    // out_of_space here and never a SIGBUS on the first store into the new table.
+    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(off), static_cast<off_t>(len));
+    if (rc != 0) {
+      for (auto& back : h.free_list) {  // give it back for when space returns
+        std::uint64_t zero = 0;
+        if (back.compare_exchange_strong(zero, e, std::memory_order_acq_rel)) break;
+      }
+      if (rc == ENOSPC) {
+        fail(Errc::out_of_space, name_,
+             "/dev/shm is full (needed " + std::to_string(len >> 10) +
+                 " KiB); free space there or erase entries");
+      }
+      fail_errno(Errc::io_error, name_, "cannot reserve a reused extent", rc);
+    }
     ensure_mapped(off + len);
     *got = len;
     return off;
