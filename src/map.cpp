@@ -236,7 +236,7 @@ CheckReport MapImpl::check() const {
       return false;
     }
     ensure_mapped(off + t->extent_bytes);
-    if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 ||
+    if (t->capacity < kMinCapacity || (t->capacity & (t->capacity - 1)) != 0 || t->bits >= 64 ||
         (std::uint64_t{1} << t->bits) != t->capacity || off + t->extent_bytes > top ||
         t->extent_bytes < table_bytes(t->capacity)) {
       problem(std::string(what) + " table at " + std::to_string(off) + " has a bad header");

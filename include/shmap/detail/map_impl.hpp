@@ -252,7 +252,9 @@ class MapImpl {
     // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
     const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
-    if (t_off < arena_offset_ || t_off > mapped - kTableHeaderBytes) return false;
+    if (t_off < arena_offset_ || (t_off & (kPage - 1)) != 0 || t_off > mapped - kTableHeaderBytes) {
+      return false;
+    }
     const TableHeader* t = at<TableHeader>(t_off);
     // The header is shared memory another process could have damaged: each field is read
     // once, and the table is used only if every bucket it implies lies in the mapping (else
