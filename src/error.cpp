@@ -53,10 +53,14 @@ void validate_name(const std::string& name) {
                     c == '.' || c == '_' || c == '-';
     if (!ok) bad_char = true;
   }
-  if (bad_len || bad_char || name == "." || name == "..") {
-    throw Error(Errc::invalid_argument,
-                "shmap: invalid map name '" + name +
-                    "': use 1 to 200 characters of [A-Za-z0-9._-], not '.' or '..'");
+  // ".shmap-new-..." names the temporary objects of creators (see segment.cpp).
+  const bool reserved = name.rfind(".shmap-new-", 0) == 0;
+  if (bad_len || bad_char || reserved || name == "." || name == "..") {
+    throw Error(
+        Errc::invalid_argument,
+        "shmap: invalid map name '" + name +
+            "': use 1 to 200 characters of [A-Za-z0-9._-], not '.', '..' or a name starting with "
+            "'.shmap-new-'");
   }
 }
 

@@ -174,11 +174,10 @@ std::uint64_t own_start_time() noexcept {
 }
 
 void MapImpl::claim_slot() {
-  SegmentHeader& h = header();
   const std::uint64_t pid = static_cast<std::uint64_t>(::getpid());
   const std::uint64_t start = own_start_time();
   for (int attempt = 0; attempt < 2; ++attempt) {
-    for (std::size_t i = 0; i < h.max_handles; ++i) {
+    for (std::size_t i = 0; i < max_handles_; ++i) {
       HandleSlot& s = slot(i);
       const SlotOwnerWords seen = read_owner(s);
       if (seen.owner != 0) continue;
@@ -205,7 +204,7 @@ void MapImpl::claim_slot() {
     if (attempt == 0 && clear_stale_slots() == 0) break;
   }
   fail(Errc::handles_exhausted, name_,
-       "all " + std::to_string(h.max_handles) +
+       "all " + std::to_string(max_handles_) +
            " handle slots are owned by live processes; close some Map objects, or recreate the "
            "map with a larger max_handles");
 }
@@ -294,7 +293,7 @@ void MapImpl::help_pending(const Bucket& b, const Cell& c) const {
   const std::uint64_t tag = tag_of(c.meta);
   if (tag == 0) return;
   const std::size_t owner = (tag - 1) / kLanes;
-  if (owner >= header().max_handles) return;
+  if (owner >= max_handles_) return;
   Lane& lane = slot(owner).lanes[(tag - 1) % kLanes];
   // Seqlock read of the record: an even generation, unchanged after the fields, means they
   // all belong to one record (the generation is never reset, so records cannot be confused
@@ -316,6 +315,11 @@ void MapImpl::recover_lane(Lane& lane) const {
   // The owner is dead: nobody rewrites the record under us (a clearer took the slot over).
   const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
   if (off == 0) return;
+  // A record is shared memory: an offset that cannot be a bucket is dropped, not followed.
+  if (!valid_bucket_offset(off)) {
+    lane.pending.store(0, std::memory_order_release);
+    return;
+  }
   if ((lane.record_gen.load(std::memory_order_acquire) & 1) != 0) {
     // Killed while writing a record: its CAS never ran, and its previous write was applied
     // before the record was begun. Fields may mix two records; nothing to apply.
@@ -350,7 +354,7 @@ bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
 
 std::size_t MapImpl::clear_stale_slots() {
   std::size_t cleared = 0;
-  for (std::size_t i = 0; i < header().max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     const SlotOwnerWords seen = read_owner(slot(i));
     if (seen.owner == 0 || owner_alive(seen)) continue;
     if (free_dead_slot(i, seen)) ++cleared;
@@ -405,7 +409,7 @@ void MapImpl::reclaim() const {
   if (!global_barrier()) return;
   // Oldest epoch any live owner's lane is pinned at. A dead owner's pins protect the tables
   // of its last writes until its slot is freed, and freeing recovers those writes first.
-  for (std::size_t i = 0; i < h.max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     const HandleSlot& s = slot(i);
     if (s.owner.owner.load(std::memory_order_seq_cst) == 0) continue;
     std::uint64_t slot_oldest = UINT64_MAX;
@@ -423,8 +427,11 @@ void MapImpl::reclaim() const {
   }
   // Take the whole stack; free what no pinned lane can see, push the rest back.
   std::uint64_t off = h.retired_head.exchange(0, std::memory_order_acq_rel);
-  while (off != 0) {
-    TableHeader* t = table(off);
+  // Each link is checked (a bad one ends the walk: the rest of the stack leaks, nothing is
+  // freed that is not a table), and the walk is bounded (a damaged stack may be a cycle).
+  for (std::size_t n = 0; off != 0 && n < kMaxRetiredWalk; ++n) {
+    TableHeader* t = table_or_null(off);
+    if (t == nullptr) break;
     const std::uint64_t next = t->retired_next;
     // Pinned at an epoch > e: pinned after the unlink, cannot see the table.
     if (t->retire_epoch < oldest) {
@@ -444,15 +451,17 @@ std::size_t MapImpl::retired_count() const {
   // Racy walk (a reclaimer may pop meanwhile): bounded, and it reads only mapped memory.
   std::size_t n = 0;
   for (std::uint64_t off = header().retired_head.load(std::memory_order_acquire);
-       off != 0 && n < 1000000; ++n) {
-    off = table(off)->retired_next;
+       off != 0 && n < kMaxRetiredWalk; ++n) {
+    const TableHeader* t = table_or_null(off);
+    if (t == nullptr) break;
+    off = t->retired_next;
   }
   return n;
 }
 
 std::int64_t MapImpl::size_estimate() const {
   std::uint64_t sum = 0;
-  for (std::size_t i = 0; i < header().max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
       sum += std::atomic_ref<const std::uint64_t>(lane.size_delta).load(std::memory_order_relaxed);
     }

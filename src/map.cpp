@@ -156,14 +156,14 @@ Stats Map::stats() const {
       s.migration_done = t->mig_done.load(std::memory_order_relaxed);
     }
   }
-  for (std::size_t i = 0; i < h.max_handles; ++i) {
+  for (std::size_t i = 0; i < m.max_handles(); ++i) {
     if (m.slot(i).owner.owner.load(std::memory_order_relaxed) != 0) ++s.handles_in_use;
   }
   {
     PinGuard pin(m);
     s.retired_pending = m.retired_count();
   }
-  s.max_handles = h.max_handles;
+  s.max_handles = m.max_handles();
   s.segment_bytes = h.file_bytes.load(std::memory_order_relaxed);
   s.allocated_bytes = m.allocated_bytes();
   s.global_epoch = h.global_epoch.load(std::memory_order_relaxed);
@@ -171,7 +171,7 @@ Stats Map::stats() const {
   s.tables_freed = h.tables_freed.load(std::memory_order_relaxed);
   s.format_version = h.format_version;
   s.options.initial_capacity = h.initial_capacity;
-  s.options.max_handles = h.max_handles;
+  s.options.max_handles = m.max_handles();
   s.options.mode = static_cast<unsigned>(h.mode);
   s.options.max_bytes = h.max_bytes;
   return s;
@@ -181,7 +181,7 @@ std::vector<ReaderInfo> Map::readers() const {
   using namespace detail;
   const MapImpl& m = *impl_;
   std::vector<ReaderInfo> out;
-  for (std::size_t i = 0; i < m.header().max_handles; ++i) {
+  for (std::size_t i = 0; i < m.max_handles(); ++i) {
     const HandleSlot& s = m.slot(i);
     const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
     if (w == 0) continue;
@@ -236,7 +236,8 @@ CheckReport MapImpl::check() const {
     ensure_mapped(off + kTableHeaderBytes);
     const auto* t = at<TableHeader>(off);
     if (t->capacity < kMinCapacity || t->capacity > kMaxCapacity ||
-        (t->capacity & (t->capacity - 1)) != 0 || (std::uint64_t{1} << t->bits) != t->capacity ||
+        (t->capacity & (t->capacity - 1)) != 0 || t->bits >= 64 ||
+        (std::uint64_t{1} << t->bits) != t->capacity ||
         t->extent_bytes < table_bytes(t->capacity) || off + t->extent_bytes > arena_top) {
       *why = "table at " + std::to_string(off) + " has a bad header";
       return false;
@@ -383,7 +384,7 @@ CheckReport MapImpl::check() const {
     break;
   }
   std::size_t dead = 0;
-  for (std::size_t i = 0; i < h.max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles(); ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;
   }
   if (dead != 0)

@@ -32,22 +32,18 @@ namespace shmap::detail {
 namespace {
 
 constexpr std::uint32_t kReady = 1;
-constexpr auto kEmptyObjectWait = std::chrono::seconds(2);
-// How long open() waits for a live creator to finish initialising (SHMAP_OPEN_TIMEOUT_MS).
-std::chrono::milliseconds init_wait() {
-  if (const char* env = std::getenv("SHMAP_OPEN_TIMEOUT_MS")) {
-    return std::chrono::milliseconds(std::strtoull(env, nullptr, 10));
-  }
-  return std::chrono::seconds(30);
-}
-
 std::string shm_path(const std::string& name) { return "/" + name; }
 
 std::uint64_t round_pow2(std::uint64_t n) {
   std::uint64_t c = kMinCapacity;
-  while (c < n) c <<= 1;
+  while (c < n && c < kMaxCapacity) c <<= 1;
   return c;
 }
+
+// Temporary names of segments being built: ".shmap-new-<name>-<pid>-<nonce>". A creator killed
+// mid-create leaves one behind; the next create of that name removes it once its pid is gone.
+constexpr const char* kTempPrefix = ".shmap-new-";
+constexpr const char* kShmDir = "/dev/shm";
 
 std::uint64_t pack_extent(std::uint64_t offset, std::uint64_t bytes) {
   return (offset / kPage) << 24 | (bytes / kPage);
@@ -89,6 +85,7 @@ MapImpl::~MapImpl() {
 }
 
 void MapImpl::reserve(std::uint64_t max_bytes) {
+  max_bytes = max_bytes / kPage * kPage;  // every mapping ends on a page inside the reservation
   void* p =
       ::mmap(nullptr, max_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
@@ -101,6 +98,9 @@ void MapImpl::reserve(std::uint64_t max_bytes) {
 }
 
 void MapImpl::map_initial(std::uint64_t bytes) {
+  // Never past the reservation: MAP_FIXED there would replace whatever this process has mapped
+  // behind it (its own libraries), and an object can be larger than max_bytes says.
+  bytes = std::min(bytes, reserved_);
   if (::mmap(base_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
     fail_errno(Errc::io_error, name_, "cannot map the segment", errno);
   }
@@ -111,17 +111,21 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
   std::lock_guard lock(map_mutex_);
   const std::uint64_t cur = mapped_.load(std::memory_order_relaxed);
   if (end <= cur) return;
-  // file_bytes only grows, and only after the object really is that large.
-  std::uint64_t target = header().file_bytes.load(std::memory_order_acquire);
-  if (target < end) target = end;
-  target = (target + kPage - 1) / kPage * kPage;
   struct stat st {};
-  if (target > reserved_ || ::fstat(fd_, &st) != 0 ||
-      static_cast<std::uint64_t>(st.st_size) < target) {
+  if (::fstat(fd_, &st) != 0) fail_errno(Errc::io_error, name_, "cannot stat the segment", errno);
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (end > reserved_ || end > size) {
     fail(Errc::corrupt, name_,
          "segment offset " + std::to_string(end) + " lies beyond the object (" +
-             std::to_string(st.st_size) + " bytes); run 'shmap check " + name_ + "'");
+             std::to_string(size) + " bytes) or its max_bytes (" + std::to_string(reserved_) +
+             "); run 'shmap check " + name_ + "'");
   }
+  // Map as far as the segment is known to reach (file_bytes only grows, and only after the
+  // object did), so a growing segment is mapped in few steps -- but never past the object
+  // or the reservation, whatever a damaged file_bytes says.
+  std::uint64_t target = header().file_bytes.load(std::memory_order_acquire);
+  target = std::clamp(target, end, std::min(size, reserved_));
+  target = std::min((target + kPage - 1) / kPage * kPage, reserved_);
   if (::mmap(base_ + cur, target - cur, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
              static_cast<off_t>(cur)) == MAP_FAILED) {
     fail_errno(Errc::io_error, name_, "cannot map the grown segment", errno);
@@ -130,10 +134,55 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
 }
 
 TableHeader* MapImpl::table(std::uint64_t offset) const {
+  // Every table offset comes from shared memory (current_table, older, the retired stack):
+  // checked before it is dereferenced, and the header before its sizes are believed.
+  if (offset < arena_offset_ || offset % kPage != 0 || offset > reserved_ - kPage) {
+    fail(Errc::corrupt, name_,
+         "table offset " + std::to_string(offset) +
+             " lies outside the arena; the segment is damaged: run 'shmap check " + name_ +
+             "', then restore the map from a dump or recreate it");
+  }
   ensure_mapped(offset + kTableHeaderBytes);
   auto* t = at<TableHeader>(offset);
-  ensure_mapped(offset + t->extent_bytes);
+  // Each field read once: the values checked are the values used below.
+  const std::uint64_t cap =
+      std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
+  const std::uint64_t bits =
+      std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
+  const std::uint64_t ext =
+      std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed);
+  if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 ||
+      bits != static_cast<std::uint64_t>(__builtin_ctzll(cap)) || ext < table_bytes(cap) ||
+      ext % kPage != 0 || ext > reserved_ - offset) {
+    fail(Errc::corrupt, name_,
+         "the table at offset " + std::to_string(offset) + " has a bad header (capacity " +
+             std::to_string(cap) + ", bits " + std::to_string(bits) + ", extent " +
+             std::to_string(ext) + " bytes); the segment is damaged: run 'shmap check " + name_ +
+             "', then restore the map from a dump or recreate it");
+  }
+  ensure_mapped(offset + ext);
   return t;
+}
+
+TableHeader* MapImpl::table_or_null(std::uint64_t offset) const noexcept {
+  try {
+    return table(offset);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+bool MapImpl::valid_bucket_offset(std::uint64_t offset) const noexcept {
+  if (offset < arena_offset_ + kTableHeaderBytes || offset % sizeof(Bucket) != 0 ||
+      offset > reserved_ - sizeof(Bucket)) {
+    return false;
+  }
+  try {
+    ensure_mapped(offset + sizeof(Bucket));
+  } catch (...) {
+    return false;
+  }
+  return true;
 }
 
 std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
@@ -142,22 +191,52 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
   // is recorded by the caller, and the pages it does not touch cost nothing after the punch).
   for (auto& entry : h.free_list) {
     std::uint64_t e = entry.load(std::memory_order_acquire);
-    if (e != 0 && extent_bytes(e) >= bytes && extent_bytes(e) <= 2 * bytes &&
-        entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel)) {
-      ensure_mapped(extent_offset(e) + extent_bytes(e));
-      *got = extent_bytes(e);
-      return extent_offset(e);
+    if (e == 0 || extent_bytes(e) < bytes || extent_bytes(e) > 2 * bytes ||
+        !entry.compare_exchange_strong(e, 0, std::memory_order_acq_rel)) {
+      continue;
     }
+    const std::uint64_t off = extent_offset(e);
+    const std::uint64_t len = extent_bytes(e);
+    // The entry is shared memory: an extent outside the arena (say, the header page) is
+    // dropped, never handed out as a table.
+    if (off < arena_offset_ || len > reserved_ - off ||
+        off + len > h.arena_top.load(std::memory_order_acquire) ||
+        off + len > h.file_bytes.load(std::memory_order_acquire)) {
+      continue;
+    }
+    // The extent was hole-punched when freed: reserve its pages again, so a full /dev/shm is
+    // out_of_space here and never a SIGBUS on the first store into the new table.
+    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(off), static_cast<off_t>(len));
+    if (rc != 0) {
+      for (auto& back : h.free_list) {  // give it back for when space returns
+        std::uint64_t zero = 0;
+        if (back.compare_exchange_strong(zero, e, std::memory_order_acq_rel)) break;
+      }
+      if (rc == ENOSPC) {
+        fail(Errc::out_of_space, name_,
+             "/dev/shm is full (needed " + std::to_string(len >> 10) +
+                 " KiB); free space there or erase entries");
+      }
+      fail_errno(Errc::io_error, name_, "cannot reserve a reused extent", rc);
+    }
+    ensure_mapped(off + len);
+    *got = len;
+    return off;
   }
   *got = bytes;
   for (;;) {
     std::uint64_t top = h.arena_top.load(std::memory_order_acquire);
-    const std::uint64_t end = top + bytes;
-    if (end > h.max_bytes) {
+    if (top < arena_offset_ || top % kPage != 0 || top > reserved_) {
+      fail(Errc::corrupt, name_,
+           "the arena top (" + std::to_string(top) +
+               ") lies outside the arena; the segment is damaged: run 'shmap check " + name_ + "'");
+    }
+    if (bytes > reserved_ - top) {
       fail(Errc::out_of_space, name_,
-           "the segment would exceed its max_bytes (" + std::to_string(h.max_bytes >> 20) +
+           "the segment would exceed its max_bytes (" + std::to_string(reserved_ >> 20) +
                " MiB); erase entries or recreate the map with a larger max_bytes");
     }
+    const std::uint64_t end = top + bytes;
     const int rc = ::posix_fallocate(fd_, static_cast<off_t>(top), static_cast<off_t>(bytes));
     if (rc != 0) {
       if (rc == ENOSPC) {
@@ -180,6 +259,11 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
 
 void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   SegmentHeader& h = header();
+  // Never punch outside the arena, whatever a damaged table header said its extent was.
+  if (offset < arena_offset_ || offset % kPage != 0 || bytes == 0 || bytes % kPage != 0 ||
+      bytes > reserved_ - offset) {
+    return;
+  }
   // The pages go back to the system now; the range reads as zeros when reused.
   if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(bytes)) != 0) {
@@ -209,26 +293,64 @@ std::uint64_t MapImpl::allocated_bytes() const {
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
+namespace {
+
+/// Removes ".shmap-new-<name>-<pid>-<nonce>" objects whose creator is gone (killed mid-create).
+void remove_orphans(const std::string& name) {
+  DIR* d = ::opendir(kShmDir);
+  if (d == nullptr) return;
+  const std::string prefix = kTempPrefix + name + "-";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n.compare(0, prefix.size(), prefix) != 0) continue;
+    // The rest must be exactly "<pid>-<hex nonce>" (a map named name-5 has its own temps).
+    const std::string rest = n.substr(prefix.size());
+    const auto dash = rest.find('-');
+    if (dash == std::string::npos || dash == 0 || rest.find('-', dash + 1) != std::string::npos ||
+        rest.find_first_not_of("0123456789") != dash ||
+        rest.find_first_not_of("0123456789abcdef", dash + 1) != std::string::npos) {
+      continue;
+    }
+    const int pid = std::atoi(rest.substr(0, dash).c_str());
+    if (pid > 0 && !process_alive(pid, 0)) ::unlinkat(dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
+}  // namespace
+
 std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options& options,
                                          bool exclusive_only, bool* existed) {
   validate_name(name);
   check_options(name, options);
-  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+  const std::string path = std::string(kShmDir) + "/" + name;
+  auto exists = [&] {
+    if (exclusive_only) {
+      fail(Errc::already_exists, name, "a map of this name exists; open it or remove it first");
+    }
+    *existed = true;
+  };
+  // Cheap early answer for the common case; link() below is what decides.
+  if (struct stat st{}; ::lstat(path.c_str(), &st) == 0) {
+    exists();
+    return nullptr;
+  }
+  remove_orphans(name);
+  // The segment is built under a temporary name and published complete with link(): nobody
+  // ever sees a half-made segment under the map's name, so open() never waits for a creator
+  // and anything there without a ready header is corrupt at once.
+  char nonce[16];
+  std::snprintf(nonce, sizeof(nonce), "%08x", static_cast<unsigned>(random_u64()));
+  const std::string temp = kTempPrefix + name + "-" + std::to_string(::getpid()) + "-" + nonce;
+  const std::string temp_path = std::string(kShmDir) + "/" + temp;
+  const int fd = ::shm_open(shm_path(temp).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
                             static_cast<mode_t>(options.mode));
   if (fd < 0) {
     const int err = errno;
-    if (err == EEXIST) {
-      if (exclusive_only) {
-        fail(Errc::already_exists, name, "a map of this name exists; open it or remove it first");
-      }
-      *existed = true;
-      return nullptr;
-    }
     if (err == EACCES) fail_errno(Errc::permission_denied, name, "cannot create", err);
     fail_errno(Errc::io_error, name, "cannot create the shared-memory object", err);
   }
   auto m = std::make_unique<MapImpl>(name, fd, true);
-  auto undo = [&] { ::shm_unlink(shm_path(name).c_str()); };
   try {
     ::fchmod(fd, static_cast<mode_t>(options.mode));  // exact bits, whatever the umask
     const std::uint64_t capacity = round_pow2(options.initial_capacity);
@@ -246,6 +368,9 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     }
     m->reserve(options.max_bytes);
     m->map_initial(arena);
+    m->arena_offset_ = arena;
+    m->max_handles_ = options.max_handles;
+    m->slots_ = m->at<HandleSlot>(kPage);
     SegmentHeader& h = m->header();
     h.creator_pid = static_cast<std::uint64_t>(::getpid());
     h.creator_start = process_start_time(::getpid());
@@ -268,17 +393,30 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     h.current_table.store(first, std::memory_order_relaxed);
     // Publishes every field above to openers that acquire init_state.
     h.init_state.store(kReady, std::memory_order_release);
-    m->claim_slot();
+    // Exactly one creator's link() succeeds; the others find the name taken.
+    if (::link(temp_path.c_str(), path.c_str()) != 0) {
+      const int err = errno;
+      if (err != EEXIST) {
+        fail_errno(err == EACCES || err == EPERM ? Errc::permission_denied : Errc::io_error, name,
+                   "cannot publish the new segment", err);
+      }
+      ::unlink(temp_path.c_str());
+      exists();
+      return nullptr;
+    }
   } catch (...) {
-    undo();
+    ::unlink(temp_path.c_str());
     throw;
   }
+  ::unlink(temp_path.c_str());
+  m->claim_slot();
   return m;
 }
 
 std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale) {
   validate_name(name);
-  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CLOEXEC, 0);
+  // O_NONBLOCK: a FIFO planted under the name must not block the open.
+  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK, 0);
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) fail(Errc::not_found, name, "no such map; create it first");
@@ -286,26 +424,25 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
       fail_errno(Errc::permission_denied, name,
                  "this process may not open the map; check the mode it was created with", err);
     }
+    if (err == ELOOP) {
+      fail(Errc::corrupt, name,
+           "not a shmap segment (a symbolic link); remove it with 'shmap rm " + name + "'");
+    }
     fail_errno(Errc::io_error, name, "cannot open the shared-memory object", err);
   }
   auto m = std::make_unique<MapImpl>(name, fd, false);
-  // A creator truncates the object to its full first size in one call, so a size of 0 means
-  // "being created" and any other size below one page means "not a shmap segment".
+  // Creators publish a segment only once it is complete (create() links it under the name),
+  // so whatever is here is either a whole segment or not one: no waiting.
   struct stat st {};
-  const auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    if (::fstat(fd, &st) != 0) fail_errno(Errc::io_error, name, "cannot stat", errno);
-    if (st.st_size >= static_cast<off_t>(sizeof(SegmentHeader))) break;
-    if (st.st_size != 0) {
-      fail(Errc::corrupt, name,
-           "not a shmap segment (" + std::to_string(st.st_size) +
-               " bytes, smaller than a header); remove it with 'shmap rm " + name + "'");
-    }
-    if (std::chrono::steady_clock::now() - start > kEmptyObjectWait) {
-      fail(Errc::corrupt, name,
-           "the object is empty and nobody initialised it; remove it with 'shmap rm " + name + "'");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (::fstat(fd, &st) != 0) fail_errno(Errc::io_error, name, "cannot stat", errno);
+  if (!S_ISREG(st.st_mode)) {
+    fail(Errc::corrupt, name,
+         "not a shmap segment (not a regular file); remove it with 'shmap rm " + name + "'");
+  }
+  if (st.st_size < static_cast<off_t>(sizeof(SegmentHeader))) {
+    fail(Errc::corrupt, name,
+         "not a shmap segment (" + std::to_string(st.st_size) +
+             " bytes, smaller than a header); remove it with 'shmap rm " + name + "'");
   }
   // Read the header through a temporary view to learn how much address space to reserve.
   void* hp = ::mmap(nullptr, sizeof(SegmentHeader), PROT_READ, MAP_SHARED, fd, 0);
@@ -315,25 +452,6 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     ~Unmap() { ::munmap(p, sizeof(SegmentHeader)); }
   } unmap{hp};
   const auto& h = *static_cast<const SegmentHeader*>(hp);
-  for (;;) {
-    const std::uint64_t magic =
-        std::atomic_ref<const std::uint64_t>(h.magic).load(std::memory_order_relaxed);
-    if (h.init_state.load(std::memory_order_acquire) == kReady) break;
-    if (magic != 0 && magic != kMagic) break;  // foreign: reported below
-    const int creator = static_cast<int>(
-        std::atomic_ref<const std::uint64_t>(h.creator_pid).load(std::memory_order_relaxed));
-    if (creator != 0 && !process_alive(creator, 0)) {
-      fail(Errc::corrupt, name,
-           "the process that created it died during initialisation; remove it with 'shmap rm " +
-               name + "'");
-    }
-    if (std::chrono::steady_clock::now() - start > init_wait()) {
-      fail(Errc::timeout, name,
-           "still being initialised after " + std::to_string(init_wait().count()) +
-               " ms; try again, or remove it if its creator is stuck");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
   if (h.magic != kMagic) {
     if (__builtin_bswap64(h.magic) == kMagic) {
       fail(Errc::layout_mismatch, name, "written on a machine of the other byte order");
@@ -350,25 +468,59 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     fail(Errc::layout_mismatch, name,
          "segment written by a build with another memory layout; use the same build of shmap");
   }
-  // file_bytes is raised only after the object has grown: read it before the size.
-  const std::uint64_t file_bytes = h.file_bytes.load(std::memory_order_acquire);
-  ::fstat(fd, &st);
-  const std::uint64_t cur = h.current_table.load(std::memory_order_acquire);
-  const std::uint64_t slots_end = h.slots_offset + h.max_handles * sizeof(HandleSlot);
-  if (h.max_bytes < h.arena_offset || h.max_bytes > (std::uint64_t{1} << 46) ||
-      h.max_handles == 0 || h.max_handles > kMaxHandles || h.slots_offset != kPage ||
-      h.arena_offset < slots_end || h.arena_offset % kPage != 0 ||
-      file_bytes > static_cast<std::uint64_t>(st.st_size) || file_bytes > h.max_bytes ||
-      cur < h.arena_offset || cur % kPage != 0 || cur + table_bytes(kMinCapacity) > file_bytes) {
+  if (h.init_state.load(std::memory_order_acquire) != kReady) {
+    fail(Errc::corrupt, name,
+         "the segment was never finished (its creator died while making it, or it is "
+         "damaged); remove it with 'shmap rm " +
+             name + "'");
+  }
+  // The immutable fields, each read once: the values checked are the values kept.
+  auto once = [](const std::uint64_t& w) {
+    return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_relaxed);
+  };
+  const std::uint64_t max_bytes = once(h.max_bytes);
+  const std::uint64_t max_handles = once(h.max_handles);
+  const std::uint64_t slots_offset = once(h.slots_offset);
+  const std::uint64_t arena = once(h.arena_offset);
+  const std::uint64_t seed = once(h.hash_seed);
+  if (max_bytes > (std::uint64_t{1} << 46) || max_handles == 0 || max_handles > kMaxHandles ||
+      slots_offset != kPage || arena % kPage != 0 ||
+      arena < slots_offset + max_handles * sizeof(HandleSlot) ||
+      arena + table_bytes(kMinCapacity) > max_bytes) {
     fail(Errc::corrupt, name,
          "the segment header is inconsistent (damaged or not written by shmap); remove it "
          "with 'shmap rm " +
              name + "'");
   }
-  m->reserve(h.max_bytes);
-  ::fstat(fd, &st);
+  // A consistent view of the mutable fields: current_table first, then file_bytes, then the
+  // object's size. A table is published (CAS on current_table) only after file_bytes covers
+  // it, and file_bytes is raised only after the object grew, so read in this order they
+  // agree even while another process grows the segment. (Read the other way round, a growth
+  // between the reads made a healthy map look corrupt.) A few re-reads cover a damaged word
+  // that is being repaired by nobody: then it is corrupt.
+  for (int attempt = 0;; ++attempt) {
+    const std::uint64_t cur = h.current_table.load(std::memory_order_acquire);
+    if (open_after_first_read_for_test != nullptr) open_after_first_read_for_test();
+    const std::uint64_t file_bytes = h.file_bytes.load(std::memory_order_acquire);
+    if (::fstat(fd, &st) != 0) fail_errno(Errc::io_error, name, "cannot stat", errno);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    if (file_bytes <= size && file_bytes <= max_bytes && cur >= arena && cur % kPage == 0 &&
+        cur <= file_bytes - table_bytes(kMinCapacity)) {
+      break;
+    }
+    if (attempt == 3) {
+      fail(Errc::corrupt, name,
+           "the segment header is inconsistent (its table or size lies outside the object); "
+           "remove it with 'shmap rm " +
+               name + "'");
+    }
+  }
+  m->reserve(max_bytes);
   m->map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
-  m->seed_ = m->header().hash_seed;
+  m->seed_ = seed;
+  m->arena_offset_ = arena;
+  m->max_handles_ = max_handles;
+  m->slots_ = m->at<HandleSlot>(slots_offset);
   if (clear_stale) m->clear_stale_slots();
   m->claim_slot();
   return m;
@@ -432,8 +584,18 @@ std::vector<std::string> Map::list() {
   if (d == nullptr) return names;
   while (const dirent* e = ::readdir(d)) {
     const std::string n = e->d_name;
-    if (n == "." || n == "..") continue;
-    const int fd = ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (n == "." || n == ".." ||
+        n.compare(0, std::strlen(detail::kTempPrefix), detail::kTempPrefix) == 0) {
+      continue;  // a segment still being built (or orphaned by a killed creator)
+    }
+    // Only regular files, looked at without following links, and opened without blocking: a
+    // FIFO or device in /dev/shm must not hang the listing.
+    struct stat lst {};
+    if (::fstatat(dirfd(d), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(lst.st_mode)) {
+      continue;
+    }
+    const int fd =
+        ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) continue;
     std::uint64_t magic = 0;
     struct stat st {};

@@ -371,8 +371,10 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
       if (!shrink && used_buckets(t) * 8 >= cap * 7) grow_stuck(t);
       return;
     }
-    const std::uint64_t live =
-        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    // Clamped to cap: t (with no older table) holds every live entry, so a larger count is
+    // damaged shared memory and must not size a successor as large as max_bytes allows.
+    const std::uint64_t live = std::min<std::uint64_t>(
+        cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
     const std::uint64_t used = used_buckets(t);
     if (shrink) {
       if (cap <= h.initial_capacity || live * 8 >= cap) return;
@@ -393,8 +395,8 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
       throw;
     }
     if (before_publish_for_test != nullptr) std::exchange(before_publish_for_test, nullptr)();
-    const std::uint64_t live_now =
-        static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate()));
+    const std::uint64_t live_now = std::min<std::uint64_t>(
+        cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
     if (live_now * 2 + 2 > want) {
       // t grew while the successor was being made. A shrink is called off (always safe: the
       // next 256th erase tries again); growth is decided again with the new count -- a few
@@ -436,7 +438,8 @@ void MapImpl::grow_stuck(TableHeader* t) const {
   TableHeader* chain[kMaxChain];
   const std::size_t n = load_chain(t, chain);
   std::uint64_t room = 0;
-  for (std::size_t i = 0; i < n; ++i) room += std::min(chain[i]->capacity, kMaxCapacity);
+  for (std::size_t i = 0; i < n; ++i)
+    room += std::min<std::uint64_t>(chain[i]->capacity, kMaxCapacity);
   link_successor(t, create_table(round_pow2(room * 2), offset_of(t)));
 }
 
@@ -771,7 +774,7 @@ std::uint64_t* gate_words(SegmentHeader& h) {
 }  // namespace
 
 bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
-  for (std::size_t i = 0; i < header().max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     if (slot(i).owner.owner.load(std::memory_order_acquire) == gate) return slot_owner_alive(i);
   }
   return false;  // the holder's slot was freed: it closed or was cleared as dead
@@ -835,7 +838,7 @@ void MapImpl::hold_writers() const {
     fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
   }
   const Lane* mine = &my_lane();
-  for (std::size_t i = 0; i < h.max_handles; ++i) {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
       if (&lane == mine) continue;
       for (;;) {

@@ -137,6 +137,60 @@ TEST_F(SpaceTest, FullDevShmIsOutOfSpaceNeverSigbus) {
                       << (r.signal == SIGBUS ? ": SIGBUS on a full /dev/shm" : "");
 }
 
+// Item 5 of issue 6: extents reused from the free list were hole-punched when freed. Grow a
+// map, erase nearly everything (it shrinks; the big extents go to the free list, their pages
+// to the system), fill the file system to the last page, then grow again: the growth reuses
+// those punched extents, and each must be reserved anew -- out_of_space, never a SIGBUS on the
+// first store into a table whose pages are not there.
+TEST_F(SpaceTest, ReusedExtentsAreReservedAgainOnAFullDevShm) {
+  Shared<std::array<char, 512>> skip_reason;
+  const auto r = run_child(
+      [&]() -> bool {
+        auto skip = [&](const char* what) {
+          std::snprintf(skip_reason->data(), skip_reason->size(), "%s: %s", what,
+                        std::strerror(errno));
+          ::_exit(kSkipCode);
+        };
+        if (::unshare(CLONE_NEWNS) != 0) skip("unshare(CLONE_NEWNS) not permitted");
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+          skip("cannot make mounts private");
+        }
+        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=32m") != 0) {
+          skip("cannot mount a tmpfs on /dev/shm");
+        }
+        const std::string name = "shmap-test-reuse";
+        Map m = Map::create(name, {.initial_capacity = 8});
+        constexpr std::uint64_t kKeys = 150'000;  // a 16 MiB table at the end
+        for (std::uint64_t k = 0; k < kKeys; ++k) {
+          CHILD_CHECK(m.insert(k, space_value(k)), "insert %llu", (unsigned long long)k);
+        }
+        for (std::uint64_t k = 10; k < kKeys; ++k) CHILD_CHECK(m.erase(k), "erase");
+        for (int i = 0; i < 2000; ++i) m.insert_or_assign(i % 10, space_value(i % 10));
+        m.compact();
+        const auto st = m.stats();
+        std::fprintf(stderr, "[ info     ] after shrinking: capacity %zu, %zu bytes resident\n",
+                     st.capacity, st.allocated_bytes);
+        CHILD_CHECK(st.capacity < 4096, "the map did not shrink (capacity %zu)", st.capacity);
+        const std::uint64_t taken = fill_fs("/dev/shm/filler");
+        std::fprintf(stderr, "[ info     ] filler took %llu bytes\n", (unsigned long long)taken);
+        std::uint64_t k = 10;
+        if (!fill_until_out_of_space(m, &k, kKeys)) return false;
+        std::fprintf(stderr, "[ info     ] %llu keys back in before out_of_space\n",
+                     (unsigned long long)k);
+        if (!check_keys(m, 0, k, k)) return false;
+        // Space returns: the extents given back to the free list are usable again.
+        ::unlink("/dev/shm/filler");
+        if (!fill_until_out_of_space(m, &k, 100'000'000)) return false;
+        if (!check_keys(m, 0, k, k)) return false;
+        Map::remove(name);
+        return true;
+      },
+      seconds(120 * kSlow));
+  if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
+  EXPECT_TRUE(r.ok()) << "the child " << r.describe()
+                      << (r.signal == SIGBUS ? ": SIGBUS writing into a reused extent" : "");
+}
+
 TEST_F(SpaceTest, MaxBytesIsOutOfSpace) {
   ScopedName name("maxbytes");
   const std::size_t max_bytes = std::size_t{2} << 20;

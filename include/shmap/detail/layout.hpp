@@ -85,9 +85,6 @@ inline constexpr std::size_t kTableHeaderBytes = 2048;
 /// cycle) in a segment is damage. Normally 1 or 2; 3 or more only while a successor that
 /// turned out too small is being replaced (table.cpp, "Successors that are too small").
 inline constexpr std::size_t kMaxChain = 8;
-/// Largest table: 2^40 buckets (32 TiB). Sizes computed from counters in shared memory are
-/// clamped to it, so damage cannot make a sizing loop overflow.
-inline constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 40;
 /// A point-in-time hold lasts at most this long; then waiting writers break it.
 inline constexpr std::uint64_t kWriterHoldLeaseNs = 60'000'000'000;
 
@@ -260,12 +257,18 @@ std::uint64_t layout_signature() noexcept;
 
 /// Bytes of a table's extent: header, buckets, and the done bitmap of its own chunks (used when
 /// this table is the older one being migrated; one bit per 64-bucket chunk).
+/// Capacities above kMaxCapacity cannot fit in any segment (max_bytes <= 2^46): table_bytes()
+/// saturates there instead of wrapping, so a capacity read from damaged memory (or computed from
+/// a damaged size count) is an allocation that fails, never a small extent used as a big table.
+inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 41;
 inline constexpr std::size_t table_bytes(std::size_t capacity) {
+  if (capacity > kMaxCapacity) return SIZE_MAX / 2;
   const std::size_t bitmap_words = (capacity / kChunk + 63) / 64 + 1;
   const std::size_t raw = kTableHeaderBytes + capacity * sizeof(Bucket) + bitmap_words * 8;
   return (raw + kPage - 1) / kPage * kPage;
 }
 static_assert(table_bytes(8) == kPage, "a minimal table is one page");
+static_assert(table_bytes(kMaxCapacity) > (std::size_t{1} << 46), "kMaxCapacity fits no segment");
 
 /// The key hash (pinned by a golden test: changing it changes where keys live).
 constexpr std::uint64_t hash_key(std::uint64_t k, std::uint64_t seed) {

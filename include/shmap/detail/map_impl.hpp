@@ -37,6 +37,9 @@ inline std::size_t thread_number() noexcept {
   const std::size_t n = t_thread_number;
   return n != SIZE_MAX ? n : assign_thread_number();
 }
+/// Longest walk of the retired stack: a damaged stack may be a cycle. (Far more tables than
+/// can be retired at once: each retirement is one resize, and reclaim runs after each.)
+inline constexpr std::size_t kMaxRetiredWalk = std::size_t{1} << 20;
 /// Set by retire(): the thread reclaims once it is no longer pinned.
 inline constinit thread_local bool t_reclaim_wanted = false;
 
@@ -129,7 +132,19 @@ class MapImpl {
   void ensure_mapped(std::uint64_t end) const {
     if (end > mapped_.load(std::memory_order_acquire)) extend_mapping(end);
   }
+  /// The table at `offset`, mapped here, after checking what a damaged or hostile segment
+  /// could get wrong: the offset (page aligned, in the arena, inside the reservation) and the
+  /// header (capacity a power of two in [kMinCapacity, kMaxCapacity], bits = log2(capacity),
+  /// extent_bytes >= table_bytes(capacity), the extent inside the object). Throws corrupt.
   TableHeader* table(std::uint64_t offset) const;
+  /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
+  /// nullptr where table() would throw.
+  TableHeader* table_or_null(std::uint64_t offset) const noexcept;
+  /// True if a bucket could live at `offset` (32-byte aligned, in the arena, inside the object),
+  /// and it is mapped here. For offsets read from shared memory (a lane's pending record).
+  bool valid_bucket_offset(std::uint64_t offset) const noexcept;
+  /// Handle slots, as validated and copied at open; never re-read from the header.
+  std::size_t max_handles() const { return max_handles_; }
   Bucket* buckets(TableHeader* t) const {
     return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(t) + kTableHeaderBytes);
   }
@@ -150,7 +165,7 @@ class MapImpl {
   std::uint64_t allocated_bytes() const;
 
   // ---- handles.cpp ------------------------------------------------------------------------
-  HandleSlot& slot(std::size_t i) const { return at<HandleSlot>(header().slots_offset)[i]; }
+  HandleSlot& slot(std::size_t i) const { return slots_[i]; }
   void claim_slot();
   void release_slot();
   std::size_t slot_index_for_test() const { return slot_index_; }
@@ -236,14 +251,27 @@ class MapImpl {
   [[gnu::always_inline]] bool fast_table(FastTable* ft) const {
     // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
-    if (t_off + kTableHeaderBytes > mapped_.load(std::memory_order_acquire)) return false;
+    const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
+    if (t_off < arena_offset_ || (t_off & (kPage - 1)) != 0 || t_off > mapped - kTableHeaderBytes) {
+      return false;
+    }
     const TableHeader* t = at<TableHeader>(t_off);
-    if (t_off + t->extent_bytes > mapped_.load(std::memory_order_relaxed)) return false;
+    // The header is shared memory another process could have damaged: each field is read
+    // once, and the table is used only if every bucket it implies lies in the mapping (else
+    // the slow path's table() maps it, or reports it corrupt). A few ALU ops, no extra miss.
+    const std::uint64_t cap =
+        std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
+    const std::uint64_t bits =
+        std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
+    if (bits - 3 > 38 || (std::uint64_t{1} << bits) != cap ||
+        cap > (mapped - t_off - kTableHeaderBytes) / sizeof(Bucket)) {
+      return false;
+    }
     ft->older = t->older.load(std::memory_order_seq_cst);
     ft->buckets =
         reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
-    ft->mask = t->capacity - 1;
-    ft->shift = 64 - t->bits;
+    ft->mask = cap - 1;
+    ft->shift = static_cast<unsigned>(64 - bits);
     return true;
   }
   enum class Fast { hit, miss, slow };
@@ -377,6 +405,9 @@ class MapImpl {
   /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
   /// size change if it is still pending (its CAS landed, its count update did not yet).
   void help_pending(const Bucket& b, const Cell& c) const;
+  /// Test hook: open() calls it right after its first read of the header's mutable fields
+  /// (current_table, file_bytes), where another process may grow the segment.
+  static inline void (*open_after_first_read_for_test)() = nullptr;
   /// Test hook: maybe_resize() calls it (once: it is cleared first) between allocating a
   /// successor and publishing it, where concurrent writers could be inserting.
   static inline thread_local void (*before_publish_for_test)() = nullptr;
@@ -404,6 +435,9 @@ class MapImpl {
   void map_initial(std::uint64_t bytes);
   void reserve(std::uint64_t max_bytes);
 
+  /// Checks and copies the header fields this process relies on for bounds (open and create).
+  void adopt_header();
+
   std::string name_;
   int fd_ = -1;
   char* base_ = nullptr;
@@ -411,6 +445,11 @@ class MapImpl {
   mutable std::atomic<std::uint64_t> mapped_{0};
   mutable std::mutex map_mutex_;
   std::uint64_t seed_ = 0;
+  // Copied from the header once, after validation: a later change of the shared fields (a
+  // damaged or hostile attacher) cannot move what this process believes the bounds are.
+  std::uint64_t arena_offset_ = UINT64_MAX;
+  std::size_t max_handles_ = 0;
+  HandleSlot* slots_ = nullptr;
   std::size_t slot_index_ = SIZE_MAX;
   HandleSlot* my_slot_ = nullptr;
   bool light_ = false;
