@@ -104,6 +104,31 @@ TEST_P(Churn, FromCapacityEightNeverStopsAcceptingWrites) {
   RecordProperty("resizes", std::to_string(m.stats().resizes));
 }
 
+// check() under write churn: it compares what it reads against a moving arena and a retired
+// stack that reclaimers pop meanwhile, and must never call a healthy map damaged (it reported
+// 48 false problems in 20 s before).
+TEST(ChurnCheck, CheckReportsNoFalseProblemsUnderChurn) {
+  ScopedName name("churn-check");
+  Map m = Map::create(name, {.initial_capacity = 8});
+  std::atomic<bool> done{false};
+  std::vector<std::string> problems;
+  std::size_t checks = 0;
+  std::thread checker([&] {
+    Map view = Map::open(name);  // its own handle, as `shmap check` from another process
+    while (!done.load(std::memory_order_acquire)) {
+      const CheckReport rep = view.check();
+      ++checks;
+      problems.insert(problems.end(), rep.problems.begin(), rep.problems.end());
+    }
+  });
+  const auto rs = churn(m, 3, 200, 1500 * kSlow);
+  done.store(true, std::memory_order_release);
+  checker.join();
+  EXPECT_GT(checks, 0u);
+  EXPECT_TRUE(problems.empty()) << problems.size() << " false problems, first: " << problems[0];
+  expect_healthy(m, rs);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, Churn,
                          ::testing::Values(Shape{2, 16}, Shape{3, 16}, Shape{4, 64}, Shape{8, 8}),
                          [](const auto& info) {
