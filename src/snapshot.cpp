@@ -52,10 +52,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
@@ -100,6 +102,11 @@ constexpr std::size_t kEntryBytes = 16;
 constexpr std::size_t kFooterBytes = 40;
 constexpr std::size_t kIoBytes = std::size_t{1} << 20;
 constexpr const char *kJsonMagic = "shmap-snapshot";
+// The JSON form is parsed in memory (the text, then a DOM several times its size): it is for
+// people and small maps. 256 MiB of text is about 4 million entries.
+constexpr std::uint64_t kMaxJsonBytes = std::uint64_t{256} << 20;
+// A shmap JSON snapshot nests 3 deep; anything far deeper is not one.
+constexpr int kMaxJsonDepth = 64;
 
 // ---- little-endian words ----
 inline void put32(unsigned char *p, std::uint32_t v) {
@@ -214,6 +221,14 @@ class Fd {
   explicit Fd(int fd = -1) : fd_(fd) {}
   ~Fd() {
     if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(Fd &&o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd &operator=(Fd &&o) noexcept {
+    if (this != &o) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
   }
   Fd(const Fd &) = delete;
   Fd &operator=(const Fd &) = delete;
@@ -570,6 +585,9 @@ class Reader {
   /// n bytes at the current offset (valid until the next call), or nullptr if
   /// the file ends (or shrank) before them.
   const unsigned char *take(std::size_t n, const Where &w) {
+    // Every length a file declares is checked against what the file really holds before any
+    // buffer grows to it.
+    if (n > remaining()) return nullptr;
     if (len_ - pos_ < n) {
       std::memmove(buf_.data(), buf_.data() + pos_, len_ - pos_);
       base_ += pos_;
@@ -601,6 +619,47 @@ class Reader {
   std::uint64_t base_ = 0;  // file offset of buf_[0]
   std::size_t pos_ = 0, len_ = 0;
 };
+
+/// Walks the layout of the header's cereal body (see SnapshotHeader) and checks that each
+/// field, and every string length it declares, fits in the body. cereal sizes a string from its
+/// declared length before reading it, so a damaged length (2^31, with the checksums redone)
+/// would otherwise allocate that much before the decode fails.
+void check_header_lengths(const unsigned char *body, std::size_t n, const Where &w) {
+  std::size_t at = 0;
+  const bool swap = n == 0 || body[0] != 1;
+  auto need = [&](std::size_t k, const char *field) {
+    if (n - at < k) {
+      w.fail(Errc::corrupt, std::string("header field ") + field + " at byte " +
+                                std::to_string(kLeadBytes + at) + " runs past the header's end");
+    }
+  };
+  auto fixed = [&](std::size_t k, const char *field) {
+    need(k, field);
+    at += k;
+  };
+  auto string = [&](const char *field) {
+    need(8, field);
+    std::uint64_t len = get64(body + at);
+    if (swap) len = __builtin_bswap64(len);
+    if (len > n - at - 8) {
+      w.fail(Errc::corrupt, std::string("header field ") + field + " at byte " +
+                                std::to_string(kLeadBytes + at) + " declares a " +
+                                std::to_string(len) + "-byte string; the header has " +
+                                std::to_string(n - at - 8) + " bytes left");
+    }
+    at += 8 + static_cast<std::size_t>(len);
+  };
+  fixed(1, "endianness");  // cereal's flag; 1 = little-endian (as written)
+  string("key_type");
+  string("value_type");
+  fixed(8, "entry_count");
+  fixed(8, "created_unix_ns");
+  fixed(4, "chunk_entries");
+  fixed(1, "point_in_time");
+  string("source_map");
+  fixed(4, "source_format_version");
+  fixed(32, "source options");
+}
 
 using ChunkFn = std::function<void(const unsigned char *entries, std::uint32_t n)>;
 
@@ -652,6 +711,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               " bytes, the file has " + std::to_string(size));
   }
   head.insert(head.end(), body, body + body_bytes);
+  check_header_lengths(body, body_bytes, w);
   {
     const std::uint64_t stored = get64(body + body_bytes);
     const std::uint64_t computed = XXH3_64bits(head.data(), head.size());
@@ -795,7 +855,48 @@ struct JsonSnapshot {
   std::vector<JsonEntry> entries;
 };
 
+/// Rejects JSON nested deeper than a snapshot ever is, before the (recursive) parser sees it:
+/// a million '[' would overflow its stack. Brackets inside strings do not count.
+void check_json_depth(const std::string &text, const Where &w) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) {
+        w.fail(Errc::corrupt, "JSON nested more than " + std::to_string(kMaxJsonDepth) +
+                                  " deep at byte " + std::to_string(i) +
+                                  "; a shmap snapshot nests 3 deep: not a shmap snapshot");
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+}
+
+[[noreturn]] void fail_json_too_big(std::uint64_t size, const Where &w) {
+  w.fail(Errc::corrupt, "JSON snapshot of " + std::to_string(size) +
+                            " bytes or more: the JSON form is limited to " +
+                            std::to_string(kMaxJsonBytes >> 20) +
+                            " MiB (it is parsed in memory); use the binary form for big maps");
+}
+
 JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
+  // Bounded before anything is allocated: a 1 TiB sparse file that starts with '{' is refused
+  // here, not by std::bad_alloc.
+  if (size > kMaxJsonBytes) fail_json_too_big(size, w);
   std::string text(size, '\0');
   std::size_t off = 0;
   while (off < size) {
@@ -809,12 +910,13 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
     off += static_cast<std::size_t>(n);
   }
   text.resize(off);
+  check_json_depth(text, w);
   JsonSnapshot s;
   JsonPreamble pre;
   pre.magic.clear();
   pre.format_version = 0;
   try {
-    std::istringstream is(text);
+    std::istringstream is(std::move(text));  // moved, not copied (C++20)
     cereal::JSONInputArchive ar(is);
     ar(cereal::make_nvp("snapshot", pre));
     if (pre.magic != kJsonMagic) {
@@ -853,37 +955,93 @@ struct Source {
 
 std::string shm_path(const std::string &name) { return "/dev/shm/" + name; }
 
+std::string kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+/// Opens the snapshot to read. Only a regular file is opened for reading: the type is checked
+/// before the open (a FIFO would block it until a writer came, a device could do anything),
+/// and again on the descriptor (opened O_NONBLOCK, in case the path changed in between).
+Fd open_input(const Where &w, std::uint64_t *size) {
+  struct stat st {};
+  if (::stat(w.path.c_str(), &st) != 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot open", err);
+  }
+  auto refuse = [&](mode_t m) {
+    w.fail(Errc::corrupt, "is " + kind_of(m) +
+                              ", not a snapshot file; to read a snapshot from a pipe, give '-' "
+                              "and send it to standard input");
+  };
+  if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+  Fd fd(::open(w.path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot open", err);
+  }
+  if (::fstat(fd.get(), &st) != 0) {
+    const int err = errno;
+    w.fail_errno(Errc::io_error, "cannot stat", err);
+  }
+  if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+  *size = static_cast<std::uint64_t>(st.st_size);
+  return fd;
+}
+
+/// Only shmap::Error leaves the API: anything else thrown below (std::bad_alloc from a
+/// container, a std::system_error from the standard library) becomes one that names the map
+/// and the file.
+template <class F>
+auto only_shmap_errors(const Where &w, F &&f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error &) {
+    throw;
+  } catch (const std::bad_alloc &) {
+    w.fail(Errc::out_of_space, "out of memory (std::bad_alloc); free memory and retry");
+  } catch (const std::exception &e) {
+    w.fail(Errc::io_error, std::string("unexpected failure: ") + e.what());
+  }
+}
+
+Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
+              const Where &w);
+
 }  // namespace
 }  // namespace detail
 
 void Map::dump(const std::string &path, const DumpOptions &options) const {
   const detail::Where w{name(), path};
-  if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
-  if (options.json) {
-    detail::dump_json(*this, w, options.point_in_time);
-  } else {
-    detail::dump_binary(*this, w, options.point_in_time);
-  }
+  detail::only_shmap_errors(w, [&] {
+    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (options.json) {
+      detail::dump_json(*this, w, options.point_in_time);
+    } else {
+      detail::dump_binary(*this, w, options.point_in_time);
+    }
+  });
 }
 
 Map Map::load(const std::string &path, const std::string &name, const LoadOptions &options) {
-  using namespace detail;
-  const Where w{name, path};
-  validate_name(name);
+  const detail::Where w{name, path};
+  return detail::only_shmap_errors(w, [&] { return detail::load_impl(path, name, options, w); });
+}
 
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    const int err = errno;
-    w.fail_errno(errc_of(err), "cannot open", err);
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    const int err = errno;
-    w.fail_errno(Errc::io_error, "cannot stat", err);
-  }
-  if (S_ISDIR(st.st_mode)) w.fail(Errc::corrupt, "is a directory, not a snapshot file");
-  if (!S_ISREG(st.st_mode)) w.fail(Errc::corrupt, "is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
+namespace detail {
+namespace {
+
+Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
+              const Where &w) {
+  validate_name(name);
+  if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+  std::uint64_t size = 0;
+  Fd fd = open_input(w, &size);
   if (size == 0) w.fail(Errc::corrupt, "empty file (0 bytes): not a shmap snapshot");
 
   // Detect the form: the binary form starts with its magic, the JSON form with
@@ -1016,4 +1174,6 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
   }
 }
 
+}  // namespace
+}  // namespace detail
 }  // namespace shmap
