@@ -29,8 +29,9 @@
 // a table nobody can see (Mode::replace), or a map under a temporary name
 // (Mode::create); only when that pass succeeds is the table published
 // (publish_replace) or the segment renamed to its final name
-// (RENAME_NOREPLACE). Mode::merge keeps the verified entries of the first pass
-// in memory and applies only those.
+// (RENAME_NOREPLACE). Mode::merge builds the map's entries and then the file's into an
+// unpublished table the same way, with writers held from before its walk of the map until
+// the publish.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1061,7 +1062,6 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   // Pass 1: verify everything before touching any map.
   Source src;
   auto json = std::make_shared<JsonSnapshot>();
-  auto merged = std::make_shared<std::vector<std::pair<std::uint64_t, std::uint64_t>>>();
   if (first == '{') {
     *json = parse_json(fd.get(), size, w);
     src.entries = json->entries.size();
@@ -1069,46 +1069,60 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       for (const auto &e : json->entries) put(e.key, e.value);
     };
   } else {
-    const bool keep = options.mode == LoadOptions::Mode::merge;
-    const ScanResult res =
-        scan_binary(fd.get(), size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
-          if (!keep) return;
-          for (std::uint32_t i = 0; i < n; ++i, e += 16)
-            merged->emplace_back(get64(e), get64(e + 8));
-        });
+    const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
     src.entries = res.entries;
-    if (keep) {
-      src.feed = [merged](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
-        for (const auto &[k, v] : *merged) put(k, v);
-      };
-    } else {
-      src.feed_reports = true;
-      const int raw_fd = fd.get();
-      src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
-        scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-          for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
-        });
-      };
-    }
+    src.feed_reports = true;
+    const int raw_fd = fd.get();
+    src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+      scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+        for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
+      });
+    };
   }
 
-  // Pass 2: build off to the side and publish in one step.
-  auto build_into = [&](const MapImpl &impl) {
-    const std::uint64_t table = impl.build_table(src.entries);
+  // Pass 2: build off to the side and publish in one step. `keep` entries (the map's own, for
+  // a merge) go in first, so that the file's value of a key wins.
+  auto build_into = [&](const Map &m, std::uint64_t keep, const Map *keep_from) {
+    const MapImpl &impl = m.impl();
+    const std::uint64_t table = impl.build_table(keep + src.entries);
     try {
       std::uint64_t done = 0;
       // Batches: the core prefetches a batch's buckets before filling them.
       std::pair<std::uint64_t, std::uint64_t> batch[64];
       std::size_t in_batch = 0;
-      src.feed([&](std::uint64_t k, std::uint64_t v) {
+      auto put = [&](std::uint64_t k, std::uint64_t v) {
         batch[in_batch++] = {k, v};
         if (in_batch == 64) {
           impl.bulk_put_many(table, batch, in_batch);
           in_batch = 0;
         }
+      };
+      if (keep_from != nullptr) {
+        // The walk runs inside the map's read protocol: nothing may throw out of it.
+        std::exception_ptr failure;
+        keep_from->for_each([&](std::uint64_t k, std::uint64_t v) {
+          if (failure) return;
+          try {
+            put(k, v);
+          } catch (...) {
+            failure = std::current_exception();
+          }
+        });
+        if (failure) std::rethrow_exception(failure);
+      }
+      src.feed([&](std::uint64_t k, std::uint64_t v) {
+        put(k, v);
         if ((++done & 0xffff) == 0 && !src.feed_reports) report("build", done, src.entries);
       });
       impl.bulk_put_many(table, batch, in_batch);
+      // A merge holds writers for its whole length; if the hold was broken (its lease ran
+      // out), writes made since then are in the old table only: publishing would lose them.
+      if (keep_from != nullptr && !impl.still_holding_writers()) {
+        w.fail(Errc::timeout, "the merge outlived its hold on writers (" +
+                                  std::to_string(kWriterHoldLeaseNs / 1000000000) +
+                                  " s); nothing was changed; retry when fewer writers wait, or "
+                                  "merge a smaller file");
+      }
     } catch (...) {
       impl.discard_table(table);
       throw;
@@ -1119,18 +1133,20 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
 
   switch (options.mode) {
     case LoadOptions::Mode::merge: {
+      // All or nothing, like replace: the merged content (the map's entries, then the file's)
+      // is built in a table nobody sees and published in one step, with writers held from
+      // before the walk until the publish so that none of their writes is lost. Running out
+      // of space (build_table) or anything else before the publish leaves the map as it was.
       Map m = Map::open(name);
-      std::uint64_t done = 0;
-      src.feed([&](std::uint64_t k, std::uint64_t v) {
-        m.insert_or_assign(k, v);
-        if ((++done & 0xffff) == 0) report("build", done, src.entries);
-      });
-      report("build", src.entries, src.entries);
+      WriterHold hold(m.impl(), true);
+      std::uint64_t current = 0;
+      m.for_each([&](std::uint64_t, std::uint64_t) { ++current; });
+      build_into(m, current, &m);
       return m;
     }
     case LoadOptions::Mode::replace: {
       Map m = Map::open(name);
-      build_into(m.impl());
+      build_into(m, 0, nullptr);
       return m;
     }
     case LoadOptions::Mode::create:
@@ -1158,7 +1174,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   } guard{tmp};
   {
     Map staging = Map::create(tmp, options.options);
-    if (src.entries > 0) build_into(staging.impl());
+    if (src.entries > 0) build_into(staging, 0, nullptr);
     if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
                     RENAME_NOREPLACE) != 0) {
       const int err = errno;

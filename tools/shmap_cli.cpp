@@ -239,7 +239,9 @@ int run(int argc, char** argv) {
   load->add_option("FILE", file, "Snapshot file")->required();
   name_arg(load);
   auto* rep = load->add_flag("--replace", replace, "Replace the content of existing map NAME");
-  auto* mer = load->add_flag("--merge", merge, "Merge into existing map NAME (file wins)");
+  auto* mer = load->add_flag(
+      "--merge", merge,
+      "Merge into existing map NAME (file wins; all or nothing; writers wait meanwhile)");
   rep->excludes(mer);
   create_args.add_to(load);
 

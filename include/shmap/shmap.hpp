@@ -97,7 +97,8 @@ struct DumpOptions {
 
 struct LoadOptions {
   enum class Mode { create, replace, merge };
-  Mode mode = Mode::create;  // create a new map / replace the content / merge into it
+  Mode mode = Mode::create;  // create a new map / replace the content / merge into it (file
+                             // wins; all or nothing; writers wait while it runs)
   Options options;           // for Mode::create: options of the new map (capacity is raised
                              // to fit the snapshot)
 };
