@@ -167,14 +167,30 @@ struct SnapshotHeader {
   }
 };
 
-/// The JSON form's preamble: the binary lead's fields by name, then the same
-/// header.
+/// The JSON form's preamble: the binary lead's fields by name, an optional checksum of the
+/// content (absent in files written before it existed; load verifies it when present), then
+/// the same header.
 struct JsonPreamble {
   std::string magic = kJsonMagic;
   std::uint32_t format_version = kSnapshotVersion;
+  std::string content_xxh3;     // "0x" + 16 hex digits, or empty: none
+  bool unknown_member = false;  // load: the object has a member this build does not know
   template <class Archive>
-  void serialize(Archive &ar) {
+  void save(Archive &ar) const {
     ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
+    if (!content_xxh3.empty()) ar(cereal::make_nvp("content_xxh3", content_xxh3));
+  }
+  template <class Archive>
+  void load(Archive &ar) {
+    ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
+    if (const char *next = ar.getNodeName()) {
+      // Strict: a bit flip in the checksum's name must not make the checksum disappear.
+      if (std::strcmp(next, "content_xxh3") != 0) {
+        unknown_member = true;
+        return;
+      }
+      ar(cereal::make_nvp("content_xxh3", content_xxh3));
+    }
   }
 };
 
@@ -186,6 +202,34 @@ struct JsonEntry {
     ar(cereal::make_nvp("key", key), cereal::make_nvp("value", value));
   }
 };
+
+/// The JSON form's content checksum: XXH3-64 of the header encoded exactly as the binary
+/// form's header body, then every entry as key u64, value u64 (little-endian), in file order.
+/// It covers what a load applies, not the text, so reformatting the JSON keeps it valid.
+std::uint64_t json_content_xxh3(const SnapshotHeader &h, const std::vector<JsonEntry> &entries) {
+  std::ostringstream body;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+  }
+  const std::string b = body.str();
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  XXH3_64bits_update(&st, b.data(), b.size());
+  unsigned char kv[16 * 256];
+  std::size_t n = 0;
+  for (const JsonEntry &e : entries) {
+    put64(kv + n * 16, e.key);
+    put64(kv + n * 16 + 8, e.value);
+    if (++n == 256) {
+      XXH3_64bits_update(&st, kv, sizeof kv);
+      n = 0;
+    }
+  }
+  XXH3_64bits_update(&st, kv, n * 16);
+  return XXH3_64bits_digest(&st);
+}
 
 /// Names the map and the file in every message: "shmap: map 'm': snapshot 'f':
 /// what".
@@ -558,16 +602,24 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
   }
   h.entry_count = entries.size();
   h.chunk_entries = 0;
+  JsonPreamble pre;
+  pre.content_xxh3 = hex(json_content_xxh3(h, entries));
   std::ostringstream os;
   {
     cereal::JSONOutputArchive ar(
         os, cereal::JSONOutputArchive::Options(
                 324, cereal::JSONOutputArchive::Options::IndentChar::space, 1));
-    ar(cereal::make_nvp("snapshot", JsonPreamble{}), cereal::make_nvp("header", h),
+    ar(cereal::make_nvp("snapshot", pre), cereal::make_nvp("header", h),
        cereal::make_nvp("entries", entries));
   }
   os << '\n';
   const std::string text = os.str();
+  if (text.size() > kMaxJsonBytes) {
+    // load would refuse it: say so now rather than write it.
+    w.fail(Errc::invalid_argument, "the JSON form of this map is " + std::to_string(text.size()) +
+                                       " bytes, over the " + std::to_string(kMaxJsonBytes >> 20) +
+                                       " MiB that load accepts; dump the binary form");
+  }
   AtomicFile out(w);
   out.write(text.data(), text.size());
   out.commit();
@@ -938,6 +990,20 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
   if (s.header.key_type != "u64" || s.header.value_type != "u64") {
     w.fail(Errc::version_mismatch, "holds " + s.header.key_type + " -> " + s.header.value_type +
                                        " entries; this build stores u64 -> u64");
+  }
+  if (pre.unknown_member) {
+    w.fail(Errc::corrupt,
+           "JSON \"snapshot\" has a member this build does not know (after "
+           "\"format_version\"; expected \"content_xxh3\" or nothing)");
+  }
+  if (!pre.content_xxh3.empty()) {
+    const std::uint64_t computed = json_content_xxh3(s.header, s.entries);
+    if (pre.content_xxh3 != hex(computed)) {
+      w.fail(Errc::corrupt, "JSON content checksum mismatch (stored \"" + pre.content_xxh3 +
+                                "\", computed " + hex(computed) +
+                                "): the header or an entry was changed; after editing by hand, "
+                                "delete \"content_xxh3\" to load the file unchecked");
+    }
   }
   if (s.header.entry_count != s.entries.size()) {
     w.fail(Errc::corrupt, "JSON header says " + std::to_string(s.header.entry_count) +

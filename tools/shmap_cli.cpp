@@ -230,12 +230,18 @@ int run(int argc, char** argv) {
       "dump", "Write a snapshot of the map to FILE (appears only when complete)");
   name_arg(dump);
   dump->add_option("FILE", file, "Snapshot file")->required();
-  dump->add_flag("--json", json, "Write the JSON form (for people and small maps)");
+  dump->add_flag("--json", json,
+                 "Write the JSON form (for people and small maps, up to 256 MiB), with a "
+                 "content checksum that load verifies");
   dump->add_flag("--point-in-time", pit,
                  "Hold writers back while copying, for an exact image (readers never wait)");
 
   auto* load = app.add_subcommand(
-      "load", "Load a snapshot FILE (binary or JSON) into map NAME; a bad file changes nothing");
+      "load",
+      "Load a snapshot FILE (binary or JSON) into map NAME; a bad file changes nothing.\nThe "
+      "binary form is checksummed throughout; a JSON file is verified only if it has its "
+      "\"content_xxh3\" (delete that line after editing a JSON file by hand: it then loads "
+      "unchecked)");
   load->add_option("FILE", file, "Snapshot file")->required();
   name_arg(load);
   auto* rep = load->add_flag("--replace", replace, "Replace the content of existing map NAME");
