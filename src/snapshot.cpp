@@ -32,7 +32,11 @@
 // (RENAME_NOREPLACE). Mode::merge builds the map's entries and then the file's into an
 // unpublished table the same way, with writers held from before its walk of the map until
 // the publish.
+#include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
@@ -46,8 +50,10 @@
 #include <cereal/types/vector.hpp>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -56,6 +62,7 @@
 #include <new>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -63,6 +70,7 @@
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
+#include "shmap/detail/temporaries.hpp"
 
 namespace shmap {
 namespace detail {
@@ -86,6 +94,82 @@ void set_snapshot_progress(SnapshotProgressFn fn, void *ctx) noexcept {
   g_progress_ctx.store(ctx, std::memory_order_relaxed);
   g_progress_fn.store(fn, std::memory_order_release);
 }
+
+// ---- temporaries in progress, for signal handlers -------------------------------------------
+//
+// A fixed table (no allocation, nothing to lock): a signal handler may run at any instruction
+// of any thread. Slot states: 0 free, 1 being filled, 2 armed, 3 taken by the handler (never
+// reused: the process is ending). The handler claims a slot with a CAS 2 -> 3 before reading its
+// path, and unregister() frees it with a CAS 2 -> 0, so a path is never read while rewritten.
+namespace {
+
+struct TempSlot {
+  std::atomic<int> state{0};
+  char path[4096];
+};
+TempSlot g_temps[16];
+
+/// Arms `path` for removal by remove_snapshot_temporaries(); -1 if the table is full or the
+/// path too long (then only the pid in its name lets a later run clean it up).
+int register_temporary(const std::string &path) noexcept {
+  if (path.size() >= sizeof(TempSlot::path)) return -1;
+  for (int i = 0; i < 16; ++i) {
+    int expected = 0;
+    // Acquire/release: the path is written between the claim and the arming store.
+    if (g_temps[i].state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      std::memcpy(g_temps[i].path, path.c_str(), path.size() + 1);
+      g_temps[i].state.store(2, std::memory_order_release);
+      return i;
+    }
+  }
+  return -1;
+}
+
+void unregister_temporary(int slot) noexcept {
+  if (slot < 0) return;
+  int expected = 2;
+  // Fails only if a signal handler took the slot: the process is ending anyway.
+  g_temps[slot].state.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+}
+
+/// Keeps `path` armed for its lifetime.
+class TempRegistration {
+ public:
+  explicit TempRegistration(const std::string &path) : slot_(register_temporary(path)) {}
+  ~TempRegistration() { unregister_temporary(slot_); }
+  TempRegistration(const TempRegistration &) = delete;
+  TempRegistration &operator=(const TempRegistration &) = delete;
+
+ private:
+  int slot_;
+};
+
+}  // namespace
+
+void remove_snapshot_temporaries() noexcept {
+  for (TempSlot &t : g_temps) {
+    int expected = 2;
+    // Acquire: pairs with the arming release store, so the path is complete.
+    if (t.state.compare_exchange_strong(expected, 3, std::memory_order_acquire)) ::unlink(t.path);
+  }
+}
+
+std::optional<int> staging_segment_owner(std::string_view name) noexcept {
+  constexpr std::string_view kPrefix = ".shmap-load-";
+  if (name.substr(0, kPrefix.size()) != kPrefix) return std::nullopt;
+  name.remove_prefix(kPrefix.size());
+  long pid = 0;
+  std::size_t i = 0;
+  for (; i < name.size() && i < 10 && name[i] >= '0' && name[i] <= '9'; ++i) {
+    pid = pid * 10 + (name[i] - '0');
+  }
+  if (i == 0 || i >= name.size() || name[i] != '-' || pid <= 0 || pid > INT32_MAX) {
+    return std::nullopt;
+  }
+  return static_cast<int>(pid);
+}
+
+bool process_exists(int pid) noexcept { return !(::kill(pid, 0) != 0 && errno == ESRCH); }
 
 namespace {
 
@@ -360,6 +444,11 @@ class FileWriter {
       const ssize_t n = ::write(fd_, b.data() + off, b.size() - off);
       if (n < 0) {
         if (errno == EINTR) continue;
+        if (errno == EAGAIN) {  // standard output may be a non-blocking pipe
+          pollfd p{fd_, POLLOUT, 0};
+          ::poll(&p, 1, -1);
+          continue;
+        }
         return errno;
       }
       off += static_cast<std::size_t>(n);
@@ -403,30 +492,141 @@ class FileWriter {
   std::thread thread_;
 };
 
-/// The snapshot file: written under a temporary name, fsynced and renamed into place by
-/// commit(); removed if never committed.
+std::string kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+/// The regular file a dump to `w.path` replaces: the path itself (existing or not), or the
+/// regular file a chain of symbolic links ends at (written through: the links stay). Anything
+/// else is refused, never replaced: a FIFO, a device, a directory, a link to nothing, and any
+/// path through /proc — /dev/stdout is a link to /proc/self/fd/1, which names whatever the
+/// shell opened (replacing a redirected file there would detach it from the shell).
+std::string dump_target(const Where &w) {
+  std::string hop = w.path;
+  for (int links = 0; links < 40; ++links) {
+    const auto slash = hop.rfind('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : hop.substr(0, slash));
+    if (char *real_dir = ::realpath(dir.c_str(), nullptr)) {
+      const bool proc = std::strncmp(real_dir, "/proc/", 6) == 0;
+      std::free(real_dir);
+      if (proc) {
+        w.fail(Errc::invalid_argument,
+               "names an open file through /proc (" + hop +
+                   "): dump replaces only regular files; give '-' to write to standard output");
+      }
+    }
+    struct stat st {};
+    if (::lstat(hop.c_str(), &st) != 0) {
+      const int err = errno;
+      if (err == ENOENT && links == 0) return w.path;  // a new file
+      if (err == ENOENT) {
+        w.fail(Errc::invalid_argument, "is a symbolic link to nothing ('" + hop +
+                                           "'); dump to the file it should name, or remove "
+                                           "the link");
+      }
+      w.fail_errno(errc_of(err), "cannot stat '" + hop + "'", err);
+    }
+    if (S_ISREG(st.st_mode)) return hop;
+    if (!S_ISLNK(st.st_mode)) {
+      w.fail(Errc::invalid_argument,
+             std::string(links > 0 ? "is a symbolic link to " : "is ") + kind_of(st.st_mode) +
+                 ": dump replaces only regular files; give '-' to write to standard output");
+    }
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = ::readlink(hop.c_str(), target.data(), target.size());
+    if (n < 0 || static_cast<std::size_t>(n) >= target.size()) {
+      const int err = n < 0 ? errno : ENAMETOOLONG;
+      w.fail_errno(errc_of(err), "cannot read the symbolic link '" + hop + "'", err);
+    }
+    target.resize(static_cast<std::size_t>(n));
+    hop = target[0] == '/' || slash == std::string::npos ? target : dir + "/" + target;
+  }
+  w.fail(Errc::invalid_argument, "too many levels of symbolic links");
+}
+
+/// Removes the `TARGET.tmp.PID.N` files of dumps to the same target whose process is gone
+/// (killed mid-dump, SIGKILL included). Best effort: a file it cannot remove stays.
+void remove_dead_temporaries(const std::string &target) {
+  const auto slash = target.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : target.substr(0, slash + 1);
+  const std::string prefix =
+      (slash == std::string::npos ? target : target.substr(slash + 1)) + ".tmp.";
+  DIR *d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (const dirent *e = ::readdir(d)) {
+    const std::string_view n = e->d_name;
+    if (n.substr(0, prefix.size()) != prefix) continue;
+    const std::string_view rest = n.substr(prefix.size());
+    const auto dot = rest.find('.');
+    if (dot == 0 || dot == std::string_view::npos || dot > 10) continue;
+    long pid = 0;
+    bool digits = true;
+    for (const char c : rest.substr(0, dot)) {
+      if (c < '0' || c > '9') digits = false;
+      pid = pid * 10 + (c - '0');
+    }
+    for (const char c : rest.substr(dot + 1)) digits = digits && c >= '0' && c <= '9';
+    if (!digits || dot + 1 == rest.size() || pid <= 0 || pid > INT32_MAX) continue;
+    if (pid == ::getpid() || process_exists(static_cast<int>(pid))) continue;
+    ::unlinkat(dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
+/// The snapshot's destination. For a path: a temporary `TARGET.tmp.PID.N` beside the target
+/// (mode: the map's permission bits, exactly), fsynced and renamed into place by commit();
+/// removed if never committed, by a signal handler of the CLI if the process is interrupted
+/// (remove_snapshot_temporaries), or by the next dump to the target if the process was killed.
+/// For "-": standard output, written as it goes (no temporary, no rename; a failed dump leaves
+/// partial output, which load rejects).
 class AtomicFile {
  public:
-  AtomicFile(const Where &w) : w_(w) {
-    static std::atomic<unsigned> counter{0};
-    tmp_ = w.path + ".tmp." + std::to_string(::getpid()) + "." +
-           std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ < 0) {
-      const int err = errno;
-      w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
+  AtomicFile(const Where &w, unsigned mode) : w_(w) {
+    if (w.path == "-") {
+      stream_ = true;
+      fd_ = STDOUT_FILENO;
+    } else {
+      target_ = dump_target(w);
+      remove_dead_temporaries(target_);
+      static std::atomic<unsigned> counter{0};
+      tmp_ = target_ + ".tmp." + std::to_string(::getpid()) + "." +
+             std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
+      registration_ = std::make_unique<TempRegistration>(tmp_);
+      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd_ < 0) {
+        const int err = errno;
+        w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
+      }
+      // The map's permission bits, not masked by umask (as for the segment): a snapshot of a
+      // 0600 map is not readable by others.
+      if (::fchmod(fd_, mode & 07777) != 0) {
+        const int err = errno;
+        ::close(fd_);
+        ::unlink(tmp_.c_str());
+        w.fail_errno(errc_of(err), "cannot set the mode of '" + tmp_ + "'", err);
+      }
     }
     try {
       writer_ = std::make_unique<FileWriter>(fd_);
     } catch (...) {
-      ::close(fd_);  // the destructor does not run for a constructor that throws
-      ::unlink(tmp_.c_str());
+      if (!stream_) {
+        ::close(fd_);  // the destructor does not run for a constructor that throws
+        ::unlink(tmp_.c_str());
+      }
       throw;
     }
     XXH3_64bits_reset(&state_);
   }
   ~AtomicFile() {
     writer_.reset();  // stops the writing thread before the descriptor goes
+    if (stream_) return;
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(tmp_.c_str());
   }
@@ -452,33 +652,48 @@ class AtomicFile {
   void commit() {
     flush();
     check(writer_->finish());
+    if (stream_) {
+      struct stat st {};
+      if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && ::fsync(fd_) != 0) {
+        const int err = errno;
+        w_.fail_errno(errc_of(err), "cannot fsync standard output", err);
+      }
+      committed_ = true;
+      return;
+    }
     if (::fsync(fd_) != 0) {
       const int err = errno;
       w_.fail_errno(errc_of(err), "cannot fsync '" + tmp_ + "'", err);
     }
     ::close(fd_);
     fd_ = -1;
-    if (::rename(tmp_.c_str(), w_.path.c_str()) != 0) {
+    if (::rename(tmp_.c_str(), target_.c_str()) != 0) {
       const int err = errno;
-      w_.fail_errno(errc_of(err), "cannot rename '" + tmp_ + "' to it", err);
+      w_.fail_errno(errc_of(err), "cannot rename '" + tmp_ + "' to '" + target_ + "'", err);
     }
     committed_ = true;
     // The rename is durable once the directory is synced; failing that is not
     // an error of the snapshot (the file is complete under one name or the
     // other).
-    const auto slash = w_.path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : w_.path.substr(0, slash + 1);
+    const auto slash = target_.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : target_.substr(0, slash + 1);
     Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (d.get() >= 0) ::fsync(d.get());
   }
 
  private:
   void check(int err) const {
-    if (err != 0) w_.fail_errno(errc_of(err), "cannot write '" + tmp_ + "'", err);
+    if (err != 0) {
+      w_.fail_errno(errc_of(err),
+                    stream_ ? "cannot write to standard output" : "cannot write '" + tmp_ + "'",
+                    err);
+    }
   }
 
   const Where &w_;
-  std::string tmp_;
+  bool stream_ = false;
+  std::string target_, tmp_;
+  std::unique_ptr<TempRegistration> registration_;
   int fd_ = -1;
   bool committed_ = false;
   std::vector<unsigned char> buf_;
@@ -515,7 +730,7 @@ void require_hold(const Map &m, bool point_in_time) {
 }
 
 void dump_binary(const Map &m, const Where &w, bool point_in_time) {
-  AtomicFile out(w);
+  AtomicFile out(w, m.stats().options.mode);
   WriterHold hold(m.impl(), point_in_time);
   const std::uint64_t hint = m.size();
   const SnapshotHeader h = header_for(m, point_in_time, hint);
@@ -589,6 +804,7 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
 }
 
 void dump_json(const Map &m, const Where &w, bool point_in_time) {
+  AtomicFile out(w, m.stats().options.mode);  // first: a file that cannot be made fails early
   std::vector<JsonEntry> entries;
   SnapshotHeader h;
   {
@@ -620,7 +836,6 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
                                        " bytes, over the " + std::to_string(kMaxJsonBytes >> 20) +
                                        " MiB that load accepts; dump the binary form");
   }
-  AtomicFile out(w);
   out.write(text.data(), text.size());
   out.commit();
   report("dump", entries.size(), entries.size());
@@ -1022,20 +1237,70 @@ struct Source {
 
 std::string shm_path(const std::string &name) { return "/dev/shm/" + name; }
 
-std::string kind_of(mode_t m) {
-  if (S_ISDIR(m)) return "a directory";
-  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
-  if (S_ISCHR(m)) return "a character device";
-  if (S_ISBLK(m)) return "a block device";
-  if (S_ISSOCK(m)) return "a socket";
-  if (S_ISLNK(m)) return "a symbolic link";
-  return "not a regular file";
+/// Removes the staging segments of create-mode loads whose process is gone.
+void remove_dead_staging_segments() {
+  DIR *d = ::opendir("/dev/shm");
+  if (d == nullptr) return;
+  while (const dirent *e = ::readdir(d)) {
+    const auto pid = staging_segment_owner(e->d_name);
+    if (pid && *pid != ::getpid() && !process_exists(*pid)) ::unlinkat(dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
 }
 
 /// Opens the snapshot to read. Only a regular file is opened for reading: the type is checked
 /// before the open (a FIFO would block it until a writer came, a device could do anything),
 /// and again on the descriptor (opened O_NONBLOCK, in case the path changed in between).
+/// Standard input, copied into an anonymous file (O_TMPFILE in $TMPDIR or /tmp, else a memfd):
+/// load reads a snapshot twice (verify, then build), a pipe can be read once. The copy grows
+/// with what is really read, 1 MiB at a time, never from a length the input declares; it has no
+/// name, so an interrupted load leaves nothing. A JSON input stops at the JSON size limit.
+Fd spool_stdin(const Where &w, std::uint64_t *size) {
+  const char *tmpdir = std::getenv("TMPDIR");
+  Fd fd(::open(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp",
+               O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (fd.get() < 0) fd = Fd(::memfd_create("shmap-load-stdin", MFD_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot make a temporary file to hold standard input", err);
+  }
+  std::vector<char> buf(kIoBytes);
+  std::uint64_t total = 0;
+  char first = 0;
+  for (;;) {
+    const ssize_t n = ::read(STDIN_FILENO, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {  // a non-blocking pipe
+        pollfd p{STDIN_FILENO, POLLIN, 0};
+        ::poll(&p, 1, -1);
+        continue;
+      }
+      const int err = errno;
+      w.fail_errno(Errc::io_error, "cannot read standard input", err);
+    }
+    if (n == 0) break;
+    for (ssize_t i = 0; i < n && first == 0; ++i) {
+      if (buf[i] != ' ' && buf[i] != '\n' && buf[i] != '\r' && buf[i] != '\t') first = buf[i];
+    }
+    total += static_cast<std::uint64_t>(n);
+    if (first == '{' && total > kMaxJsonBytes) fail_json_too_big(total, w);
+    for (ssize_t off = 0; off < n;) {
+      const ssize_t m = ::write(fd.get(), buf.data() + off, static_cast<std::size_t>(n - off));
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0) {
+        const int err = errno;
+        w.fail_errno(errc_of(err), "cannot hold standard input in a temporary file", err);
+      }
+      off += m;
+    }
+  }
+  *size = total;
+  return fd;
+}
+
 Fd open_input(const Where &w, std::uint64_t *size) {
+  if (w.path == "-") return spool_stdin(w, size);
   struct stat st {};
   if (::stat(w.path.c_str(), &st) != 0) {
     const int err = errno;
@@ -1227,6 +1492,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
          "a map of that name exists; load with --replace or --merge, or remove "
          "it first");
   }
+  remove_dead_staging_segments();
   static std::atomic<unsigned> counter{0};
   const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
                           std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
@@ -1238,6 +1504,9 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       if (armed) Map::remove(tmp);
     }
   } guard{tmp};
+  // Removed by the CLI's signal handlers if the load is interrupted; the next load removes it
+  // if the process is killed (its pid is in the name).
+  TempRegistration registration(shm_path(tmp));
   {
     Map staging = Map::create(tmp, options.options);
     if (src.entries > 0) build_into(staging, 0, nullptr);

@@ -7,8 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "snapshot/alloc_probe.hpp"
 #include "snapshot/snapshot_util.hpp"
@@ -182,6 +184,43 @@ TEST_F(Hostile, JsonBitFlipsNeverLoadChangedContent) {
   edited.erase(comma, close + 1 - comma);
   write_file(bad, edited);
   EXPECT_NO_THROW(Map::load(bad, name_)) << edited.substr(0, 200);
+}
+
+TEST_F(Hostile, KilledDumpsTemporaryIsRemovedByTheNextDump) {
+  Map m = Map::create(name_);
+  for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k, k);
+  const std::string file = dir_.path("snap.shmap");
+  for (const bool json : {false, true}) {
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    // A dumper stopped once its temporary file exists, then SIGKILLed: no handler runs.
+    const pid_t pid = spawn([&] {
+      static int fd = ready[1];
+      detail::set_snapshot_progress(
+          [](void*, const char* phase, std::uint64_t, std::uint64_t) {
+            if (std::string(phase) != "dump") return;
+            const char c = 1;
+            if (::write(fd, &c, 1) == 1) ::pause();
+          },
+          nullptr);
+      m.dump(file, {.json = json});
+      return false;
+    });
+    char c;
+    ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    ::kill(pid, SIGKILL);
+    EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+    std::vector<std::string> left = dir_.files();
+    ASSERT_EQ(left.size(), 1u);
+    EXPECT_EQ(left[0].rfind("snap.shmap.tmp." + std::to_string(pid) + ".", 0), 0u) << left[0];
+    m.dump(file);  // the next dump to the same file removes the dead process's temporary
+    left = dir_.files();
+    ASSERT_EQ(left.size(), 1u) << left[0] << (left.size() > 1 ? " " + left[1] : "");
+    EXPECT_EQ(left[0], "snap.shmap");
+    ASSERT_EQ(::unlink(file.c_str()), 0);
+  }
 }
 
 }  // namespace
