@@ -29,9 +29,14 @@
 // a table nobody can see (Mode::replace), or a map under a temporary name
 // (Mode::create); only when that pass succeeds is the table published
 // (publish_replace) or the segment renamed to its final name
-// (RENAME_NOREPLACE). Mode::merge keeps the verified entries of the first pass
-// in memory and applies only those.
+// (RENAME_NOREPLACE). Mode::merge builds the map's entries and then the file's into an
+// unpublished table the same way, with writers held from before its walk of the map until
+// the publish.
+#include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
@@ -45,21 +50,27 @@
 #include <cereal/types/vector.hpp>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
+#include "shmap/detail/temporaries.hpp"
 
 namespace shmap {
 namespace detail {
@@ -84,6 +95,82 @@ void set_snapshot_progress(SnapshotProgressFn fn, void *ctx) noexcept {
   g_progress_fn.store(fn, std::memory_order_release);
 }
 
+// ---- temporaries in progress, for signal handlers -------------------------------------------
+//
+// A fixed table (no allocation, nothing to lock): a signal handler may run at any instruction
+// of any thread. Slot states: 0 free, 1 being filled, 2 armed, 3 taken by the handler (never
+// reused: the process is ending). The handler claims a slot with a CAS 2 -> 3 before reading its
+// path, and unregister() frees it with a CAS 2 -> 0, so a path is never read while rewritten.
+namespace {
+
+struct TempSlot {
+  std::atomic<int> state{0};
+  char path[4096];
+};
+TempSlot g_temps[16];
+
+/// Arms `path` for removal by remove_snapshot_temporaries(); -1 if the table is full or the
+/// path too long (then only the pid in its name lets a later run clean it up).
+int register_temporary(const std::string &path) noexcept {
+  if (path.size() >= sizeof(TempSlot::path)) return -1;
+  for (int i = 0; i < 16; ++i) {
+    int expected = 0;
+    // Acquire/release: the path is written between the claim and the arming store.
+    if (g_temps[i].state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      std::memcpy(g_temps[i].path, path.c_str(), path.size() + 1);
+      g_temps[i].state.store(2, std::memory_order_release);
+      return i;
+    }
+  }
+  return -1;
+}
+
+void unregister_temporary(int slot) noexcept {
+  if (slot < 0) return;
+  int expected = 2;
+  // Fails only if a signal handler took the slot: the process is ending anyway.
+  g_temps[slot].state.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+}
+
+/// Keeps `path` armed for its lifetime.
+class TempRegistration {
+ public:
+  explicit TempRegistration(const std::string &path) : slot_(register_temporary(path)) {}
+  ~TempRegistration() { unregister_temporary(slot_); }
+  TempRegistration(const TempRegistration &) = delete;
+  TempRegistration &operator=(const TempRegistration &) = delete;
+
+ private:
+  int slot_;
+};
+
+}  // namespace
+
+void remove_snapshot_temporaries() noexcept {
+  for (TempSlot &t : g_temps) {
+    int expected = 2;
+    // Acquire: pairs with the arming release store, so the path is complete.
+    if (t.state.compare_exchange_strong(expected, 3, std::memory_order_acquire)) ::unlink(t.path);
+  }
+}
+
+std::optional<int> staging_segment_owner(std::string_view name) noexcept {
+  constexpr std::string_view kPrefix = ".shmap-load-";
+  if (name.substr(0, kPrefix.size()) != kPrefix) return std::nullopt;
+  name.remove_prefix(kPrefix.size());
+  long pid = 0;
+  std::size_t i = 0;
+  for (; i < name.size() && i < 10 && name[i] >= '0' && name[i] <= '9'; ++i) {
+    pid = pid * 10 + (name[i] - '0');
+  }
+  if (i == 0 || i >= name.size() || name[i] != '-' || pid <= 0 || pid > INT32_MAX) {
+    return std::nullopt;
+  }
+  return static_cast<int>(pid);
+}
+
+bool process_exists(int pid) noexcept { return !(::kill(pid, 0) != 0 && errno == ESRCH); }
+
 namespace {
 
 constexpr char kMagic[8] = {'S', 'H', 'M', 'A', 'P', 'S', 'N', 'P'};
@@ -100,6 +187,11 @@ constexpr std::size_t kEntryBytes = 16;
 constexpr std::size_t kFooterBytes = 40;
 constexpr std::size_t kIoBytes = std::size_t{1} << 20;
 constexpr const char *kJsonMagic = "shmap-snapshot";
+// The JSON form is parsed in memory (the text, then a DOM several times its size): it is for
+// people and small maps. 256 MiB of text is about 4 million entries.
+constexpr std::uint64_t kMaxJsonBytes = std::uint64_t{256} << 20;
+// A shmap JSON snapshot nests 3 deep; anything far deeper is not one.
+constexpr int kMaxJsonDepth = 64;
 
 // ---- little-endian words ----
 inline void put32(unsigned char *p, std::uint32_t v) {
@@ -159,14 +251,30 @@ struct SnapshotHeader {
   }
 };
 
-/// The JSON form's preamble: the binary lead's fields by name, then the same
-/// header.
+/// The JSON form's preamble: the binary lead's fields by name, an optional checksum of the
+/// content (absent in files written before it existed; load verifies it when present), then
+/// the same header.
 struct JsonPreamble {
   std::string magic = kJsonMagic;
   std::uint32_t format_version = kSnapshotVersion;
+  std::string content_xxh3;     // "0x" + 16 hex digits, or empty: none
+  bool unknown_member = false;  // load: the object has a member this build does not know
   template <class Archive>
-  void serialize(Archive &ar) {
+  void save(Archive &ar) const {
     ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
+    if (!content_xxh3.empty()) ar(cereal::make_nvp("content_xxh3", content_xxh3));
+  }
+  template <class Archive>
+  void load(Archive &ar) {
+    ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
+    if (const char *next = ar.getNodeName()) {
+      // Strict: a bit flip in the checksum's name must not make the checksum disappear.
+      if (std::strcmp(next, "content_xxh3") != 0) {
+        unknown_member = true;
+        return;
+      }
+      ar(cereal::make_nvp("content_xxh3", content_xxh3));
+    }
   }
 };
 
@@ -178,6 +286,34 @@ struct JsonEntry {
     ar(cereal::make_nvp("key", key), cereal::make_nvp("value", value));
   }
 };
+
+/// The JSON form's content checksum: XXH3-64 of the header encoded exactly as the binary
+/// form's header body, then every entry as key u64, value u64 (little-endian), in file order.
+/// It covers what a load applies, not the text, so reformatting the JSON keeps it valid.
+std::uint64_t json_content_xxh3(const SnapshotHeader &h, const std::vector<JsonEntry> &entries) {
+  std::ostringstream body;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+  }
+  const std::string b = body.str();
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  XXH3_64bits_update(&st, b.data(), b.size());
+  unsigned char kv[16 * 256];
+  std::size_t n = 0;
+  for (const JsonEntry &e : entries) {
+    put64(kv + n * 16, e.key);
+    put64(kv + n * 16 + 8, e.value);
+    if (++n == 256) {
+      XXH3_64bits_update(&st, kv, sizeof kv);
+      n = 0;
+    }
+  }
+  XXH3_64bits_update(&st, kv, n * 16);
+  return XXH3_64bits_digest(&st);
+}
 
 /// Names the map and the file in every message: "shmap: map 'm': snapshot 'f':
 /// what".
@@ -214,6 +350,14 @@ class Fd {
   explicit Fd(int fd = -1) : fd_(fd) {}
   ~Fd() {
     if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(Fd &&o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd &operator=(Fd &&o) noexcept {
+    if (this != &o) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
   }
   Fd(const Fd &) = delete;
   Fd &operator=(const Fd &) = delete;
@@ -300,6 +444,11 @@ class FileWriter {
       const ssize_t n = ::write(fd_, b.data() + off, b.size() - off);
       if (n < 0) {
         if (errno == EINTR) continue;
+        if (errno == EAGAIN) {  // standard output may be a non-blocking pipe
+          pollfd p{fd_, POLLOUT, 0};
+          ::poll(&p, 1, -1);
+          continue;
+        }
         return errno;
       }
       off += static_cast<std::size_t>(n);
@@ -343,30 +492,141 @@ class FileWriter {
   std::thread thread_;
 };
 
-/// The snapshot file: written under a temporary name, fsynced and renamed into place by
-/// commit(); removed if never committed.
+std::string kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
+}
+
+/// The regular file a dump to `w.path` replaces: the path itself (existing or not), or the
+/// regular file a chain of symbolic links ends at (written through: the links stay). Anything
+/// else is refused, never replaced: a FIFO, a device, a directory, a link to nothing, and any
+/// path through /proc — /dev/stdout is a link to /proc/self/fd/1, which names whatever the
+/// shell opened (replacing a redirected file there would detach it from the shell).
+std::string dump_target(const Where &w) {
+  std::string hop = w.path;
+  for (int links = 0; links < 40; ++links) {
+    const auto slash = hop.rfind('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : hop.substr(0, slash));
+    if (char *real_dir = ::realpath(dir.c_str(), nullptr)) {
+      const bool proc = std::strncmp(real_dir, "/proc/", 6) == 0;
+      std::free(real_dir);
+      if (proc) {
+        w.fail(Errc::invalid_argument,
+               "names an open file through /proc (" + hop +
+                   "): dump replaces only regular files; give '-' to write to standard output");
+      }
+    }
+    struct stat st {};
+    if (::lstat(hop.c_str(), &st) != 0) {
+      const int err = errno;
+      if (err == ENOENT && links == 0) return w.path;  // a new file
+      if (err == ENOENT) {
+        w.fail(Errc::invalid_argument, "is a symbolic link to nothing ('" + hop +
+                                           "'); dump to the file it should name, or remove "
+                                           "the link");
+      }
+      w.fail_errno(errc_of(err), "cannot stat '" + hop + "'", err);
+    }
+    if (S_ISREG(st.st_mode)) return hop;
+    if (!S_ISLNK(st.st_mode)) {
+      w.fail(Errc::invalid_argument,
+             std::string(links > 0 ? "is a symbolic link to " : "is ") + kind_of(st.st_mode) +
+                 ": dump replaces only regular files; give '-' to write to standard output");
+    }
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = ::readlink(hop.c_str(), target.data(), target.size());
+    if (n < 0 || static_cast<std::size_t>(n) >= target.size()) {
+      const int err = n < 0 ? errno : ENAMETOOLONG;
+      w.fail_errno(errc_of(err), "cannot read the symbolic link '" + hop + "'", err);
+    }
+    target.resize(static_cast<std::size_t>(n));
+    hop = target[0] == '/' || slash == std::string::npos ? target : dir + "/" + target;
+  }
+  w.fail(Errc::invalid_argument, "too many levels of symbolic links");
+}
+
+/// Removes the `TARGET.tmp.PID.N` files of dumps to the same target whose process is gone
+/// (killed mid-dump, SIGKILL included). Best effort: a file it cannot remove stays.
+void remove_dead_temporaries(const std::string &target) {
+  const auto slash = target.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : target.substr(0, slash + 1);
+  const std::string prefix =
+      (slash == std::string::npos ? target : target.substr(slash + 1)) + ".tmp.";
+  DIR *d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (const dirent *e = ::readdir(d)) {
+    const std::string_view n = e->d_name;
+    if (n.substr(0, prefix.size()) != prefix) continue;
+    const std::string_view rest = n.substr(prefix.size());
+    const auto dot = rest.find('.');
+    if (dot == 0 || dot == std::string_view::npos || dot > 10) continue;
+    long pid = 0;
+    bool digits = true;
+    for (const char c : rest.substr(0, dot)) {
+      if (c < '0' || c > '9') digits = false;
+      pid = pid * 10 + (c - '0');
+    }
+    for (const char c : rest.substr(dot + 1)) digits = digits && c >= '0' && c <= '9';
+    if (!digits || dot + 1 == rest.size() || pid <= 0 || pid > INT32_MAX) continue;
+    if (pid == ::getpid() || process_exists(static_cast<int>(pid))) continue;
+    ::unlinkat(dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
+/// The snapshot's destination. For a path: a temporary `TARGET.tmp.PID.N` beside the target
+/// (mode: the map's permission bits, exactly), fsynced and renamed into place by commit();
+/// removed if never committed, by a signal handler of the CLI if the process is interrupted
+/// (remove_snapshot_temporaries), or by the next dump to the target if the process was killed.
+/// For "-": standard output, written as it goes (no temporary, no rename; a failed dump leaves
+/// partial output, which load rejects).
 class AtomicFile {
  public:
-  AtomicFile(const Where &w) : w_(w) {
-    static std::atomic<unsigned> counter{0};
-    tmp_ = w.path + ".tmp." + std::to_string(::getpid()) + "." +
-           std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ < 0) {
-      const int err = errno;
-      w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
+  AtomicFile(const Where &w, unsigned mode) : w_(w) {
+    if (w.path == "-") {
+      stream_ = true;
+      fd_ = STDOUT_FILENO;
+    } else {
+      target_ = dump_target(w);
+      remove_dead_temporaries(target_);
+      static std::atomic<unsigned> counter{0};
+      tmp_ = target_ + ".tmp." + std::to_string(::getpid()) + "." +
+             std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
+      registration_ = std::make_unique<TempRegistration>(tmp_);
+      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd_ < 0) {
+        const int err = errno;
+        w.fail_errno(errc_of(err), "cannot create '" + tmp_ + "'", err);
+      }
+      // The map's permission bits, not masked by umask (as for the segment): a snapshot of a
+      // 0600 map is not readable by others.
+      if (::fchmod(fd_, mode & 07777) != 0) {
+        const int err = errno;
+        ::close(fd_);
+        ::unlink(tmp_.c_str());
+        w.fail_errno(errc_of(err), "cannot set the mode of '" + tmp_ + "'", err);
+      }
     }
     try {
       writer_ = std::make_unique<FileWriter>(fd_);
     } catch (...) {
-      ::close(fd_);  // the destructor does not run for a constructor that throws
-      ::unlink(tmp_.c_str());
+      if (!stream_) {
+        ::close(fd_);  // the destructor does not run for a constructor that throws
+        ::unlink(tmp_.c_str());
+      }
       throw;
     }
     XXH3_64bits_reset(&state_);
   }
   ~AtomicFile() {
     writer_.reset();  // stops the writing thread before the descriptor goes
+    if (stream_) return;
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(tmp_.c_str());
   }
@@ -392,33 +652,48 @@ class AtomicFile {
   void commit() {
     flush();
     check(writer_->finish());
+    if (stream_) {
+      struct stat st {};
+      if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && ::fsync(fd_) != 0) {
+        const int err = errno;
+        w_.fail_errno(errc_of(err), "cannot fsync standard output", err);
+      }
+      committed_ = true;
+      return;
+    }
     if (::fsync(fd_) != 0) {
       const int err = errno;
       w_.fail_errno(errc_of(err), "cannot fsync '" + tmp_ + "'", err);
     }
     ::close(fd_);
     fd_ = -1;
-    if (::rename(tmp_.c_str(), w_.path.c_str()) != 0) {
+    if (::rename(tmp_.c_str(), target_.c_str()) != 0) {
       const int err = errno;
-      w_.fail_errno(errc_of(err), "cannot rename '" + tmp_ + "' to it", err);
+      w_.fail_errno(errc_of(err), "cannot rename '" + tmp_ + "' to '" + target_ + "'", err);
     }
     committed_ = true;
     // The rename is durable once the directory is synced; failing that is not
     // an error of the snapshot (the file is complete under one name or the
     // other).
-    const auto slash = w_.path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : w_.path.substr(0, slash + 1);
+    const auto slash = target_.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : target_.substr(0, slash + 1);
     Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (d.get() >= 0) ::fsync(d.get());
   }
 
  private:
   void check(int err) const {
-    if (err != 0) w_.fail_errno(errc_of(err), "cannot write '" + tmp_ + "'", err);
+    if (err != 0) {
+      w_.fail_errno(errc_of(err),
+                    stream_ ? "cannot write to standard output" : "cannot write '" + tmp_ + "'",
+                    err);
+    }
   }
 
   const Where &w_;
-  std::string tmp_;
+  bool stream_ = false;
+  std::string target_, tmp_;
+  std::unique_ptr<TempRegistration> registration_;
   int fd_ = -1;
   bool committed_ = false;
   std::vector<unsigned char> buf_;
@@ -455,7 +730,7 @@ void require_hold(const Map &m, bool point_in_time) {
 }
 
 void dump_binary(const Map &m, const Where &w, bool point_in_time) {
-  AtomicFile out(w);
+  AtomicFile out(w, m.stats().options.mode);
   WriterHold hold(m.impl(), point_in_time);
   const std::uint64_t hint = m.size();
   const SnapshotHeader h = header_for(m, point_in_time, hint);
@@ -529,6 +804,7 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
 }
 
 void dump_json(const Map &m, const Where &w, bool point_in_time) {
+  AtomicFile out(w, m.stats().options.mode);  // first: a file that cannot be made fails early
   std::vector<JsonEntry> entries;
   SnapshotHeader h;
   {
@@ -542,17 +818,24 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
   }
   h.entry_count = entries.size();
   h.chunk_entries = 0;
+  JsonPreamble pre;
+  pre.content_xxh3 = hex(json_content_xxh3(h, entries));
   std::ostringstream os;
   {
     cereal::JSONOutputArchive ar(
         os, cereal::JSONOutputArchive::Options(
                 324, cereal::JSONOutputArchive::Options::IndentChar::space, 1));
-    ar(cereal::make_nvp("snapshot", JsonPreamble{}), cereal::make_nvp("header", h),
+    ar(cereal::make_nvp("snapshot", pre), cereal::make_nvp("header", h),
        cereal::make_nvp("entries", entries));
   }
   os << '\n';
   const std::string text = os.str();
-  AtomicFile out(w);
+  if (text.size() > kMaxJsonBytes) {
+    // load would refuse it: say so now rather than write it.
+    w.fail(Errc::invalid_argument, "the JSON form of this map is " + std::to_string(text.size()) +
+                                       " bytes, over the " + std::to_string(kMaxJsonBytes >> 20) +
+                                       " MiB that load accepts; dump the binary form");
+  }
   out.write(text.data(), text.size());
   out.commit();
   report("dump", entries.size(), entries.size());
@@ -570,6 +853,9 @@ class Reader {
   /// n bytes at the current offset (valid until the next call), or nullptr if
   /// the file ends (or shrank) before them.
   const unsigned char *take(std::size_t n, const Where &w) {
+    // Every length a file declares is checked against what the file really holds before any
+    // buffer grows to it.
+    if (n > remaining()) return nullptr;
     if (len_ - pos_ < n) {
       std::memmove(buf_.data(), buf_.data() + pos_, len_ - pos_);
       base_ += pos_;
@@ -601,6 +887,47 @@ class Reader {
   std::uint64_t base_ = 0;  // file offset of buf_[0]
   std::size_t pos_ = 0, len_ = 0;
 };
+
+/// Walks the layout of the header's cereal body (see SnapshotHeader) and checks that each
+/// field, and every string length it declares, fits in the body. cereal sizes a string from its
+/// declared length before reading it, so a damaged length (2^31, with the checksums redone)
+/// would otherwise allocate that much before the decode fails.
+void check_header_lengths(const unsigned char *body, std::size_t n, const Where &w) {
+  std::size_t at = 0;
+  const bool swap = n == 0 || body[0] != 1;
+  auto need = [&](std::size_t k, const char *field) {
+    if (n - at < k) {
+      w.fail(Errc::corrupt, std::string("header field ") + field + " at byte " +
+                                std::to_string(kLeadBytes + at) + " runs past the header's end");
+    }
+  };
+  auto fixed = [&](std::size_t k, const char *field) {
+    need(k, field);
+    at += k;
+  };
+  auto string = [&](const char *field) {
+    need(8, field);
+    std::uint64_t len = get64(body + at);
+    if (swap) len = __builtin_bswap64(len);
+    if (len > n - at - 8) {
+      w.fail(Errc::corrupt, std::string("header field ") + field + " at byte " +
+                                std::to_string(kLeadBytes + at) + " declares a " +
+                                std::to_string(len) + "-byte string; the header has " +
+                                std::to_string(n - at - 8) + " bytes left");
+    }
+    at += 8 + static_cast<std::size_t>(len);
+  };
+  fixed(1, "endianness");  // cereal's flag; 1 = little-endian (as written)
+  string("key_type");
+  string("value_type");
+  fixed(8, "entry_count");
+  fixed(8, "created_unix_ns");
+  fixed(4, "chunk_entries");
+  fixed(1, "point_in_time");
+  string("source_map");
+  fixed(4, "source_format_version");
+  fixed(32, "source options");
+}
 
 using ChunkFn = std::function<void(const unsigned char *entries, std::uint32_t n)>;
 
@@ -652,6 +979,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               " bytes, the file has " + std::to_string(size));
   }
   head.insert(head.end(), body, body + body_bytes);
+  check_header_lengths(body, body_bytes, w);
   {
     const std::uint64_t stored = get64(body + body_bytes);
     const std::uint64_t computed = XXH3_64bits(head.data(), head.size());
@@ -795,7 +1123,48 @@ struct JsonSnapshot {
   std::vector<JsonEntry> entries;
 };
 
+/// Rejects JSON nested deeper than a snapshot ever is, before the (recursive) parser sees it:
+/// a million '[' would overflow its stack. Brackets inside strings do not count.
+void check_json_depth(const std::string &text, const Where &w) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) {
+        w.fail(Errc::corrupt, "JSON nested more than " + std::to_string(kMaxJsonDepth) +
+                                  " deep at byte " + std::to_string(i) +
+                                  "; a shmap snapshot nests 3 deep: not a shmap snapshot");
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+}
+
+[[noreturn]] void fail_json_too_big(std::uint64_t size, const Where &w) {
+  w.fail(Errc::corrupt, "JSON snapshot of " + std::to_string(size) +
+                            " bytes or more: the JSON form is limited to " +
+                            std::to_string(kMaxJsonBytes >> 20) +
+                            " MiB (it is parsed in memory); use the binary form for big maps");
+}
+
 JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
+  // Bounded before anything is allocated: a 1 TiB sparse file that starts with '{' is refused
+  // here, not by std::bad_alloc.
+  if (size > kMaxJsonBytes) fail_json_too_big(size, w);
   std::string text(size, '\0');
   std::size_t off = 0;
   while (off < size) {
@@ -809,12 +1178,13 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
     off += static_cast<std::size_t>(n);
   }
   text.resize(off);
+  check_json_depth(text, w);
   JsonSnapshot s;
   JsonPreamble pre;
   pre.magic.clear();
   pre.format_version = 0;
   try {
-    std::istringstream is(text);
+    std::istringstream is(std::move(text));  // moved, not copied (C++20)
     cereal::JSONInputArchive ar(is);
     ar(cereal::make_nvp("snapshot", pre));
     if (pre.magic != kJsonMagic) {
@@ -836,6 +1206,20 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
     w.fail(Errc::version_mismatch, "holds " + s.header.key_type + " -> " + s.header.value_type +
                                        " entries; this build stores u64 -> u64");
   }
+  if (pre.unknown_member) {
+    w.fail(Errc::corrupt,
+           "JSON \"snapshot\" has a member this build does not know (after "
+           "\"format_version\"; expected \"content_xxh3\" or nothing)");
+  }
+  if (!pre.content_xxh3.empty()) {
+    const std::uint64_t computed = json_content_xxh3(s.header, s.entries);
+    if (pre.content_xxh3 != hex(computed)) {
+      w.fail(Errc::corrupt, "JSON content checksum mismatch (stored \"" + pre.content_xxh3 +
+                                "\", computed " + hex(computed) +
+                                "): the header or an entry was changed; after editing by hand, "
+                                "delete \"content_xxh3\" to load the file unchecked");
+    }
+  }
   if (s.header.entry_count != s.entries.size()) {
     w.fail(Errc::corrupt, "JSON header says " + std::to_string(s.header.entry_count) +
                               " entries, \"entries\" holds " + std::to_string(s.entries.size()));
@@ -853,37 +1237,143 @@ struct Source {
 
 std::string shm_path(const std::string &name) { return "/dev/shm/" + name; }
 
+/// Removes the staging segments of create-mode loads whose process is gone.
+void remove_dead_staging_segments() {
+  DIR *d = ::opendir("/dev/shm");
+  if (d == nullptr) return;
+  while (const dirent *e = ::readdir(d)) {
+    const auto pid = staging_segment_owner(e->d_name);
+    if (pid && *pid != ::getpid() && !process_exists(*pid)) ::unlinkat(dirfd(d), e->d_name, 0);
+  }
+  ::closedir(d);
+}
+
+/// Opens the snapshot to read. Only a regular file is opened for reading: the type is checked
+/// before the open (a FIFO would block it until a writer came, a device could do anything),
+/// and again on the descriptor (opened O_NONBLOCK, in case the path changed in between).
+/// Standard input, copied into an anonymous file (O_TMPFILE in $TMPDIR or /tmp, else a memfd):
+/// load reads a snapshot twice (verify, then build), a pipe can be read once. The copy grows
+/// with what is really read, 1 MiB at a time, never from a length the input declares; it has no
+/// name, so an interrupted load leaves nothing. A JSON input stops at the JSON size limit.
+Fd spool_stdin(const Where &w, std::uint64_t *size) {
+  const char *tmpdir = std::getenv("TMPDIR");
+  Fd fd(::open(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp",
+               O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (fd.get() < 0) fd = Fd(::memfd_create("shmap-load-stdin", MFD_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot make a temporary file to hold standard input", err);
+  }
+  std::vector<char> buf(kIoBytes);
+  std::uint64_t total = 0;
+  char first = 0;
+  for (;;) {
+    const ssize_t n = ::read(STDIN_FILENO, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {  // a non-blocking pipe
+        pollfd p{STDIN_FILENO, POLLIN, 0};
+        ::poll(&p, 1, -1);
+        continue;
+      }
+      const int err = errno;
+      w.fail_errno(Errc::io_error, "cannot read standard input", err);
+    }
+    if (n == 0) break;
+    for (ssize_t i = 0; i < n && first == 0; ++i) {
+      if (buf[i] != ' ' && buf[i] != '\n' && buf[i] != '\r' && buf[i] != '\t') first = buf[i];
+    }
+    total += static_cast<std::uint64_t>(n);
+    if (first == '{' && total > kMaxJsonBytes) fail_json_too_big(total, w);
+    for (ssize_t off = 0; off < n;) {
+      const ssize_t m = ::write(fd.get(), buf.data() + off, static_cast<std::size_t>(n - off));
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0) {
+        const int err = errno;
+        w.fail_errno(errc_of(err), "cannot hold standard input in a temporary file", err);
+      }
+      off += m;
+    }
+  }
+  *size = total;
+  return fd;
+}
+
+Fd open_input(const Where &w, std::uint64_t *size) {
+  if (w.path == "-") return spool_stdin(w, size);
+  struct stat st {};
+  if (::stat(w.path.c_str(), &st) != 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot open", err);
+  }
+  auto refuse = [&](mode_t m) {
+    w.fail(Errc::corrupt, "is " + kind_of(m) +
+                              ", not a snapshot file; to read a snapshot from a pipe, give '-' "
+                              "and send it to standard input");
+  };
+  if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+  Fd fd(::open(w.path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    w.fail_errno(errc_of(err), "cannot open", err);
+  }
+  if (::fstat(fd.get(), &st) != 0) {
+    const int err = errno;
+    w.fail_errno(Errc::io_error, "cannot stat", err);
+  }
+  if (!S_ISREG(st.st_mode)) refuse(st.st_mode);
+  *size = static_cast<std::uint64_t>(st.st_size);
+  return fd;
+}
+
+/// Only shmap::Error leaves the API: anything else thrown below (std::bad_alloc from a
+/// container, a std::system_error from the standard library) becomes one that names the map
+/// and the file.
+template <class F>
+auto only_shmap_errors(const Where &w, F &&f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error &) {
+    throw;
+  } catch (const std::bad_alloc &) {
+    w.fail(Errc::out_of_space, "out of memory (std::bad_alloc); free memory and retry");
+  } catch (const std::exception &e) {
+    w.fail(Errc::io_error, std::string("unexpected failure: ") + e.what());
+  }
+}
+
+Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
+              const Where &w);
+
 }  // namespace
 }  // namespace detail
 
 void Map::dump(const std::string &path, const DumpOptions &options) const {
   const detail::Where w{name(), path};
-  if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
-  if (options.json) {
-    detail::dump_json(*this, w, options.point_in_time);
-  } else {
-    detail::dump_binary(*this, w, options.point_in_time);
-  }
+  detail::only_shmap_errors(w, [&] {
+    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (options.json) {
+      detail::dump_json(*this, w, options.point_in_time);
+    } else {
+      detail::dump_binary(*this, w, options.point_in_time);
+    }
+  });
 }
 
 Map Map::load(const std::string &path, const std::string &name, const LoadOptions &options) {
-  using namespace detail;
-  const Where w{name, path};
-  validate_name(name);
+  const detail::Where w{name, path};
+  return detail::only_shmap_errors(w, [&] { return detail::load_impl(path, name, options, w); });
+}
 
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    const int err = errno;
-    w.fail_errno(errc_of(err), "cannot open", err);
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    const int err = errno;
-    w.fail_errno(Errc::io_error, "cannot stat", err);
-  }
-  if (S_ISDIR(st.st_mode)) w.fail(Errc::corrupt, "is a directory, not a snapshot file");
-  if (!S_ISREG(st.st_mode)) w.fail(Errc::corrupt, "is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
+namespace detail {
+namespace {
+
+Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
+              const Where &w) {
+  validate_name(name);
+  if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+  std::uint64_t size = 0;
+  Fd fd = open_input(w, &size);
   if (size == 0) w.fail(Errc::corrupt, "empty file (0 bytes): not a shmap snapshot");
 
   // Detect the form: the binary form starts with its magic, the JSON form with
@@ -903,7 +1393,6 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
   // Pass 1: verify everything before touching any map.
   Source src;
   auto json = std::make_shared<JsonSnapshot>();
-  auto merged = std::make_shared<std::vector<std::pair<std::uint64_t, std::uint64_t>>>();
   if (first == '{') {
     *json = parse_json(fd.get(), size, w);
     src.entries = json->entries.size();
@@ -911,46 +1400,60 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
       for (const auto &e : json->entries) put(e.key, e.value);
     };
   } else {
-    const bool keep = options.mode == LoadOptions::Mode::merge;
-    const ScanResult res =
-        scan_binary(fd.get(), size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
-          if (!keep) return;
-          for (std::uint32_t i = 0; i < n; ++i, e += 16)
-            merged->emplace_back(get64(e), get64(e + 8));
-        });
+    const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
     src.entries = res.entries;
-    if (keep) {
-      src.feed = [merged](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
-        for (const auto &[k, v] : *merged) put(k, v);
-      };
-    } else {
-      src.feed_reports = true;
-      const int raw_fd = fd.get();
-      src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
-        scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-          for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
-        });
-      };
-    }
+    src.feed_reports = true;
+    const int raw_fd = fd.get();
+    src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+      scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+        for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
+      });
+    };
   }
 
-  // Pass 2: build off to the side and publish in one step.
-  auto build_into = [&](const MapImpl &impl) {
-    const std::uint64_t table = impl.build_table(src.entries);
+  // Pass 2: build off to the side and publish in one step. `keep` entries (the map's own, for
+  // a merge) go in first, so that the file's value of a key wins.
+  auto build_into = [&](const Map &m, std::uint64_t keep, const Map *keep_from) {
+    const MapImpl &impl = m.impl();
+    const std::uint64_t table = impl.build_table(keep + src.entries);
     try {
       std::uint64_t done = 0;
       // Batches: the core prefetches a batch's buckets before filling them.
       std::pair<std::uint64_t, std::uint64_t> batch[64];
       std::size_t in_batch = 0;
-      src.feed([&](std::uint64_t k, std::uint64_t v) {
+      auto put = [&](std::uint64_t k, std::uint64_t v) {
         batch[in_batch++] = {k, v};
         if (in_batch == 64) {
           impl.bulk_put_many(table, batch, in_batch);
           in_batch = 0;
         }
+      };
+      if (keep_from != nullptr) {
+        // The walk runs inside the map's read protocol: nothing may throw out of it.
+        std::exception_ptr failure;
+        keep_from->for_each([&](std::uint64_t k, std::uint64_t v) {
+          if (failure) return;
+          try {
+            put(k, v);
+          } catch (...) {
+            failure = std::current_exception();
+          }
+        });
+        if (failure) std::rethrow_exception(failure);
+      }
+      src.feed([&](std::uint64_t k, std::uint64_t v) {
+        put(k, v);
         if ((++done & 0xffff) == 0 && !src.feed_reports) report("build", done, src.entries);
       });
       impl.bulk_put_many(table, batch, in_batch);
+      // A merge holds writers for its whole length; if the hold was broken (its lease ran
+      // out), writes made since then are in the old table only: publishing would lose them.
+      if (keep_from != nullptr && !impl.still_holding_writers()) {
+        w.fail(Errc::timeout, "the merge outlived its hold on writers (" +
+                                  std::to_string(kWriterHoldLeaseNs / 1000000000) +
+                                  " s); nothing was changed; retry when fewer writers wait, or "
+                                  "merge a smaller file");
+      }
     } catch (...) {
       impl.discard_table(table);
       throw;
@@ -961,18 +1464,20 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
 
   switch (options.mode) {
     case LoadOptions::Mode::merge: {
+      // All or nothing, like replace: the merged content (the map's entries, then the file's)
+      // is built in a table nobody sees and published in one step, with writers held from
+      // before the walk until the publish so that none of their writes is lost. Running out
+      // of space (build_table) or anything else before the publish leaves the map as it was.
       Map m = Map::open(name);
-      std::uint64_t done = 0;
-      src.feed([&](std::uint64_t k, std::uint64_t v) {
-        m.insert_or_assign(k, v);
-        if ((++done & 0xffff) == 0) report("build", done, src.entries);
-      });
-      report("build", src.entries, src.entries);
+      WriterHold hold(m.impl(), true);
+      std::uint64_t current = 0;
+      m.for_each([&](std::uint64_t, std::uint64_t) { ++current; });
+      build_into(m, current, &m);
       return m;
     }
     case LoadOptions::Mode::replace: {
       Map m = Map::open(name);
-      build_into(m.impl());
+      build_into(m, 0, nullptr);
       return m;
     }
     case LoadOptions::Mode::create:
@@ -987,6 +1492,7 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
          "a map of that name exists; load with --replace or --merge, or remove "
          "it first");
   }
+  remove_dead_staging_segments();
   static std::atomic<unsigned> counter{0};
   const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
                           std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
@@ -998,9 +1504,12 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
       if (armed) Map::remove(tmp);
     }
   } guard{tmp};
+  // Removed by the CLI's signal handlers if the load is interrupted; the next load removes it
+  // if the process is killed (its pid is in the name).
+  TempRegistration registration(shm_path(tmp));
   {
     Map staging = Map::create(tmp, options.options);
-    if (src.entries > 0) build_into(staging.impl());
+    if (src.entries > 0) build_into(staging, 0, nullptr);
     if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
                     RENAME_NOREPLACE) != 0) {
       const int err = errno;
@@ -1016,4 +1525,6 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
   }
 }
 
+}  // namespace
+}  // namespace detail
 }  // namespace shmap

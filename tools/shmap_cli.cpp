@@ -1,6 +1,7 @@
 // shmap — the command-line tool. Each verb is a thin layer over the public API (like LMDB's
 // mdb_stat / mdb_dump / mdb_load). Exit codes: 0 success, 1 not found (get/del), 2 usage error,
 // 3 any shmap::Error (one line on stderr naming the map and the problem).
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "cli_support.hpp"
+#include "shmap/detail/temporaries.hpp"
 #include "shmap/shmap.hpp"
 
 namespace {
@@ -165,6 +167,21 @@ void print_readers(Map& m, bool clear, bool json) {
   c.print();
 }
 
+/// Ctrl-C, kill, a closed terminal: remove the dump's temporary file or the load's staging
+/// segment in progress, then die of the signal as if there were no handler (SA_RESETHAND).
+extern "C" void on_terminating_signal(int sig) {
+  shmap::detail::remove_snapshot_temporaries();
+  ::raise(sig);  // delivered with the default action once the handler returns
+}
+
+void remove_temporaries_on_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_terminating_signal;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  for (const int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) ::sigaction(sig, &sa, nullptr);
+}
+
 int run(int argc, char** argv) {
   CLI::App app{
       "shmap — inspect and manage shmap maps (lock-free uint64 -> uint64 hash maps in "
@@ -229,17 +246,28 @@ int run(int argc, char** argv) {
   auto* dump = app.add_subcommand(
       "dump", "Write a snapshot of the map to FILE (appears only when complete)");
   name_arg(dump);
-  dump->add_option("FILE", file, "Snapshot file")->required();
-  dump->add_flag("--json", json, "Write the JSON form (for people and small maps)");
+  dump->add_option("FILE", file,
+                   "Snapshot file ('-': standard output). Replaced only if it is a regular file "
+                   "(through a symbolic link: the file it names); gets the map's mode bits")
+      ->required();
+  dump->add_flag("--json", json,
+                 "Write the JSON form (for people and small maps, up to 256 MiB), with a "
+                 "content checksum that load verifies");
   dump->add_flag("--point-in-time", pit,
                  "Hold writers back while copying, for an exact image (readers never wait)");
 
   auto* load = app.add_subcommand(
-      "load", "Load a snapshot FILE (binary or JSON) into map NAME; a bad file changes nothing");
-  load->add_option("FILE", file, "Snapshot file")->required();
+      "load",
+      "Load a snapshot FILE (binary or JSON) into map NAME; a bad file changes nothing.\nThe "
+      "binary form is checksummed throughout; a JSON file is verified only if it has its "
+      "\"content_xxh3\" (delete that line after editing a JSON file by hand: it then loads "
+      "unchecked)");
+  load->add_option("FILE", file, "Snapshot file ('-': standard input, e.g. a pipe)")->required();
   name_arg(load);
   auto* rep = load->add_flag("--replace", replace, "Replace the content of existing map NAME");
-  auto* mer = load->add_flag("--merge", merge, "Merge into existing map NAME (file wins)");
+  auto* mer = load->add_flag(
+      "--merge", merge,
+      "Merge into existing map NAME (file wins; all or nothing; writers wait meanwhile)");
   rep->excludes(mer);
   create_args.add_to(load);
 
@@ -264,6 +292,7 @@ int run(int argc, char** argv) {
     return kExitUsage;
   }
 
+  remove_temporaries_on_signals();
   if (create->parsed()) {
     const shmap::Options o = create_args.options();
     Map::create(name, o);
@@ -332,6 +361,14 @@ int run(int argc, char** argv) {
       m.dump(file, {.json = json, .point_in_time = pit});
       entries = bar.entries();
     }
+    if (file == "-") {
+      // Standard output holds the snapshot: the summary goes to stderr, on a terminal only.
+      if (::isatty(STDERR_FILENO) == 1) {
+        std::fprintf(stderr, "dumped map '%s' to standard output: %llu entries%s\n", name.c_str(),
+                     static_cast<unsigned long long>(entries), pit ? " (point in time)" : "");
+      }
+      return kExitOk;
+    }
     struct stat st {};
     const auto bytes = ::stat(file.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
     std::printf("dumped map '%s' to '%s': %llu entries, %s%s\n", name.c_str(), file.c_str(),
@@ -351,8 +388,8 @@ int run(int argc, char** argv) {
       Map m = Map::load(file, name, lo);
       size = m.size();
     }
-    std::printf("loaded '%s' into map '%s' (%s): the map holds %zu entries\n", file.c_str(),
-                name.c_str(),
+    std::printf("loaded '%s' into map '%s' (%s): the map holds %zu entries\n",
+                file == "-" ? "standard input" : file.c_str(), name.c_str(),
                 replace ? "replaced"
                 : merge ? "merged"
                         : "created",
@@ -395,30 +432,42 @@ int run(int argc, char** argv) {
     struct Row {
       std::string name;
       std::uint64_t bytes = 0, allocated = 0;
+      std::string note;  // a load's staging segment: in progress or orphaned
+      bool orphan = false;
     };
     std::vector<Row> rows;
     for (const auto& n : names) {
       struct stat st {};
-      Row r{n};
+      Row r;
+      r.name = n;
       if (::stat(("/dev/shm/" + n).c_str(), &st) == 0) {
         r.bytes = static_cast<std::uint64_t>(st.st_size);
         r.allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
+      }
+      if (const auto pid = shmap::detail::staging_segment_owner(n)) {
+        r.orphan = !shmap::detail::process_exists(*pid);
+        r.note = r.orphan ? "orphan: its loader (pid " + std::to_string(*pid) +
+                                ") is gone; the next 'shmap load' removes it"
+                          : "load in progress (pid " + std::to_string(*pid) + ")";
       }
       rows.push_back(r);
     }
     if (json) {
       std::printf("[");
       for (std::size_t i = 0; i < rows.size(); ++i) {
-        std::printf("%s\n  {\"name\": %s, \"bytes\": %llu, \"allocated_bytes\": %llu}",
-                    i ? "," : "", json_string(rows[i].name).c_str(),
-                    static_cast<unsigned long long>(rows[i].bytes),
-                    static_cast<unsigned long long>(rows[i].allocated));
+        std::printf(
+            "%s\n  {\"name\": %s, \"bytes\": %llu, \"allocated_bytes\": %llu, \"orphan\": %s}",
+            i ? "," : "", json_string(rows[i].name).c_str(),
+            static_cast<unsigned long long>(rows[i].bytes),
+            static_cast<unsigned long long>(rows[i].allocated), rows[i].orphan ? "true" : "false");
       }
       std::printf("%s]\n", rows.empty() ? "" : "\n");
     } else {
       Columns c;
-      c.row({"NAME", "SIZE", "ALLOCATED"});
-      for (const auto& r : rows) c.row({r.name, human_bytes(r.bytes), human_bytes(r.allocated)});
+      c.row({"NAME", "SIZE", "ALLOCATED", "NOTE"});
+      for (const auto& r : rows) {
+        c.row({r.name, human_bytes(r.bytes), human_bytes(r.allocated), r.note});
+      }
       c.print();
     }
     return kExitOk;

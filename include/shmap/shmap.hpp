@@ -98,7 +98,8 @@ struct DumpOptions {
 
 struct LoadOptions {
   enum class Mode { create, replace, merge };
-  Mode mode = Mode::create;  // create a new map / replace the content / merge into it
+  Mode mode = Mode::create;  // create a new map / replace the content / merge into it (file
+                             // wins; all or nothing; writers wait while it runs)
   Options options;           // for Mode::create: options of the new map (capacity is raised
                              // to fit the snapshot)
 };
@@ -165,8 +166,14 @@ class Map {
 
   const std::string& name() const;
 
-  // Snapshots (src/snapshot.cpp).
+  // Snapshots (src/snapshot.cpp; format and guarantees in docs/FORMAT.md).
+  /// Writes a snapshot to `path`, which appears only when complete (a temporary beside it is
+  /// renamed into place) with this map's permission bits. Only a regular file is replaced (a
+  /// symbolic link is written through to the regular file it names); a FIFO, device or
+  /// directory is refused (invalid_argument). "-" is standard output, written as it goes.
   void dump(const std::string& path, const DumpOptions& options = {}) const;
+  /// Reads a snapshot (binary or JSON) into map `name`; a bad file changes nothing. `path` must
+  /// be a regular file; "-" is standard input (a pipe will do).
   static Map load(const std::string& path, const std::string& name,
                   const LoadOptions& options = {});
 

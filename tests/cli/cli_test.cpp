@@ -13,6 +13,8 @@
 #include <sstream>
 #include <thread>
 
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/progress.hpp"
 #include "test_util.hpp"
 
 namespace shmap::test {
@@ -61,6 +63,51 @@ class Cli : public ::testing::Test {
     r.out = slurp(out);
     r.err = slurp(err);
     return r;
+  }
+
+  /// Runs `sh -c script` with stdout and stderr captured in files (pipelines of the tool).
+  Result run_sh(const std::string& script) {
+    const std::string out = dir_ + "/out", err = dir_ + "/err";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ::dup2(o, 1);
+      ::dup2(e, 2);
+      ::execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    Result r;
+    r.rc = wait_child(pid);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  /// Starts `shmap args...` (output discarded) and returns its pid without waiting.
+  pid_t start(const std::vector<std::string>& args) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int null = ::open("/dev/null", O_WRONLY);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      std::vector<char*> argv{const_cast<char*>(SHMAP_CLI)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(SHMAP_CLI, argv.data());
+      ::_exit(127);
+    }
+    return pid;
+  }
+
+  /// Names in the test directory that contain `part`.
+  std::vector<std::string> files_with(const std::string& part) const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+      const std::string n = e.path().filename().string();
+      if (n.find(part) != std::string::npos) out.push_back(n);
+    }
+    return out;
   }
 
   /// Expects a failure with this exit code and exactly one line on stderr, no stack trace.
@@ -345,6 +392,178 @@ TEST_F(Cli, DumpLoadCheckRmLs) {
   EXPECT_EQ(run({"rm", name}).rc, 0);
   expect_fails({"rm", name}, 3, "no such map");
   expect_fails({"stat", name}, 3, name.str());
+}
+
+TEST_F(Cli, DumpReplacesOnlyRegularFiles) {
+  ScopedName name("dumpto");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 100; ++k) m.insert_or_assign(k, k);
+  }
+  auto type_of = [](const std::string& p) {
+    struct stat st {};
+    return ::lstat(p.c_str(), &st) == 0 ? st.st_mode & S_IFMT : 0;
+  };
+  const std::string fifo = dir_ + "/fifo", full = dir_ + "/full", dangling = dir_ + "/dangling";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("/dev/full", full.c_str()), 0);
+  ASSERT_EQ(::symlink((dir_ + "/nothing").c_str(), dangling.c_str()), 0);
+  expect_fails({"dump", name, fifo}, 3, "FIFO");
+  EXPECT_EQ(type_of(fifo), static_cast<unsigned>(S_IFIFO)) << "the FIFO was replaced";
+  expect_fails({"dump", name, full}, 3, "character device");
+  EXPECT_EQ(type_of(full), static_cast<unsigned>(S_IFLNK)) << "the link was replaced";
+  expect_fails({"dump", name, dangling}, 3, "link to nothing");
+  EXPECT_EQ(type_of(dangling), static_cast<unsigned>(S_IFLNK));
+  expect_fails({"dump", name, dir_}, 3, "directory");
+  // /dev/stdout is a link to /proc/self/fd/1, whatever stdout is (here a regular file). The
+  // test makes its own such link: a tool that replaced it must not damage the real /dev.
+  const std::string stdout_link = dir_ + "/stdout";
+  ASSERT_EQ(::symlink("/proc/self/fd/1", stdout_link.c_str()), 0);
+  expect_fails({"dump", name, stdout_link}, 3, "give '-'");
+  EXPECT_EQ(type_of(stdout_link), static_cast<unsigned>(S_IFLNK));
+  EXPECT_EQ(files_with(".tmp.").size(), 0u);
+
+  // A link to a regular file is written through: the link stays, the file it names changes.
+  const std::string real = dir_ + "/real.shmap", link = dir_ + "/latest.shmap";
+  std::ofstream(real) << "old content";
+  ASSERT_EQ(::symlink("real.shmap", link.c_str()), 0);
+  Result r = run({"dump", name, link});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(type_of(link), static_cast<unsigned>(S_IFLNK));
+  EXPECT_EQ(slurp(real).rfind("SHMAPSNP", 0), 0u);
+  ScopedName copy("dumpto-copy");
+  EXPECT_EQ(Map::load(real, copy).size(), 100u);
+}
+
+TEST_F(Cli, DashStreamsThroughStandardOutputAndInput) {
+  ScopedName name("stream"), a("stream-a"), b("stream-b"), c("stream-c");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 70'000; ++k) m.insert_or_assign(k, k * 3);  // > a pipe buffer
+  }
+  const std::string cli = SHMAP_CLI;
+  Result r = run_sh(cli + " dump " + name.str() + " - | " + cli + " load - " + a.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_NE(r.out.find("loaded 'standard input'"), std::string::npos) << r.out;
+  EXPECT_EQ(Map::open(a).size(), 70'000u);
+  EXPECT_EQ(Map::open(a).find(69'999), 69'999u * 3);
+  r = run_sh(cli + " dump " + name.str() + " - --json | " + cli + " load - " + b.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Map::open(b).size(), 70'000u);
+  // dump - writes the snapshot alone on stdout; load - reads a redirected file too.
+  r = run({"dump", name, "-"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("SHMAPSNP", 0), 0u);
+  EXPECT_EQ(r.out.substr(r.out.size() - 8), "SHMAPEND") << "nothing but the snapshot";
+  r = run_sh(cli + " load - " + c.str() + " --replace < " + dir_ + "/out");
+  EXPECT_NE(r.rc, 0) << "replace needs an existing map";
+  std::ofstream(dir_ + "/snap.shmap", std::ios::binary) << run({"dump", name, "-"}).out;
+  r = run_sh(cli + " load - " + c.str() + " < " + dir_ + "/snap.shmap");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Map::open(c).size(), 70'000u);
+  // A broken stream is rejected and changes nothing.
+  r = run_sh("head -c 100000 " + dir_ + "/snap.shmap | " + cli + " load - " + c.str() +
+             " --replace");
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  EXPECT_EQ(Map::open(c).size(), 70'000u);
+  // Writing to a full device fails with the error, not silently.
+  r = run_sh(cli + " dump " + name.str() + " - > /dev/full");
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_NE(r.err.find("standard output"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, SnapshotFilesGetTheMapsMode) {
+  const mode_t old_umask = ::umask(022);
+  for (const unsigned mode : {0600u, 0640u, 0604u}) {
+    ScopedName name("mode");
+    Map::create(name, {.mode = mode}).insert_or_assign(1, 2);
+    for (const bool json : {false, true}) {
+      const std::string file = dir_ + "/m" + std::to_string(mode) + (json ? ".json" : ".shmap");
+      std::vector<std::string> args{"dump", name, file};
+      if (json) args.push_back("--json");
+      ASSERT_EQ(run(args).rc, 0);
+      struct stat st {};
+      ASSERT_EQ(::stat(file.c_str(), &st), 0);
+      EXPECT_EQ(st.st_mode & 07777, mode) << file;
+    }
+  }
+  ::umask(old_umask);
+}
+
+TEST_F(Cli, InterruptedDumpLeavesNoTemporary) {
+  ScopedName name("interrupt");
+  Map m = Map::create(name);
+  for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k, k);
+  const std::string file = dir_ + "/snap.shmap";
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    // Writers held here: a point-in-time dump creates its temporary file, then waits for the
+    // hold (up to 10 s) -- a dump caught mid-way, for sure.
+    m.impl().hold_writers();
+    const pid_t pid = start({"dump", name, file, "--point-in-time"});
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+    while (files_with(".tmp.").empty() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_EQ(files_with(".tmp.").size(), 1u) << "the dump never created its temporary file";
+    ::kill(pid, sig);
+    EXPECT_EQ(wait_child(pid), 128 + sig) << "it dies of the signal";
+    m.impl().release_writers();
+    EXPECT_EQ(files_with(".tmp.").size(), 0u) << "signal " << sig << " left the temporary";
+    EXPECT_FALSE(std::filesystem::exists(file));
+  }
+}
+
+TEST_F(Cli, KilledLoadLeavesAnOrphanThatLsMarksAndTheNextLoadRemoves) {
+  ScopedName name("killed-src"), target("killed-dst"), other("killed-other");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k, k);
+  }
+  const std::string file = dir_ + "/snap.shmap";
+  ASSERT_EQ(run({"dump", name, file}).rc, 0);
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  // A loader stopped in its second pass (the staging segment exists), then SIGKILLed.
+  const pid_t pid = spawn([&] {
+    static int fd = ready[1];
+    shmap::detail::set_snapshot_progress(
+        [](void*, const char* phase, std::uint64_t, std::uint64_t) {
+          if (std::string(phase) != "load") return;
+          const char c = 1;
+          if (::write(fd, &c, 1) == 1) ::pause();
+        },
+        nullptr);
+    Map::load(file, target);
+    return false;
+  });
+  char c;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::kill(pid, SIGKILL);
+  EXPECT_EQ(wait_child(pid), 128 + SIGKILL);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  const std::string prefix = ".shmap-load-" + std::to_string(pid) + "-";
+  Result r = run({"ls", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::string staging;
+  for (const auto& e : json::parse(r.out)) {
+    if (e["name"].get<std::string>().rfind(prefix, 0) == 0) {
+      staging = e["name"];
+      EXPECT_TRUE(e["orphan"].get<bool>()) << r.out;
+    } else if (e["name"] == name.str()) {
+      EXPECT_FALSE(e["orphan"].get<bool>());
+    }
+  }
+  ASSERT_FALSE(staging.empty()) << "the killed load's staging segment is listed: " << r.out;
+  r = run({"ls"});
+  EXPECT_NE(r.out.find(staging + " "), std::string::npos);
+  EXPECT_NE(r.out.find("orphan"), std::string::npos) << r.out;
+  // The next load removes it.
+  ASSERT_EQ(run({"load", file, other}).rc, 0);
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + staging));
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + target.str()));
 }
 
 #ifdef SHMAP_TMUX
