@@ -189,7 +189,7 @@ std::vector<ReaderInfo> Map::readers() const {
     r.slot = i;
     r.pid = static_cast<int>(w & 0xffffffffu);
     r.alive = m.slot_owner_alive(i);
-    r.self = w == m.owner_word_;
+    r.self = m.owns_slot_word(w);
     r.opened_at_unix_ns = s.owner.opened_at_ns.load(std::memory_order_relaxed);
     r.oldest_pinned_epoch = UINT64_MAX;
     for (const Lane& lane : s.lanes) {

@@ -2,13 +2,17 @@
 // migration. Runs under ThreadSanitizer in CI (label "concurrency").
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 #include "test_util.hpp"
 
@@ -189,6 +193,127 @@ TEST(Threads, ManyThreadsShareTheOverflowLane) {
   EXPECT_EQ(m.size(), threads * 2000u);
   m.compact();
   EXPECT_EQ(m.stats().retired_pending, 0u);
+}
+
+// Item 3 of issue 6: threads past the 15th used to share one lane whose pin kept its oldest
+// epoch while any of them was pinned, so with many busy threads no retired table was ever
+// freed and a point-in-time hold never saw them leave. Every thread now has a lane of its own
+// (extra slots of the same Map): with 64 and 256 threads reading and writing, the main thread
+// grows and shrinks the map, every retired table is freed while they run, and a hold succeeds.
+class ManyThreads : public ::testing::TestWithParam<int> {};
+
+TEST_P(ManyThreads, KeepReclamationAndHoldsWorking) {
+  const int threads = GetParam();
+  ScopedName n("manythreads");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  // Base keys, so that the threads' own inserts and erases stay small against the live count
+  // (issue 6 item 1, not this test's subject, breaks maps whose whole content is a few
+  // keys churned by many writers).
+  const std::uint64_t base_keys = 2000;
+  for (std::uint64_t i = 0; i < base_keys; ++i) m.insert(1ULL << 60 | i, i);
+  std::atomic<int> started{0};
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> errors{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      const std::uint64_t base = static_cast<std::uint64_t>(t + 1) << 40;
+      bool counted = false;
+      for (std::uint64_t i = 0; !stop.load(std::memory_order_acquire); ++i) {
+        if (i % 8 == 0) {
+          // Writes that change no size: the retirements are the main thread's.
+          if (m.insert_or_assign(base, i) != (i == 0)) errors.fetch_add(1);
+          if (m.find(base) != i) errors.fetch_add(1);
+        } else if (m.find(base | 99)) {
+          errors.fetch_add(1);
+        }
+        if (!counted) {
+          counted = true;
+          started.fetch_add(1, std::memory_order_release);
+        }
+      }
+    });
+  }
+  while (started.load(std::memory_order_acquire) < threads) std::this_thread::yield();
+  const auto st0 = m.stats();
+  EXPECT_GT(st0.handles_in_use, 1u) << "threads past the 15th should have slots of their own";
+  EXPECT_LE(st0.handles_in_use, 2u + static_cast<std::size_t>(threads) / 16);
+  // Grow and shrink from 8 buckets, again and again: every cycle retires tables.
+  const std::uint64_t churn = 16000;  // not scaled down: the resizes are the point
+  for (int c = 0; c < 3; ++c) {
+    for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.insert(i, i));
+    for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.erase(i));
+    for (int i = 0; i < 300; ++i) {
+      m.insert_or_assign(churn, 0);
+      m.erase(churn);
+    }
+  }
+  const auto st1 = m.stats();
+  EXPECT_GE(st1.resizes, st0.resizes + 2) << "the churn should have resized the map";
+  // While the threads run: the retired tables are freed (bounded: a lane pinned before a
+  // retirement re-pins at a later epoch within one operation).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::size_t pending = 0;
+  do {
+    m.compact();
+    pending = m.stats().retired_pending;
+  } while (pending != 0 && std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(pending, 0u) << "busy threads hold retired tables back forever";
+  EXPECT_GT(m.stats().tables_freed, st0.tables_freed);
+  // A point-in-time hold: every operation pinned before it must finish, and it must not wait
+  // for threads that keep starting new ones.
+  detail::MapImpl& mi = m.impl();
+  try {
+    mi.hold_writers();
+    EXPECT_TRUE(mi.release_writers());
+  } catch (const Error& e) {
+    ADD_FAILURE() << "hold_writers with " << threads << " busy threads: " << e.what();
+  }
+  stop.store(true, std::memory_order_release);
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(errors.load(), 0u);
+  EXPECT_EQ(m.size(), base_keys + threads);
+  std::size_t walked = 0;
+  m.for_each([&](std::uint64_t, std::uint64_t) { ++walked; });
+  EXPECT_EQ(walked, base_keys + threads);
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, ManyThreads, ::testing::Values(64, 256));
+
+// A thread number maps to the same lane for pin, record and tag, in every Map: the tag of a
+// thread's write names the lane its record is in (so a helper or recovery finds it).
+TEST(Threads, EveryThreadsTagNamesItsOwnLane) {
+  ScopedName n("tags");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  detail::MapImpl& mi = m.impl();
+  std::mutex mu;
+  std::vector<std::uint64_t> tags;
+  std::vector<std::thread> ts;
+  std::atomic<int> arrived{0};
+  const int threads = 40;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&] {
+      detail::PinGuard pin(mi);
+      const std::size_t tn = detail::thread_number();
+      const std::uint64_t tag = mi.my_tag(tn);
+      detail::Lane& lane = mi.lane_of(tn);
+      EXPECT_NE(tag, 0u) << "thread " << tn << " writes without a size record";
+      if (tag != 0) {
+        EXPECT_EQ(&mi.slot((tag - 1) / detail::kLanes).lanes[(tag - 1) % detail::kLanes], &lane);
+      }
+      EXPECT_NE(lane.pin.load() & detail::kPinCountMask, 0u);
+      {
+        std::lock_guard lock(mu);
+        tags.push_back(tag);
+      }
+      // All threads alive at once, so that their numbers are distinct.
+      arrived.fetch_add(1);
+      while (arrived.load() < threads) std::this_thread::yield();
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::sort(tags.begin(), tags.end());
+  EXPECT_EQ(std::unique(tags.begin(), tags.end()), tags.end()) << "two threads share a lane";
 }
 
 }  // namespace

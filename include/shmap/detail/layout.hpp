@@ -20,14 +20,18 @@
 //     +256   line: counters resizes, tables_freed, bytes_freed, leaked_bytes; writer_gate
 //     +512   free_list[64]   u64 packed {offset_pages:40, pages:24}    (allocator, CAS)
 //     +1024  retired_head    offset of the newest retired table        (Treiber stack)
+//     +1032  reclaim_lock, reclaim journal {table, retire_epoch, created_epoch}  (reclaimer)
 //   slots_offset (4096)     HandleSlot[max_handles], each 64 * (1 + kLanes) bytes
 //   arena_offset            page-aligned extents, one per table, handed out by a bump pointer
 //                           (arena_top) and recycled through free_list
 //
-// HandleSlot: one cache line of owner data, then kLanes cache lines, one per thread of the
-// owning Map (a thread of the process gets lane = its process-wide thread number; threads past
-// kLanes - 1 share the last lane with a pin count). A lane is written by its thread, except that
-// helpers apply a pending size record to its count by 16-byte CAS (see struct Lane).
+// HandleSlot: one cache line of owner data (owner word, start time, open time, pin mode, pid
+// namespace), then kLanes cache lines, one per thread of the owning Map. A Map's first 15
+// threads use lanes 0-14 of its slot; later threads use lanes of extra slots the Map claims on
+// demand (16 threads per slot); lane 15 of the Map's own slot is the overflow lane, a pin count
+// shared only by threads for which no slot could be had (MapImpl::lane_of). A lane is written
+// by its thread, except that helpers apply a pending size record to its count by 16-byte CAS
+// (see struct Lane).
 //
 // Table Layout (one arena extent)
 // ===============================
@@ -170,11 +174,24 @@ struct alignas(kCacheLine) SlotOwner {
   std::atomic<std::uint64_t>
       start_time;  // owner's start time (clock ticks since boot), 0 = unknown
   std::atomic<std::uint64_t> opened_at_ns;  // CLOCK_REALTIME
-  std::uint64_t reserved[5];
+  // How this owner's threads pin: kPinsFenced (seq_cst stores: a scan sees them without a
+  // fence) or anything else, 0 included (plain stores: only membarrier makes them visible;
+  // older builds leave 0, and are treated so). Written before the claim completes.
+  std::atomic<std::uint64_t> pin_mode;
+  // Inode of the owner's pid namespace (/proc/self/ns/pid), 0 = unknown. Written before the
+  // claim completes; an owner in another namespace cannot be checked and counts as alive.
+  std::atomic<std::uint64_t> pid_ns;
+  std::uint64_t reserved[3];
 };
 static_assert(sizeof(SlotOwner) == kCacheLine, "owner data is one cache line");
+static_assert(offsetof(SlotOwner, pin_mode) == 24 && offsetof(SlotOwner, pid_ns) == 32,
+              "pin mode and pid namespace live in what was reserved space: no layout change");
+inline constexpr std::uint64_t kPinsFenced = 0x6665'6e63'6564'0001ULL;  // "fenced" 00 01
+inline constexpr std::uint64_t kPinsLight = 0x6c69'6768'7400'0001ULL;   // "light" 00 01
+/// start_time while a claim is being completed (pin_mode and pid_ns not written yet).
+inline constexpr std::uint64_t kStartClaiming = UINT64_MAX - 1;
 
-// pin: 0 = quiescent; else epoch << 16 | count (count > 1 only on the shared last lane).
+// pin: 0 = quiescent; else epoch << 16 | count (count > 1 only on the overflow lane).
 // The size count: the map's size is the sum of every lane's size_delta. A size-changing write
 // records itself in `pending` + pending_* before its bucket CAS and tags the bucket's meta with
 // its lane; whoever next changes that bucket, or frees the slot of a dead owner, first applies
@@ -234,7 +251,14 @@ struct SegmentHeader {
   alignas(512) std::atomic<std::uint64_t> free_list[kFreeListSize];
   // Stack of unlinked tables awaiting reclamation, linked through TableHeader::retired_next.
   alignas(kCacheLine) std::atomic<std::uint64_t> retired_head;
-  std::uint8_t reserved2[kPage - 1088];
+  // The reclaim lock: 0, or the owner word of the Map freeing retired tables (one at a time;
+  // a dead holder's lock is broken). The journal names the table being unlinked and freed, so
+  // that whoever takes the lock after a holder died finishes that one table (handles.cpp).
+  std::atomic<std::uint64_t> reclaim_lock;
+  std::atomic<std::uint64_t> reclaim_table;          // journal: offset, 0 = none
+  std::atomic<std::uint64_t> reclaim_retire_epoch;   // journal: its retire_epoch
+  std::atomic<std::uint64_t> reclaim_created_epoch;  // journal: its created_epoch
+  std::uint8_t reserved2[kPage - 1120];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
 static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
@@ -242,6 +266,9 @@ static_assert(offsetof(SegmentHeader, file_bytes) == 192, "allocator line");
 static_assert(offsetof(SegmentHeader, resizes) == 256, "counters line");
 static_assert(offsetof(SegmentHeader, free_list) == 512, "free list pinned");
 static_assert(offsetof(SegmentHeader, retired_head) == 1024, "retired stack head pinned");
+static_assert(offsetof(SegmentHeader, reclaim_lock) == 1032 &&
+                  offsetof(SegmentHeader, reclaim_created_epoch) == 1056,
+              "reclaim lock and journal live in what was reserved space: no layout change");
 static_assert(offsetof(SegmentHeader, writer_gate) == 288, "writer gate pinned");
 static_assert(offsetof(SegmentHeader, writer_gate_deadline) == 296 &&
                   offsetof(SegmentHeader, writer_gate) % 16 == 0,

@@ -46,10 +46,14 @@ inline constinit thread_local bool t_reclaim_wanted = false;
 /// True when this process registered for membarrier(GLOBAL_EXPEDITED): its pins can then be
 /// plain stores, because reclaimers and writer-gate holders issue the fence for them.
 bool light_pins_enabled() noexcept;
-/// An asymmetric fence: after it returns, every pin stored by a thread of any process with
-/// light pins is visible to the caller (or that thread's later loads see the caller's earlier
-/// stores). False if no such fence is available while light pins are in use.
-bool global_barrier() noexcept;
+/// Issues membarrier: after it returns, every pin stored by a thread of any process with light
+/// pins is visible to the caller (or that thread's later loads see the caller's earlier stores).
+/// False if this process cannot issue it (no kernel support, or seccomp); then only owners that
+/// declared fenced pins in their slot (SlotOwner::pin_mode) may be trusted:
+/// MapImpl::global_barrier() checks that.
+bool membarrier_fence() noexcept;
+/// Inode of this process's pid namespace (0 if /proc cannot say); recomputed after fork.
+std::uint64_t own_pid_ns() noexcept;
 
 /// 16-byte compare-and-swap of {lo, hi} at p (16-byte aligned). lock cmpxchg16b is a full
 /// barrier: it orders like a seq_cst read-modify-write.
@@ -66,9 +70,11 @@ inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
 }
 
 /// A handle slot's {owner, start_time}, which change together.
+/// (ns is the owner's pid namespace, read with them: see read_owner.)
 struct SlotOwnerWords {
   std::uint64_t owner;
   std::uint64_t start;
+  std::uint64_t ns = 0;
 };
 inline std::uint64_t* owner_words(HandleSlot& s) {
   return reinterpret_cast<std::uint64_t*>(&s.owner.owner);
@@ -170,20 +176,51 @@ class MapImpl {
   void release_slot();
   std::size_t slot_index_for_test() const { return slot_index_; }
   /// Frees slots whose owner died. Returns how many.
-  std::size_t clear_stale_slots();
+  std::size_t clear_stale_slots() const;
   bool slot_owner_alive(std::size_t i) const;
   static SlotOwnerWords read_owner(const HandleSlot& s);
   static bool owner_alive(SlotOwnerWords o);
   /// Tables retired and not yet freed (a racy count, for stats).
   std::size_t retired_count() const;
-  Lane& lane_of(std::size_t t) const { return my_slot_->lanes[t < kLanes - 1 ? t : kLanes - 1]; }
+  // Lanes. Thread t of the process (thread_number(), process-wide) uses, in this Map:
+  //   t < kPrimaryLanes   lane t of the Map's own slot (the hot path below, inline)
+  //   t >= kPrimaryLanes  lane (t - kPrimaryLanes) % kLanes of extra slot (t - kPrimaryLanes) /
+  //                       kLanes, claimed from the segment the first time one of its threads
+  //                       pins, released at close (lane_group())
+  // so every thread has a lane of its own: its own pin and its own size record. Only when no
+  // slot can be had (max_handles slots owned by live processes, or more than kMaxGroups *
+  // kLanes threads) do the threads of that group share the overflow lane, lane kLanes - 1 of
+  // the Map's own slot: a pin count keeping the oldest epoch (correct, but it can hold
+  // retired tables back while those threads run) and unrecorded size changes.
+  static constexpr std::size_t kPrimaryLanes = kLanes - 1;
+  static constexpr std::size_t kMaxGroups = 256;
+  /// An extra handle slot of this Map, owned by this process like the Map's own.
+  struct LaneGroup {
+    HandleSlot* slot = nullptr;
+    std::size_t index = 0;
+    std::uint64_t owner_word = 0;
+    std::uint32_t depth[kLanes] = {};  // pin nesting per lane, touched by its thread only
+  };
+  /// The group of thread t (t >= kPrimaryLanes), claiming its slot if needed; nullptr: the
+  /// overflow lane (decided once per group and Map, so a pin and its unpin agree).
+  LaneGroup* lane_group(std::size_t t) const;
+  Lane& overflow_lane() const { return my_slot_->lanes[kLanes - 1]; }
+  Lane& lane_of(std::size_t t) const {
+    if (t < kPrimaryLanes) return my_slot_->lanes[t];
+    const LaneGroup* g = lane_group(t);
+    return g != nullptr ? g->slot->lanes[(t - kPrimaryLanes) % kLanes] : overflow_lane();
+  }
   Lane& my_lane() const { return lane_of(thread_number()); }
+  /// True if w is the owner word of one of this Map's slots.
+  bool owns_slot_word(std::uint64_t w) const;
   /// Pins this thread's lane with the global epoch (RCU read-side enter; see handles.cpp).
   void pin() const {
     const std::size_t t = thread_number();
-    if (t >= kLanes - 1) return pin_shared();
-    Lane& lane = my_slot_->lanes[t];
-    if (depth_[t]++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
+    if (t >= kPrimaryLanes) return pin_extra(t);
+    pin_lane(my_slot_->lanes[t], depth_[t]);
+  }
+  void pin_lane(Lane& lane, std::uint32_t& depth) const {
+    if (depth++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
     // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
     const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
     if (light_) {
@@ -198,22 +235,36 @@ class MapImpl {
       lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);  // xchg: a full fence
     }
   }
-  void unpin() const {
+  /// Never throws (it runs in PinGuard's destructor): a reclaim that fails is retried at the
+  /// thread's next unpin, and by every other reclaimer meanwhile.
+  void unpin() const noexcept {
     const std::size_t t = thread_number();
-    if (t >= kLanes - 1) return unpin_shared();
-    Lane& lane = my_slot_->lanes[t];
-    if (--depth_[t] != 0) return;
+    if (t >= kPrimaryLanes) return unpin_extra(t);
+    unpin_lane(my_slot_->lanes[t], depth_[t]);
+  }
+  void unpin_lane(Lane& lane, std::uint32_t& depth) const noexcept {
+    if (--depth != 0) return;
     // Release: everything this operation read happens-before a reclaimer that sees quiescence.
     lane.pin.store(0, std::memory_order_release);
-    if (t_reclaim_wanted) {
-      t_reclaim_wanted = false;
-      reclaim();
-    }
+    if (t_reclaim_wanted) reclaim_deferred();
   }
+  void pin_extra(std::size_t t) const;
+  void unpin_extra(std::size_t t) const noexcept;
   void pin_shared() const;
-  void unpin_shared() const;
-  /// Tries to free retired tables that no pinned lane can still see.
-  void reclaim() const;
+  void unpin_shared() const noexcept;
+  /// reclaim() for unpin: never throws; on failure the thread tries again at its next unpin.
+  void reclaim_deferred() const noexcept;
+  /// An asymmetric fence over every lane (membarrier_fence()), or, where this process cannot
+  /// issue one, true only if no live owner uses light pins (their pins cannot be trusted then:
+  /// the caller must neither free nor assume quiescence).
+  bool global_barrier() const noexcept;
+  /// Tries to free retired tables that no pinned lane can still see. Waits a little (at most
+  /// kReclaimLockWaitMs) if another live Map holds the reclaim lock; never throws from unpin.
+  void reclaim() const { reclaim_impl(true); }
+  void reclaim_impl(bool patient) const;
+  static constexpr int kReclaimLockWaitMs = 50;
+  /// Under the reclaim lock: finishes the journaled table of a holder that died (handles.cpp).
+  void finish_reclaim_journal() const;
   void retire(std::uint64_t table_offset) const;
   std::int64_t size_estimate() const;
 
@@ -398,9 +449,12 @@ class MapImpl {
   /// The gate is held by this Map *and* this thread (its other threads wait like any writer).
   bool gate_is_mine(std::uint64_t gate) const;
   void add_size(std::int64_t d) const;
-  /// Tag for a size-changing write by thread t (0 on the shared lane: not recorded).
+  /// Tag for a size-changing write by thread t: slot * kLanes + lane + 1 of t's own lane, whose
+  /// record covers the write; 0 on the overflow lane (not recorded). Call pinned.
   std::uint64_t my_tag(std::size_t t) const {
-    return t < kLanes - 1 ? slot_index_ * kLanes + t + 1 : 0;
+    if (t < kPrimaryLanes) return slot_index_ * kLanes + t + 1;
+    const LaneGroup* g = lane_group(t);
+    return g != nullptr ? g->index * kLanes + (t - kPrimaryLanes) % kLanes + 1 : 0;
   }
   /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
   /// size change if it is still pending (its CAS landed, its count update did not yet).
@@ -429,6 +483,12 @@ class MapImpl {
   void recover_lane(Lane& lane) const;
   /// Recovers a dead owner's lanes and frees its slot; false if someone else got there first.
   bool free_dead_slot(std::size_t i, SlotOwnerWords seen) const;
+  /// Claims a free slot for this process (clearing dead owners' slots if none is free) and
+  /// returns its index, with its owner word in *word; SIZE_MAX if every slot is owned.
+  std::size_t claim_free_slot(std::uint64_t* word) const;
+  /// Test hook: reclaim() calls it at each step of freeing one retired table (1: journal
+  /// written, 2: unlinked, 3: freed), so a test can kill the reclaimer there.
+  static inline void (*in_reclaim_for_test)(int step) = nullptr;
 
  private:
   void extend_mapping(std::uint64_t end) const;
@@ -455,6 +515,12 @@ class MapImpl {
   bool light_ = false;
   // Per exclusive lane, touched only by the thread that owns the lane: pin nesting.
   mutable std::uint32_t depth_[kLanes] = {};
+  // Extra slots (see lane_of): set once each, under groups_mutex_; read lock-free (acquire).
+  // kOverflowGroup marks a group that could not get a slot: its threads use the overflow lane.
+  mutable std::atomic<LaneGroup*> groups_[kMaxGroups] = {};
+  mutable std::mutex groups_mutex_;
+  // One reclaimer per Map at a time (the shared reclaim lock is per owner word).
+  mutable std::mutex reclaim_mutex_;
   std::uint64_t owner_word_ = 0;
   // Which thread of this Map holds the writer gate: its thread_number() + 1, 0 = none.
   mutable std::atomic<std::uint64_t> gate_thread_{0};
@@ -467,7 +533,7 @@ class MapImpl {
 class PinGuard {
  public:
   explicit PinGuard(const MapImpl& m) : m_(m) { m_.pin(); }
-  ~PinGuard() { m_.unpin(); }
+  ~PinGuard() { m_.unpin(); }  // noexcept: unpin never throws
   PinGuard(const PinGuard&) = delete;
   PinGuard& operator=(const PinGuard&) = delete;
 
