@@ -705,8 +705,8 @@ class AtomicFile {
 /// by the writers.
 class WriterHold {
  public:
-  WriterHold(const MapImpl &m, bool on) : m_(on ? &m : nullptr) {
-    if (m_) m_->hold_writers();
+  WriterHold(const MapImpl &m, bool on, std::uint64_t extra_bytes = 0) : m_(on ? &m : nullptr) {
+    if (m_) m_->hold_writers(extra_bytes);
   }
   ~WriterHold() {
     if (m_) m_->release_writers();
@@ -718,22 +718,44 @@ class WriterHold {
   const MapImpl *m_;
 };
 
-// A point-in-time hold has a lease (writers break it after kWriterHoldLeaseNs): a dump that
-// outlived it is not an image of one moment, so it is not committed.
+// A point-in-time hold has a lease (writers break it after kWriterHoldLeaseNs plus the time to
+// copy the tables): a copy that outlived it is not an image of one moment, so it is not used.
 void require_hold(const Map &m, bool point_in_time) {
   if (point_in_time && !m.impl().still_holding_writers()) {
     throw Error(Errc::timeout, "shmap: map '" + m.name() +
-                                   "': the point-in-time dump outlived its hold on writers (" +
-                                   std::to_string(detail::kWriterHoldLeaseNs / 1000000000) +
-                                   " s); dump without --point-in-time or retry");
+                                   "': the point-in-time copy outlived its hold on writers (" +
+                                   std::to_string(m.impl().writer_hold_lease_ns(0) / 1000000) +
+                                   " ms); dump without --point-in-time or retry");
   }
 }
 
 void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   AtomicFile out(w, m.stats().options.mode);
-  WriterHold hold(m.impl(), point_in_time);
-  const std::uint64_t hint = m.size();
-  const SnapshotHeader h = header_for(m, point_in_time, hint);
+  // Point in time: the entries are copied into memory under the hold, and the file is
+  // written after it, so writers wait for a memory copy (milliseconds per 100 MB), never
+  // for file I/O. Otherwise the walk streams straight into the file.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> copy;
+  std::uint64_t hint = 0;
+  SnapshotHeader h;
+  if (point_in_time) {
+    WriterHold hold(m.impl(), true);
+    hint = m.size();
+    h = header_for(m, true, hint);
+    report("dump", 0, hint);  // writers are held from here until the copy is made
+    copy.reserve(hint + hint / 8 + 16);
+    m.for_each([&](std::uint64_t k, std::uint64_t v) { copy.emplace_back(k, v); });
+    require_hold(m, true);
+  } else {
+    hint = m.size();
+    h = header_for(m, false, hint);
+  }
+  auto walk = [&](auto &&f) {
+    if (point_in_time) {
+      for (const auto &[k, v] : copy) f(k, v);
+    } else {
+      m.for_each(f);
+    }
+  };
 
   std::ostringstream body_stream;
   {
@@ -759,7 +781,7 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   std::uint32_t in_chunk = 0;
   std::uint64_t chunks = 0, total = 0;
   std::exception_ptr failure;
-  report("dump", 0, hint);
+  if (!point_in_time) report("dump", 0, hint);
   auto emit = [&] {
     if (in_chunk == 0) return;
     put32(chunk.data(), kChunkTag);
@@ -772,7 +794,7 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
     in_chunk = 0;
     report("dump", total, hint > total ? hint : total);
   };
-  m.for_each([&](std::uint64_t k, std::uint64_t v) {
+  walk([&](std::uint64_t k, std::uint64_t v) {
     if (failure) return;
     unsigned char *e = chunk.data() + kChunkHeadBytes + std::size_t{in_chunk} * kEntryBytes;
     put64(e, k);
@@ -798,7 +820,6 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   put64(foot + 24, out.digest());
   std::memcpy(foot + 32, kEndMagic, 8);
   out.raw(foot + 24, 16);
-  require_hold(m, point_in_time);
   out.commit();
   report("dump", total, total);
 }
@@ -1449,10 +1470,9 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       // A merge holds writers for its whole length; if the hold was broken (its lease ran
       // out), writes made since then are in the old table only: publishing would lose them.
       if (keep_from != nullptr && !impl.still_holding_writers()) {
-        w.fail(Errc::timeout, "the merge outlived its hold on writers (" +
-                                  std::to_string(kWriterHoldLeaseNs / 1000000000) +
-                                  " s); nothing was changed; retry when fewer writers wait, or "
-                                  "merge a smaller file");
+        w.fail(Errc::timeout,
+               "the merge outlived its hold on writers; nothing was changed; retry when fewer "
+               "writers wait, or merge a smaller file");
       }
     } catch (...) {
       impl.discard_table(table);
@@ -1469,7 +1489,18 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       // before the walk until the publish so that none of their writes is lost. Running out
       // of space (build_table) or anything else before the publish leaves the map as it was.
       Map m = Map::open(name);
-      WriterHold hold(m.impl(), true);
+      // The file is read into memory first: writers are held for memory work only (the walk,
+      // the build, the publish), never for file I/O.
+      if (src.feed_reports) {
+        auto entries = std::make_shared<std::vector<std::pair<std::uint64_t, std::uint64_t>>>();
+        entries->reserve(src.entries);
+        src.feed([&](std::uint64_t k, std::uint64_t v) { entries->emplace_back(k, v); });
+        src.feed = [entries](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
+          for (const auto &[k, v] : *entries) put(k, v);
+        };
+        src.feed_reports = false;
+      }
+      WriterHold hold(m.impl(), true, table_bytes((m.size() + src.entries) * 2 + 2));
       std::uint64_t current = 0;
       m.for_each([&](std::uint64_t, std::uint64_t) { ++current; });
       build_into(m, current, &m);

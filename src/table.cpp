@@ -636,6 +636,7 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
 std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
                                                   void* ctx) {
   PinGuard pin(*this);
+  mark_writer();  // before the gate check: the Dekker pairing with hold_writers()
   wait_for_gate();
   for (;;) {
     TableHeader* t = table(top_table(true));
@@ -803,12 +804,27 @@ void MapImpl::wait_for_gate() const {
     unpin();
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     pin();
+    mark_writer();
   }
 }
 
-void MapImpl::hold_writers() const {
+std::uint64_t MapImpl::writer_hold_lease_ns(std::uint64_t extra_bytes) const {
+  // Long enough to copy the tables in memory (a walk at well over 256 MiB/s here), short
+  // enough that a holder stopped at any instruction delays writers only briefly.
+  std::uint64_t bytes = extra_bytes;
+  {
+    PinGuard pin(*this);
+    TableHeader* chain[kMaxChain];
+    const std::size_t n = load_chain(table(top_table(false)), chain);
+    for (std::size_t i = 0; i < n; ++i) bytes += chain[i]->extent_bytes;
+  }
+  return kWriterHoldLeaseNs + bytes / (std::uint64_t{256} << 20) * 1'000'000'000;
+}
+
+void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
   SegmentHeader& h = header();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  const std::uint64_t lease_ns = writer_hold_lease_ns(extra_bytes);
   for (;;) {
     const std::uint64_t g = h.writer_gate.load(std::memory_order_seq_cst);
     const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
@@ -816,7 +832,7 @@ void MapImpl::hold_writers() const {
       // Thread first: a writer of this Map that sees the gate must not take it for its own.
       gate_thread_.store(thread_number() + 1, std::memory_order_relaxed);
       // seq_cst (lock cmpxchg16b): the gate store precedes our scan of the lanes below.
-      if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + kWriterHoldLeaseNs)) {
+      if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + lease_ns)) {
         break;
       }
       continue;
@@ -831,7 +847,11 @@ void MapImpl::hold_writers() const {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  // Wait for a grace period: every operation pinned before the gate was set has finished.
+  // Wait for every *write* pinned before the gate was set to finish (readers are never waited
+  // for: they change nothing). A write takes microseconds; one still in flight after
+  // kInFlightWait belongs to a stopped process, and holding the others back longer would
+  // make the dump a writer stall: the hold is given up instead.
+  const auto in_flight_deadline = std::chrono::steady_clock::now() + kInFlightWait;
   const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
   if (!global_barrier()) {
     release_writers();
@@ -843,14 +863,17 @@ void MapImpl::hold_writers() const {
       if (&lane == mine) continue;
       for (;;) {
         const std::uint64_t w = lane.pin.load(std::memory_order_seq_cst);
-        if ((w & kPinCountMask) == 0 || (w >> 16) > e || !slot_owner_alive(i)) break;
-        if (std::chrono::steady_clock::now() > deadline) {
+        if ((w & kPinCountMask) == 0 || (w & kPinWriter) == 0 || (w >> 16) > e ||
+            !slot_owner_alive(i)) {
+          break;
+        }
+        if (std::chrono::steady_clock::now() > in_flight_deadline) {
           release_writers();
           fail(Errc::timeout, name_,
                "a process (pid " +
                    std::to_string(slot(i).owner.owner.load(std::memory_order_relaxed) &
                                   0xffffffffu) +
-                   ") stays inside an operation (stopped?); point-in-time dump abandoned");
+                   ") stays inside a write (stopped?); point-in-time dump abandoned");
         }
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       }
@@ -953,6 +976,7 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
+    mark_writer();
     wait_for_gate();  // a replacement is a write: a point-in-time dump must not see half of it
     const std::uint64_t cur_off = top_table(true);
     TableHeader* cur = table(cur_off);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <set>
 
+#include "shmap/detail/map_impl.hpp"
 #include "snapshot/snapshot_util.hpp"
 #include "test_util.hpp"
 
@@ -187,6 +188,107 @@ TEST(PointInTimeDump, AKilledDumperDoesNotLeaveWritersBlocked) {
   // A new point-in-time dump works after the dead one.
   m.dump(dir.path("after.shmap"), {.point_in_time = true});
   EXPECT_EQ(read_raw(dir.path("after.shmap")).size(), 1001u);
+}
+
+// Writers wait for the in-memory copy only, never for the file: a dumper stopped while it
+// writes the file (after its copy) holds nobody back, and the image is still the held state.
+TEST(PointInTimeDump, WritersAreNotHeldWhileTheFileIsWritten) {
+  ScopedName name("pitio");
+  TempDir dir;
+  Map m = Map::create(name);
+  Content expected;
+  for (std::uint64_t k = 0; k < 20000; ++k)
+    m.insert_or_assign(k, enc(k, 1)), expected[k] = enc(k, 1);
+  Pipe writing, go;
+  const pid_t dumper = spawn([&] {
+    Map mm = Map::open(name);
+    struct Ctx {
+      Pipe* writing;
+      Pipe* go;
+      bool once = false;
+    } ctx{&writing, &go};
+    detail::set_snapshot_progress(
+        [](void* c, const char* phase, std::uint64_t done, std::uint64_t) {
+          auto* x = static_cast<Ctx*>(c);
+          if (std::string(phase) == "dump" && done > 0 && !x->once) {  // a chunk is written
+            x->once = true;
+            x->writing->signal();
+            x->go->wait(60'000ms);
+          }
+        },
+        &ctx);
+    mm.dump(dir.path("io.shmap"), {.point_in_time = true});
+    return true;
+  });
+  ASSERT_TRUE(writing.wait(30'000ms)) << "the dumper never wrote a chunk";
+  // The dumper sits in its file writing: a write here must not wait for it.
+  std::atomic<bool> done{false};
+  std::thread w([&] {
+    m.insert_or_assign(7, 7);
+    done = true;
+  });
+  // Polled against a deadline (the suite's rule): held, the writer would wait for `go`.
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!done && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  const bool wrote = done.load();
+  go.signal();
+  w.join();
+  EXPECT_TRUE(wrote) << "a writer was held while the dumper wrote its file";
+  EXPECT_EQ(wait_child(dumper), 0);
+  const Entries e = read_raw(dir.path("io.shmap"));
+  EXPECT_TRUE(Content(e.begin(), e.end()) == expected) << "the image is not the held state";
+}
+
+// A reader parked inside for_each (pinned, for as long as it likes) does not hold up a
+// point-in-time dump, nor, through it, any writer: the hold waits for writes only.
+TEST(PointInTimeDump, AReaderInsideForEachDoesNotBlockTheDump) {
+  ScopedName name("pitreader");
+  TempDir dir;
+  Map m = Map::create(name);
+  for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k, k);
+  Pipe inside, go;
+  const pid_t reader = spawn([&] {
+    Map mm = Map::open(name);
+    bool once = false;
+    mm.for_each([&](std::uint64_t, std::uint64_t) {
+      if (once) return;
+      once = true;
+      inside.signal();
+      go.wait(60'000ms);
+    });
+    return true;
+  });
+  ASSERT_TRUE(inside.wait(30'000ms));
+  EXPECT_NO_THROW(m.dump(dir.path("r.shmap"), {.point_in_time = true}));
+  m.insert_or_assign(5000, 1);
+  go.signal();
+  EXPECT_EQ(wait_child(reader), 0);
+  EXPECT_EQ(read_raw(dir.path("r.shmap")).size(), 1000u);
+}
+
+// A point-in-time holder stopped (SIGSTOP) while it holds writers releases them when its
+// lease runs out: kWriterHoldLeaseNs (2 s) plus 1 s per 256 MiB of tables, not 60 s.
+TEST(PointInTimeDump, AStoppedHolderReleasesWritersWhenItsLeaseEnds) {
+  ScopedName name("pitstop");
+  Map m = Map::create(name);
+  m.insert(1, 1);
+  Pipe holding;
+  const pid_t holder = spawn([&] {
+    Map mm = Map::open(name);
+    mm.impl().hold_writers();
+    holding.signal();
+    ::raise(SIGSTOP);
+    return true;
+  });
+  ASSERT_TRUE(holding.wait(30'000ms));
+  const std::uint64_t lease = m.impl().writer_hold_lease_ns(0);
+  const auto t0 = std::chrono::steady_clock::now();
+  m.insert_or_assign(1, 2);  // waits for the lease at most
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_LE(waited, std::chrono::nanoseconds(lease) + 5s) << "writers held past the lease";
+  EXPECT_EQ(m.find(1), 2u);
+  ::kill(holder, SIGKILL);
+  wait_child(holder);
 }
 
 }  // namespace

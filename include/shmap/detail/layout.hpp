@@ -89,8 +89,9 @@ inline constexpr std::size_t kTableHeaderBytes = 2048;
 /// cycle) in a segment is damage. Normally 1 or 2; 3 or more only while a successor that
 /// turned out too small is being replaced (table.cpp, "Successors that are too small").
 inline constexpr std::size_t kMaxChain = 8;
-/// A point-in-time hold lasts at most this long; then waiting writers break it.
-inline constexpr std::uint64_t kWriterHoldLeaseNs = 60'000'000'000;
+/// A point-in-time hold lasts at most this long, plus 1 s per 256 MiB of tables (the time to
+/// copy them in memory); then waiting writers break it. A dump writes its file after the hold.
+inline constexpr std::uint64_t kWriterHoldLeaseNs = 2'000'000'000;
 
 enum State : std::uint64_t {
   kEmpty = 0,
@@ -212,7 +213,12 @@ struct alignas(kCacheLine) Lane {
 };
 static_assert(offsetof(Lane, size_delta) == 16, "size_delta + size_seq: a 16-byte CAS unit");
 static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
-inline constexpr std::uint64_t kPinCountMask = 0xffff;
+// The pin word:
+//   bits 63..16  epoch   the global epoch when the lane was pinned
+//   bit  15      writer  the pinned operation writes (a point-in-time hold waits only for these)
+//   bits 14..0   count   pinned operations (> 1 only on the shared overflow lane); 0 = quiescent
+inline constexpr std::uint64_t kPinCountMask = 0x7fff;
+inline constexpr std::uint64_t kPinWriter = 0x8000;
 
 struct HandleSlot {
   SlotOwner owner;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -248,6 +249,25 @@ class MapImpl {
     lane.pin.store(0, std::memory_order_release);
     if (t_reclaim_wanted) reclaim_deferred();
   }
+  /// Marks this thread's pin as a write (call pinned, before the gate check): a point-in-time
+  /// hold waits for pinned writers only, never for readers. The mark lasts until the
+  /// outermost unpin; on the shared overflow lane, until the lane is quiescent.
+  void mark_writer() const {
+    const std::size_t t = thread_number();
+    Lane& lane = lane_of(t);
+    if (t >= kPrimaryLanes && &lane == &overflow_lane()) {
+      lane.pin.fetch_or(kPinWriter, std::memory_order_seq_cst);
+      return;
+    }
+    const std::uint64_t w = lane.pin.load(std::memory_order_relaxed);  // our own lane
+    if (light_) {
+      // As pin_lane: a plain store; the holder's membarrier orders it before its lane scan.
+      lane.pin.store(w | kPinWriter, std::memory_order_release);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      lane.pin.store(w | kPinWriter, std::memory_order_seq_cst);
+    }
+  }
   void pin_extra(std::size_t t) const;
   void unpin_extra(std::size_t t) const noexcept;
   void pin_shared() const;
@@ -408,7 +428,14 @@ class MapImpl {
   /// Holds writers back (they wait before writing; readers never wait) until release_writers().
   /// Returns once every write already under way has finished. A holder that dies is noticed by
   /// the waiting writers, which then proceed.
-  void hold_writers() const;
+  /// `extra_bytes`: memory the holder will build under the hold (a merge's new table); the
+  /// lease grows with it as with the tables.
+  void hold_writers(std::uint64_t extra_bytes = 0) const;
+  /// How long a hold taken now may last: kWriterHoldLeaseNs plus 1 s per 256 MiB of tables
+  /// (and of extra_bytes).
+  std::uint64_t writer_hold_lease_ns(std::uint64_t extra_bytes) const;
+  /// A hold gives up waiting for writes in flight after this long (a stopped writer).
+  static constexpr std::chrono::milliseconds kInFlightWait{1000};
   /// False if the hold was broken meanwhile (its lease ran out: the copy is not point-in-time).
   bool release_writers() const;
   bool still_holding_writers() const;
