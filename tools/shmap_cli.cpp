@@ -254,7 +254,8 @@ int run(int argc, char** argv) {
                  "Write the JSON form (for people and small maps, up to 256 MiB), with a "
                  "content checksum that load verifies");
   dump->add_flag("--point-in-time", pit,
-                 "Hold writers back while copying, for an exact image (readers never wait)");
+                 "Hold writers back while the entries are copied in memory (not while the "
+                 "file is written), for an exact image; readers never wait");
 
   auto* load = app.add_subcommand(
       "load",

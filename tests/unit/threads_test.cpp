@@ -204,6 +204,11 @@ class ManyThreads : public ::testing::TestWithParam<int> {};
 
 TEST_P(ManyThreads, KeepReclamationAndHoldsWorking) {
   const int threads = GetParam();
+#if defined(__SANITIZE_THREAD__)
+  // 256 instrumented busy threads on a small machine starve the churning thread for many
+  // minutes; the normal and ASan builds run this size, TSan checks the 64-thread one.
+  if (threads > 64) GTEST_SKIP() << "256 threads: run in the normal and ASan builds";
+#endif
   ScopedName n("manythreads");
   auto m = Map::create(n, {.initial_capacity = 8});
   // Base keys, so that the threads' own inserts and erases stay small against the live count
@@ -231,6 +236,7 @@ TEST_P(ManyThreads, KeepReclamationAndHoldsWorking) {
           counted = true;
           started.fetch_add(1, std::memory_order_release);
         }
+        if (sanitized()) std::this_thread::yield();  // leave the churning thread some CPU
       }
     });
   }
@@ -239,7 +245,9 @@ TEST_P(ManyThreads, KeepReclamationAndHoldsWorking) {
   EXPECT_GT(st0.handles_in_use, 1u) << "threads past the 15th should have slots of their own";
   EXPECT_LE(st0.handles_in_use, 2u + static_cast<std::size_t>(threads) / 16);
   // Grow and shrink from 8 buckets, again and again: every cycle retires tables.
-  const std::uint64_t churn = 16000;  // not scaled down: the resizes are the point
+  // Enough to grow from 8 buckets to thousands and back each cycle (the resizes are the
+  // point); smaller under sanitizers, where the busy threads leave this one little CPU.
+  const std::uint64_t churn = sanitized() ? 3000 : 16000;
   for (int c = 0; c < 3; ++c) {
     for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.insert(i, i));
     for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.erase(i));
