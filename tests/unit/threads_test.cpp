@@ -247,7 +247,7 @@ TEST_P(ManyThreads, KeepReclamationAndHoldsWorking) {
   // Grow and shrink from 8 buckets, again and again: every cycle retires tables.
   // Enough to grow from 8 buckets to thousands and back each cycle (the resizes are the
   // point); smaller under sanitizers, where the busy threads leave this one little CPU.
-  const std::uint64_t churn = sanitized() ? 3000 : 16000;
+  const std::uint64_t churn = sanitized() ? 8000 : 16000;
   for (int c = 0; c < 3; ++c) {
     for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.insert(i, i));
     for (std::uint64_t i = 0; i < churn; ++i) ASSERT_TRUE(m.erase(i));
