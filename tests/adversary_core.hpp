@@ -21,15 +21,18 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
 
+#include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 
 namespace shmap::test::adv {
@@ -73,6 +76,42 @@ struct Xs {
   std::uint64_t below(std::uint64_t n) { return next() % n; }
 };
 
+/// Debug aid for a failure: where k is in each table of the chain (newest first).
+inline void dump_key(const Map& map, std::uint64_t k) {
+  using namespace shmap::detail;
+  MapImpl& m = map.impl();
+  PinGuard pin(m);
+  TableHeader* chain[kMaxChain];
+  const std::size_t n = m.load_chain(m.table(m.top_table(false)), chain);
+  for (std::size_t i = 0; i < n; ++i) {
+    TableHeader* t = chain[i];
+    Bucket* b = m.buckets(t);
+    std::size_t empty = 0;
+    std::fprintf(stderr, "  table %zu @%llu cap %llu older %llu newer %llu discard %llu:", i,
+                 (unsigned long long)m.offset_of(t), (unsigned long long)t->capacity,
+                 (unsigned long long)t->older.load(), (unsigned long long)t->newer.load(),
+                 (unsigned long long)t->discard_older);
+    for (std::uint64_t j = 0; j < t->capacity; ++j) {
+      const Cell c = read_cell(b[j]);
+      if (c.state() == kEmpty) ++empty;
+      const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(b[j].key);
+      if (c.state() != kEmpty && c.state() != kSealed && key == k) {
+        const std::uint64_t h = m.home(k, t);
+        std::size_t gaps = 0, seals = 0;
+        for (std::uint64_t x = h; x != j; x = (x + 1) & (t->capacity - 1)) {
+          const std::uint64_t st = read_cell(b[x]).state();
+          gaps += st == kEmpty;
+          seals += st == kSealed;
+        }
+        std::fprintf(stderr, " [bucket %llu state %llu value %llu home %llu: %zu empty, %zu sealed before]",
+                     (unsigned long long)j, (unsigned long long)c.state(),
+                     (unsigned long long)c.value, (unsigned long long)h, gaps, seals);
+      }
+    }
+    std::fprintf(stderr, " (%zu empty)\n", empty);
+  }
+}
+
 /// The owner of keys [first, first + n): performs `ops` operations (or until *stop), checking
 /// each return value. Also churns private scratch keys in bursts (inserted, found, erased) so
 /// that tiny tables grow and shrink all the time. Returns false (after printing) on a wrong
@@ -80,7 +119,7 @@ struct Xs {
 inline bool run_owner(Map& m, KeyState* keys, std::uint64_t first, std::uint64_t n,
                       std::uint64_t scratch_base, std::uint64_t seed,
                       const std::atomic<bool>* stop, std::uint64_t max_ops,
-                      std::atomic<std::uint64_t>* ops_done) {
+                      std::atomic<std::uint64_t>* ops_done, std::uint64_t burst_every = 16) {
   Xs rng{seed | 1};
   std::vector<std::uint64_t> seq(n);
   for (std::uint64_t i = 0; i < n; ++i) seq[i] = keys[first + i].acked.load();
@@ -142,16 +181,35 @@ inline bool run_owner(Map& m, KeyState* keys, std::uint64_t first, std::uint64_t
     keys[id].acked.store(s, std::memory_order_release);
     if (ops_done != nullptr) ops_done->fetch_add(1, std::memory_order_relaxed);
     // A burst of scratch keys now and then: the tiny map grows, then shrinks again.
-    if (rng.below(64) == 0) {
+    if (rng.below(burst_every) == 0) {
+      // Fresh keys each time: every burst claims new buckets, so tombstones pile up and
+      // tables are replaced (grown, shrunk, or renewed at the same size) all the time.
       const std::uint64_t burst = 8 + rng.below(40);
+      const std::uint64_t sb = scratch_base + (op << 6);
       for (std::uint64_t j = 0; j < burst; ++j) {
-        if (!m.insert(scratch_base + j, j)) return fail(id, "scratch insert found it present", j);
+        if (!m.insert(sb + j, j)) return fail(id, "scratch insert found it present", j);
       }
       for (std::uint64_t j = 0; j < burst; ++j) {
-        if (m.find(scratch_base + j) != j) return fail(id, "scratch find: wrong", j);
+        const auto got = m.find(sb + j);
+        if (got != j) {
+          static std::atomic<bool> dumped{false};
+          if (dumped.exchange(true)) return false;
+          std::fprintf(stderr, "owner pid %d: scratch key %llu (j %llu of %llu): find gave %s%llu",
+                       (int)::getpid(), (unsigned long long)(sb + j), (unsigned long long)j,
+                       (unsigned long long)burst, got ? "" : "absent ",
+                       got ? (unsigned long long)*got : 0ULL);
+          for (std::uint64_t x = 0; x < burst; ++x) {
+            if (m.find(sb + x) != x) std::fprintf(stderr, " [j %llu wrong]", (unsigned long long)x);
+          }
+          const auto again = m.find(sb + j);
+          std::fprintf(stderr, "; again: %s%llu; tables %zu\n", again ? "" : "absent ",
+                       again ? (unsigned long long)*again : 0ULL, m.stats().tables);
+          dump_key(m, sb + j);
+          return fail(id, "scratch find: wrong", j);
+        }
       }
       for (std::uint64_t j = 0; j < burst; ++j) {
-        if (!m.erase(scratch_base + j)) return fail(id, "scratch erase found it absent", j);
+        if (!m.erase(sb + j)) return fail(id, "scratch erase found it absent", j);
       }
     }
   }
@@ -230,6 +288,35 @@ inline std::string check_walk(const Map& m, const KeyState* keys, std::uint64_t 
     }
   }
   return {};
+}
+
+/// Makes successors that are too small on purpose, as a racy count can (DESIGN.md §4,
+/// "Successors that turn out too small"): whenever the newest table has no migration under
+/// way, links and publishes a capacity-8 successor for it, whatever it holds. Migration then
+/// finds that successor full, copies follow its own successor (grow_stuck), writers settle
+/// keys through chains of three. Paced (`every` between attempts) so the map makes progress.
+/// Counts the successors it linked in *linked, and the chains of 3+ it saw in *chains3.
+inline void run_saboteur(Map& map, const std::atomic<bool>* stop, std::chrono::microseconds every,
+                         std::atomic<std::uint64_t>* linked, std::atomic<std::uint64_t>* chains3) {
+  using namespace shmap::detail;
+  MapImpl& m = map.impl();
+  while (!stop->load(std::memory_order_relaxed)) {
+    {
+      PinGuard pin(m);
+      TableHeader* t = m.table(m.top_table(true));
+      TableHeader* chain[kMaxChain];
+      const std::size_t n = m.load_chain(t, chain);
+      if (n >= 3) chains3->fetch_add(1, std::memory_order_relaxed);
+      // Help the migration under way to its end (as for_each does), then strike at once.
+      if (n > 1) m.finish_migration();
+      t = m.table(m.top_table(true));
+      if (t->older.load() == 0 && t->newer.load() == 0) {
+        const std::uint64_t off = m.create_table(kMinCapacity, m.offset_of(t));
+        if (m.link_successor(t, off) == off) linked->fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    std::this_thread::sleep_for(every);
+  }
 }
 
 }  // namespace shmap::test::adv

@@ -40,7 +40,7 @@ TEST(Adversary, OwnedKeysStayLinearizableThroughTinyTableChurn) {
   std::vector<std::thread> ts;
   for (int t = 0; t < kOwners; ++t) {
     ts.emplace_back([&, t] {
-      if (!adv::run_owner(m, keys.data(), t * kPer, kPer, std::uint64_t(t + 1) << 36, 77 + t, &stop,
+      if (!adv::run_owner(m, keys.data(), t * kPer, kPer, std::uint64_t(t + 1) << 40, 77 + t, &stop,
                           max_ops, &ops)) {
         ok = false;
       }
@@ -52,6 +52,16 @@ TEST(Adversary, OwnedKeysStayLinearizableThroughTinyTableChurn) {
       if (!adv::run_reader(m, keys.data(), kKeys, 1000 + t, &stop, &reads)) ok = false;
     });
   }
+  // Successors that are too small, forced (see run_saboteur): chains of three all the time.
+  std::atomic<std::uint64_t> sabotaged{0}, chains3{0};
+  ts.emplace_back([&] {
+    try {
+      adv::run_saboteur(m, &stop, std::chrono::microseconds(20), &sabotaged, &chains3);
+    } catch (const Error& e) {
+      ADD_FAILURE() << e.what();
+      ok = false;
+    }
+  });
   int walks = 0;
   while (!stop.load() && ok.load()) {
     const std::string why = adv::check_walk(m, keys.data(), kKeys);
@@ -71,9 +81,12 @@ TEST(Adversary, OwnedKeysStayLinearizableThroughTinyTableChurn) {
   }
   EXPECT_EQ(m.size(), present);
   EXPECT_TRUE(m.check().ok);
-  std::fprintf(stderr, "[ adversary] %llu ops, %llu reads, %d walks, %llu resizes\n",
+  std::fprintf(stderr,
+               "[ adversary] %llu ops, %llu reads, %d walks, %llu resizes, %llu too-small "
+               "successors forced, %llu chains of 3+ seen\n",
                (unsigned long long)ops.load(), (unsigned long long)reads.load(), walks,
-               (unsigned long long)m.stats().resizes);
+               (unsigned long long)m.stats().resizes, (unsigned long long)sabotaged.load(),
+               (unsigned long long)chains3.load());
 }
 
 // Two threads of one Map take the point-in-time gate in a loop. The gate must be held by one
@@ -180,3 +193,44 @@ TEST(Adversary, HolderOnTheOverflowLaneWaitsForOverflowLaneWriters) {
 
 }  // namespace
 }  // namespace shmap
+
+namespace shmap::detail {
+namespace {
+
+// Minimal, deterministic repro of the read bug found by the tests above. Chain
+// top -> small -> old, k LIVE in old (not yet migrated). A writer of another key k2 settles
+// k2 in `small`, which seals the first EMPTY bucket of k2's run there -- a bucket on k's run
+// in `small` too. A lookup of k then probes top (absent), small (SEALED: "forward") and, on
+// that forward, looks again only at the tables newer than small -- never at `old`, which
+// still holds k. It answers absent for a key whose insert was acknowledged.
+TEST(AdversaryProtocol, SealedMiddleTableDoesNotHideTheOldestTable) {
+  ScopedName name("adv-sealed-middle");
+  Map map = Map::create(name, {.initial_capacity = 64});
+  MapImpl& m = map.impl();
+  const std::uint64_t k = 12345, v = 777;
+  ASSERT_TRUE(map.insert(k, v));
+  for (std::uint64_t i = 0; i < 10; ++i) map.insert(1000 + i, i);
+  PinGuard pin(m);
+  TableHeader* old = m.table(m.header().current_table.load());
+  const std::uint64_t small_off = m.create_table(8, m.offset_of(old));
+  m.link_successor(old, small_off);  // a successor that turns out too small
+  TableHeader* small = m.table(small_off);
+  m.grow_stuck(small);  // ... gets its own successor: top -> small -> old
+  TableHeader* top = m.table(m.header().current_table.load());
+  ASSERT_EQ(top->older.load(), small_off);
+  ASSERT_EQ(small->older.load(), m.offset_of(old));
+  // Another key whose home in `small` is k's home there.
+  std::uint64_t k2 = 1;
+  while (k2 == k || m.home(k2, small) != m.home(k, small)) ++k2;
+  m.settle(small, top, k2);  // what a writer of k2 does before writing k2 in top
+  ASSERT_EQ(read_cell(m.buckets(small)[m.home(k, small)]).state(), kSealed);
+  ASSERT_EQ(read_cell(*m.probe(old, k, false).bucket).state(), kLive) << "k not migrated yet";
+  EXPECT_EQ(map.find(k), v) << "find hid k, still LIVE in the oldest table";
+  std::optional<std::uint64_t> out[1];
+  const std::uint64_t keys[1] = {k};
+  map.find_many(keys, out);
+  EXPECT_EQ(out[0], v) << "find_many hid k";
+}
+
+}  // namespace
+}  // namespace shmap::detail
