@@ -524,7 +524,11 @@ void MapImpl::discard_table(std::uint64_t table_off) const {
 
 namespace {
 // How a probe's answer reads for a lookup.
-enum class Look { value, none, forward, unknown };
+// forward: k's bucket here moved on (its value, if any, is in a newer table now).
+// sealed: k's run here ends in a SEALED bucket -- k has no bucket in this table and never will,
+// but that says nothing about the older tables: in a chain of three or more, a writer of
+// another key seals runs of the too-small middle table while the oldest one still holds k.
+enum class Look { value, none, forward, sealed, unknown };
 Look classify(const ProbeResult& r, std::uint64_t* v) {
   switch (r.kind) {
     case Probe::found:
@@ -542,7 +546,7 @@ Look classify(const ProbeResult& r, std::uint64_t* v) {
           return Look::unknown;  // CLAIMED: an insert or a copy under way
       }
     case Probe::sealed:
-      return Look::forward;
+      return Look::sealed;
     default:
       return Look::unknown;  // absent, or a full table without the key
   }
@@ -605,6 +609,19 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
           return v;
         case Look::none:
           return std::nullopt;
+        case Look::sealed:
+          // k has no bucket in chain[i] and never will. The newest table: a newer one was
+          // linked, restart. Further down: k may still be LIVE in an older table (one not yet
+          // migrated past k) -- ask it, as for unknown. (Answering "forward" here skipped the
+          // older tables and returned absent for a key LIVE in the oldest one.)
+          if (i == 0) {
+            check_forward(chain[0]);
+            restart = true;
+            end = 0;
+            continue;
+          }
+          if (chain[i]->discard_older != 0) return std::nullopt;
+          break;
         case Look::forward:
           // chain[i] handed k on after we looked at the newer tables: those are authoritative
           // now (k's value, if any, moved up; it only ever moves to newer tables). Look at
