@@ -831,11 +831,24 @@ void MapImpl::hold_writers() const {
     const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
     if (g == 0) {
       // Thread first: a writer of this Map that sees the gate must not take it for its own.
-      gate_thread_.store(thread_number() + 1, std::memory_order_relaxed);
+      // Claimed by CAS: two threads of this Map taking the gate at once must not both end up
+      // believing it theirs (a plain store let the loser overwrite the winner's number and
+      // then find the gate "mine").
+      std::uint64_t none = 0;
+      const std::uint64_t me = thread_number() + 1;
+      if (!gate_thread_.compare_exchange_strong(none, me, std::memory_order_acq_rel) &&
+          none != me) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          fail(Errc::timeout, name_, "another thread holds writers back (point-in-time dump)");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;  // another thread of this Map is taking or holding the gate
+      }
       // seq_cst (lock cmpxchg16b): the gate store precedes our scan of the lanes below.
       if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + kWriterHoldLeaseNs)) {
         break;
       }
+      gate_thread_.store(0, std::memory_order_release);
       continue;
     }
     if (gate_is_mine(g)) break;
@@ -854,7 +867,11 @@ void MapImpl::hold_writers() const {
     release_writers();
     fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
   }
-  const Lane* mine = &my_lane();
+  // Our own lane is skipped (we may be called inside an operation) -- unless it is the shared
+  // overflow lane: other threads of this Map pin it too, and their writes under way must be
+  // waited for like anyone's. (So a thread past the 15th must not hold writers from inside an
+  // operation of its own: it would wait for itself until the deadline.)
+  const Lane* mine = thread_number() < kLanes - 1 ? &my_lane() : nullptr;
   for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
       if (&lane == mine) continue;
@@ -879,8 +896,10 @@ bool MapImpl::release_writers() const {
   SegmentHeader& h = header();
   const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
   // One CAS: gate and deadline go together (seq_cst: writers that see 0 go on at once).
+  if (gate_thread_.load(std::memory_order_acquire) != thread_number() + 1) return false;
   const bool held = cas128(gate_words(h), owner_word_, lease, 0, 0);
-  if (held) gate_thread_.store(0, std::memory_order_relaxed);
+  // Cleared even if the hold was broken meanwhile, so that this Map's threads can hold again.
+  gate_thread_.store(0, std::memory_order_release);
   return held;
 }
 
