@@ -310,10 +310,10 @@ inline void run_saboteur(Map& map, const std::atomic<bool>* stop, std::chrono::m
       // Help the migration under way to its end (as for_each does), then strike at once.
       if (n > 1) m.finish_migration();
       t = m.table(m.top_table(true));
-      // Only on small tables: the replacement of a too-small successor is sized from the
+      // Only on tables of up to 16384 buckets: the replacement of a too-small successor is sized from the
       // capacities of the chain (4x the older table), so striking at every size would grow
       // the map without bound (it reached 28 GB of segment for ~100 live keys).
-      if (t->capacity <= 1024 && t->older.load() == 0 && t->newer.load() == 0) {
+      if (t->capacity <= 16384 && t->older.load() == 0 && t->newer.load() == 0) {
         const std::uint64_t off = m.create_table(kMinCapacity, m.offset_of(t));
         if (m.link_successor(t, off) == off) linked->fetch_add(1, std::memory_order_relaxed);
       }
