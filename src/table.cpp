@@ -427,20 +427,43 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
 //   there any more), or migrated past k's run, or k's CLAIMED bucket moved on without a
 //   value, lands in too-small's successor instead (copy_frozen). It re-checks its source
 //   first: while the source is still FROZEN no writer has written k anywhere newer.
-// - Readers probe the chain newest first; a MOVED or SEALED answer restarts from the top.
-// The new successor holds every key any table of the chain can hold (the sum of their
-// capacities) at a load of at most 1/2, so it is never outrun by what migrates into it.
+// - Readers probe the chain newest first. A MOVED bucket sends them back to the newer tables
+//   (the value only moves up); a run that ends SEALED in a lower table decides nothing there
+//   (another key's settle may have sealed it) and they go on to the older tables.
+// The new successor holds every key with a bucket anywhere in the chain (t counted whole, the
+// older tables' claimed buckets counted) at a load of at most 1/2, and at least 1/16 of the
+// buckets still to migrate (so the inserts that come meanwhile cannot fill it). Was: the sum of
+// the capacities, which repeated episodes compounded (a 28 GB segment for 100 keys).
 void MapImpl::grow_stuck(TableHeader* t) const {
   if (const std::uint64_t nx = t->newer.load(std::memory_order_acquire); nx != 0) {
     link_successor(t, 0);  // linked already: only make sure it is published
     return;
   }
+  // Room for everything that can reach the new table: all of t (it is full, or nearly), and
+  // every key that has a bucket in an older table of the chain -- counted, not bounded by
+  // their capacities (a 1M-bucket table shrunk to 8 and refilled with 100 keys must not make
+  // a 4M-bucket replacement: repeated, that grew a segment to 28 GB). Claimed buckets never
+  // become EMPTY again, and a table that is not the newest gets new claims only from writes
+  // already under way (a handful per thread): the 1/8 + 64 slack covers them, and the load
+  // of at most 1/2 below covers the inserts that come while the chain is assimilated.
   TableHeader* chain[kMaxChain];
   const std::size_t n = load_chain(t, chain);
-  std::uint64_t room = 0;
-  for (std::size_t i = 0; i < n; ++i)
-    room += std::min<std::uint64_t>(chain[i]->capacity, kMaxCapacity);
-  link_successor(t, create_table(round_pow2(room * 2), offset_of(t)));
+  std::uint64_t room = std::min<std::uint64_t>(t->capacity, kMaxCapacity);
+  std::uint64_t to_migrate = room;  // buckets the writers must walk before the chain is one
+  for (std::size_t i = 1; i < n; ++i) {
+    to_migrate += std::min<std::uint64_t>(chain[i]->capacity, kMaxCapacity);
+    const Bucket* b = buckets(chain[i]);
+    std::uint64_t claimed = 0;
+    for (std::uint64_t j = 0; j < chain[i]->capacity; ++j) {
+      const std::uint64_t st = state_of(load_acquire(b[j].meta));
+      claimed += st != kEmpty && st != kSealed ? 1 : 0;
+    }
+    room += std::min<std::uint64_t>(chain[i]->capacity, claimed + claimed / 8 + 64);
+  }
+  // And never below 1/16 of what must be migrated: each write walks 2 chunks (128 buckets)
+  // first and inserts at most one key, so at most to_migrate / 128 new keys arrive meanwhile.
+  const std::uint64_t want = std::max(round_pow2(room * 2), round_pow2(to_migrate / 16));
+  link_successor(t, create_table(want, offset_of(t)));
 }
 
 std::uint64_t MapImpl::link_successor(TableHeader* t, std::uint64_t n_off) const {
@@ -524,7 +547,11 @@ void MapImpl::discard_table(std::uint64_t table_off) const {
 
 namespace {
 // How a probe's answer reads for a lookup.
-enum class Look { value, none, forward, unknown };
+// forward: k's bucket here moved on (its value, if any, is in a newer table now).
+// sealed: k's run here ends in a SEALED bucket -- k has no bucket in this table and never will,
+// but that says nothing about the older tables: in a chain of three or more, a writer of
+// another key seals runs of the too-small middle table while the oldest one still holds k.
+enum class Look { value, none, forward, sealed, unknown };
 Look classify(const ProbeResult& r, std::uint64_t* v) {
   switch (r.kind) {
     case Probe::found:
@@ -542,7 +569,7 @@ Look classify(const ProbeResult& r, std::uint64_t* v) {
           return Look::unknown;  // CLAIMED: an insert or a copy under way
       }
     case Probe::sealed:
-      return Look::forward;
+      return Look::sealed;
     default:
       return Look::unknown;  // absent, or a full table without the key
   }
@@ -605,6 +632,19 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
           return v;
         case Look::none:
           return std::nullopt;
+        case Look::sealed:
+          // k has no bucket in chain[i] and never will. The newest table: a newer one was
+          // linked, restart. Further down: k may still be LIVE in an older table (one not yet
+          // migrated past k) -- ask it, as for unknown. (Answering "forward" here skipped the
+          // older tables and returned absent for a key LIVE in the oldest one.)
+          if (i == 0) {
+            check_forward(chain[0]);
+            restart = true;
+            end = 0;
+            continue;
+          }
+          if (chain[i]->discard_older != 0) return std::nullopt;
+          break;
         case Look::forward:
           // chain[i] handed k on after we looked at the newer tables: those are authoritative
           // now (k's value, if any, moved up; it only ever moves to newer tables). Look at
@@ -830,11 +870,24 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
     const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
     if (g == 0) {
       // Thread first: a writer of this Map that sees the gate must not take it for its own.
-      gate_thread_.store(thread_number() + 1, std::memory_order_relaxed);
+      // Claimed by CAS: two threads of this Map taking the gate at once must not both end up
+      // believing it theirs (a plain store let the loser overwrite the winner's number and
+      // then find the gate "mine").
+      std::uint64_t none = 0;
+      const std::uint64_t me = thread_number() + 1;
+      if (!gate_thread_.compare_exchange_strong(none, me, std::memory_order_acq_rel) &&
+          none != me) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          fail(Errc::timeout, name_, "another thread holds writers back (point-in-time dump)");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;  // another thread of this Map is taking or holding the gate
+      }
       // seq_cst (lock cmpxchg16b): the gate store precedes our scan of the lanes below.
       if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + lease_ns)) {
         break;
       }
+      gate_thread_.store(0, std::memory_order_release);
       continue;
     }
     if (gate_is_mine(g)) break;
@@ -857,7 +910,12 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
     release_writers();
     fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
   }
-  const Lane* mine = &my_lane();
+  // Our own lane is skipped (we may be called inside an operation) -- unless it is the shared
+  // overflow lane: other threads of this Map pin it too, and their writes under way must be
+  // waited for like anyone's. (So a thread past the 15th must not hold writers from inside an
+  // operation of its own: it would wait for itself until the deadline.)
+  const Lane& my = my_lane();
+  const Lane* mine = thread_number() >= kPrimaryLanes && &my == &overflow_lane() ? nullptr : &my;
   for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
       if (&lane == mine) continue;
@@ -885,8 +943,10 @@ bool MapImpl::release_writers() const {
   SegmentHeader& h = header();
   const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
   // One CAS: gate and deadline go together (seq_cst: writers that see 0 go on at once).
+  if (gate_thread_.load(std::memory_order_acquire) != thread_number() + 1) return false;
   const bool held = cas128(gate_words(h), owner_word_, lease, 0, 0);
-  if (held) gate_thread_.store(0, std::memory_order_relaxed);
+  // Cleared even if the hold was broken meanwhile, so that this Map's threads can hold again.
+  gate_thread_.store(0, std::memory_order_release);
   return held;
 }
 
