@@ -209,20 +209,25 @@ void refill() {
   for (std::uint64_t i = 0; i < g_refill_keys; ++i) g_refill_map->insert(i, i + 7);
 }
 
-TEST(Protocol, ShrinkRechecksTheCountBeforePublishing) {
-  ScopedName name("shrink-race");
-  Map map = Map::create(name, {.initial_capacity = 8});
-  MapImpl& m = map.impl();
+// Fills the map with 3000 keys and erases them all from short-lived threads: each erases
+// fewer than the 256 that make a thread consider shrinking, so the big table stays with
+// nothing live in it (and a tombstone for each key, which a refill reuses).
+TableHeader* emptied_big_table(Map& map) {
   constexpr std::uint64_t kKeys = 3000;
-  for (std::uint64_t i = 0; i < kKeys; ++i) ASSERT_TRUE(map.insert(i, i));
-  // Erase everything from short-lived threads: each erases fewer than the 256 that make a
-  // thread consider shrinking, so the big table stays with nothing live in it.
+  for (std::uint64_t i = 0; i < kKeys; ++i) EXPECT_TRUE(map.insert(i, i));
   for (std::uint64_t from = 0; from < kKeys; from += 200) {
     std::thread([&] {
       for (std::uint64_t i = from; i < std::min(kKeys, from + 200); ++i) map.erase(i);
     }).join();
   }
-  TableHeader* t = m.table(m.header().current_table.load());
+  return map.impl().table(map.impl().header().current_table.load());
+}
+
+TEST(Protocol, ShrinkRechecksTheCountBeforePublishing) {
+  ScopedName name("shrink-race");
+  Map map = Map::create(name, {.initial_capacity = 8});
+  MapImpl& m = map.impl();
+  TableHeader* t = emptied_big_table(map);
   const std::uint64_t cap = t->capacity;
   ASSERT_GE(cap, 4096u);
   ASSERT_EQ(map.size(), 0u);
@@ -252,14 +257,7 @@ TEST(Protocol, SuccessorOutgrownAfterTheRecountIsReplaced) {
   ScopedName name("outgrown");
   Map map = Map::create(name, {.initial_capacity = 8});
   MapImpl& m = map.impl();
-  constexpr std::uint64_t kKeys = 3000;
-  for (std::uint64_t i = 0; i < kKeys; ++i) ASSERT_TRUE(map.insert(i, i));
-  for (std::uint64_t from = 0; from < kKeys; from += 200) {
-    std::thread([&] {
-      for (std::uint64_t i = from; i < std::min(kKeys, from + 200); ++i) map.erase(i);
-    }).join();
-  }
-  TableHeader* t = m.table(m.header().current_table.load());
+  TableHeader* t = emptied_big_table(map);
   const std::uint64_t cap = t->capacity;
   ASSERT_EQ(map.size(), 0u);
   g_refill_map = &map;
@@ -278,7 +276,7 @@ TEST(Protocol, SuccessorOutgrownAfterTheRecountIsReplaced) {
   EXPECT_LT(small->capacity, g_refill_keys) << "the test must publish a successor too small";
   // Every key readable at once, writes go on, and the chain ends in one larger table.
   for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_EQ(map.find(i), i + 7) << i;
-  EXPECT_TRUE(map.insert(kKeys + 1, 1));
+  EXPECT_TRUE(map.insert(1u << 30, 1));
   for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_TRUE(map.erase(i)) << i;
   for (std::uint64_t i = 0; i < g_refill_keys; ++i) ASSERT_TRUE(map.insert(i, i + 9)) << i;
   map.compact();
