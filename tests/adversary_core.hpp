@@ -20,6 +20,8 @@
 // be visited, once.
 #pragma once
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -29,8 +31,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <unistd.h>
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
@@ -103,7 +103,8 @@ inline void dump_key(const Map& map, std::uint64_t k) {
           gaps += st == kEmpty;
           seals += st == kSealed;
         }
-        std::fprintf(stderr, " [bucket %llu state %llu value %llu home %llu: %zu empty, %zu sealed before]",
+        std::fprintf(stderr,
+                     " [bucket %llu state %llu value %llu home %llu: %zu empty, %zu sealed before]",
                      (unsigned long long)j, (unsigned long long)c.state(),
                      (unsigned long long)c.value, (unsigned long long)h, gaps, seals);
       }
@@ -117,9 +118,9 @@ inline void dump_key(const Map& map, std::uint64_t k) {
 /// that tiny tables grow and shrink all the time. Returns false (after printing) on a wrong
 /// answer. `start` holds the known state of each key when the owner takes over (acked value).
 inline bool run_owner(Map& m, KeyState* keys, std::uint64_t first, std::uint64_t n,
-                      std::uint64_t scratch_base, std::uint64_t seed,
-                      const std::atomic<bool>* stop, std::uint64_t max_ops,
-                      std::atomic<std::uint64_t>* ops_done, std::uint64_t burst_every = 16) {
+                      std::uint64_t scratch_base, std::uint64_t seed, const std::atomic<bool>* stop,
+                      std::uint64_t max_ops, std::atomic<std::uint64_t>* ops_done,
+                      std::uint64_t burst_every = 16) {
   Xs rng{seed | 1};
   std::vector<std::uint64_t> seq(n);
   for (std::uint64_t i = 0; i < n; ++i) seq[i] = keys[first + i].acked.load();
@@ -218,9 +219,8 @@ inline bool run_owner(Map& m, KeyState* keys, std::uint64_t first, std::uint64_t
 
 /// A reader of keys [0, nkeys): `rounds` lookups (find, or find_many of a few keys), each
 /// checked against the acked bounds. Returns false (after printing) on an impossible answer.
-inline bool run_reader(const Map& m, const KeyState* keys, std::uint64_t nkeys,
-                       std::uint64_t seed, const std::atomic<bool>* stop,
-                       std::atomic<std::uint64_t>* reads) {
+inline bool run_reader(const Map& m, const KeyState* keys, std::uint64_t nkeys, std::uint64_t seed,
+                       const std::atomic<bool>* stop, std::atomic<std::uint64_t>* reads) {
   Xs rng{seed | 1};
   constexpr std::size_t kBatch = 12;
   std::uint64_t ids[kBatch], ks[kBatch], a[kBatch];
@@ -235,7 +235,8 @@ inline bool run_reader(const Map& m, const KeyState* keys, std::uint64_t nkeys,
     if (n == 1) {
       out[0] = m.find(ks[0]);
     } else {
-      m.find_many(std::span<const std::uint64_t>(ks, n), std::span<std::optional<std::uint64_t>>(out, n));
+      m.find_many(std::span<const std::uint64_t>(ks, n),
+                  std::span<std::optional<std::uint64_t>>(out, n));
     }
     for (std::size_t j = 0; j < n; ++j) {
       const std::uint64_t b = keys[ids[j]].acked.load(std::memory_order_acquire);
@@ -310,8 +311,8 @@ inline void run_saboteur(Map& map, const std::atomic<bool>* stop, std::chrono::m
       // Help the migration under way to its end (as for_each does), then strike at once.
       if (n > 1) m.finish_migration();
       t = m.table(m.top_table(true));
-      // Only on tables of up to 16384 buckets: the replacement of a too-small successor is sized from the
-      // capacities of the chain (4x the older table), so striking at every size would grow
+      // Only on tables of up to 16384 buckets: the replacement of a too-small successor is sized
+      // from the capacities of the chain (4x the older table), so striking at every size would grow
       // the map without bound (it reached 28 GB of segment for ~100 live keys).
       if (t->capacity <= 16384 && t->older.load() == 0 && t->newer.load() == 0) {
         const std::uint64_t off = m.create_table(kMinCapacity, m.offset_of(t));

@@ -146,9 +146,10 @@ TEST_F(AdversaryTest, OwnedKeysLinearizableWithKillsAndStops) {
     Shared<AdvShared> vs;
     std::atomic<std::uint64_t>* vops = &vs->ops;
     const pid_t victim = fork_child([&] {
-      return run_process(name, &keys[0], nkeys, steady_keys + std::uint64_t(v) * kVictimOwners * kPer,
-                         kVictimOwners, 1, std::uint64_t(100 + v) << 44, seed * 7 + v, vs.get(),
-                         vops, /*saboteur=*/true);
+      return run_process(name, &keys[0], nkeys,
+                         steady_keys + std::uint64_t(v) * kVictimOwners * kPer, kVictimOwners, 1,
+                         std::uint64_t(100 + v) << 44, seed * 7 + v, vs.get(), vops,
+                         /*saboteur=*/true);
     });
     // Let it get going (it has acknowledged some operations), then kill it at a random
     // moment; sometimes stop it first, or stop a steady process across the kill.
@@ -294,7 +295,8 @@ bool churner(const std::string& name, int threads, std::uint64_t base, ReplaceAd
         const auto v = m.find(k);
         if ((any && !v) || (v && (*v & 0xfffff) != k)) {
           std::fprintf(stderr, "reader pid %d: replaced key %llu: %s %llu\n", (int)::getpid(),
-                       (unsigned long long)k, v ? "value" : "absent", v ? (unsigned long long)*v : 0ULL);
+                       (unsigned long long)k, v ? "value" : "absent",
+                       v ? (unsigned long long)*v : 0ULL);
           ok = false;
         }
         sh->reads.fetch_add(1, std::memory_order_relaxed);
@@ -318,7 +320,8 @@ TEST_F(AdversaryTest, BulkReplacementRacingWritersReadersAndKills) {
   std::vector<pid_t> steady;
   steady.push_back(fork_child([&] { return replacer(name, sh.get(), nullptr); }));
   for (int p = 0; p < 2; ++p) {
-    steady.push_back(fork_child([&, p] { return churner(name, 4, std::uint64_t(p + 1) << 40, sh.get()); }));
+    steady.push_back(
+        fork_child([&, p] { return churner(name, 4, std::uint64_t(p + 1) << 40, sh.get()); }));
   }
   ASSERT_TRUE(wait_until([&] { return sh->published.load() > 0; }, seconds(30 * kSlow)));
   const int kKills = kSanitized ? 6 : 20;
@@ -360,7 +363,8 @@ TEST_F(AdversaryTest, BulkReplacementRacingWritersReadersAndKills) {
   EXPECT_EQ(m.size(), walked) << "size() must stay exact across killed replacements";
   const CheckReport rep = m.check();
   EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
-  std::fprintf(stderr, "[ adversary] %llu replacements, %llu writes, %llu reads, %d kills, %llu resizes\n",
+  std::fprintf(stderr,
+               "[ adversary] %llu replacements, %llu writes, %llu reads, %d kills, %llu resizes\n",
                (unsigned long long)sh->published.load(), (unsigned long long)sh->writes.load(),
                (unsigned long long)sh->reads.load(), kKills, (unsigned long long)m.stats().resizes);
 }

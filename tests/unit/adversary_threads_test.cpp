@@ -168,7 +168,8 @@ TEST(Adversary, HolderOnTheOverflowLaneWaitsForOverflowLaneWriters) {
         ++timeouts;
         continue;
       }
-      for (int t = 0; t < kWriters; ++t) before[t] = m.find(static_cast<std::uint64_t>(t)).value_or(0);
+      for (int t = 0; t < kWriters; ++t)
+        before[t] = m.find(static_cast<std::uint64_t>(t)).value_or(0);
       std::this_thread::sleep_for(std::chrono::microseconds(300));
       for (int t = 0; t < kWriters; ++t) {
         if (m.find(static_cast<std::uint64_t>(t)).value_or(0) != before[t]) {
