@@ -136,31 +136,20 @@ TEST(Adversary, TwoThreadsOfOneMapNeverHoldTheGateTogether) {
 // while the gate is held.
 TEST(Adversary, HolderOnTheOverflowLaneWaitsForOverflowLaneWriters) {
   ScopedName n("adv-gate-lane");
-  auto m = Map::create(n, {.initial_capacity = 64});
+  // One handle slot: no extra slots can be had, so every thread past the 15th of this Map
+  // shares the overflow lane (lane 15 of its slot).
+  auto m = Map::create(n, {.initial_capacity = 64, .max_handles = 1});
   detail::MapImpl& impl = m.impl();
-  constexpr int kWriters = 22;  // lanes 0-14 exclusive, the rest share lane 15
-  std::atomic<bool> stop{false};
-  std::atomic<int> ready{0};
-  std::vector<std::thread> ws;
-  for (int t = 0; t < kWriters; ++t) {
-    ws.emplace_back([&, t] {
-      (void)m.find(0);  // takes this thread's number (and lane) now
-      ++ready;
-      for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-        m.fetch_add(static_cast<std::uint64_t>(t), 1);
-      }
-    });
-  }
-  while (ready.load() < kWriters) std::this_thread::yield();
+  // 23 threads alive at once hold 23 distinct thread numbers, so at least 8 are past the
+  // 15th (numbers are reused, in any order): the first of those becomes the holder.
+  constexpr int kThreads = 23;
+  std::atomic<bool> stop{false}, holder_taken{false};
+  std::atomic<int> ready{0}, writers{0};
   std::atomic<int> violations{0}, holds{0}, timeouts{0};
   std::atomic<std::size_t> holder_number{0};
-  std::thread holder([&] {
-    (void)m.find(0);
-    holder_number = detail::thread_number();
-    if (holder_number.load() < detail::kLanes - 1) return;
-    // kWriters + the main thread hold numbers 0..kWriters: this thread is past the 15th.
+  auto hold_loop = [&] {
     const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(sanitized() ? 6 : 4);
-    std::uint64_t before[kWriters];
+    std::uint64_t before[kThreads];
     while (std::chrono::steady_clock::now() < end) {
       try {
         impl.hold_writers();
@@ -168,10 +157,10 @@ TEST(Adversary, HolderOnTheOverflowLaneWaitsForOverflowLaneWriters) {
         ++timeouts;
         continue;
       }
-      for (int t = 0; t < kWriters; ++t)
+      for (int t = 0; t < kThreads; ++t)
         before[t] = m.find(static_cast<std::uint64_t>(t)).value_or(0);
       std::this_thread::sleep_for(std::chrono::microseconds(300));
-      for (int t = 0; t < kWriters; ++t) {
+      for (int t = 0; t < kThreads; ++t) {
         if (m.find(static_cast<std::uint64_t>(t)).value_or(0) != before[t]) {
           ++violations;
           break;
@@ -181,11 +170,30 @@ TEST(Adversary, HolderOnTheOverflowLaneWaitsForOverflowLaneWriters) {
       ++holds;
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
-  });
-  holder.join();
-  stop = true;
-  for (auto& w : ws) w.join();
-  ASSERT_GE(holder_number.load(), detail::kLanes - 1) << "the holder must use the overflow lane";
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      (void)m.find(0);  // takes this thread's number (and lane) now
+      ++ready;
+      while (ready.load() < kThreads) std::this_thread::yield();  // all numbers taken
+      if (detail::thread_number() >= detail::kLanes - 1 && !holder_taken.exchange(true)) {
+        holder_number = detail::thread_number();
+        while (writers.load() < kThreads - 1) std::this_thread::yield();
+        hold_loop();
+        stop = true;
+        return;
+      }
+      ++writers;
+      for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        m.fetch_add(static_cast<std::uint64_t>(t), 1);
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  ASSERT_TRUE(holder_taken.load())
+      << "no thread past the 15th: the holder must use the overflow lane";
+  ASSERT_GE(holder_number.load(), detail::kLanes - 1);
   std::fprintf(stderr, "[ adversary] overflow-lane holder: %d holds, %d violations, %d timeouts\n",
                holds.load(), violations.load(), timeouts.load());
   EXPECT_EQ(violations.load(), 0) << "a write landed while the writer gate was held";
