@@ -156,7 +156,9 @@ struct TableHeader {
   std::atomic<std::uint64_t> newer;
   // A bulk-loaded table's entry count, added to the map's size exactly once, like a bucket
   // write: {value = count, meta} goes CLAIMED (count not yet added) -> BULK (tagged with the
-  // lane whose size record adds it). EMPTY in every other table. Only value and meta are used.
+  // lane whose size record adds it). EMPTY in every other table. Its value and meta are the
+  // cell; its `reserved` word is the table's full flag (1 once a claiming probe found no
+  // EMPTY bucket: buckets never become EMPTY again, so it is never cleared).
   Bucket bulk;
   PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
 };
