@@ -134,6 +134,7 @@ std::size_t Map::clear_stale_handles() { return impl_->clear_stale_slots(); }
 void Map::compact() {
   impl_->finish_migration();
   impl_->clear_stale_slots();
+  impl_->sweep_leaks(true);  // tables a killed process left off the retired stack
   impl_->reclaim();
 }
 
@@ -245,6 +246,20 @@ CheckReport MapImpl::check() const {
     ensure_mapped(off + t->extent_bytes);
     return true;
   };
+  // Leaked tables (before pinning: the sweep waits for every pinned operation to end).
+  const LeakScan leaks = sweep_leaks(false);
+  if (!leaks.done) {
+    rep.notes.push_back(
+        "leaked tables: not looked for (another process is reclaiming, or one is stopped "
+        "inside an operation); run check again");
+  } else if (leaks.tables != 0) {
+    problem(std::to_string(leaks.tables) + " tables (" + std::to_string(leaks.bytes >> 10) +
+            " KiB) are leaked: unlinked but never retired, or made by a process that died "
+            "before linking them; 'shmap compact " +
+            name_ + "' gives them back");
+  } else {
+    rep.notes.push_back("every table extent is in use, retired or free: nothing leaked");
+  }
   PinGuard pin(*this);
   // The chain, newest first: current_table, past it a successor linked but not yet published,
   // and the older tables being assimilated.
