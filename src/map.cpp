@@ -84,6 +84,37 @@ std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
   return detail::make_optional_fast(found, v);
 }
 
+Map::Session::Session(const Map& map) : m_(map.impl_.get()), thread_(detail::thread_number()) {
+  static_assert(sizeof(detail::MapImpl::FastTable) <= sizeof(view_) &&
+                alignof(detail::MapImpl::FastTable) <= 8);
+  m_->pin();
+}
+
+Map::Session::~Session() { m_->unpin(); }  // noexcept: unpin never throws
+
+std::optional<std::uint64_t> Map::Session::find(std::uint64_t k) {
+  using detail::MapImpl;
+  if (detail::thread_number() != thread_) {
+    detail::fail(Errc::invalid_argument, m_->name(),
+                 "a Map::Session was used from a thread other than the one that made it; make "
+                 "one Session per thread");
+  }
+  auto* view = reinterpret_cast<MapImpl::FastTable*>(view_);
+  std::uint64_t v = 0;
+  // The view stays valid while we are pinned (its table cannot be freed). A table that has
+  // been replaced meanwhile never answers wrongly: a writer settles a key in it (sealing or
+  // freezing its bucket) before writing the key anywhere newer, and the fast path leaves
+  // those states to the slow path -- after which the view is read again.
+  if (have_view_) {
+    const MapImpl::Fast r =
+        m_->find_fast(*view, k, detail::hash_key(k, m_->seed()) >> view->shift, &v);
+    if (r != MapImpl::Fast::slow) return detail::make_optional_fast(r == MapImpl::Fast::hit, v);
+  }
+  have_view_ = m_->fast_table(view);
+  const bool found = m_->find_slow(k, &v);
+  return detail::make_optional_fast(found, v);
+}
+
 std::size_t Map::find_many(std::span<const std::uint64_t> keys,
                            std::span<std::optional<std::uint64_t>> out) const {
   if (out.size() < keys.size()) {

@@ -132,6 +132,7 @@ class MapImpl {
   static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true);
 
   const std::string& name() const { return name_; }
+  std::uint64_t seed() const { return seed_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
   template <class T>
   T* at(std::uint64_t offset) const {
