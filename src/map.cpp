@@ -63,54 +63,32 @@ bool Map::insert_or_assign(std::uint64_t k, std::uint64_t v) {
               .has_value();
 }
 
-namespace detail {
-// std::optional<uint64_t> as libstdc++ lays it out: the value, then the engaged flag. GCC 12
-// builds an optional return with a byte store followed by a qword load of the same bytes (a
-// store-forwarding stall on every lookup); bit_cast from two words avoids it. The layout is
-// checked by Layout.OptionalReturnLayout.
-struct OptionalWords {
-  std::uint64_t value;
-  std::uint64_t engaged;
-};
-static_assert(sizeof(OptionalWords) == sizeof(std::optional<std::uint64_t>));
-inline std::optional<std::uint64_t> make_optional_fast(bool engaged, std::uint64_t v) {
-  return std::bit_cast<std::optional<std::uint64_t>>(OptionalWords{engaged ? v : 0, engaged});
-}
-}  // namespace detail
-
 std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
   std::uint64_t v = 0;
   const bool found = impl_->find(k, &v);
   return detail::make_optional_fast(found, v);
 }
 
-Map::Session::Session(const Map& map) : m_(map.impl_.get()), thread_(detail::thread_number()) {
-  static_assert(sizeof(detail::MapImpl::FastTable) <= sizeof(view_) &&
-                alignof(detail::MapImpl::FastTable) <= 8);
+Map::Session::Session(const Map& map)
+    : m_(map.impl_.get()), thread_(detail::thread_number()), seed_(map.impl_->seed()) {
   m_->pin();
 }
 
 Map::Session::~Session() { m_->unpin(); }  // noexcept: unpin never throws
 
-std::optional<std::uint64_t> Map::Session::find(std::uint64_t k) {
-  using detail::MapImpl;
-  if (detail::thread_number() != thread_) {
-    detail::fail(Errc::invalid_argument, m_->name(),
-                 "a Map::Session was used from a thread other than the one that made it; make "
-                 "one Session per thread");
-  }
-  auto* view = reinterpret_cast<MapImpl::FastTable*>(view_);
-  std::uint64_t v = 0;
+void Map::Session::wrong_thread() const {
+  detail::fail(Errc::invalid_argument, m_->name(),
+               "a Map::Session was used from a thread other than the one that made it; make one "
+               "Session per thread");
+}
+
+std::optional<std::uint64_t> Map::Session::find_slow(std::uint64_t k) {
   // The view stays valid while we are pinned (its table cannot be freed). A table that has
   // been replaced meanwhile never answers wrongly: a writer settles a key in it (sealing or
   // freezing its bucket) before writing the key anywhere newer, and the fast path leaves
-  // those states to the slow path -- after which the view is read again.
-  if (have_view_) {
-    const MapImpl::Fast r =
-        m_->find_fast(*view, k, detail::hash_key(k, m_->seed()) >> view->shift, &v);
-    if (r != MapImpl::Fast::slow) return detail::make_optional_fast(r == MapImpl::Fast::hit, v);
-  }
-  have_view_ = m_->fast_table(view);
+  // those states to the slow path -- which is here, after which the view is read again.
+  have_view_ = m_->fast_table(&view_);
+  std::uint64_t v = 0;
   const bool found = m_->find_slow(k, &v);
   return detail::make_optional_fast(found, v);
 }

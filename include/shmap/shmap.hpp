@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "shmap/detail/fast_path.hpp"
 #include "shmap/error.hpp"
 
 namespace shmap {
@@ -192,13 +193,30 @@ class Map {
     ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
-    std::optional<std::uint64_t> find(std::uint64_t k);
+    /// As Map::find. Inline: a loop of these is short enough for the CPU to overlap the cache
+    /// misses of several lookups.
+    std::optional<std::uint64_t> find(std::uint64_t k) {
+      if (detail::thread_number() != thread_) [[unlikely]] {
+        wrong_thread();
+      }
+      std::uint64_t v = 0;
+      const detail::Fast r =
+          have_view_ ? detail::find_fast(view_, k, detail::hash_key(k, seed_) >> view_.shift, &v)
+                     : detail::Fast::slow;
+      if (r == detail::Fast::slow) [[unlikely]] {
+        return find_slow(k);
+      }
+      return detail::make_optional_fast(r == detail::Fast::hit, v);
+    }
     bool contains(std::uint64_t k) { return find(k).has_value(); }
 
    private:
+    [[noreturn]] void wrong_thread() const;
+    std::optional<std::uint64_t> find_slow(std::uint64_t k);  // and reads the view again
     const detail::MapImpl* m_;
     std::size_t thread_;
-    alignas(8) unsigned char view_[32];  // the fast path's view of the current table
+    std::uint64_t seed_;
+    detail::FastView view_;
     bool have_view_ = false;
   };
 

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "shmap/detail/fast_path.hpp"
 #include "shmap/detail/layout.hpp"
 #include "shmap/shmap.hpp"
 
@@ -33,13 +34,6 @@ inline constexpr std::uint64_t kStartUnknown = UINT64_MAX;
 std::uint64_t own_start_time() noexcept;
 /// True if pid names a running (or stopped) process started at `start_time` (0: any).
 bool process_alive(int pid, std::uint64_t start_time) noexcept;
-/// This thread's process-wide number (small, reused after the thread exits).
-inline constinit thread_local std::size_t t_thread_number = SIZE_MAX;
-std::size_t assign_thread_number() noexcept;
-inline std::size_t thread_number() noexcept {
-  const std::size_t n = t_thread_number;
-  return n != SIZE_MAX ? n : assign_thread_number();
-}
 /// Longest walk of the retired stack: a damaged stack may be a cycle. (Far more tables than
 /// can be retired at once: each retirement is one resize, and reclaim runs after each.)
 inline constexpr std::size_t kMaxRetiredWalk = std::size_t{1} << 20;
@@ -66,10 +60,6 @@ inline bool cas128(std::uint64_t* p, std::uint64_t exp_lo, std::uint64_t exp_hi,
   const u128 expected = (u128(exp_hi) << 64) | exp_lo;
   const u128 desired = (u128(new_hi) << 64) | new_lo;
   return __sync_bool_compare_and_swap(reinterpret_cast<u128*>(p), expected, desired);
-}
-
-inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
-  return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_acquire);
 }
 
 /// A handle slot's {owner, start_time}, which change together.
@@ -344,13 +334,8 @@ class MapImpl {
   static constexpr std::size_t kFindGroup = 64;
   std::size_t find_many(const std::uint64_t* keys, std::size_t n,
                         std::optional<std::uint64_t>* out) const;
-  /// What the fast path needs of the current table, read once per pin.
-  struct FastTable {
-    const Bucket* buckets;
-    std::uint64_t mask;
-    std::uint64_t older;
-    unsigned shift;  // home = hash >> shift
-  };
+  /// What the fast path needs of the current table, read once per pin (fast_path.hpp).
+  using FastTable = FastView;
   /// The current table, if it is mapped here (else the slow path maps it). Call pinned.
   [[gnu::always_inline]] bool fast_table(FastTable* ft) const {
     // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
@@ -378,34 +363,10 @@ class MapImpl {
     ft->shift = static_cast<unsigned>(64 - bits);
     return true;
   }
-  enum class Fast { hit, miss, slow };
-  /// The common case of a lookup, decided in a handful of loads: k LIVE in the current table,
-  /// or absent from it with no older table. Anything else (migration states) is Fast::slow.
-  /// Call pinned, with ft read under the same pin.
+  using Fast = detail::Fast;
   [[gnu::always_inline]] Fast find_fast(const FastTable& ft, std::uint64_t k, std::uint64_t home,
                                         std::uint64_t* out) const {
-    const Bucket* b = ft.buckets;
-    for (std::uint64_t i = home, n = 0; n <= ft.mask; i = (i + 1) & ft.mask, ++n) {
-      const std::uint64_t m1 = load_acquire(b[i].meta);
-      const std::uint64_t s = state_of(m1);
-      if (s == kEmpty) return ft.older != 0 ? Fast::slow : Fast::miss;
-      if (s == kLive) {
-        if (load_acquire(b[i].key) != k) continue;
-        const std::uint64_t v = load_acquire(b[i].value);
-        // Same meta (state and version) after the value load: v belongs to LIVE k.
-        if (std::atomic_ref<const std::uint64_t>(b[i].meta).load(std::memory_order_relaxed) != m1) {
-          return Fast::slow;
-        }
-        *out = v;
-        return Fast::hit;
-      }
-      if (s == kTomb) {
-        if (load_acquire(b[i].key) != k) continue;
-        return Fast::miss;  // erased: the current table is authoritative for any key it decided
-      }
-      return Fast::slow;  // CLAIMED, FROZEN, MOVED, SEALED: migration states
-    }
-    return Fast::slow;
+    return detail::find_fast(ft, k, home, out);
   }
   bool find_slow(std::uint64_t k, std::uint64_t* out) const;
   std::optional<std::uint64_t> find_slower(std::uint64_t k) const;
