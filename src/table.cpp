@@ -75,15 +75,21 @@ std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older)
   std::uint64_t bytes = 0;
   const std::uint64_t off = allocate(table_bytes(capacity), &bytes);  // zeroed
   auto* t = at<TableHeader>(off);
-  t->capacity = capacity;
-  t->bits = log2_of(capacity);
-  t->extent_bytes = bytes;
-  t->older_capacity = older_cap;
-  t->created_epoch = header().global_epoch.load(std::memory_order_relaxed);
-  t->discard_older = 0;
+  // Relaxed atomic stores: the table is published by a seq_cst CAS, but the leak sweep
+  // (leaks.cpp) walks the arena and may read a header while it is being written here; it
+  // validates what it reads and judges only tables whose creator is gone.
+  auto put = [](std::uint64_t& w, std::uint64_t v) {
+    std::atomic_ref<std::uint64_t>(w).store(v, std::memory_order_relaxed);
+  };
+  put(t->capacity, capacity);
+  put(t->bits, log2_of(capacity));
+  put(t->extent_bytes, bytes);
+  put(t->older_capacity, older_cap);
+  put(t->created_epoch, header().global_epoch.load(std::memory_order_relaxed));
+  put(t->discard_older, 0);
   // Who made it: a table never linked whose creator is gone is a leak (leaks.cpp). 0 while
   // the segment is being created (no slot yet): that first table is published at once.
-  t->bulk.key = owner_word_;
+  put(t->bulk.key, owner_word_);
   // Relaxed: the table is published by the seq_cst CAS on current_table.
   t->older.store(older, std::memory_order_relaxed);
   return off;
