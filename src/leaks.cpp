@@ -30,8 +30,15 @@
 //     walks. Creators free their own unpublished tables without the lock: such a table's
 //     creator is alive, so it is no suspect; once freed its range reads zeros or another
 //     table (another created epoch).
-//   - The chain is walked fresh each time: a table published or unlinked during a walk is
-//     seen in one of the two walks as accounted, or its owner's pin spans the grace period.
+//   - Each walk reads the arena first and the chain and the stack after. A suspect's reason
+//     (`newer` set, creator gone) is seen before the chain is read, so the table was linked
+//     (if ever) before that read: a chain read that misses it follows an unlink whose
+//     completer is pinned until its push, and the grace period after the first walk waits for
+//     it. (Chain first, arena after was wrong: a table linked after the chain read and given
+//     a successor before the arena read was a suspect no completer explained, and a completer
+//     that pinned after the grace epoch could hide it from the second walk as well -- compact()
+//     then retired a table in use, which its completer pushed again.
+//     Protocol.TableLinkedDuringTheFirstWalkAndUnlinkedDuringTheSecondIsNoLeak.)
 //   - The walk reads headers of extents that may be freed or reused under it: relaxed loads
 //     of mapped memory, each header validated before its size is trusted; a bucket page can
 //     never pass as a header (a non-EMPTY bucket's meta is >= 2^24, not a valid `bits`).
@@ -65,26 +72,72 @@ std::uint64_t field(const std::uint64_t& w) {
 
 std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
   SegmentHeader& h = header();
-  // Extents accounted for, by offset -> bytes (a table's own extent size when it is one).
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> known = free_extents();
-  auto add_table = [&](const TableHeader* t) {
-    known.emplace_back(offset_of(t), field(t->extent_bytes));
-  };
+  // The arena first, the lists that account for tables after: a suspect's reason (a successor
+  // link, or a creator gone) is seen before the chain is read, so whatever linked the suspect
+  // into the chain did so before that read. If the chain read misses it anyway, an unlink came
+  // in between and its completer (pinned until it retires the table) is waited for by the
+  // grace period. (Read the other way round, a table linked *after* the chain read and given a
+  // successor before the arena read was a suspect the grace period explained nothing about:
+  // a completer starting after the grace period's epoch could hide it from the second walk
+  // too, and compact() retired a table in use -- pushed twice, freed while on the stack.)
+  std::vector<TableId> suspects;
+  {
+    // Free extents are skipped whole (their pages are holes anyway): by offset -> bytes.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> free = free_extents();
+    std::sort(free.begin(), free.end());
+    const std::uint64_t arena_top = h.arena_top.load(std::memory_order_acquire);
+    // A top past the object is damage (check() reports it): judge nothing.
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || arena_top > static_cast<std::uint64_t>(st.st_size) ||
+        arena_top > reserved_) {
+      return {};
+    }
+    std::uint64_t x = arena_offset_;
+    while (x < arena_top) {
+      const auto k =
+          std::lower_bound(free.begin(), free.end(), std::pair<std::uint64_t, std::uint64_t>{x, 0});
+      if (k != free.end() && k->first == x && k->second % kPage == 0 && k->second != 0) {
+        x += k->second;
+        continue;
+      }
+      const TableHeader* s = table_or_null(x);  // shape validated, extent inside the object
+      if (s == nullptr) {
+        // A lost free range (a hole), or an extent being set up: on to the next page that
+        // holds data (holes are skipped whole, so a walk over freed space costs nothing).
+        const off_t next = ::lseek(fd_, static_cast<off_t>(x + kPage), SEEK_DATA);
+        x = next < 0 ? arena_top  // ENXIO: no data up to the end of the object
+                     : std::max(x + kPage, static_cast<std::uint64_t>(next) / kPage * kPage);
+        continue;
+      }
+      const std::uint64_t bytes = field(s->extent_bytes);
+      const std::uint64_t creator = field(s->bulk.key);
+      if (s->newer.load(std::memory_order_acquire) != 0 ||
+          (creator != 0 && !gate_owner_alive(creator))) {
+        suspects.push_back({x, field(s->created_epoch), bytes});
+      }
+      x += std::max<std::uint64_t>(bytes, kPage);
+    }
+  }
+  if (sweep_mid_walk_for_test != nullptr) sweep_mid_walk_for_test();
+  if (suspects.empty()) return {};
+
+  // Tables accounted for, by offset.
+  std::vector<std::uint64_t> known;
   // The chain: current_table, successors linked past it, then every older table below.
   const TableHeader* top = table_or_null(h.current_table.load(std::memory_order_seq_cst));
   if (top == nullptr) return {};  // damaged: check() reports it, nothing is judged
-  add_table(top);
+  known.push_back(offset_of(top));
   for (std::size_t i = 0; i < kMaxChain; ++i) {
     const TableHeader* n = table_or_null(top->newer.load(std::memory_order_acquire));
     if (n == nullptr) break;
-    add_table(n);
+    known.push_back(offset_of(n));
     top = n;
   }
   const TableHeader* t = top;
   for (std::size_t i = 0; i < 2 * kMaxChain; ++i) {
     t = table_or_null(t->older.load(std::memory_order_acquire));
     if (t == nullptr) break;
-    add_table(t);
+    known.push_back(offset_of(t));
   }
   // The retired stack (bounded: a damaged one may be a cycle).
   std::size_t n = 0;
@@ -92,43 +145,13 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
        off != 0 && n < kMaxRetiredWalk; ++n) {
     const TableHeader* r = table_or_null(off);
     if (r == nullptr) break;
-    add_table(r);
+    known.push_back(off);
     off = std::atomic_ref<const std::uint64_t>(r->retired_next).load(std::memory_order_acquire);
   }
   std::sort(known.begin(), known.end());
-
   std::vector<TableId> out;
-  const std::uint64_t arena_top = h.arena_top.load(std::memory_order_acquire);
-  // A top past the object is damage (check() reports it): judge nothing.
-  struct stat st {};
-  if (::fstat(fd_, &st) != 0 || arena_top > static_cast<std::uint64_t>(st.st_size) ||
-      arena_top > reserved_) {
-    return {};
-  }
-  std::uint64_t x = arena_offset_;
-  while (x < arena_top) {
-    const auto k =
-        std::lower_bound(known.begin(), known.end(), std::pair<std::uint64_t, std::uint64_t>{x, 0});
-    if (k != known.end() && k->first == x && k->second % kPage == 0 && k->second != 0) {
-      x += k->second;
-      continue;
-    }
-    const TableHeader* s = table_or_null(x);  // shape validated, extent inside the object
-    if (s == nullptr) {
-      // A lost free range (a hole), or an extent being set up: on to the next page that holds
-      // data (holes are skipped whole, so a walk over freed space costs nothing).
-      const off_t next = ::lseek(fd_, static_cast<off_t>(x + kPage), SEEK_DATA);
-      x = next < 0 ? arena_top  // ENXIO: no data up to the end of the object
-                   : std::max(x + kPage, static_cast<std::uint64_t>(next) / kPage * kPage);
-      continue;
-    }
-    const std::uint64_t bytes = field(s->extent_bytes);
-    const std::uint64_t creator = field(s->bulk.key);
-    if (s->newer.load(std::memory_order_acquire) != 0 ||
-        (creator != 0 && !gate_owner_alive(creator))) {
-      out.push_back({x, field(s->created_epoch), bytes});
-    }
-    x += std::max<std::uint64_t>(bytes, kPage);
+  for (const TableId& id : suspects) {
+    if (!std::binary_search(known.begin(), known.end(), id.offset)) out.push_back(id);
   }
   return out;
 }

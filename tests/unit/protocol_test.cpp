@@ -484,6 +484,78 @@ TEST(Protocol, CompleterBetweenUnlinkAndRetireIsNoLeak) {
   EXPECT_EQ(a.size(), 200u);
 }
 
+// A live table missed by both walks of the leak sweep for two different reasons. During the
+// first walk a writer links a successor N and then a successor of N (N->newer set, N still in
+// the chain): if the walk read the chain before N was linked and the arena after N got its
+// successor, N is a suspect. A writer that starts *after* the grace period's epoch then
+// completes N's migration and sits between unlinking and retiring N while the second walk
+// runs: N is in neither the chain nor the retired stack, and the grace period did not wait for
+// that writer (it pinned after the epoch). The sweep then called N leaked, and compact()
+// retired it while its completer was about to retire it too: N pushed twice onto the retired
+// stack (a cycle), and freed while on it.
+std::atomic<int> g_late{0};  // -1: not armed, 0: armed, 1: parked in the window, 2: released
+std::atomic<int> g_walks{0};
+Map* g_late_map = nullptr;
+std::thread* g_late_thread = nullptr;
+TEST(Protocol, TableLinkedDuringTheFirstWalkAndUnlinkedDuringTheSecondIsNoLeak) {
+  ScopedName name("proto-late");
+  Map a = Map::create(name, {.initial_capacity = 8});
+  Map b = Map::open(name);
+  for (std::uint64_t k = 0; k < 4; ++k) a.insert(k, k);
+  g_late = -1;
+  g_walks = 0;
+  g_late_map = &a;
+  std::thread completer;
+  g_late_thread = &completer;
+  struct Reset {
+    ~Reset() {
+      MapImpl::sweep_mid_walk_for_test = nullptr;
+      MapImpl::sweep_grace_for_test = nullptr;
+      MapImpl::between_unlink_and_retire_for_test = nullptr;
+      g_late.store(2);
+      if (g_late_thread->joinable()) g_late_thread->join();
+    }
+  } reset;
+  MapImpl::sweep_mid_walk_for_test = [] {
+    if (g_walks.fetch_add(1) != 0) return;  // the first walk only
+    const MapImpl& ai = g_late_map->impl();
+    {
+      PinGuard pin(ai);
+      ai.maybe_resize(ai.table(ai.top_table(true)), false, true);  // N, published
+    }
+    ai.finish_migration();  // N assimilates its older table
+    PinGuard pin(ai);
+    ai.maybe_resize(ai.table(ai.top_table(true)), false, true);  // N's successor, linked
+  };
+  MapImpl::between_unlink_and_retire_for_test = [] {
+    int idle = 0;
+    if (!g_late.compare_exchange_strong(idle, 1)) return;  // park once
+    while (g_late.load() != 2) std::this_thread::yield();
+  };
+  MapImpl::sweep_grace_for_test = [] {
+    // A writer that pins after the sweep's new epoch finishes N's migration and parks.
+    g_late.store(0);
+    *g_late_thread = std::thread([] { g_late_map->impl().finish_migration(); });
+    while (g_late.load() != 1) std::this_thread::yield();
+  };
+  const MapImpl::LeakScan scan = b.impl().sweep_leaks(true);  // what compact() runs
+  g_late.store(2);
+  if (completer.joinable()) completer.join();
+  MapImpl::sweep_mid_walk_for_test = nullptr;
+  MapImpl::sweep_grace_for_test = nullptr;
+  MapImpl::between_unlink_and_retire_for_test = nullptr;
+  EXPECT_GE(g_walks.load(), 1) << "the sweep never walked";
+  EXPECT_EQ(scan.tables, 0u) << "a table in use was called leaked (and retired)";
+  EXPECT_TRUE(scan.done);
+  // Whatever the sweep did, the map must still be whole.
+  b.compact();
+  const CheckReport rep = a.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  for (std::uint64_t k = 0; k < 4; ++k) EXPECT_EQ(a.find(k), k);
+  EXPECT_EQ(a.size(), 4u);
+  EXPECT_EQ(a.stats().retired_pending, 0u);
+}
+
 TEST(Protocol, PendingCountIsAppliedByTheNextWriter) {
   Fixture f;
   Map other = Map::open(f.name);

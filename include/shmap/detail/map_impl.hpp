@@ -495,6 +495,9 @@ class MapImpl {
   /// Test hook: the leak sweep calls it once it has found suspects and waits for the
   /// operations in flight to end (its grace period).
   static inline void (*sweep_grace_for_test)() = nullptr;
+  /// Test hook: each walk of the leak sweep calls it between its two halves (the arena, then
+  /// the lists that account for tables: chain, retired stack), where writers may resize.
+  static inline void (*sweep_mid_walk_for_test)() = nullptr;
   /// Records (before its CAS) that this lane's next write installs {meta, value} in the
   /// bucket at offset off, with the lane's count at change number seq. Returns seq.
   static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
