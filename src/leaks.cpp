@@ -139,15 +139,17 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
     if (t == nullptr) break;
     known.push_back(offset_of(t));
   }
-  // The retired stack (bounded: a damaged one may be a cycle).
+  // The retired stack (bounded: a damaged one may be a cycle). A stack not walked to its end
+  // (a bad link, or longer than the bound) hides what it holds: judge nothing then.
   std::size_t n = 0;
-  for (std::uint64_t off = h.retired_head.load(std::memory_order_acquire);
-       off != 0 && n < kMaxRetiredWalk; ++n) {
+  std::uint64_t off = h.retired_head.load(std::memory_order_acquire);
+  for (; off != 0 && n < kMaxRetiredWalk; ++n) {
     const TableHeader* r = table_or_null(off);
-    if (r == nullptr) break;
+    if (r == nullptr) return {};
     known.push_back(off);
     off = std::atomic_ref<const std::uint64_t>(r->retired_next).load(std::memory_order_acquire);
   }
+  if (off != 0) return {};
   std::sort(known.begin(), known.end());
   std::vector<TableId> out;
   for (const TableId& id : suspects) {
