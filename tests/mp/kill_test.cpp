@@ -230,9 +230,11 @@ TEST_F(KillTest, KilledWritersLoseNoAcknowledgedWrite) {
 
   // Fully usable: grow and shrink again, and nothing is held back any more.
   const std::uint64_t more = 50000 / kScale;
-  for (std::uint64_t i = 0; i < more; ++i) ASSERT_TRUE(m.insert((500ULL << 40) + i, i));
-  for (std::uint64_t i = 0; i < more; ++i) ASSERT_EQ(m.find((500ULL << 40) + i), i);
-  for (std::uint64_t i = 0; i < more; ++i) ASSERT_TRUE(m.erase((500ULL << 40) + i));
+  // Above every victim's range ((100 + v) << 40 for any number of rounds): fresh keys.
+  constexpr std::uint64_t kFreshKeys = std::uint64_t{1} << 62;
+  for (std::uint64_t i = 0; i < more; ++i) ASSERT_TRUE(m.insert(kFreshKeys + i, i));
+  for (std::uint64_t i = 0; i < more; ++i) ASSERT_EQ(m.find(kFreshKeys + i), i);
+  for (std::uint64_t i = 0; i < more; ++i) ASSERT_TRUE(m.erase(kFreshKeys + i));
   m.compact();
   // size() is documented exact when no writer is mid-operation: a writer killed mid-operation
   // is never coming back, so once its slot is cleared the count must be exact again.
