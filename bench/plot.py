@@ -10,6 +10,7 @@ compare runs, e.g. before=bench/results/run8-...-micro.txt after=bench/results/r
 each label and size is one bar. Needs Debian's python3-matplotlib (scripts/deps.sh bench).
 """
 import argparse
+import os
 import re
 import sys
 
@@ -114,10 +115,10 @@ def main():
     axes[0].invert_yaxis()
     handles, names = axes[0].get_legend_handles_labels()
     uniq = dict(zip(names, handles))
-    axes[1].legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
-    fig.suptitle(args.title + "\n" + ", ".join(sorted({p.rpartition("=")[2] for p in args.files})),
-                 fontsize=10)
-    fig.tight_layout()
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=len(uniq), fontsize=9)
+    sources = sorted({os.path.basename(p.rpartition("=")[2]) for p in args.files})
+    fig.suptitle(args.title + "\n" + ", ".join(sources), fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(args.out, dpi=110)
     print(f"plot.py: wrote {args.out}")
 
