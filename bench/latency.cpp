@@ -304,10 +304,13 @@ void growth_with_reader(std::size_t n, const Keys& k) {
   }
   Samples s;
   s.reserve(n);
+  std::size_t longest = 0;  // index of the longest insert: the keys in the map before it
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint64_t t0 = tsc_begin();
     w->insert(k.insert_order[i], i);
-    s.add(tsc_end() - t0);
+    const std::uint64_t t = tsc_end() - t0;
+    if (t > s.max) longest = i;
+    s.add(t);
     if ((i & 1023) == 1023) {
       w->flush();  // lmdb: commit, so that what is published is visible
       sh->published.store(i + 1, std::memory_order_release);
@@ -345,9 +348,10 @@ void growth_with_reader(std::size_t n, const Keys& k) {
   }
   char note[512];
   std::snprintf(note, sizeof note,
-                "- %s: %zu keys%s; compact() after the last insert %.1f ms; reader: %zu wrong "
-                "lookups, exit status %d\n",
-                P::kName, n, capacity.c_str(),
+                "- %s: %zu keys%s; the longest insert was the one with %zu keys in the map; "
+                "compact() after the last insert %.1f ms; reader: %zu wrong lookups, exit "
+                "status %d\n",
+                P::kName, n, capacity.c_str(), longest,
                 static_cast<double>(compact_ticks) / g_ticks_per_ns / 1e6, sh->wrong, status);
   g_growth_notes += note;
   std::fflush(stdout);
