@@ -6,7 +6,7 @@
 # so each build's ratios come from its own run; the chart shows both.
 #   BASE=570ba87 [TAG=run9] [SIZES=1M,16M] [ROUNDS=1] [MICRO_ARGS=...] [LAT=1] bench/before_after.sh
 # Writes bench/results/<TAG>-{before,after}-micro.txt (and -latency.txt with LAT=1) and
-# docs/bench-before-after.png. The base build takes the library (include/, src/, CMakeLists.txt,
+# docs/bench-before-after.png (PLOT_OUT=path to put it elsewhere). The base build takes the library (include/, src/, CMakeLists.txt,
 # cmake/) from BASE and bench/ from this tree: the benchmarks use the public API only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,5 +56,5 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 suffix=$([[ $ROUNDS -gt 1 ]] && echo "-r0" || true)
-"$root/bench/plot.py" -o "$root/docs/bench-before-after.png" \
+"$root/bench/plot.py" -o "${PLOT_OUT:-$root/docs/bench-before-after.png}" \
   "before=$out/$TAG-before$suffix-micro.txt" "after=$out/$TAG-after$suffix-micro.txt"
