@@ -7,16 +7,25 @@
 //   find_hit  look up keys that are present (shuffled order)
 //   find_miss look up keys that are absent
 //   mixed     90% find_hit, 10% overwrite of a present key
+//   find_hit_zipf / find_miss_zipf / mixed_zipf: the same with Zipf(0.99) key popularity
+//             (bench/peers.hpp: zipf_sequence) instead of every key once in shuffled order
 //   find_hit_many / find_miss_many (shmap only): the same lookups through Map::find_many,
 //             1024 keys per call. The peers have no batch API: their ratio column compares
 //             against their one-at-a-time find_hit / find_miss.
+//   bare      (find_hit rows only) not a map: one 8-byte load per lookup at a random 32-byte
+//             slot of an array in a tmpfs segment of the same byte size as shmap's table at
+//             that key count, with the same keys and loop. What one cache/TLB miss per
+//             lookup costs here: the floor for any table of that footprint.
 // Each benchmark is repeated (3 times unless --benchmark_repetitions says otherwise) and the
 // console shows the aggregates; a summary table of medians and shmap's ratios closes the run.
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -39,9 +48,106 @@ const Keys& keys_for(std::size_t n) {
   return *slot;
 }
 
+/// The lookups under Zipf(0.99) popularity: n keys drawn from the present (hits) or absent
+/// (misses) keys, the most popular spread over the table by the shuffle.
+const std::vector<std::uint64_t>& zipf_keys(std::size_t n, bool misses) {
+  static std::map<std::pair<std::size_t, bool>, std::vector<std::uint64_t>> cache;
+  auto& slot = cache[{n, misses}];
+  if (slot.empty()) {
+    const Keys& k = keys_for(n);
+    // The misses are ranked in their own (unshuffled, already random) order.
+    slot = zipf_sequence(misses ? k.misses : k.lookup_order, n, kSeed + (misses ? 2 : 1));
+  }
+  return slot;
+}
+
 std::string segment_name(const char* peer) {
   return "shmap-bench-" + std::to_string(::getpid()) + "-" + peer;
 }
+
+#ifndef SHMAP_BENCH_PEERS_ONLY
+/// Bytes of shmap's table(s) with n keys at steady state (grown from capacity 8, compacted):
+/// the segment's allocated bytes less those of an empty map. Recorded by filled<ShmapPeer>,
+/// else measured here. Public API only, so it stays right when the table layout changes.
+std::map<std::size_t, std::size_t> g_shmap_table_bytes;
+
+std::size_t shmap_empty_bytes() {
+  static const std::size_t bytes = [] {
+    const std::string name = segment_name("empty");
+    ShmapPeer::destroy(name);
+    std::size_t b;
+    {
+      ShmapPeer p(Create{}, name, 8);
+      b = p.footprint_bytes();
+    }
+    ShmapPeer::destroy(name);
+    return b;
+  }();
+  return bytes;
+}
+
+std::size_t shmap_table_bytes(std::size_t n) {
+  auto it = g_shmap_table_bytes.find(n);
+  if (it != g_shmap_table_bytes.end()) return it->second;
+  const std::string name = segment_name("sizing");
+  ShmapPeer::destroy(name);
+  std::size_t full;
+  {
+    ShmapPeer p(Create{}, name, 8);
+    const Keys& k = keys_for(n);
+    for (std::size_t i = 0; i < n; ++i) p.insert(k.insert_order[i], i);
+    p.compact();
+    full = p.footprint_bytes();
+  }
+  ShmapPeer::destroy(name);
+  return g_shmap_table_bytes[n] = full - shmap_empty_bytes();
+}
+#else
+std::size_t shmap_table_bytes(std::size_t n) { return n * 64; }  // shmap's today: 2n buckets of 32
+#endif
+
+/// Not a map: the lower bound of a lookup in a table of shmap's footprint. One 8-byte load
+/// at a random 32-byte slot (multiply-shift of the key: the keys are random already) of an
+/// array in a tmpfs segment (4 KiB pages, as shmap's; written once so every page is present).
+/// find() always "hits", so only the find_hit rows are registered for it.
+class BarePeer {
+ public:
+  static constexpr const char* kName = "bare";
+  explicit BarePeer(std::size_t n)
+      : name_("/" + segment_name("bare")), bytes_(shmap_table_bytes(n) / 32 * 32) {
+    const int fd = ::shm_open(name_.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(bytes_)) != 0) {
+      throw std::runtime_error("bare: shm_open/ftruncate failed");
+    }
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("bare: mmap failed");
+    words_ = static_cast<std::uint64_t*>(p);
+    std::memset(p, 1, bytes_);
+    slots_ = bytes_ / 32;
+  }
+  BarePeer(const BarePeer&) = delete;
+  BarePeer& operator=(const BarePeer&) = delete;
+  ~BarePeer() {
+    ::munmap(words_, bytes_);
+    ::shm_unlink(name_.c_str());
+  }
+  void insert(std::uint64_t, std::uint64_t) {}
+  void assign(std::uint64_t, std::uint64_t) {}
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    const auto slot = static_cast<std::size_t>((static_cast<unsigned __int128>(k) * slots_) >> 64);
+    *v = words_[slot * 4];
+    return true;
+  }
+  void flush() {}
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  std::string name_;
+  std::size_t bytes_;
+  std::size_t slots_ = 0;
+  std::uint64_t* words_ = nullptr;
+};
 
 /// A map built for one benchmark: a growing instance of P, unlinked when dropped.
 struct AnyInstance {
@@ -90,6 +196,11 @@ P& filled(std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) inst->peer->insert(k.insert_order[i], i);
     inst->peer->flush();
     if constexpr (requires { inst->peer->compact(); }) inst->peer->compact();
+#ifndef SHMAP_BENCH_PEERS_ONLY
+    if constexpr (std::is_same_v<P, ShmapPeer>) {
+      g_shmap_table_bytes[n] = inst->peer->footprint_bytes() - shmap_empty_bytes();
+    }
+#endif
     g_filled = std::move(inst);
     g_filled_key = key;
   }
@@ -121,11 +232,22 @@ void bm_insert(benchmark::State& state, std::size_t n) {
 
 enum class Workload { find_hit, find_miss, mixed };
 
-template <class P, Workload W>
-void bm_lookup(benchmark::State& state, std::size_t n) {
+enum class Popularity { uniform, zipf };
+
+/// The n lookup keys of workload W: each present (absent) key once in shuffled order, or n
+/// draws with Zipf popularity.
+template <Workload W, Popularity Z>
+const std::uint64_t* lookup_keys(std::size_t n) {
+  const bool misses = W == Workload::find_miss;
+  if (Z == Popularity::zipf) return zipf_keys(n, misses).data();
   const Keys& k = keys_for(n);
+  return misses ? k.misses.data() : k.lookup_order.data();
+}
+
+template <class P, Workload W, Popularity Z = Popularity::uniform>
+void bm_lookup(benchmark::State& state, std::size_t n) {
+  const std::uint64_t* keys = lookup_keys<W, Z>(n);
   P& p = filled<P>(n);
-  const std::uint64_t* keys = W == Workload::find_miss ? k.misses.data() : k.lookup_order.data();
   std::size_t i = 0;
   std::uint64_t sum = 0;
   std::size_t found = 0;
@@ -157,9 +279,8 @@ void bm_lookup(benchmark::State& state, std::size_t n) {
 /// The same lookups as bm_lookup, kBatch keys per find_many call.
 template <class P, Workload W>
 void bm_lookup_many(benchmark::State& state, std::size_t n) {
-  const Keys& k = keys_for(n);
+  const std::uint64_t* keys = lookup_keys<W, Popularity::uniform>(n);
   P& p = filled<P>(n);
-  const std::uint64_t* keys = W == Workload::find_miss ? k.misses.data() : k.lookup_order.data();
   std::vector<std::optional<std::uint64_t>> out(kBatch);
   std::size_t i = 0;
   std::uint64_t sum = 0;
@@ -181,8 +302,9 @@ void bm_lookup_many(benchmark::State& state, std::size_t n) {
 
 // ---- registration ---------------------------------------------------------------------------
 
-const char* const kWorkloads[] = {"insert", "find_hit",      "find_miss",
-                                  "mixed",  "find_hit_many", "find_miss_many"};
+const char* const kWorkloads[] = {"insert",     "find_hit",      "find_miss",
+                                  "mixed",      "find_hit_zipf", "find_miss_zipf",
+                                  "mixed_zipf", "find_hit_many", "find_miss_many"};
 
 /// The peer workload a shmap workload is compared with: its own, or for the batched lookups
 /// (which only shmap has) the peer's one-at-a-time lookups.
@@ -194,12 +316,25 @@ std::string peer_workload(const std::string& w) {
 template <class P>
 void register_peer(std::size_t n) {
   const std::string suffix = std::string("/") + P::kName + "/" + count_label(n);
+  if constexpr (std::is_same_v<P, BarePeer>) {
+    benchmark::RegisterBenchmark(("find_hit" + suffix).c_str(), bm_lookup<P, Workload::find_hit>,
+                                 n);
+    benchmark::RegisterBenchmark(("find_hit_zipf" + suffix).c_str(),
+                                 bm_lookup<P, Workload::find_hit, Popularity::zipf>, n);
+    return;
+  }
   auto* b = benchmark::RegisterBenchmark(("insert" + suffix).c_str(), bm_insert<P>, n);
   b->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark(("find_hit" + suffix).c_str(), bm_lookup<P, Workload::find_hit>, n);
   benchmark::RegisterBenchmark(("find_miss" + suffix).c_str(), bm_lookup<P, Workload::find_miss>,
                                n);
   benchmark::RegisterBenchmark(("mixed" + suffix).c_str(), bm_lookup<P, Workload::mixed>, n);
+  benchmark::RegisterBenchmark(("find_hit_zipf" + suffix).c_str(),
+                               bm_lookup<P, Workload::find_hit, Popularity::zipf>, n);
+  benchmark::RegisterBenchmark(("find_miss_zipf" + suffix).c_str(),
+                               bm_lookup<P, Workload::find_miss, Popularity::zipf>, n);
+  benchmark::RegisterBenchmark(("mixed_zipf" + suffix).c_str(),
+                               bm_lookup<P, Workload::mixed, Popularity::zipf>, n);
   if constexpr (requires(const P& p, std::optional<std::uint64_t>* out) {
                   p.find_many(nullptr, 0, out);
                 }) {
@@ -285,7 +420,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
 int main(int argc, char** argv) {
   std::string sizes_arg =
       std::getenv("SHMAP_BENCH_SIZES") ? std::getenv("SHMAP_BENCH_SIZES") : "1M";
-  std::string peers_arg = "shmap,bipc,lmdb,lmdb-txn1,tbb,flat";
+  std::string peers_arg = "shmap,bipc,lmdb,lmdb-txn1,tbb,flat,bare";
   // Our flags first; defaults for Google Benchmark's before the user's (later flags win).
   std::vector<char*> args{argv[0]};
   std::string reps = "--benchmark_repetitions=3";
@@ -317,6 +452,7 @@ int main(int argc, char** argv) {
     if (wanted("lmdb-txn1") && n <= (std::size_t{1} << 20)) register_peer<LmdbTxn1Peer>(n);
     if (wanted("tbb")) register_peer<TbbPeer>(n);
     if (wanted("flat")) register_peer<FlatPeer>(n);
+    if (wanted("bare")) register_peer<BarePeer>(n);
   }
 
   benchmark::Initialize(&args_count, args.data());

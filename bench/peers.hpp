@@ -7,6 +7,7 @@
 //                                 the 90/10 mix)
 //   bool find(k, uint64_t* v)     look a key up
 //   void flush()                  make the writes so far durable/visible (LMDB: commit)
+//   size_t footprint_bytes()      bytes the map occupies now (each peer says what it counts)
 //
 // Shared-memory peers (shmap, Boost.Interprocess, LMDB) are built with a Create or an Attach
 // tag: the creator sizes the segment, an attacher opens it by name (what a second process
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/interprocess/allocators/allocator.hpp>
 #include <boost/interprocess/managed_shared_memory.hpp>
 #include <boost/interprocess/sync/interprocess_sharable_mutex.hpp>
@@ -26,12 +28,14 @@
 #include <boost/interprocess/sync/sharable_lock.hpp>
 #include <boost/unordered/unordered_flat_map.hpp>
 #include <boost/unordered/unordered_map.hpp>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -89,6 +93,78 @@ inline Keys make_keys(std::size_t n) {
   std::mt19937_64 rng(kSeed);
   std::shuffle(k.lookup_order.begin(), k.lookup_order.end(), rng);
   return k;
+}
+
+// ---- key popularity: Zipf --------------------------------------------------------------------
+
+/// Zipf(s) over the ranks 1..n: P(rank k) = k^-s / H(n, s). Rejection-inversion sampling
+/// (W. Hormann, G. Derflinger, "Rejection-inversion to generate variates from monotone
+/// discrete distributions", ACM TOMACS 6(3), 1996; the form of Apache Commons RNG's
+/// RejectionInversionZipfSampler): O(1) memory and time per sample, exact for any n and any
+/// s > 0 (s = 1 included), no table of n probabilities. Deterministic for a given generator.
+class Zipf {
+ public:
+  Zipf(std::uint64_t n, double s) : n_(n), s_(s) {
+    h_integral_x1_ = h_integral(1.5) - 1.0;
+    h_integral_n_ = h_integral(static_cast<double>(n) + 0.5);
+    squeeze_ = 2.0 - h_integral_inverse(h_integral(2.5) - h(2.0));
+  }
+  /// A rank in [1, n]; rank 1 is the most popular.
+  template <class Rng>
+  std::uint64_t operator()(Rng& rng) {
+    for (;;) {
+      // u uniform in (h_integral_n_, h_integral_x1_]: 53 random bits.
+      const double r = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+      const double u = h_integral_n_ + r * (h_integral_x1_ - h_integral_n_);
+      const double x = h_integral_inverse(u);
+      double k = std::floor(x + 0.5);
+      if (k < 1) k = 1;
+      if (k > static_cast<double>(n_)) k = static_cast<double>(n_);
+      // Accept at once inside the squeeze, else against the exact hat.
+      if (k - x <= squeeze_ || u >= h_integral(k + 0.5) - h(k)) {
+        return static_cast<std::uint64_t>(k);
+      }
+    }
+  }
+
+ private:
+  // H(x) = integral of h = (x^(1-s) - 1) / (1 - s), written to stay exact as s -> 1.
+  double h_integral(double x) const {
+    const double lx = std::log(x);
+    return helper2((1.0 - s_) * lx) * lx;
+  }
+  double h(double x) const { return std::exp(-s_ * std::log(x)); }
+  double h_integral_inverse(double x) const {
+    double t = x * (1.0 - s_);
+    if (t < -1.0) t = -1.0;  // rounding: keeps log1p defined
+    return std::exp(helper1(t) * x);
+  }
+  static double helper1(double x) {  // log(1 + x) / x
+    return std::abs(x) > 1e-8 ? std::log1p(x) / x : 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x));
+  }
+  static double helper2(double x) {  // (exp(x) - 1) / x
+    return std::abs(x) > 1e-8 ? std::expm1(x) / x
+                              : 1.0 + x * 0.5 * (1.0 + x * (1.0 / 3.0) * (1.0 + 0.25 * x));
+  }
+  std::uint64_t n_;
+  double s_;
+  double h_integral_x1_;
+  double h_integral_n_;
+  double squeeze_;
+};
+
+inline constexpr double kZipfS = 0.99;
+
+/// `count` keys drawn with Zipf(kZipfS) popularity from `keys` (rank r is keys[r - 1]; pass
+/// the shuffled lookup order, so popular keys are spread over the table, not clustered).
+/// Seeded: the same sequence in every run and every program.
+inline std::vector<std::uint64_t> zipf_sequence(const std::vector<std::uint64_t>& keys,
+                                                std::size_t count, std::uint64_t seed) {
+  Zipf z(keys.size(), kZipfS);
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint64_t> out(count);
+  for (auto& k : out) k = keys[z(rng) - 1];
+  return out;
 }
 
 /// "1M" -> 1048576, "16M" -> 16777216, "10M" -> 10485760, "1000" -> 1000.
@@ -156,6 +232,9 @@ class ShmapPeer {
   void flush() {}
   /// Finishes a migration left in flight by the last insert, so lookups see the steady state.
   void compact() { map_.compact(); }
+  /// The segment's allocated bytes (Stats::allocated_bytes: st_blocks of the shm object):
+  /// header, handle slots, the table(s) and any arena extent still held.
+  std::size_t footprint_bytes() const { return map_.stats().allocated_bytes; }
   shmap::Map& map() { return map_; }
 
  private:
@@ -212,6 +291,9 @@ class BipcPeer {
     return true;
   }
   void flush() {}
+  /// Bytes of the managed segment in use (its size minus its free memory): nodes, bucket
+  /// array, allocator headers, the mutex and the segment manager's own index.
+  std::size_t footprint_bytes() const { return segment_.get_size() - segment_.get_free_memory(); }
 
  private:
   static std::size_t segment_bytes(std::size_t keys) {
@@ -306,6 +388,16 @@ class LmdbPeer {
       reads_ = -1;  // renew before the next lookup
     }
   }
+  /// Pages in use (last page number + 1) times the page size, after a flush: the B-tree,
+  /// its free list and the two meta pages.
+  std::size_t footprint_bytes() {
+    flush();
+    MDB_envinfo info;
+    MDB_stat st;
+    check(mdb_env_info(env_, &info), "env_info");
+    check(mdb_env_stat(env_, &st), "env_stat");
+    return (info.me_last_pgno + 1) * st.ms_psize;
+  }
 
  private:
   static std::string path(const std::string& name) { return "/dev/shm/" + name; }
@@ -359,11 +451,37 @@ class LmdbTxn1Peer : public LmdbPeer {
 
 // ---- in-process peers -----------------------------------------------------------------------
 
+/// An allocator that adds what it hands out to a counter of its owner (bytes requested, not
+/// malloc's own headers). Only allocation and deallocation pay for it (one relaxed add), never a
+/// lookup, so the in-process peers count their memory without changing what is timed.
+template <class T>
+struct CountingAllocator {
+  using value_type = T;
+  explicit CountingAllocator(std::atomic<std::int64_t>* bytes) noexcept : bytes(bytes) {}
+  template <class U>
+  CountingAllocator(const CountingAllocator<U>& o) noexcept : bytes(o.bytes) {}  // NOLINT
+  T* allocate(std::size_t n) {
+    bytes->fetch_add(static_cast<std::int64_t>(n * sizeof(T)), std::memory_order_relaxed);
+    return std::allocator<T>().allocate(n);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    bytes->fetch_sub(static_cast<std::int64_t>(n * sizeof(T)), std::memory_order_relaxed);
+    std::allocator<T>().deallocate(p, n);
+  }
+  template <class U>
+  bool operator==(const CountingAllocator<U>& o) const noexcept {
+    return bytes == o.bytes;
+  }
+  std::atomic<std::int64_t>* bytes;
+};
+
 /// tbb::concurrent_hash_map: the in-process concurrent map (threads, not processes).
 class TbbPeer {
  public:
   static constexpr const char* kName = "tbb";
   explicit TbbPeer(std::size_t) {}
+  TbbPeer(const TbbPeer&) = delete;
+  TbbPeer& operator=(const TbbPeer&) = delete;
   void insert(std::uint64_t k, std::uint64_t v) { table_.insert({k, v}); }
   void assign(std::uint64_t k, std::uint64_t v) {
     Table::accessor a;
@@ -377,10 +495,15 @@ class TbbPeer {
     return true;
   }
   void flush() {}
+  /// What its allocator handed out: the nodes and the segment (bucket) arrays.
+  std::size_t footprint_bytes() const { return static_cast<std::size_t>(bytes_.load()); }
 
  private:
-  using Table = tbb::concurrent_hash_map<std::uint64_t, std::uint64_t>;
-  Table table_;
+  using Alloc = CountingAllocator<std::pair<const std::uint64_t, std::uint64_t>>;
+  using Table = tbb::concurrent_hash_map<std::uint64_t, std::uint64_t,
+                                         tbb::tbb_hash_compare<std::uint64_t>, Alloc>;
+  std::atomic<std::int64_t> bytes_{0};
+  Table table_{Alloc(&bytes_)};
 };
 
 /// boost::unordered_flat_map, single-threaded: the in-process ceiling.
@@ -388,6 +511,8 @@ class FlatPeer {
  public:
   static constexpr const char* kName = "flat";
   explicit FlatPeer(std::size_t) {}
+  FlatPeer(const FlatPeer&) = delete;
+  FlatPeer& operator=(const FlatPeer&) = delete;
   void insert(std::uint64_t k, std::uint64_t v) { table_.emplace(k, v); }
   void assign(std::uint64_t k, std::uint64_t v) { table_[k] = v; }
   bool find(std::uint64_t k, std::uint64_t* v) const {
@@ -398,9 +523,17 @@ class FlatPeer {
   }
   void flush() {}
   void reserve(std::size_t n) { table_.reserve(n); }
+  /// What its allocator handed out: the one array of groups (15 slots of 16 bytes and 16
+  /// metadata bytes each), i.e. capacity * sizeof(value_type) + control bytes.
+  std::size_t footprint_bytes() const { return static_cast<std::size_t>(bytes_.load()); }
+  std::size_t capacity() const { return table_.bucket_count(); }
 
  private:
-  boost::unordered_flat_map<std::uint64_t, std::uint64_t> table_;
+  using Alloc = CountingAllocator<std::pair<const std::uint64_t, std::uint64_t>>;
+  using Table = boost::unordered_flat_map<std::uint64_t, std::uint64_t, boost::hash<std::uint64_t>,
+                                          std::equal_to<std::uint64_t>, Alloc>;
+  std::atomic<std::int64_t> bytes_{0};
+  Table table_{0, boost::hash<std::uint64_t>(), std::equal_to<std::uint64_t>(), Alloc(&bytes_)};
 };
 
 }  // namespace shmap_bench

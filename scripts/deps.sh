@@ -2,10 +2,15 @@
 # Installs the Debian 12 packages shmap needs to build, test and benchmark.
 # Idempotent and quick when everything is present: apt is only called for
 # packages that dpkg does not already report as installed.
+#   scripts/deps.sh          build and test
+#   scripts/deps.sh bench    also what scripts/bench.sh needs beyond that (the chart's plotter)
 set -euo pipefail
 PKGS=(g++ cmake make libboost1.81-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
       liblmdb-dev lmdb-utils libtbb-dev libcereal-dev libcli11-dev libxxhash-dev
       nlohmann-json3-dev tmux)
+if [[ ${1:-} == bench ]]; then
+  PKGS+=(python3-matplotlib)  # bench/plot.py renders docs/bench-ratios.png
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
