@@ -9,6 +9,8 @@
 //   mixed     90% find_hit, 10% overwrite of a present key
 //   find_hit_zipf / find_miss_zipf / mixed_zipf: the same with Zipf(0.99) key popularity
 //             (bench/peers.hpp: zipf_sequence) instead of every key once in shuffled order
+//   find_hit_session / find_miss_session (shmap only): the same lookups through a
+//             Map::Session (one per 1,024 lookups), against the peers' find_hit / find_miss.
 //   find_hit_many / find_miss_many (shmap only): the same lookups through Map::find_many,
 //             1024 keys per call. The peers have no batch API: their ratio column compares
 //             against their one-at-a-time find_hit / find_miss.
@@ -300,17 +302,50 @@ void bm_lookup_many(benchmark::State& state, std::size_t n) {
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
 }
 
+/// The same lookups as bm_lookup through a Map::Session, one session per kBatch lookups
+/// (a run of lookups by one thread, as a strategy loop would do them).
+template <class P, Workload W>
+void bm_lookup_session(benchmark::State& state, std::size_t n) {
+  const std::uint64_t* keys = lookup_keys<W, Popularity::uniform>(n);
+  P& p = filled<P>(n);
+  std::size_t i = 0;
+  std::uint64_t sum = 0;
+  std::size_t found = 0;
+  std::size_t finds = 0;
+  for (auto _ : state) {
+    shmap::Map::Session session(p.map());
+    for (std::size_t j = 0; j < kBatch; ++j) {
+      const auto v = session.find(keys[i + j]);
+      if (v) {
+        sum += *v;
+        ++found;
+      }
+    }
+    finds += kBatch;
+    i += kBatch;
+    if (i >= n) i = 0;
+  }
+  benchmark::DoNotOptimize(sum);
+  if (found != (W == Workload::find_miss ? 0 : finds)) {
+    state.SkipWithError("wrong lookup results: a present key was missed or an absent one found");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * kBatch));
+}
+
 // ---- registration ---------------------------------------------------------------------------
 
-const char* const kWorkloads[] = {"insert",     "find_hit",      "find_miss",
-                                  "mixed",      "find_hit_zipf", "find_miss_zipf",
-                                  "mixed_zipf", "find_hit_many", "find_miss_many"};
+const char* const kWorkloads[] = {
+    "insert",         "find_hit",         "find_miss",        "mixed",
+    "find_hit_zipf",  "find_miss_zipf",   "mixed_zipf",       "find_hit_many",
+    "find_miss_many", "find_hit_session", "find_miss_session"};
 
 /// The peer workload a shmap workload is compared with: its own, or for the batched lookups
 /// (which only shmap has) the peer's one-at-a-time lookups.
 std::string peer_workload(const std::string& w) {
-  const std::string suffix = "_many";
-  return w.ends_with(suffix) ? w.substr(0, w.size() - suffix.size()) : w;
+  for (const std::string suffix : {"_many", "_session"}) {
+    if (w.ends_with(suffix)) return w.substr(0, w.size() - suffix.size());
+  }
+  return w;
 }
 
 template <class P>
@@ -342,6 +377,10 @@ void register_peer(std::size_t n) {
                                  bm_lookup_many<P, Workload::find_hit>, n);
     benchmark::RegisterBenchmark(("find_miss_many" + suffix).c_str(),
                                  bm_lookup_many<P, Workload::find_miss>, n);
+    benchmark::RegisterBenchmark(("find_hit_session" + suffix).c_str(),
+                                 bm_lookup_session<P, Workload::find_hit>, n);
+    benchmark::RegisterBenchmark(("find_miss_session" + suffix).c_str(),
+                                 bm_lookup_session<P, Workload::find_miss>, n);
   }
 }
 
