@@ -86,8 +86,20 @@ struct CheckReport {
 
 struct OpenOptions {
   /// Free the handle slots of dead processes while attaching (the default). Inspection tools
-  /// (`shmap readers`) turn it off so that they can show those slots first.
+  /// (`shmap readers`) turn it off so that they can show those slots first. Ignored when
+  /// read_only (a read-only attachment writes nothing).
   bool clear_stale_handles = true;
+  /// Attach for reading only: the segment is opened O_RDONLY and mapped PROT_READ, so read
+  /// permission on it is enough (a map created with mode 0644 can be read by other users), and
+  /// the attachment takes no handle slot (it works when every slot is taken) and writes nothing
+  /// to shared memory. Lookups, for_each, size, stats, readers, check and dump (not
+  /// point-in-time) work; every write (and compact, clear_stale_handles, a point-in-time dump)
+  /// throws permission_denied. Without a slot a reader cannot hold back the reclamation of a
+  /// table it reads, so each read copies what it finds and keeps it only if no table was
+  /// retired meanwhile (the global epoch did not move), else it reads again: a map that resizes
+  /// without pause can make a long read-only walk fail with Errc::timeout (docs/DESIGN.md,
+  /// "Read-only attachments").
+  bool read_only = false;
 };
 
 /// Snapshot options (see docs/FORMAT.md). Implemented in src/snapshot.cpp.
@@ -96,12 +108,22 @@ struct DumpOptions {
   bool point_in_time = false;  // hold writers back while copying (readers never wait)
 };
 
+/// A load's choice of creation options for the map it creates: each one left empty is the
+/// snapshot's (the source map's options, recorded in every binary snapshot and in the JSON
+/// form's header; a JSON file without a header gets the Options defaults).
+struct CreationOverrides {
+  std::optional<std::size_t> initial_capacity;  // raised to fit the snapshot in any case
+  std::optional<std::size_t> max_handles;
+  std::optional<unsigned> mode;
+  std::optional<std::size_t> max_bytes;
+};
+
 struct LoadOptions {
   enum class Mode { create, replace, merge };
-  Mode mode = Mode::create;  // create a new map / replace the content / merge into it (file
-                             // wins; all or nothing; writers wait while it runs)
-  Options options;           // for Mode::create: options of the new map (capacity is raised
-                             // to fit the snapshot)
+  Mode mode = Mode::create;   // create a new map / replace the content / merge into it (file
+                              // wins; all or nothing; writers wait while it runs)
+  CreationOverrides options;  // for Mode::create: the new map's options, by default the
+                              // snapshot's (dump -> rm -> load gives back the same map)
 };
 
 class Map {
@@ -109,7 +131,11 @@ class Map {
   static Map create(const std::string& name, const Options& options = {});
   static Map open(const std::string& name);
   static Map open(const std::string& name, const OpenOptions& options);
+  /// Opens map `name`, creating it with `options` if there is none. When the map exists its
+  /// own creation options stay: `options` are ignored (compare stats().options to see them).
   static Map open_or_create(const std::string& name, const Options& options = {});
+  /// The same; *created says whether this call made the map (false: it opened one).
+  static Map open_or_create(const std::string& name, const Options& options, bool* created);
   /// Unlinks the segment; processes attached keep using it until they close. False if absent.
   static bool remove(const std::string& name);
   /// Names of the shmap segments on this machine (objects in /dev/shm with a shmap header).
@@ -165,6 +191,8 @@ class Map {
   void compact();
 
   const std::string& name() const;
+  /// True for a read-only attachment (OpenOptions::read_only).
+  bool read_only() const;
 
   // Snapshots (src/snapshot.cpp; format and guarantees in docs/FORMAT.md).
   /// Writes a snapshot to `path`, which appears only when complete (a temporary beside it is
