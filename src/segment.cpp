@@ -601,7 +601,11 @@ bool Map::remove(const std::string& name) {
   detail::fail_errno(Errc::io_error, name, "cannot remove", err);
 }
 
-std::vector<std::string> Map::list() {
+void Map::validate_name(const std::string& name) { detail::validate_name(name); }
+
+std::vector<std::string> Map::list() { return list(nullptr); }
+
+std::vector<std::string> Map::list(std::vector<std::string>* unreadable) {
   std::vector<std::string> names;
   DIR* d = ::opendir("/dev/shm");
   if (d == nullptr) return names;
@@ -619,7 +623,10 @@ std::vector<std::string> Map::list() {
     }
     const int fd =
         ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      if (unreadable != nullptr && (errno == EACCES || errno == EPERM)) unreadable->push_back(n);
+      continue;
+    }
     std::uint64_t magic = 0;
     struct stat st {};
     if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
@@ -630,6 +637,7 @@ std::vector<std::string> Map::list() {
   }
   ::closedir(d);
   std::sort(names.begin(), names.end());
+  if (unreadable != nullptr) std::sort(unreadable->begin(), unreadable->end());
   return names;
 }
 

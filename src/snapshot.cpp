@@ -809,8 +809,9 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   put64(foot + 24, out.digest());
   std::memcpy(foot + 32, kEndMagic, 8);
   out.raw(foot + 24, 16);
-  out.commit();
   report("dump", total, total);
+  report("sync", 0, 0);  // the fsync and rename: seconds for a big file on a slow disk
+  out.commit();
 }
 
 void dump_json(const Map &m, const Where &w, bool point_in_time) {
@@ -846,9 +847,10 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
                                        " bytes, over the " + std::to_string(kMaxJsonBytes >> 20) +
                                        " MiB that load accepts; dump the binary form");
   }
-  out.write(text.data(), text.size());
-  out.commit();
   report("dump", entries.size(), entries.size());
+  out.write(text.data(), text.size());
+  report("sync", 0, 0);
+  out.commit();
 }
 
 // ---- reading
@@ -1397,6 +1399,7 @@ Fd spool_stdin(const Where &w, std::uint64_t *size) {
     }
     total += static_cast<std::uint64_t>(n);
     if (first == '{' && total > kMaxJsonBytes) fail_json_too_big(total, w);
+    report("read", total, 0);
     for (ssize_t off = 0; off < n;) {
       const ssize_t m = ::write(fd.get(), buf.data() + off, static_cast<std::size_t>(n - off));
       if (m < 0 && errno == EINTR) continue;
@@ -1553,6 +1556,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   // a merge) go in first, so that the file's value of a key wins.
   auto build_into = [&](const Map &m, std::uint64_t keep, const Map *keep_from) {
     const MapImpl &impl = m.impl();
+    report("allocate", 0, 0);
     const std::uint64_t table = impl.build_table(keep + src.entries);
     try {
       std::uint64_t done = 0;
@@ -1595,8 +1599,9 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       impl.discard_table(table);
       throw;
     }
-    impl.publish_replace(table);
     if (!src.feed_reports) report("build", src.entries, src.entries);
+    report("publish", 0, 0);
+    impl.publish_replace(table);
   };
 
   switch (options.mode) {

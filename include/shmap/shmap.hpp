@@ -140,6 +140,12 @@ class Map {
   static bool remove(const std::string& name);
   /// Names of the shmap segments on this machine (objects in /dev/shm with a shmap header).
   static std::vector<std::string> list();
+  /// The same; *unreadable receives the regular files in /dev/shm this process may not open
+  /// (they may be maps: they cannot be told apart).
+  static std::vector<std::string> list(std::vector<std::string>* unreadable);
+  /// Throws invalid_argument unless `name` can name a map: 1 to 200 characters of
+  /// [A-Za-z0-9._-], not "." or "..".
+  static void validate_name(const std::string& name);
 
   Map(Map&&) noexcept;
   Map& operator=(Map&&) noexcept;
