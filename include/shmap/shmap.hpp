@@ -112,10 +112,11 @@ struct DumpOptions {
 /// snapshot's (the source map's options, recorded in every binary snapshot and in the JSON
 /// form's header; a JSON file without a header gets the Options defaults).
 struct CreationOverrides {
-  std::optional<std::size_t> initial_capacity;  // raised to fit the snapshot in any case
-  std::optional<std::size_t> max_handles;
-  std::optional<unsigned> mode;
-  std::optional<std::size_t> max_bytes;
+  std::optional<std::size_t> initial_capacity =
+      std::nullopt;  // raised to fit the snapshot in any case
+  std::optional<std::size_t> max_handles = std::nullopt;
+  std::optional<unsigned> mode = std::nullopt;
+  std::optional<std::size_t> max_bytes = std::nullopt;
 };
 
 struct LoadOptions {
