@@ -428,7 +428,9 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
                        "; its owner can grant it with chmod)",
                    err);
       }
-      const bool can_read = ::access(shm_path(name).c_str(), R_OK) == 0;
+      const int probe = ::shm_open(shm_path(name).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+      const bool can_read = probe >= 0;
+      if (probe >= 0) ::close(probe);
       fail_errno(Errc::permission_denied, name,
                  can_read ? "this process may read the map but not write it (no write "
                             "permission on /dev/shm/" +

@@ -1532,7 +1532,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   Source src;
   SnapshotHeader recorded;  // the source map's creation options (0: not recorded)
   auto json = std::make_shared<JsonSnapshot>();
-  if (first == '{') {
+  if (first == '{' || first == '[') {  // JSON (an array is reported as not the right JSON)
     *json = parse_json(fd.get(), size, w);
     recorded = json->header;
     src.entries = json->entries.size();
