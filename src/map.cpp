@@ -124,8 +124,10 @@ std::size_t Map::find_many(std::span<const std::uint64_t> keys,
   }
   if (impl_->read_only()) [[unlikely]] {
     std::size_t found = 0;
-    impl_->read_validated("lookup",
-                          [&] { found = impl_->find_many(keys.data(), keys.size(), out.data()); });
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      out[i] = impl_->find_read_only(keys[i]);
+      found += out[i].has_value();
+    }
     return found;
   }
   return impl_->find_many(keys.data(), keys.size(), out.data());
@@ -254,10 +256,7 @@ std::vector<ReaderInfo> Map::readers() const {
 }
 
 CheckReport Map::check() const {
-  if (!impl_->read_only()) return impl_->check();
-  CheckReport r;
-  impl_->read_validated("check", [&] { r = impl_->check(); });
-  return r;
+  return impl_->read_only() ? impl_->check_read_only() : impl_->check();
 }
 
 }  // namespace shmap

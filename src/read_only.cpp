@@ -10,10 +10,14 @@
 // same), and they protect nothing: a table it reads may be retired, freed (its pages punched
 // to zeros) and its extent reused for another table while it reads.
 //
-// What makes the outcome still right: reading such memory is harmless (the segment never
-// shrinks, and every table offset and header is validated against the mapping before it is
-// used, so a read sees zeros or another table's bytes, never an unmapped page), and whatever
-// was read is kept only if no table was retired while the read ran:
+// What makes the outcome still right: reads that cannot go astray, and a copy kept only if no
+// table was retired while it was made. The read paths of table.cpp re-read a table's capacity
+// from shared memory as they go, which is right for a pinned reader but not here (a freed
+// table's header reads as zeros, a reused one as another table's): so a read-only attachment
+// has its own lookup and walk below. Each reads a table's header once into a View, checks it
+// (capacity a power of two, bits to match, every bucket inside this process's mapping) and
+// indexes only with those copies, so garbage yields wrong numbers, never a wild address or an
+// endless loop. Then:
 //
 //   e1 = global_epoch                  (seq_cst)
 //   copy what the operation needs      (lookups, a whole walk into a vector)
@@ -33,11 +37,17 @@
 // read-write, whose pins hold reclamation back instead). An exception thrown while reading
 // (a garbage table header read as `corrupt`) is likewise believed only if the epoch held.
 //
+// The lookup follows find_slower's decisions (table.cpp) over the chain, newest table first:
+// LIVE or FROZEN answers with the value, TOMB with absent, MOVED or SEALED means a newer table
+// decides (look again), CLAIMED or no bucket asks the older table unless this one discards
+// its older content. A walk of a single table visits each bucket once (a MOVED one by a
+// lookup); during a migration every key found in any table is looked up.
+//
 // What a read-only attachment never does: write shared memory. Writes are refused in Map
 // (permission_denied) before they touch anything; reclaim() returns at once for a Map without
-// an owner word; lane_group() gives it no extra slot; for_each does not help a migration
-// (read-write walks finish one first) but looks every key up instead; check, stats, readers
-// and size only load.
+// an owner word; lane_group() gives it no extra slot; lookups and walks never help a
+// migration; stats, readers and size only load. check() on a read-only attachment is a lighter
+// one (check_read_only): table.cpp's full check walks buckets with re-read capacities.
 #include <algorithm>
 #include <chrono>
 #include <exception>
@@ -83,37 +93,165 @@ void MapImpl::read_validated(const char* what, void (*read)(void*), void* ctx) c
   }
 }
 
+bool MapImpl::ro_view(std::uint64_t off, RoView* v) const {
+  const TableHeader* t = table(off);  // offset and header checked, the extent mapped
+  const std::uint64_t cap =
+      std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
+  const std::uint64_t bits =
+      std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
+  const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
+  // Read again after table() checked them: the values used are the values checked here.
+  if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 ||
+      bits != static_cast<std::uint64_t>(__builtin_ctzll(cap)) ||
+      off + kTableHeaderBytes > mapped ||
+      cap > (mapped - off - kTableHeaderBytes) / sizeof(Bucket)) {
+    return false;
+  }
+  v->header = t;
+  v->buckets = buckets(const_cast<TableHeader*>(t));
+  v->mask = cap - 1;
+  v->shift = static_cast<unsigned>(64 - bits);
+  v->older = t->older.load(std::memory_order_seq_cst);
+  v->discard_older =
+      std::atomic_ref<const std::uint64_t>(t->discard_older).load(std::memory_order_relaxed);
+  return true;
+}
+
+std::size_t MapImpl::ro_chain(RoView* out) const {
+  const SegmentHeader& h = header();
+  auto view = [&](std::uint64_t off, RoView* v) {
+    if (!ro_view(off, v)) {
+      fail(Errc::corrupt, name_,
+           "a table header changed under a read-only read (damaged, or freed meanwhile)");
+    }
+  };
+  // The newest table: current_table, or past it a successor linked but not yet published.
+  std::uint64_t off = h.current_table.load(std::memory_order_seq_cst);
+  RoView top;
+  view(off, &top);
+  for (std::size_t i = 0;; ++i) {
+    const std::uint64_t nx = top.header->newer.load(std::memory_order_acquire);
+    if (nx == 0) break;
+    if (i == kMaxChain) fail(Errc::corrupt, name_, "the chain of newer tables does not end");
+    view(nx, &top);
+  }
+  std::size_t n = 0;
+  out[n++] = top;
+  while (out[n - 1].older != 0) {
+    if (n == kMaxChain) fail(Errc::corrupt, name_, "the table chain does not end");
+    view(out[n - 1].older, &out[n]);
+    ++n;
+  }
+  return n;
+}
+
+std::optional<std::uint64_t> MapImpl::ro_lookup(std::uint64_t k) const {
+  enum class Look { value, none, forward, sealed, unknown };
+  const std::uint64_t hash = hash_key(k, seed_);
+  for (int restart = 0; restart < 1000; ++restart) {
+    RoView chain[kMaxChain];
+    const std::size_t n = ro_chain(chain);
+    std::size_t end = n;
+    bool again = false;
+    for (std::size_t i = 0; i < end && !again;) {
+      const RoView& t = chain[i];
+      // Probe t without claiming: the bounds are the View's, never re-read.
+      Look look = Look::unknown;
+      std::uint64_t value = 0;
+      for (std::uint64_t j = hash >> t.shift, m = 0; m <= t.mask; j = (j + 1) & t.mask, ++m) {
+        const Cell c = read_cell(t.buckets[j]);
+        const std::uint64_t s = c.state();
+        if (s == kEmpty) break;  // absent here
+        if (s == kSealed) {
+          look = Look::sealed;
+          break;
+        }
+        const std::uint64_t key = s == kClaimed ? c.value : load_acquire(t.buckets[j].key);
+        if (key != k) continue;
+        if (s == kLive || s == kFrozen) {
+          look = Look::value;
+          value = c.value;
+        } else if (s == kTomb) {
+          look = Look::none;
+        } else if (s == kMoved) {
+          look = Look::forward;
+        }  // CLAIMED (an insert or a copy under way) or unknown: ask the older table
+        break;
+      }
+      switch (look) {
+        case Look::value:
+          return value;
+        case Look::none:
+          return std::nullopt;
+        case Look::sealed:
+          if (i == 0) {
+            again = true;  // a newer table was linked: read the chain again
+            continue;
+          }
+          if (t.discard_older != 0) return std::nullopt;
+          ++i;
+          continue;
+        case Look::forward:
+          // A newer table decides now; if the newest forwarded, a newer one was published.
+          if (i == 0) {
+            again = true;
+          } else {
+            end = i;
+            i = 0;
+          }
+          continue;
+        case Look::unknown:
+          if (t.discard_older != 0) return std::nullopt;
+          ++i;
+          continue;
+      }
+    }
+    if (!again && chain[0].header->newer.load(std::memory_order_seq_cst) == 0) return std::nullopt;
+  }
+  fail(Errc::corrupt, name_,
+       "a read-only lookup kept being sent to a newer table that does not exist (damaged)");
+}
+
 std::optional<std::uint64_t> MapImpl::find_read_only(std::uint64_t k) const {
   std::optional<std::uint64_t> out;
-  auto read = [&] { out = find(k); };
-  read_validated(
-      "lookup", [](void* c) { (*static_cast<decltype(read)*>(c))(); }, &read);
+  read_validated("lookup", [&] { out = ro_lookup(k); });
   return out;
 }
 
 void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> copy;
-  auto read = [&] {
+  read_validated("walk", [&] {
     copy.clear();
-    PinGuard pin(*this);  // a private lane: keeps the shared code paths as they are
-    TableHeader* chain[kMaxChain];
-    const std::size_t n = load_chain(table(top_table(false)), chain);
-    auto collect = [](void* c, std::uint64_t k, std::uint64_t v) {
-      static_cast<decltype(copy)*>(c)->emplace_back(k, v);
-    };
-    if (n == 1) return walk(chain[0], collect, &copy);  // no migration: each key once
+    RoView chain[kMaxChain];
+    const std::size_t n = ro_chain(chain);
+    if (n == 1) {
+      // No migration: each key has one bucket; a bucket MOVED meanwhile (a successor was
+      // linked during the walk) is followed by a lookup.
+      const RoView& t = chain[0];
+      for (std::uint64_t j = 0; j <= t.mask; ++j) {
+        const Cell c = read_cell(t.buckets[j]);
+        const std::uint64_t s = c.state();
+        if (s == kLive || s == kFrozen) {
+          copy.emplace_back(load_acquire(t.buckets[j].key), c.value);
+        } else if (s == kMoved) {
+          const std::uint64_t k = load_acquire(t.buckets[j].key);
+          if (const auto v = ro_lookup(k)) copy.emplace_back(k, *v);
+        }
+      }
+      return;
+    }
     // A migration is under way and this attachment may not help it finish. Every key with a
     // bucket in any table of the chain is looked up (the lookup knows which table decides).
     // Oldest table first: a key only moves to newer tables, and a moved bucket keeps its key,
     // so a key present for the whole walk is collected from one table or another.
     std::vector<std::uint64_t> keys;
     for (std::size_t i = n; i-- > 0;) {
-      const Bucket* b = buckets(chain[i]);
-      for (std::uint64_t j = 0; j < chain[i]->capacity; ++j) {
-        const Cell c = read_cell(b[j]);
+      const RoView& t = chain[i];
+      for (std::uint64_t j = 0; j <= t.mask; ++j) {
+        const Cell c = read_cell(t.buckets[j]);
         const std::uint64_t s = c.state();
         if (s == kLive || s == kFrozen || s == kMoved) {
-          keys.push_back(load_acquire(b[j].key));
+          keys.push_back(load_acquire(t.buckets[j].key));
         } else if (s == kClaimed) {
           keys.push_back(c.value);  // a claimed bucket holds its key in the value word
         }
@@ -122,12 +260,38 @@ void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t)
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     for (const std::uint64_t k : keys) {
-      if (const auto v = find(k)) copy.emplace_back(k, *v);
+      if (const auto v = ro_lookup(k)) copy.emplace_back(k, *v);
     }
-  };
-  read_validated(
-      "walk", [](void* c) { (*static_cast<decltype(read)*>(c))(); }, &read);
+  });
   for (const auto& [k, v] : copy) fn(ctx, k, v);
+}
+
+CheckReport MapImpl::check_read_only() const {
+  CheckReport rep;
+  std::size_t tables = 0;
+  read_validated("check", [&] {
+    RoView chain[kMaxChain];
+    tables = ro_chain(chain);
+  });
+  rep.notes.push_back("header: magic, format version " + std::to_string(header().format_version) +
+                      " and layout signature match this build");
+  rep.notes.push_back("table chain: " + std::to_string(tables) +
+                      (tables == 1 ? " table" : " tables") +
+                      ", every header consistent and inside the segment");
+  std::size_t live = 0;
+  for_each_read_only([](void* c, std::uint64_t, std::uint64_t) { ++*static_cast<std::size_t*>(c); },
+                     &live);
+  rep.live_entries = live;
+  rep.notes.push_back("entries counted by a read-only walk: " + std::to_string(live));
+  rep.notes.push_back(
+      "read-only attachment: bucket-level invariants (unique keys, reachability from the home "
+      "bucket, the retired-table stack) are verified only by a read-write check");
+  const std::int64_t counted = size_estimate();
+  if (counted != static_cast<std::int64_t>(live)) {
+    rep.notes.push_back("size counter says " + std::to_string(counted) + ", the tables hold " +
+                        std::to_string(live) + " (writers under way, or one was killed mid-write)");
+  }
+  return rep;
 }
 
 }  // namespace shmap::detail

@@ -441,6 +441,24 @@ class MapImpl {
         what, [](void* c) { (*static_cast<std::remove_reference_t<F>*>(c))(); }, &f);
   }
   std::optional<std::uint64_t> find_read_only(std::uint64_t k) const;
+  /// A table as a read-only read uses it: its header read once and checked, every bucket
+  /// inside this process's mapping. Indexing uses these copies only.
+  struct RoView {
+    const TableHeader* header;
+    const Bucket* buckets;
+    std::uint64_t mask;
+    unsigned shift;
+    std::uint64_t older;
+    std::uint64_t discard_older;
+  };
+  /// False if the header at off is not one a table can have (throws corrupt as table() does).
+  bool ro_view(std::uint64_t off, RoView* v) const;
+  /// The chain, newest first (past current_table to a linked successor); returns its length.
+  std::size_t ro_chain(RoView* out) const;
+  /// A lookup with the bounds of RoViews only; call inside read_validated.
+  std::optional<std::uint64_t> ro_lookup(std::uint64_t k) const;
+  /// check() for a read-only attachment: the chain's headers and an exact count.
+  CheckReport check_read_only() const;
   /// for_each without a visible pin: copies the entries under read_validated, then calls fn.
   void for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
 
