@@ -39,7 +39,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+// xxHash compiled into this file (inline, header-only): libshmap.a needs no -lxxhash, so a
+// build without CMake links it with -lshmap alone.
+#define XXH_INLINE_ALL
 #include <rapidjson/document.h>  // after cereal/archives/json.hpp: its RAPIDJSON_ASSERT throws
 #include <rapidjson/error/en.h>
 #include <xxhash.h>
