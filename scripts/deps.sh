@@ -4,8 +4,8 @@
 # packages that dpkg does not already report as installed.
 set -euo pipefail
 PKGS=(g++ cmake make libboost1.81-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
-      liblmdb-dev lmdb-utils libtbb-dev libcereal-dev libcli11-dev libxxhash-dev
-      nlohmann-json3-dev tmux)
+      liblmdb-dev lmdb-utils libtbb-dev libcereal-dev rapidjson-dev libcli11-dev libxxhash-dev
+      nlohmann-json3-dev tmux pkg-config)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
