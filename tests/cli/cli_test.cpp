@@ -188,8 +188,9 @@ TEST_F(Cli, UsageErrorsAndHelp) {
   Result r = run({"--help"});
   EXPECT_EQ(r.rc, 0);
   EXPECT_NE(r.out.find("Usage"), std::string::npos);
-  for (const std::string verb : {"create", "put", "get", "del", "add", "stat", "readers", "scan",
-                                 "dump", "load", "check", "rm", "ls"}) {
+  for (const std::string verb : {"create", "put",  "get",    "del",   "add",     "incr", "decr",
+                                 "mget",   "mput", "exists", "stat",  "readers", "scan", "export",
+                                 "import", "dump", "load",   "check", "rm",      "ls",   "help"}) {
     r = run({verb, "--help"});
     EXPECT_EQ(r.rc, 0) << verb;
     EXPECT_NE(r.out.find("Usage: shmap " + verb), std::string::npos) << verb << r.out;
