@@ -1535,7 +1535,9 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   SnapshotHeader recorded;  // the source map's creation options (0: not recorded)
   auto json = std::make_shared<JsonSnapshot>();
   if (first == '{' || first == '[') {  // JSON (an array is reported as not the right JSON)
+    report("verify", 0, size);         // parsed and checked in memory: no finer progress
     *json = parse_json(fd.get(), size, w);
+    report("verify", size, size);
     recorded = json->header;
     src.entries = json->entries.size();
     src.feed = [json](const std::function<void(std::uint64_t, std::uint64_t)> &put) {

@@ -520,6 +520,10 @@ int run(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::RequiredError& e) {
+    // "NAME is required": say for which verb.
+    throw UsageError(std::string(e.what()) +
+                     (argv[1][0] != '-' ? " for 'shmap " + std::string(argv[1]) + "'" : ""));
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     throw UsageError(e.what());

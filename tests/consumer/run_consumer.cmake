@@ -20,9 +20,9 @@ run(${WORK}/sub/consumer_app)
 run(${CMAKE_COMMAND} -S ${APP} -B ${WORK}/sub-none -DSHMAP_MODE=subdirectory
     -DSHMAP_SOURCE=${SHMAP_SOURCE})
 
-# 2. install (with the tool), then find_package
+# 2. install (the library alone), then find_package
 run(${CMAKE_COMMAND} -S ${SHMAP_SOURCE} -B ${WORK}/lib -DCMAKE_BUILD_TYPE=Release
-    -DSHMAP_BUILD_TESTS=OFF -DSHMAP_BUILD_EXAMPLES=OFF -DSHMAP_BUILD_TOOLS=ON
+    -DSHMAP_BUILD_TESTS=OFF -DSHMAP_BUILD_EXAMPLES=OFF -DSHMAP_BUILD_TOOLS=OFF
     -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
 run(${CMAKE_COMMAND} --build ${WORK}/lib -j2)
 run(${CMAKE_COMMAND} --install ${WORK}/lib)
@@ -44,13 +44,16 @@ separate_arguments(flags UNIX_COMMAND "${flags}")
 run(g++ ${APP}/main.cpp -o ${WORK}/plain_app ${flags})
 run(${WORK}/plain_app)
 
-# 4. The installed tool and its manual.
-run(${WORK}/prefix/bin/shmap --version)
-if(NOT last_output MATCHES "^shmap [0-9]")
-  message(FATAL_ERROR "installed shmap --version printed: ${last_output}")
-endif()
-if(NOT EXISTS ${WORK}/prefix/share/man/man1/shmap.1)
-  message(FATAL_ERROR "the man page was not installed")
+# 4. The tool and its manual, installed from the build under test (already compiled).
+if(CHECK_TOOL)
+  run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK}/full)
+  run(${WORK}/full/bin/shmap --version)
+  if(NOT last_output MATCHES "^shmap [0-9]")
+    message(FATAL_ERROR "installed shmap --version printed: ${last_output}")
+  endif()
+  if(NOT EXISTS ${WORK}/full/share/man/man1/shmap.1 OR NOT EXISTS ${WORK}/full/share/doc/shmap/LICENSE)
+    message(FATAL_ERROR "the man page or the licence was not installed")
+  endif()
 endif()
 message(STATUS "consumer: add_subdirectory (Debug and none), find_package, pkg-config and the "
                "installed tool all work")
