@@ -14,7 +14,9 @@ step() { printf '\n=== %s ===\n' "$*"; }
 step "build (RelWithDebInfo) and run every suite"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$JOBS" >/dev/null
-ctest --test-dir build --output-on-failure
+# SHMAP_SOAK: the kill, churn, stress and adversary suites run this many times longer than
+# their defaults (more SIGKILL rounds, longer churn from capacity 8).
+SHMAP_SOAK=${SHMAP_SOAK:-4} ctest --test-dir build --output-on-failure
 
 if [[ "${SHMAP_QUICK:-0}" == 1 ]]; then exit 0; fi
 
@@ -23,7 +25,8 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSHMAP_SANITIZE=address \
   -DSHMAP_BUILD_TOOLS=OFF -DSHMAP_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build-asan -j"$JOBS" >/dev/null
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  SHMAP_SANITIZED=1 ctest --test-dir build-asan --output-on-failure -L 'unit|mp'
+  SHMAP_SANITIZED=1 SHMAP_SOAK=${SHMAP_SOAK:-3} ctest --test-dir build-asan --output-on-failure \
+  -L 'unit|mp'
 
 step "TSan: in-process concurrency tests, and snapshots (dump writes on a second thread)"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMAP_SANITIZE=thread \

@@ -658,57 +658,38 @@ void MapImpl::finish_reclaim_journal() const {
   h.reclaim_table.store(0, std::memory_order_release);
 }
 
-void MapImpl::reclaim_impl(bool patient) const {
+bool MapImpl::lock_reclaim(std::chrono::milliseconds wait) const {
   SegmentHeader& h = header();
-  if (h.retired_head.load(std::memory_order_acquire) == 0 &&
-      h.reclaim_table.load(std::memory_order_acquire) == 0) {
-    return;
-  }
-  if (owner_word_ == 0) return;  // no slot yet (open clears stale slots before claiming)
-  // One reclaimer per Map (threads of one Map share its owner word), one per segment.
-  std::unique_lock local(reclaim_mutex_, std::defer_lock);
-  if (patient) {
-    local.lock();
-  } else if (!local.try_lock()) {
-    return;
-  }
-  const auto give_up = std::chrono::steady_clock::now() +
-                       std::chrono::milliseconds(patient ? kReclaimLockWaitMs : 0);
+  const auto give_up = std::chrono::steady_clock::now() + wait;
   for (;;) {
     std::uint64_t holder = 0;
     // acq_rel: we see the previous holder's unlinks and journal; ours are seen by the next.
     if (h.reclaim_lock.compare_exchange_strong(holder, owner_word_, std::memory_order_acq_rel)) {
-      break;
+      return true;
     }
-    // A dead holder's lock is broken (its journal is finished below); a live one frees what
-    // we would have: skip, or wait a little when asked to (compact, clearing stale slots).
+    // A dead holder's lock is broken (its journal is finished by the caller); a live one frees
+    // what we would have: skip, or wait a little when asked to.
     if (!gate_owner_alive(holder)) {
       if (h.reclaim_lock.compare_exchange_strong(holder, owner_word_, std::memory_order_acq_rel)) {
-        break;
+        return true;
       }
       continue;
     }
-    if (std::chrono::steady_clock::now() >= give_up) return;
+    if (std::chrono::steady_clock::now() >= give_up) return false;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  struct Unlock {
-    SegmentHeader& h;
-    std::uint64_t word;
-    ~Unlock() {
-      std::uint64_t w = word;
-      // Release: our unlinks and frees happen-before the next holder's walk.
-      h.reclaim_lock.compare_exchange_strong(w, 0, std::memory_order_release);
-    }
-  } unlock{h, owner_word_};
-  finish_reclaim_journal();
-  if (h.retired_head.load(std::memory_order_acquire) == 0) return;
+}
 
-  // Read the epoch before scanning: a table retired during the scan gets an epoch >= this one
-  // and is kept, whatever the lanes scanned before its retirement said.
-  std::uint64_t oldest = h.global_epoch.load(std::memory_order_seq_cst);
+void MapImpl::unlock_reclaim() const noexcept {
+  std::uint64_t w = owner_word_;
+  // Release: our unlinks and frees happen-before the next holder's walk.
+  header().reclaim_lock.compare_exchange_strong(w, 0, std::memory_order_release);
+}
+
+std::optional<std::uint64_t> MapImpl::oldest_pin(std::uint64_t oldest) const {
   // Light pins are plain stores: make every one of them visible before scanning (or, without
-  // membarrier here, free nothing while any live owner uses them).
-  if (!global_barrier()) return;
+  // membarrier here, trust nothing while any live owner uses them).
+  if (!global_barrier()) return std::nullopt;
   // Oldest epoch any live owner's lane is pinned at. A dead owner's pins protect the tables
   // of its last writes until its slot is freed, and freeing recovers those writes first.
   for (std::size_t i = 0; i < max_handles_; ++i) {
@@ -727,6 +708,37 @@ void MapImpl::reclaim_impl(bool patient) const {
       oldest = slot_oldest;  // changed hands meanwhile: be conservative
     }
   }
+  return oldest;
+}
+
+void MapImpl::reclaim_impl(bool patient) const {
+  SegmentHeader& h = header();
+  if (h.retired_head.load(std::memory_order_acquire) == 0 &&
+      h.reclaim_table.load(std::memory_order_acquire) == 0) {
+    return;
+  }
+  if (owner_word_ == 0) return;  // no slot yet (open clears stale slots before claiming)
+  // One reclaimer per Map (threads of one Map share its owner word), one per segment.
+  std::unique_lock local(reclaim_mutex_, std::defer_lock);
+  if (patient) {
+    local.lock();
+  } else if (!local.try_lock()) {
+    return;
+  }
+  if (!lock_reclaim(std::chrono::milliseconds(patient ? kReclaimLockWaitMs : 0))) return;
+  struct Unlock {
+    const MapImpl& m;
+    ~Unlock() { m.unlock_reclaim(); }
+  } unlock{*this};
+  finish_reclaim_journal();
+  if (h.retired_head.load(std::memory_order_acquire) == 0) return;
+
+  // Read the epoch before scanning: a table retired during the scan gets an epoch >= this one
+  // and is kept, whatever the lanes scanned before its retirement said.
+  const std::optional<std::uint64_t> pinned =
+      oldest_pin(h.global_epoch.load(std::memory_order_seq_cst));
+  if (!pinned) return;
+  const std::uint64_t oldest = *pinned;
 
   // Walk the stack in place; unlink and free what no pinned lane can see (see the essay).
   // Each link is checked (table() throws corrupt on a bad one: nothing is freed that is not a

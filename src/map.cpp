@@ -113,6 +113,40 @@ std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
   return detail::make_optional_fast(found, v);
 }
 
+Map::Session::Session(const Map& map) : m_(map.impl_.get()), thread_(detail::thread_number()) {
+  static_assert(sizeof(detail::MapImpl::FastTable) <= sizeof(view_) &&
+                alignof(detail::MapImpl::FastTable) <= 8);
+  m_->pin();
+}
+
+Map::Session::~Session() { m_->unpin(); }  // noexcept: unpin never throws
+
+std::optional<std::uint64_t> Map::Session::find(std::uint64_t k) {
+  using detail::MapImpl;
+  if (detail::thread_number() != thread_) {
+    detail::fail(Errc::invalid_argument, m_->name(),
+                 "a Map::Session was used from a thread other than the one that made it; make "
+                 "one Session per thread");
+  }
+  // A read-only attachment's pin protects nothing: no view is kept, each lookup is validated.
+  if (m_->read_only()) [[unlikely]]
+    return m_->find_read_only(k);
+  auto* view = reinterpret_cast<MapImpl::FastTable*>(view_);
+  std::uint64_t v = 0;
+  // The view stays valid while we are pinned (its table cannot be freed). A table that has
+  // been replaced meanwhile never answers wrongly: a writer settles a key in it (sealing or
+  // freezing its bucket) before writing the key anywhere newer, and the fast path leaves
+  // those states to the slow path -- after which the view is read again.
+  if (have_view_) {
+    const MapImpl::Fast r =
+        m_->find_fast(*view, k, detail::hash_key(k, m_->seed()) >> view->shift, &v);
+    if (r != MapImpl::Fast::slow) return detail::make_optional_fast(r == MapImpl::Fast::hit, v);
+  }
+  have_view_ = m_->fast_table(view);
+  const bool found = m_->find_slow(k, &v);
+  return detail::make_optional_fast(found, v);
+}
+
 std::size_t Map::find_many(std::span<const std::uint64_t> keys,
                            std::span<std::optional<std::uint64_t>> out) const {
   if (out.size() < keys.size()) {
@@ -179,6 +213,7 @@ void Map::compact() {
   refuse_if_read_only(*impl_, "compact");
   impl_->finish_migration();
   impl_->clear_stale_slots();
+  impl_->sweep_leaks(true);  // tables a killed process left off the retired stack
   impl_->reclaim();
 }
 
@@ -298,6 +333,20 @@ CheckReport MapImpl::check() const {
     ensure_mapped(off + t->extent_bytes);
     return true;
   };
+  // Leaked tables (before pinning: the sweep waits for every pinned operation to end).
+  const LeakScan leaks = sweep_leaks(false);
+  if (!leaks.done) {
+    rep.notes.push_back(
+        "leaked tables: not looked for (another process is reclaiming, or one is stopped "
+        "inside an operation); run check again");
+  } else if (leaks.tables != 0) {
+    problem(std::to_string(leaks.tables) + " tables (" + std::to_string(leaks.bytes >> 10) +
+            " KiB) are leaked: unlinked but never retired, or made by a process that died "
+            "before linking them; 'shmap compact " +
+            name_ + "' gives them back");
+  } else {
+    rep.notes.push_back("every table extent is in use, retired or free: nothing leaked");
+  }
   PinGuard pin(*this);
   // The chain, newest first: current_table, past it a successor linked but not yet published,
   // and the older tables being assimilated.

@@ -287,6 +287,15 @@ void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   h.leaked_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
+std::vector<std::pair<std::uint64_t, std::uint64_t>> MapImpl::free_extents() const {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  for (const auto& entry : header().free_list) {
+    const std::uint64_t e = entry.load(std::memory_order_acquire);
+    if (e != 0) out.emplace_back(extent_offset(e), extent_bytes(e));
+  }
+  return out;
+}
+
 std::uint64_t MapImpl::allocated_bytes() const {
   struct stat st {};
   if (::fstat(fd_, &st) != 0) return 0;

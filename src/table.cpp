@@ -81,6 +81,9 @@ std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older)
   t->older_capacity = older_cap;
   t->created_epoch = header().global_epoch.load(std::memory_order_relaxed);
   t->discard_older = 0;
+  // Who made it: a table never linked whose creator is gone is a leak (leaks.cpp). 0 while
+  // the segment is being created (no slot yet): that first table is published at once.
+  t->bulk.key = owner_word_;
   // Relaxed: the table is published by the seq_cst CAS on current_table.
   t->older.store(older, std::memory_order_relaxed);
   return off;
@@ -333,6 +336,8 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
   auto complete = [&] {
     std::uint64_t expected = o_off;
     if (newer->older.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) {
+      // A completer that dies here leaks o_off: the leak sweep finds it (leaks.cpp).
+      if (between_unlink_and_retire_for_test != nullptr) between_unlink_and_retire_for_test();
       retire(o_off);
     }
     return true;

@@ -212,6 +212,33 @@ class Map {
   static Map load(const std::string& path, const std::string& name,
                   const LoadOptions& options = {});
 
+  /// A run of lookups under one pin, for a thread that does many in a row (a strategy loop
+  /// reading prices): each find() skips the pin, the unpin and the reload of the current
+  /// table that Map::find pays, and answers exactly as Map::find would. Like an LMDB read
+  /// transaction, a Session holds the tables it can see alive while it lasts (memory, never
+  /// correctness), so keep it short: seconds, not hours.
+  ///   - It belongs to the thread that made it: use from another thread is invalid_argument.
+  ///   - On a read-only attachment it holds nothing back and each find() is a validated
+  ///     read-only lookup (as Map::find there).
+  ///   - The Map must outlive it. Writes through the Map meanwhile are fine, but then a
+  ///     point-in-time dump waits for the session to end (at most 1 s, then the dump fails);
+  ///     compact() and check() cannot look for leaked tables while it lasts.
+  class Session {
+   public:
+    explicit Session(const Map& map);
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+    std::optional<std::uint64_t> find(std::uint64_t k);
+    bool contains(std::uint64_t k) { return find(k).has_value(); }
+
+   private:
+    const detail::MapImpl* m_;
+    std::size_t thread_;
+    alignas(8) unsigned char view_[32];  // the fast path's view of the current table
+    bool have_view_ = false;
+  };
+
   /// For the library's own compiled code (snapshots, CLI support); not a stable API.
   detail::MapImpl& impl() const { return *impl_; }
 

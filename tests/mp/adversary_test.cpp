@@ -171,7 +171,7 @@ TEST_F(AdversaryTest, OwnedKeysLinearizableWithKillsAndStops) {
     if (stopped != 0) ::kill(stopped, SIGCONT);
   }
   // A little more steady-state checking, with walks.
-  const auto end = Clock::now() + milliseconds(kSanitized ? 2000 : 1000);
+  const auto end = Clock::now() + milliseconds((kSanitized ? 2000 : 1000) * soak());
   while (Clock::now() < end && !sh->failed.load()) walk();
   sab_stop = true;
   sab.join();
@@ -324,7 +324,7 @@ TEST_F(AdversaryTest, BulkReplacementRacingWritersReadersAndKills) {
         fork_child([&, p] { return churner(name, 4, std::uint64_t(p + 1) << 40, sh.get()); }));
   }
   ASSERT_TRUE(wait_until([&] { return sh->published.load() > 0; }, seconds(30 * kSlow)));
-  const int kKills = kSanitized ? 6 : 20;
+  const int kKills = (kSanitized ? 6 : 20) * soak();
   for (int i = 0; i < kKills && !sh->failed.load(); ++i) {
     Shared<std::atomic<std::uint64_t>> mine(0);
     const pid_t victim = fork_child([&] { return replacer(name, sh.get(), mine.get()); });

@@ -93,7 +93,7 @@ void churn_processes(const Shape& s, int ms) {
   ASSERT_TRUE(wait_until([&] { return sh->started.load() == s.procs; }, seconds(30 * kSlow)));
   // The parent reads the churners' keys meanwhile: never a wrong value (a value present is
   // one its writer wrote: c ^ k for some cycle c, so it differs from k only in the cycle bits).
-  const auto end = Clock::now() + milliseconds(ms);
+  const auto end = Clock::now() + milliseconds(ms * soak());
   std::uint64_t reads = 0;
   while (Clock::now() < end) {
     for (int p = 0; p < s.procs; ++p) {
@@ -139,7 +139,7 @@ TEST_F(ChurnTest, ChurnersKilledAtRandomMoments) {
     steady_pids.push_back(fork_child(
         [&, p] { return run_churn(name, std::uint64_t(p + 1) << 40, 16, 1, steady.get()); }));
   }
-  const int kKills = kSanitized ? 10 : 40;
+  const int kKills = (kSanitized ? 10 : 40) * soak();
   for (int i = 0; i < kKills; ++i) {
     Shared<ChurnShared> vs;
     const pid_t victim =

@@ -92,7 +92,7 @@ TEST_F(KillTest, KilledWritersLoseNoAcknowledgedWrite) {
   Rng rng(seed);
   ScopedName name("kill");
   constexpr int kWorkers = 2;
-  const int kRounds = kSanitized ? 16 : 50;
+  const int kRounds = (kSanitized ? 16 : 50) * soak();
   constexpr int kVictimsPerRound = 2;
   const int kVictims = kRounds * kVictimsPerRound;
   const std::uint64_t worker_period = 4000 / kScale;

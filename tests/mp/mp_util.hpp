@@ -54,6 +54,17 @@ inline constexpr std::size_t kScale = kSanitized ? 4 : 1;
 /// Deadlines are multiplied by this under sanitizers.
 inline constexpr int kSlow = kSanitized ? 4 : 1;
 
+/// SHMAP_SOAK=N runs the kill, churn, stress and adversary suites N times longer (more kill
+/// rounds, longer churn); CI sets it (scripts/test.sh), and a long run by hand uses more.
+inline int soak() {
+  static const int n = [] {
+    const char* e = std::getenv("SHMAP_SOAK");
+    const int v = e != nullptr ? std::atoi(e) : 1;
+    return v < 1 ? 1 : v;
+  }();
+  return n;
+}
+
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -350,7 +361,9 @@ class Watchdog {
 class MpTest : public ::testing::Test {
  protected:
   virtual unsigned watchdog_seconds() const { return 120; }
-  void SetUp() override { watchdog_ = std::make_unique<Watchdog>(watchdog_seconds()); }
+  void SetUp() override {
+    watchdog_ = std::make_unique<Watchdog>(watchdog_seconds() * static_cast<unsigned>(soak()));
+  }
   void TearDown() override {
     reap_forked_children();
     watchdog_.reset();

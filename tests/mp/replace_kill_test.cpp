@@ -49,7 +49,7 @@ TEST_F(ReplaceKillTest, SizeStaysExactWhenReplacersAreKilled) {
   ScopedName name("replace-kill");
   Map m = Map::create(name, {.initial_capacity = 8});
   constexpr std::uint64_t kEntries = 3000;
-  const int kKills = kSanitized ? 10 : 40;
+  const int kKills = (kSanitized ? 10 : 40) * soak();
   Shared<ReplaceShared> steady;
   // One replacer that is never killed, so discards by others' tables are under way too.
   const pid_t steady_pid = fork_child([&] { return run_replacer(name, kEntries, steady.get()); });

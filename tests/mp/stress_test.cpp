@@ -15,7 +15,7 @@ namespace {
 
 constexpr int kChildren = 4;
 constexpr std::uint64_t kCounters = 8;
-constexpr int kCycles = 30;
+const int kCycles = 30 * soak();
 const std::uint64_t kRange = 16384 / kScale;  // keys per child
 
 std::uint64_t own_key(int child, std::uint64_t i) { return (std::uint64_t(child + 1) << 48) | i; }

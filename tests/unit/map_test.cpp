@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
@@ -357,6 +359,93 @@ TEST(Map, StatsAndReaders) {
   EXPECT_TRUE(r[0].alive);
   EXPECT_TRUE(r[0].self);
   EXPECT_EQ(r[0].pinned_lanes, 0u);
+}
+
+// ---- Map::Session --------------------------------------------------------------------------
+
+TEST(Session, AnswersAsFindDoes) {
+  ScopedName name("session");
+  Map m = Map::create(name, {.initial_capacity = 8});
+  for (std::uint64_t k = 0; k < 5000; k += 2) m.insert(k, k * 3);
+  Map::Session s(m);
+  for (std::uint64_t k = 0; k < 6000; ++k) {
+    ASSERT_EQ(s.find(k), m.find(k)) << "key " << k;
+    ASSERT_EQ(s.contains(k), k < 5000 && k % 2 == 0);
+  }
+}
+
+// The session's view of the current table goes stale while another thread grows and shrinks
+// the map from capacity 8: keys that stay in the map must always be found with their value,
+// and keys never inserted never found, whichever table the view points at.
+TEST(Session, StaysRightWhileTheMapGrowsAndShrinksUnderIt) {
+  ScopedName name("session-churn");
+  Map m = Map::create(name, {.initial_capacity = 8});
+  constexpr std::uint64_t kStable = 64;
+  for (std::uint64_t k = 0; k < kStable; ++k) m.insert(k, k + 1000);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> cycles{0};
+  std::thread churner([&] {
+    const std::uint64_t base = std::uint64_t{1} << 40;
+    while (!stop.load(std::memory_order_relaxed)) {
+      for (std::uint64_t i = 0; i < 3000; ++i) m.insert(base + i, i);
+      for (std::uint64_t i = 0; i < 3000; ++i) m.erase(base + i);
+      cycles.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  struct Join {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Join() {
+      stop.store(true);
+      t.join();
+    }
+  } join{stop, churner};
+  const std::uint64_t resizes0 = m.stats().resizes;
+  std::uint64_t lookups = 0;
+  while (cycles.load(std::memory_order_relaxed) < 20) {
+    Map::Session s(m);  // one session per 2,000 lookups: views go stale inside each
+    for (int r = 0; r < 1000; ++r, lookups += 2) {
+      const std::uint64_t k = static_cast<std::uint64_t>(r) % kStable;
+      ASSERT_EQ(s.find(k), k + 1000) << "stable key " << k << " after " << lookups;
+      ASSERT_FALSE(s.find(kStable + k).has_value()) << "never-inserted key " << kStable + k;
+    }
+  }
+  EXPECT_GT(m.stats().resizes - resizes0, 20u) << "the map should have resized under the session";
+}
+
+TEST(Session, BelongsToTheThreadThatMadeIt) {
+  ScopedName name("session-thread");
+  Map m = Map::create(name);
+  m.insert(1, 2);
+  Map::Session s(m);
+  EXPECT_EQ(s.find(1), 2u);
+  std::optional<Errc> code;
+  std::thread other([&] {
+    try {
+      (void)s.find(1);
+    } catch (const Error& e) {
+      code = e.code();
+    }
+  });
+  other.join();
+  EXPECT_EQ(code, Errc::invalid_argument);
+}
+
+// A session is a real pin: tables retired while it lasts are kept until it ends.
+TEST(Session, HoldsRetiredTablesUntilItEnds) {
+  ScopedName name("session-pin");
+  Map m = Map::create(name, {.initial_capacity = 8});
+  Map writer = Map::open(name);  // another handle, as another process would be
+  {
+    Map::Session s(m);
+    EXPECT_FALSE(s.find(1).has_value());
+    for (std::uint64_t k = 0; k < 10000; ++k) writer.insert(k, k);
+    writer.compact();
+    EXPECT_GT(writer.stats().retired_pending, 0u) << "retired tables freed under a session";
+    EXPECT_EQ(s.find(9999), 9999u);
+  }
+  writer.compact();
+  EXPECT_EQ(writer.stats().retired_pending, 0u);
 }
 
 }  // namespace

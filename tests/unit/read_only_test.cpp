@@ -123,6 +123,19 @@ TEST(ReadOnly, ReadsStayRightWhileTheMapResizesUnderThem) {
   EXPECT_GT(rw.stats().tables_freed, 2u) << "tables were freed while the reader read";
 }
 
+TEST(ReadOnly, SessionLooksUpThroughTheReadOnlyPath) {
+  ScopedName name("ro-session");
+  Map rw = Map::create(name, {.initial_capacity = 8});
+  Map ro = open_ro(name);
+  Map::Session s(ro);
+  for (std::uint64_t k = 0; k < 2000; ++k) {
+    rw.insert_or_assign(k, k + 1);  // resizes between the lookups
+    ASSERT_EQ(s.find(k), k + 1);
+    ASSERT_FALSE(s.contains(k + 100000));
+  }
+  EXPECT_EQ(rw.stats().handles_in_use, 1u);
+}
+
 TEST(OpenOrCreate, SaysWhetherItCreated) {
   ScopedName name("ooc");
   bool created = false;

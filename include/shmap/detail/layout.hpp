@@ -157,8 +157,11 @@ struct TableHeader {
   // A bulk-loaded table's entry count, added to the map's size exactly once, like a bucket
   // write: {value = count, meta} goes CLAIMED (count not yet added) -> BULK (tagged with the
   // lane whose size record adds it). EMPTY in every other table. Its value and meta are the
-  // cell; its `reserved` word is the table's full flag (1 once a claiming probe found no
-  // EMPTY bucket: buckets never become EMPTY again, so it is never cleared).
+  // cell; its `key` word is the creator (owner word of the Map that made the table, 0 =
+  // unknown: the segment's first table, or a build before it), by which a table that was
+  // never linked and whose creator is gone is known to be leaked; its `reserved` word is the
+  // table's full flag (1 once a claiming probe found no EMPTY bucket: buckets never become
+  // EMPTY again, so it is never cleared).
   Bucket bulk;
   PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
 };

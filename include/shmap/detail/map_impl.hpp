@@ -12,6 +12,8 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "shmap/detail/layout.hpp"
 #include "shmap/shmap.hpp"
@@ -137,6 +139,7 @@ class MapImpl {
   bool read_only() const { return read_only_; }
 
   const std::string& name() const { return name_; }
+  std::uint64_t seed() const { return seed_; }
   SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
   template <class T>
   T* at(std::uint64_t offset) const {
@@ -293,6 +296,36 @@ class MapImpl {
   /// Under the reclaim lock: finishes the journaled table of a holder that died (handles.cpp).
   void finish_reclaim_journal() const;
   void retire(std::uint64_t table_offset) const;
+  /// Takes the segment's reclaim lock for this Map, waiting up to `wait` for a live holder
+  /// (a dead holder's lock is broken; finish_reclaim_journal() next). Hold reclaim_mutex_.
+  bool lock_reclaim(std::chrono::milliseconds wait) const;
+  void unlock_reclaim() const noexcept;
+  /// min(`oldest`, the oldest epoch a live owner's lane is pinned at), after making every
+  /// pin visible; dead owners' slots met on the way are freed. nullopt: pins cannot be
+  /// trusted from this process (global_barrier()).
+  std::optional<std::uint64_t> oldest_pin(std::uint64_t oldest) const;
+
+  // ---- leaks.cpp --------------------------------------------------------------------------
+  /// Tables that nothing will ever free: unlinked from the chain but never retired (their
+  /// completer died between the two steps), or made by a Map that is gone and never linked
+  /// (a resizer or a bulk loader that died before publishing). Found by walking the arena;
+  /// confirmed after every operation in flight at the first walk has ended (leaks.cpp).
+  struct LeakScan {
+    std::size_t tables = 0;   // leaked tables found (and, with recover, retired)
+    std::uint64_t bytes = 0;  // their extents
+    bool done = false;        // false: not decided (reclaim lock busy, a process stopped
+                              // inside an operation, or pins not trustable here)
+  };
+  /// With recover, retires what it finds (normal reclamation then frees it). Call unpinned.
+  LeakScan sweep_leaks(bool recover) const;
+  struct TableId {
+    std::uint64_t offset, created, bytes;
+    bool operator==(const TableId&) const = default;
+  };
+  /// One walk of the arena: the suspects (tables not accounted for, see leaks.cpp).
+  std::vector<TableId> unaccounted_tables() const;
+  /// Extents on the free list: {offset, bytes} (segment.cpp).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> free_extents() const;
   std::int64_t size_estimate() const;
 
   // ---- table.cpp --------------------------------------------------------------------------
@@ -533,6 +566,12 @@ class MapImpl {
   /// Test hook: maybe_resize() calls it (once) after its last count, right before it links and
   /// publishes the successor: a refill here makes a published successor too small.
   static inline thread_local void (*after_recount_for_test)() = nullptr;
+  /// Test hook: migration completion calls it between unlinking the older table and retiring
+  /// it, the window the leak sweep covers.
+  static inline void (*between_unlink_and_retire_for_test)() = nullptr;
+  /// Test hook: the leak sweep calls it once it has found suspects and waits for the
+  /// operations in flight to end (its grace period).
+  static inline void (*sweep_grace_for_test)() = nullptr;
   /// Records (before its CAS) that this lane's next write installs {meta, value} in the
   /// bucket at offset off, with the lane's count at change number seq. Returns seq.
   static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
