@@ -90,13 +90,17 @@ struct CreateArgs {
     cmd->add_option("--capacity", capacity,
                     "Buckets of the first table, 1 to 2^36 (rounded up to a power of 2; the map "
                     "never shrinks below it)" +
-                        note);
+                        note)
+        ->type_name("N");
     cmd->add_option(
-        "--max-handles", max_handles,
-        "Handle slots, 1 to 4095: Map objects attached at once, across processes" + note);
-    cmd->add_option("--mode", mode, "Permission bits of the segment, octal (0600)" + note);
+           "--max-handles", max_handles,
+           "Handle slots, 1 to 4095: Map objects attached at once, across processes" + note)
+        ->type_name("N");
+    cmd->add_option("--mode", mode, "Permission bits of the segment, octal (0600)" + note)
+        ->type_name("OCTAL");
     cmd->add_option("--max-bytes", max_bytes,
-                    "Largest size the segment may grow to, in bytes, 2^20 to 2^46 (64 GiB)" + note);
+                    "Largest size the segment may grow to, in bytes, 2^20 to 2^46 (64 GiB)" + note)
+        ->type_name("BYTES");
   }
   bool any() const {
     return !capacity.empty() || !max_handles.empty() || !mode.empty() || !max_bytes.empty();
@@ -326,9 +330,11 @@ int run(int argc, char** argv) {
   CreateArgs create_args;
   std::vector<Verb> verbs;
 
-  auto verb = [&](const char* n, const std::string& description) {
-    CLI::App* c = app.add_subcommand(n, description);
-    c->allow_extras();  // reported by us, in the order given, with the option named as typed
+  // summary: one line in 'shmap --help'; details: the rest of 'shmap help VERB'.
+  auto verb = [&](const char* n, const std::string& summary, const std::string& details = "") {
+    CLI::App* c = app.add_subcommand(n, summary);
+    c->footer(details);  // (else the subcommand would repeat the top-level footer)
+    c->allow_extras();   // reported by us, in the order given, with the option named as typed
     verbs.push_back({n, c});
     return c;
   };
@@ -360,9 +366,9 @@ int run(int argc, char** argv) {
   name_arg(del);
   del->add_option("KEY", key, "Key")->required();
 
-  auto* add = verb("add",
-                   "Add DELTA to KEY's value (mod 2^64; absent counts as 0; DELTA may be "
-                   "negative: 'shmap add m 5 -1') and print the new value");
+  auto* add = verb("add", "Add DELTA to KEY's value and print the new value",
+                   "\nThe sum is mod 2^64; an absent key counts as 0. DELTA may be negative: "
+                   "'shmap add m 5 -1' subtracts 1.");
   name_arg(add);
   add->add_option("KEY", key, "Key")->required();
   add->add_option("DELTA", value, "Amount to add, possibly negative")->required();
@@ -377,62 +383,64 @@ int run(int argc, char** argv) {
   decr->add_option("KEY", key, "Key")->required();
   decr->add_option("BY", value, "Amount (default 1)");
 
-  auto* mget = verb("mget",
-                    "Print the value of each KEY, one line each in order, '-' for an absent key; "
-                    "exit 1 if any is absent");
+  auto* mget = verb("mget", "Print the value of each KEY, in order ('-' if absent)",
+                    "\nOne line per KEY. Exit 1 (and a line on stderr) if any is absent.");
   name_arg(mget);
   mget->add_option("KEY", rest, "Keys")->required();
   json_flags(mget);
 
-  auto* mput = verb("mput",
-                    "Set each KEY to its VALUE: pairs as arguments, or with none, KEY VALUE lines "
-                    "on standard input (the import format)");
+  auto* mput = verb("mput", "Set each KEY to its VALUE",
+                    "\nPairs as arguments; with none, KEY VALUE lines on standard input (the "
+                    "import format: decimal or 0x-hex, '#' comments).");
   name_arg(mput);
   mput->add_option("PAIRS", rest, "KEY VALUE [KEY VALUE ...]");
 
   auto* exists =
-      verb("exists", "Print how many of the KEYs are present; exit 0 if all are, 1 otherwise");
+      verb("exists", "Print how many of the KEYs are present", "\nExit 0 if all are, 1 otherwise.");
   name_arg(exists);
   exists->add_option("KEY", rest, "Keys")->required();
 
-  auto* stat = verb("stat",
-                    "Statistics: entries (an estimate: 'about'), capacity, load factor, tables, "
-                    "migration, bytes, handles, creation options");
+  auto* stat = verb("stat", "Entries, capacity, load factor, tables, bytes, handles, options",
+                    "\nThe entry count is an estimate ('about': striped counters read while "
+                    "others write); 'shmap check' counts exactly. Needs read permission only and "
+                    "no handle slot.");
   name_arg(stat);
   stat->add_flag("--json", json, "Print JSON");
 
-  auto* readers = verb("readers",
-                       "One line per handle slot in use: pid, alive, pinned epoch or idle, age. "
-                       "Needs no slot itself, so it works when every slot is taken");
+  auto* readers = verb("readers", "Who is attached: one line per handle slot in use",
+                       "\nPid, alive or stale, pinned epoch or idle, age. Needs no slot itself, "
+                       "so it works when every slot is taken.");
   name_arg(readers);
   readers->add_flag("--clear-stale", clear,
                     "Free the slots of dead processes first (needs write permission)");
   readers->add_flag("--json", json, "Print JSON");
 
-  auto* scan = verb("scan",
-                    "Print the entries as KEY VALUE lines (right-aligned keys; 'shmap import' "
-                    "reads them back)");
+  auto* scan = verb("scan", "Print the entries as KEY VALUE lines",
+                    "\nKeys right-aligned; 'shmap import' reads the lines back.");
   name_arg(scan);
-  scan->add_option("--limit", limit_arg, "Print at most N entries");
+  scan->add_option("--limit", limit_arg, "Print at most N entries")->type_name("N");
   json_flags(scan);
 
-  auto* exp = verb("export",
-                   "Write the entries as text, one 'KEY VALUE' line each (decimal), to FILE or "
-                   "standard output ('-', the default); 'shmap import' reads it");
+  auto* exp = verb("export", "Write the entries as KEY VALUE text lines",
+                   "\nOne 'KEY VALUE' line per entry (decimal, or 0x-hex with --hex) after a "
+                   "'#' comment line, to FILE or standard output ('-', the default). "
+                   "'shmap import' reads it.");
   name_arg(exp);
   exp->add_option("FILE", file, "Output file ('-': standard output); appears when complete");
   exp->add_flag("--hex", hex, "Write keys and values in 0x-hex");
 
-  auto* imp = verb("import",
-                   "Read 'KEY VALUE' lines (decimal or 0x-hex, blanks between, '#' comments, "
-                   "scan and export output) from FILE or standard input ('-', the default) and "
-                   "set each pair in map NAME, creating the map if absent. The whole input is "
-                   "checked first: a bad line changes nothing");
+  auto* imp = verb("import", "Set KEY VALUE text lines in a map, creating it if absent",
+                   "\nReads FILE or standard input ('-', the default): one 'KEY VALUE' pair a "
+                   "line, decimal or 0x-hex, blanks between, '#' comments and blank lines "
+                   "ignored (scan and export output read back). The whole input is checked "
+                   "first: a bad line is reported with its number and nothing changes. A new "
+                   "map is sized for the input; the creation flags apply only to a new map.");
   name_arg(imp);
   imp->add_option("FILE", file, "Input file ('-': standard input)");
   create_args.add_to(imp, " (if the map is created)");
 
-  auto* dump = verb("dump", "Write a snapshot of the map to FILE (appears only when complete)");
+  auto* dump = verb("dump", "Write a snapshot of the map to FILE or standard output",
+                    "\nThe file appears only when complete. Safe while others write.");
   name_arg(dump);
   dump->add_option("FILE", file,
                    "Snapshot file ('-': standard output). Replaced only if it is a regular file "
@@ -446,13 +454,13 @@ int run(int argc, char** argv) {
                  "file is written), for an exact image; readers never wait");
 
   auto* load =
-      verb("load",
-           "Load a snapshot FILE (binary or JSON) into map NAME; a bad file changes nothing.\n"
-           "A new map gets the creation options recorded in the snapshot (capacity, max handles, "
-           "mode, max bytes: dump, rm and load give back the same map); each flag below overrides "
-           "one. The binary form is checksummed throughout; a JSON file is verified only if it has "
-           "its \"content_xxh3\" (delete that line after editing by hand; the minimal JSON "
-           "{\"entries\": [{\"key\": 1, \"value\": 2}]} loads too)");
+      verb("load", "Load a snapshot (binary or JSON) into map NAME",
+           "\nA bad file changes nothing. A new map gets the creation options recorded in the "
+           "snapshot (capacity, max handles, mode, max bytes: dump, rm and load give back the "
+           "same map); each creation flag overrides one. The binary form is checksummed "
+           "throughout; a JSON file is verified only if it has its \"content_xxh3\" (delete "
+           "that line after editing by hand). The minimal JSON {\"entries\": [{\"key\": 1, "
+           "\"value\": 2}]} loads too.");
   load->add_option("FILE", file, "Snapshot file ('-': standard input, e.g. a pipe)")->required();
   name_arg(load);
   load->add_flag("--replace", replace, "Replace the content of existing map NAME");
@@ -461,16 +469,16 @@ int run(int argc, char** argv) {
                  "meanwhile)");
   create_args.add_to(load, " (default: the snapshot's)");
 
-  auto* check = verb("check",
-                     "Verify every invariant of the segment and count the entries exactly; "
-                     "exit 0 only if all hold");
+  auto* check = verb("check", "Verify the segment's invariants and count the entries exactly",
+                     "\nExit 0 only if all hold. With read permission only, a lighter check "
+                     "(the table headers and an exact count).");
   name_arg(check);
   check->add_flag("--json", json, "Print JSON");
 
-  auto* rm = verb("rm",
-                  "Remove map NAME. Refuses a file that is not a shmap segment, and a map that "
-                  "processes are attached to (they keep using it until they close), unless "
-                  "--force");
+  auto* rm = verb("rm", "Remove a map",
+                  "\nRefuses an object that is not a shmap segment, and a map that live "
+                  "processes are attached to (they would keep using it until they close; their "
+                  "pids are named), unless --force.");
   name_arg(rm);
   rm->add_flag("--force", force, "Remove even so");
 
