@@ -559,6 +559,7 @@ int run(int argc, char** argv) {
 
   if (used == help) {
     if (help_verb.empty()) {
+      app.clear();  // else CLI11 prints the help of the subcommand parsed: 'help' itself
       std::fputs(app.help().c_str(), stdout);
       return kExitOk;
     }
