@@ -2,7 +2,7 @@
 // they work, one of them is killed with SIGKILL in the middle of its writes, the others carry
 // on, and the parent checks that every write anybody saw acknowledged is there.
 //
-//   shmap_demo [--writers N] [--keys N]
+//   shmap_demo [--writers N] [--keys N] [--keep NAME]
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -71,18 +71,45 @@ constexpr std::uint64_t kCounterKey = ~std::uint64_t{0};  // every writer bumps 
 
 }  // namespace
 
-int main(int argc, char** argv) {
+constexpr const char* kUsage =
+    "usage: shmap_demo [--writers 2..16] [--keys N>=1000] [--keep NAME]\n"
+    "\n"
+    "Several processes share one shmap map that starts with 8 buckets: N writers insert --keys\n"
+    "keys each (default 3 writers, 400000 keys) while a reader checks what they acknowledged;\n"
+    "the map grows to millions of buckets meanwhile. Writer 0 is killed with SIGKILL in the\n"
+    "middle of its writes; the others carry on. At the end the parent checks that every\n"
+    "acknowledged write is there and prints a summary. The map is removed, unless --keep NAME\n"
+    "names it and leaves it for 'shmap stat NAME' and friends. Exit 0 if all is well.\n";
+
+int main(int argc, char** argv) try {
   int writers = 3;
   std::uint64_t keys = 400000;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--writers") == 0) writers = std::atoi(argv[i + 1]);
-    if (std::strcmp(argv[i], "--keys") == 0) keys = std::strtoull(argv[i + 1], nullptr, 10);
+  std::string keep;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc || (a != "--writers" && a != "--keys" && a != "--keep")) {
+      std::fprintf(stderr, "shmap_demo: %s '%s'\n%s",
+                   i + 1 >= argc && (a == "--writers" || a == "--keys" || a == "--keep")
+                       ? "missing value after"
+                       : "unknown argument",
+                   a.c_str(), kUsage);
+      return 2;
+    }
+    const char* v = argv[++i];
+    if (a == "--writers") writers = std::atoi(v);
+    if (a == "--keys") keys = std::strtoull(v, nullptr, 10);
+    if (a == "--keep") keep = v;
   }
   if (writers < 2 || writers > 16 || keys < 1000) {
-    std::fprintf(stderr, "usage: shmap_demo [--writers 2..16] [--keys >=1000]\n");
+    std::fprintf(stderr, "shmap_demo: --writers must be 2..16 and --keys at least 1000\n%s",
+                 kUsage);
     return 2;
   }
-  const std::string name = "shmap-demo-" + std::to_string(getpid());
+  const std::string name = keep.empty() ? "shmap-demo-" + std::to_string(getpid()) : keep;
   auto* sh = static_cast<Shared*>(
       mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   new (sh) Shared{};
@@ -180,7 +207,14 @@ int main(int argc, char** argv) {
   // reclaimer, which frees dead owners' slots it meets (recovering their last write first).
   ok = ok && missing == 0 && sh->reader_errors.load() == 0 && check.ok && st.handles_in_use == 1 &&
        walked == check.live_entries && walked == st.size;
-  shmap::Map::remove(name);
+  if (keep.empty()) {
+    shmap::Map::remove(name);
+  } else {
+    std::printf("map '%s' kept (remove it with 'shmap rm %s')\n", name.c_str(), name.c_str());
+  }
   std::printf("\n%s\n", ok ? "DEMO OK" : "DEMO FAILED");
   return ok ? 0 : 1;
+} catch (const shmap::Error& e) {
+  std::fprintf(stderr, "shmap_demo: %s\n", e.what());
+  return 1;
 }

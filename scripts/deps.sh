@@ -6,8 +6,8 @@
 #   scripts/deps.sh bench    also what scripts/bench.sh needs beyond that (the chart's plotter)
 set -euo pipefail
 PKGS=(g++ cmake make libboost1.81-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
-      liblmdb-dev lmdb-utils libtbb-dev libcereal-dev libcli11-dev libxxhash-dev
-      nlohmann-json3-dev tmux)
+      liblmdb-dev lmdb-utils libtbb-dev libcereal-dev rapidjson-dev libcli11-dev libxxhash-dev
+      nlohmann-json3-dev tmux pkg-config)
 if [[ ${1:-} == bench ]]; then
   PKGS+=(python3-matplotlib)  # bench/plot.py renders docs/bench-ratios.png
 fi

@@ -330,6 +330,8 @@ void MapImpl::release_slot() {
 }
 
 MapImpl::LaneGroup* MapImpl::lane_group(std::size_t t) const {
+  // A read-only attachment claims no slot: all its extra threads share its private overflow lane.
+  if (read_only_) return nullptr;
   const std::size_t gi = (t - kPrimaryLanes) / kLanes;
   if (gi >= kMaxGroups) return nullptr;
   // Acquire: the group's fields were written before it was published (release, below).

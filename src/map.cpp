@@ -26,17 +26,27 @@ Map Map::create(const std::string& name, const Options& options) {
 Map Map::open(const std::string& name) { return Map(MapImpl::open(name)); }
 
 Map Map::open(const std::string& name, const OpenOptions& options) {
-  return Map(MapImpl::open(name, options.clear_stale_handles));
+  return Map(MapImpl::open(name, options.clear_stale_handles, options.read_only));
 }
 
 Map Map::open_or_create(const std::string& name, const Options& options) {
+  bool created = false;
+  return open_or_create(name, options, &created);
+}
+
+Map Map::open_or_create(const std::string& name, const Options& options, bool* created) {
   // Racing creators: exactly one shm_open(O_EXCL) succeeds; the others open what it made
   // (waiting for its initialisation). A remove() between the two steps just means retry.
   for (int attempt = 0;; ++attempt) {
     bool existed = false;
-    if (auto impl = MapImpl::create(name, options, false, &existed)) return Map(std::move(impl));
+    if (auto impl = MapImpl::create(name, options, false, &existed)) {
+      if (created != nullptr) *created = true;
+      return Map(std::move(impl));
+    }
     try {
-      return Map(MapImpl::open(name));
+      Map m(MapImpl::open(name));
+      if (created != nullptr) *created = false;
+      return m;
     } catch (const Error& e) {
       if (e.code() != Errc::not_found || attempt > 100) throw;
     }
@@ -45,7 +55,23 @@ Map Map::open_or_create(const std::string& name, const Options& options) {
 
 const std::string& Map::name() const { return impl_->name(); }
 
+bool Map::read_only() const { return impl_->read_only(); }
+
+namespace {
+/// Writes through a read-only attachment are refused before they touch anything.
+void refuse_if_read_only(const MapImpl& m, const char* what) {
+  if (m.read_only()) [[unlikely]] {
+    detail::fail(Errc::permission_denied, m.name(),
+                 std::string(what) +
+                     " through a read-only attachment; open the map read-write (this needs "
+                     "write permission on /dev/shm/" +
+                     m.name() + ")");
+  }
+}
+}  // namespace
+
 bool Map::insert(std::uint64_t k, std::uint64_t v) {
+  refuse_if_read_only(*impl_, "insert");
   return !impl_
               ->mutate(k, true,
                        [v](std::optional<std::uint64_t> cur) {
@@ -55,6 +81,7 @@ bool Map::insert(std::uint64_t k, std::uint64_t v) {
 }
 
 bool Map::insert_or_assign(std::uint64_t k, std::uint64_t v) {
+  refuse_if_read_only(*impl_, "insert_or_assign");
   return !impl_
               ->mutate(k, true,
                        [v](std::optional<std::uint64_t>) {
@@ -64,6 +91,8 @@ bool Map::insert_or_assign(std::uint64_t k, std::uint64_t v) {
 }
 
 std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
+  if (impl_->read_only()) [[unlikely]]
+    return impl_->find_read_only(k);
   std::uint64_t v = 0;
   const bool found = impl_->find(k, &v);
   return detail::make_optional_fast(found, v);
@@ -83,6 +112,11 @@ void Map::Session::wrong_thread() const {
 }
 
 std::optional<std::uint64_t> Map::Session::find_slow(std::uint64_t k) {
+  // A read-only attachment's pin protects nothing: no view is kept (have_view_ stays false),
+  // and each lookup is validated on the read-only path.
+  if (m_->read_only()) [[unlikely]] {
+    return m_->find_read_only(k);
+  }
   // The view stays valid while we are pinned (its table cannot be freed). A table that has
   // been replaced meanwhile never answers wrongly: a writer settles a key in it (sealing or
   // freezing its bucket) before writing the key anywhere newer, and the fast path leaves
@@ -102,10 +136,19 @@ std::size_t Map::find_many(std::span<const std::uint64_t> keys,
                      " results; pass an output span at least as "
                      "long as the keys");
   }
+  if (impl_->read_only()) [[unlikely]] {
+    std::size_t found = 0;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      out[i] = impl_->find_read_only(keys[i]);
+      found += out[i].has_value();
+    }
+    return found;
+  }
   return impl_->find_many(keys.data(), keys.size(), out.data());
 }
 
 bool Map::erase(std::uint64_t k) {
+  refuse_if_read_only(*impl_, "erase");
   return impl_
       ->mutate(k, false,
                [](std::optional<std::uint64_t> cur) {
@@ -115,6 +158,7 @@ bool Map::erase(std::uint64_t k) {
 }
 
 bool Map::compare_exchange(std::uint64_t k, std::uint64_t expected, std::uint64_t desired) {
+  refuse_if_read_only(*impl_, "compare_exchange");
   const auto prev = impl_->mutate(k, false, [=](std::optional<std::uint64_t> cur) {
     return cur && *cur == expected ? WriteIntent{WriteIntent::set, desired} : WriteIntent{};
   });
@@ -122,6 +166,7 @@ bool Map::compare_exchange(std::uint64_t k, std::uint64_t expected, std::uint64_
 }
 
 std::uint64_t Map::fetch_add(std::uint64_t k, std::uint64_t delta) {
+  refuse_if_read_only(*impl_, "fetch_add");
   return impl_
       ->mutate(k, true,
                [delta](std::optional<std::uint64_t> cur) {
@@ -135,12 +180,17 @@ std::size_t Map::size() const {
 }
 
 void Map::for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const {
+  if (impl_->read_only()) return impl_->for_each_read_only(fn, ctx);
   impl_->for_each(fn, ctx);
 }
 
-std::size_t Map::clear_stale_handles() { return impl_->clear_stale_slots(); }
+std::size_t Map::clear_stale_handles() {
+  refuse_if_read_only(*impl_, "clear_stale_handles");
+  return impl_->clear_stale_slots();
+}
 
 void Map::compact() {
+  refuse_if_read_only(*impl_, "compact");
   impl_->finish_migration();
   impl_->clear_stale_slots();
   impl_->sweep_leaks(true);  // tables a killed process left off the retired stack
@@ -153,18 +203,24 @@ Stats Map::stats() const {
   const SegmentHeader& h = m.header();
   Stats s;
   s.size = size();
-  {
+  auto tables = [&] {
     PinGuard pin(m);
     TableHeader* t = m.table(h.current_table.load(std::memory_order_seq_cst));
     s.capacity = t->capacity;
     s.used_buckets = m.used_buckets(t);
     TableHeader* chain[kMaxChain];
     s.tables = m.load_chain(t, chain);
+    s.migration_total = s.migration_done = 0;
     if (s.tables > 1) {
       const std::uint64_t ocap = chain[1]->capacity;
       s.migration_total = ocap / std::min<std::uint64_t>(kChunk, ocap);
       s.migration_done = t->mig_done.load(std::memory_order_relaxed);
     }
+  };
+  if (m.read_only()) {
+    m.read_validated("stat", tables);
+  } else {
+    tables();
   }
   for (std::size_t i = 0; i < m.max_handles(); ++i) {
     if (m.slot(i).owner.owner.load(std::memory_order_relaxed) != 0) ++s.handles_in_use;
@@ -214,7 +270,9 @@ std::vector<ReaderInfo> Map::readers() const {
   return out;
 }
 
-CheckReport Map::check() const { return impl_->check(); }
+CheckReport Map::check() const {
+  return impl_->read_only() ? impl_->check_read_only() : impl_->check();
+}
 
 }  // namespace shmap
 

@@ -101,7 +101,7 @@ void MapImpl::map_initial(std::uint64_t bytes) {
   // Never past the reservation: MAP_FIXED there would replace whatever this process has mapped
   // behind it (its own libraries), and an object can be larger than max_bytes says.
   bytes = std::min(bytes, reserved_);
-  if (::mmap(base_, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
+  if (::mmap(base_, bytes, protection(), MAP_SHARED | MAP_FIXED, fd_, 0) == MAP_FAILED) {
     fail_errno(Errc::io_error, name_, "cannot map the segment", errno);
   }
   mapped_.store(bytes, std::memory_order_release);
@@ -126,7 +126,7 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
   std::uint64_t target = header().file_bytes.load(std::memory_order_acquire);
   target = std::clamp(target, end, std::min(size, reserved_));
   target = std::min((target + kPage - 1) / kPage * kPage, reserved_);
-  if (::mmap(base_ + cur, target - cur, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+  if (::mmap(base_ + cur, target - cur, protection(), MAP_SHARED | MAP_FIXED, fd_,
              static_cast<off_t>(cur)) == MAP_FAILED) {
     fail_errno(Errc::io_error, name_, "cannot map the grown segment", errno);
   }
@@ -422,16 +422,32 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
   return m;
 }
 
-std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale) {
+std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale, bool read_only) {
   validate_name(name);
   // O_NONBLOCK: a FIFO planted under the name must not block the open.
-  const int fd = ::shm_open(shm_path(name).c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK, 0);
+  const int fd = ::shm_open(shm_path(name).c_str(),
+                            (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK, 0);
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) fail(Errc::not_found, name, "no such map; create it first");
     if (err == EACCES) {
+      if (read_only) {
+        fail_errno(Errc::permission_denied, name,
+                   "this process may not read the map (no read permission on /dev/shm/" + name +
+                       "; its owner can grant it with chmod)",
+                   err);
+      }
+      const int probe = ::shm_open(shm_path(name).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
+      const bool can_read = probe >= 0;
+      if (probe >= 0) ::close(probe);
       fail_errno(Errc::permission_denied, name,
-                 "this process may not open the map; check the mode it was created with", err);
+                 can_read ? "this process may read the map but not write it (no write "
+                            "permission on /dev/shm/" +
+                                name + "); attach read-only to look at it"
+                          : "this process may neither read nor write the map (no permission "
+                            "on /dev/shm/" +
+                                name + "); check the mode it was created with",
+                 err);
     }
     if (err == ELOOP) {
       fail(Errc::corrupt, name,
@@ -440,6 +456,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     fail_errno(Errc::io_error, name, "cannot open the shared-memory object", err);
   }
   auto m = std::make_unique<MapImpl>(name, fd, false);
+  m->read_only_ = read_only;
   // Creators publish a segment only once it is complete (create() links it under the name),
   // so whatever is here is either a whole segment or not one: no waiting.
   struct stat st {};
@@ -530,6 +547,14 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   m->arena_offset_ = arena;
   m->max_handles_ = max_handles;
   m->slots_ = m->at<HandleSlot>(slots_offset);
+  if (read_only) {
+    // No slot: pins go to a lane of this process's own memory, which nobody else reads. They
+    // protect nothing; read-only reads validate against the global epoch instead
+    // (src/read_only.cpp).
+    m->private_slot_ = std::make_unique<HandleSlot>();
+    m->my_slot_ = m->private_slot_.get();
+    return m;
+  }
   if (clear_stale) m->clear_stale_slots();
   m->claim_slot();
   return m;
@@ -587,7 +612,11 @@ bool Map::remove(const std::string& name) {
   detail::fail_errno(Errc::io_error, name, "cannot remove", err);
 }
 
-std::vector<std::string> Map::list() {
+void Map::validate_name(const std::string& name) { detail::validate_name(name); }
+
+std::vector<std::string> Map::list() { return list(nullptr); }
+
+std::vector<std::string> Map::list(std::vector<std::string>* unreadable) {
   std::vector<std::string> names;
   DIR* d = ::opendir("/dev/shm");
   if (d == nullptr) return names;
@@ -605,7 +634,10 @@ std::vector<std::string> Map::list() {
     }
     const int fd =
         ::openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      if (unreadable != nullptr && (errno == EACCES || errno == EPERM)) unreadable->push_back(n);
+      continue;
+    }
     std::uint64_t magic = 0;
     struct stat st {};
     if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
@@ -616,6 +648,7 @@ std::vector<std::string> Map::list() {
   }
   ::closedir(d);
   std::sort(names.begin(), names.end());
+  if (unreadable != nullptr) std::sort(unreadable->begin(), unreadable->end());
   return names;
 }
 

@@ -39,7 +39,11 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+// xxHash compiled into this file (inline, header-only): libshmap.a needs no -lxxhash, so a
+// build without CMake links it with -lshmap alone.
+#define XXH_INLINE_ALL
+#include <rapidjson/document.h>  // after cereal/archives/json.hpp: its RAPIDJSON_ASSERT throws
+#include <rapidjson/error/en.h>
 #include <xxhash.h>
 
 #include <atomic>
@@ -253,28 +257,15 @@ struct SnapshotHeader {
 
 /// The JSON form's preamble: the binary lead's fields by name, an optional checksum of the
 /// content (absent in files written before it existed; load verifies it when present), then
-/// the same header.
+/// the same header. Written with cereal; read by parse_json.
 struct JsonPreamble {
   std::string magic = kJsonMagic;
   std::uint32_t format_version = kSnapshotVersion;
-  std::string content_xxh3;     // "0x" + 16 hex digits, or empty: none
-  bool unknown_member = false;  // load: the object has a member this build does not know
+  std::string content_xxh3;  // "0x" + 16 hex digits, or empty: none
   template <class Archive>
   void save(Archive &ar) const {
     ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
     if (!content_xxh3.empty()) ar(cereal::make_nvp("content_xxh3", content_xxh3));
-  }
-  template <class Archive>
-  void load(Archive &ar) {
-    ar(cereal::make_nvp("magic", magic), cereal::make_nvp("format_version", format_version));
-    if (const char *next = ar.getNodeName()) {
-      // Strict: a bit flip in the checksum's name must not make the checksum disappear.
-      if (std::strcmp(next, "content_xxh3") != 0) {
-        unknown_member = true;
-        return;
-      }
-      ar(cereal::make_nvp("content_xxh3", content_xxh3));
-    }
   }
 };
 
@@ -820,8 +811,9 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   put64(foot + 24, out.digest());
   std::memcpy(foot + 32, kEndMagic, 8);
   out.raw(foot + 24, 16);
-  out.commit();
   report("dump", total, total);
+  report("sync", 0, 0);  // the fsync and rename: seconds for a big file on a slow disk
+  out.commit();
 }
 
 void dump_json(const Map &m, const Where &w, bool point_in_time) {
@@ -857,9 +849,10 @@ void dump_json(const Map &m, const Where &w, bool point_in_time) {
                                        " bytes, over the " + std::to_string(kMaxJsonBytes >> 20) +
                                        " MiB that load accepts; dump the binary form");
   }
-  out.write(text.data(), text.size());
-  out.commit();
   report("dump", entries.size(), entries.size());
+  out.write(text.data(), text.size());
+  report("sync", 0, 0);
+  out.commit();
 }
 
 // ---- reading
@@ -1182,6 +1175,27 @@ void check_json_depth(const std::string &text, const Where &w) {
                             " MiB (it is parsed in memory); use the binary form for big maps");
 }
 
+/// "line L, column C (byte N)" of a byte offset into text, for JSON messages.
+std::string json_position(const std::string &text, std::size_t offset) {
+  offset = std::min(offset, text.size());
+  std::size_t line = 1, col = 1;
+  for (std::size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return "line " + std::to_string(line) + ", column " + std::to_string(col) + " (byte " +
+         std::to_string(offset) + ")";
+}
+
+/// Reads the JSON form with RapidJSON's DOM (iterative parser, exact 64-bit integers) and checks
+/// every member's type itself, so a bad file is reported with a position (a syntax error) or
+/// an entry index (a wrong member), never with a parser assertion. The minimal form
+/// {"entries": [{"key": K, "value": V}, ...]} loads too (no "snapshot" preamble, no "header":
+/// not integrity-checked, default creation options).
 JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
   // Bounded before anything is allocated: a 1 TiB sparse file that starts with '{' is refused
   // here, not by std::bad_alloc.
@@ -1200,37 +1214,118 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
   }
   text.resize(off);
   check_json_depth(text, w);
+  rapidjson::Document d;
+  d.Parse<rapidjson::kParseFullPrecisionFlag | rapidjson::kParseIterativeFlag>(text.data(),
+                                                                               text.size());
+  if (d.HasParseError()) {
+    w.fail(Errc::corrupt, std::string("JSON does not parse at ") +
+                              json_position(text, d.GetErrorOffset()) + ": " +
+                              rapidjson::GetParseError_En(d.GetParseError()));
+  }
+  auto bad = [&](const std::string &what) {
+    w.fail(Errc::corrupt, "JSON snapshot: " + what +
+                              " (expected {\"entries\": [{\"key\": K, \"value\": V}, ...]}, "
+                              "optionally with the \"snapshot\" and \"header\" that dump writes)");
+  };
+  if (!d.IsObject()) bad("the document is not an object");
   JsonSnapshot s;
   JsonPreamble pre;
-  pre.magic.clear();
-  pre.format_version = 0;
-  try {
-    std::istringstream is(std::move(text));  // moved, not copied (C++20)
-    cereal::JSONInputArchive ar(is);
-    ar(cereal::make_nvp("snapshot", pre));
+  bool has_header = false;
+  for (auto it = d.MemberBegin(); it != d.MemberEnd(); ++it) {
+    const std::string member(it->name.GetString(), it->name.GetStringLength());
+    if (member != "snapshot" && member != "header" && member != "entries") {
+      bad("unknown member \"" + member + "\" at the top level");
+    }
+  }
+  auto u64 = [&](const rapidjson::Value &obj, const char *field, const std::string &where,
+                 std::uint64_t *out, std::uint64_t max) {
+    const auto it = obj.FindMember(field);
+    if (it == obj.MemberEnd()) return false;
+    if (!it->value.IsUint64() || it->value.GetUint64() > max) {
+      bad(where + ": \"" + field + "\" is not an integer from 0 to " + std::to_string(max));
+    }
+    *out = it->value.GetUint64();
+    return true;
+  };
+  auto str = [&](const rapidjson::Value &obj, const char *field, const std::string &where,
+                 std::string *out) {
+    const auto it = obj.FindMember(field);
+    if (it == obj.MemberEnd()) return false;
+    if (!it->value.IsString()) bad(where + ": \"" + field + "\" is not a string");
+    out->assign(it->value.GetString(), it->value.GetStringLength());
+    return true;
+  };
+  if (const auto it = d.FindMember("snapshot"); it != d.MemberEnd()) {
+    const rapidjson::Value &p = it->value;
+    if (!p.IsObject()) bad("\"snapshot\" is not an object");
+    pre.magic.clear();
+    str(p, "magic", "\"snapshot\"", &pre.magic);
     if (pre.magic != kJsonMagic) {
       w.fail(Errc::corrupt, "not a shmap snapshot: JSON \"snapshot.magic\" is \"" + pre.magic +
                                 "\", expected \"" + kJsonMagic + "\"");
     }
-    if (pre.format_version != kSnapshotVersion) {
-      w.fail(Errc::version_mismatch, "JSON format version " + std::to_string(pre.format_version) +
+    std::uint64_t version = 0;
+    u64(p, "format_version", "\"snapshot\"", &version, UINT32_MAX);
+    if (version != kSnapshotVersion) {
+      w.fail(Errc::version_mismatch, "JSON format version " + std::to_string(version) +
                                          "; this build reads version " +
                                          std::to_string(kSnapshotVersion));
     }
-    ar(cereal::make_nvp("header", s.header), cereal::make_nvp("entries", s.entries));
-  } catch (const Error &) {
-    throw;
-  } catch (const std::exception &e) {
-    w.fail(Errc::corrupt, std::string("JSON snapshot does not parse: ") + e.what());
+    str(p, "content_xxh3", "\"snapshot\"", &pre.content_xxh3);
+    for (auto m = p.MemberBegin(); m != p.MemberEnd(); ++m) {
+      const std::string n(m->name.GetString(), m->name.GetStringLength());
+      // Strict: a bit flip in the checksum's name must not make the checksum disappear.
+      if (n != "magic" && n != "format_version" && n != "content_xxh3") {
+        w.fail(Errc::corrupt, "JSON \"snapshot\" has a member this build does not know (\"" + n +
+                                  "\"; expected \"magic\", \"format_version\", \"content_xxh3\")");
+      }
+    }
   }
+  if (const auto it = d.FindMember("header"); it != d.MemberEnd()) {
+    const rapidjson::Value &hv = it->value;
+    if (!hv.IsObject()) bad("\"header\" is not an object");
+    has_header = true;
+    SnapshotHeader &h = s.header;
+    const std::string where = "\"header\"";
+    str(hv, "key_type", where, &h.key_type);
+    str(hv, "value_type", where, &h.value_type);
+    u64(hv, "entry_count", where, &h.entry_count, UINT64_MAX);
+    u64(hv, "created_unix_ns", where, &h.created_unix_ns, UINT64_MAX);
+    std::uint64_t v = h.chunk_entries;
+    u64(hv, "chunk_entries", where, &v, UINT32_MAX);
+    h.chunk_entries = static_cast<std::uint32_t>(v);
+    if (const auto p = hv.FindMember("point_in_time"); p != hv.MemberEnd()) {
+      if (!p->value.IsBool()) bad(where + ": \"point_in_time\" is not true or false");
+      h.point_in_time = p->value.GetBool();
+    }
+    str(hv, "source_map", where, &h.source_map);
+    v = h.source_format_version;
+    u64(hv, "source_format_version", where, &v, UINT32_MAX);
+    h.source_format_version = static_cast<std::uint32_t>(v);
+    u64(hv, "initial_capacity", where, &h.initial_capacity, UINT64_MAX);
+    u64(hv, "max_handles", where, &h.max_handles, UINT64_MAX);
+    u64(hv, "mode", where, &h.mode, UINT64_MAX);
+    u64(hv, "max_bytes", where, &h.max_bytes, UINT64_MAX);
+  }
+  const auto entries = d.FindMember("entries");
+  if (entries == d.MemberEnd()) bad("no \"entries\" member");
+  if (!entries->value.IsArray()) bad("\"entries\" is not an array");
+  s.entries.reserve(entries->value.Size());
+  std::size_t index = 0;
+  for (const rapidjson::Value &e : entries->value.GetArray()) {
+    const std::string where = "entry " + std::to_string(index);
+    if (!e.IsObject()) bad(where + " is not an object");
+    JsonEntry je;
+    if (!u64(e, "key", where, &je.key, UINT64_MAX)) bad(where + " has no \"key\"");
+    if (!u64(e, "value", where, &je.value, UINT64_MAX)) bad(where + " has no \"value\"");
+    if (e.MemberCount() != 2) bad(where + " has members besides \"key\" and \"value\"");
+    s.entries.push_back(je);
+    ++index;
+  }
+  if (!has_header) s.header.entry_count = s.entries.size();
   if (s.header.key_type != "u64" || s.header.value_type != "u64") {
     w.fail(Errc::version_mismatch, "holds " + s.header.key_type + " -> " + s.header.value_type +
                                        " entries; this build stores u64 -> u64");
-  }
-  if (pre.unknown_member) {
-    w.fail(Errc::corrupt,
-           "JSON \"snapshot\" has a member this build does not know (after "
-           "\"format_version\"; expected \"content_xxh3\" or nothing)");
   }
   if (!pre.content_xxh3.empty()) {
     const std::uint64_t computed = json_content_xxh3(s.header, s.entries);
@@ -1306,6 +1401,7 @@ Fd spool_stdin(const Where &w, std::uint64_t *size) {
     }
     total += static_cast<std::uint64_t>(n);
     if (first == '{' && total > kMaxJsonBytes) fail_json_too_big(total, w);
+    report("read", total, 0);
     for (ssize_t off = 0; off < n;) {
       const ssize_t m = ::write(fd.get(), buf.data() + off, static_cast<std::size_t>(n - off));
       if (m < 0 && errno == EINTR) continue;
@@ -1373,6 +1469,11 @@ void Map::dump(const std::string &path, const DumpOptions &options) const {
   const detail::Where w{name(), path};
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (options.point_in_time && read_only()) {
+      w.fail(Errc::permission_denied,
+             "a point-in-time dump holds writers back, which a read-only attachment may not do; "
+             "attach read-write, or dump without --point-in-time");
+    }
     if (options.json) {
       detail::dump_json(*this, w, options.point_in_time);
     } else {
@@ -1388,6 +1489,24 @@ Map Map::load(const std::string &path, const std::string &name, const LoadOption
 
 namespace detail {
 namespace {
+
+/// The options of the map a create-mode load makes: each override given, else the snapshot's
+/// recorded value when it is one a map can have, else the default (a JSON file without a
+/// header, or a damaged value in an unchecked one).
+Options creation_options(const SnapshotHeader &h, const CreationOverrides &o) {
+  Options d;
+  Options r;
+  const bool cap_ok = h.initial_capacity >= 1 && h.initial_capacity <= (std::uint64_t{1} << 36);
+  r.initial_capacity =
+      o.initial_capacity.value_or(cap_ok ? h.initial_capacity : d.initial_capacity);
+  const bool handles_ok = h.max_handles >= 1 && h.max_handles <= 4095;
+  r.max_handles = o.max_handles.value_or(handles_ok ? h.max_handles : d.max_handles);
+  r.mode = o.mode.value_or(h.mode != 0 && h.mode <= 0777 ? static_cast<unsigned>(h.mode) : d.mode);
+  const bool bytes_ok =
+      h.max_bytes >= (std::uint64_t{1} << 20) && h.max_bytes <= (std::uint64_t{1} << 46);
+  r.max_bytes = o.max_bytes.value_or(bytes_ok ? h.max_bytes : d.max_bytes);
+  return r;
+}
 
 Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
               const Where &w) {
@@ -1413,15 +1532,20 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
 
   // Pass 1: verify everything before touching any map.
   Source src;
+  SnapshotHeader recorded;  // the source map's creation options (0: not recorded)
   auto json = std::make_shared<JsonSnapshot>();
-  if (first == '{') {
+  if (first == '{' || first == '[') {  // JSON (an array is reported as not the right JSON)
+    report("verify", 0, size);         // parsed and checked in memory: no finer progress
     *json = parse_json(fd.get(), size, w);
+    report("verify", size, size);
+    recorded = json->header;
     src.entries = json->entries.size();
     src.feed = [json](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
       for (const auto &e : json->entries) put(e.key, e.value);
     };
   } else {
     const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
+    recorded = res.header;
     src.entries = res.entries;
     src.feed_reports = true;
     const int raw_fd = fd.get();
@@ -1436,6 +1560,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   // a merge) go in first, so that the file's value of a key wins.
   auto build_into = [&](const Map &m, std::uint64_t keep, const Map *keep_from) {
     const MapImpl &impl = m.impl();
+    report("allocate", 0, 0);
     const std::uint64_t table = impl.build_table(keep + src.entries);
     try {
       std::uint64_t done = 0;
@@ -1478,8 +1603,9 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       impl.discard_table(table);
       throw;
     }
-    impl.publish_replace(table);
     if (!src.feed_reports) report("build", src.entries, src.entries);
+    report("publish", 0, 0);
+    impl.publish_replace(table);
   };
 
   switch (options.mode) {
@@ -1539,7 +1665,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   // if the process is killed (its pid is in the name).
   TempRegistration registration(shm_path(tmp));
   {
-    Map staging = Map::create(tmp, options.options);
+    Map staging = Map::create(tmp, creation_options(recorded, options.options));
     if (src.entries > 0) build_into(staging, 0, nullptr);
     if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
                     RENAME_NOREPLACE) != 0) {

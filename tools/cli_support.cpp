@@ -1,12 +1,16 @@
 // shmap CLI — helpers (see cli_support.hpp).
 #include "cli_support.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+
+#include "shmap/shmap.hpp"
 
 namespace shmap::cli {
 
@@ -31,13 +35,109 @@ std::uint64_t parse_u64_arg(const std::string& what, const std::string& s) {
                    "': expected a decimal or 0x-hex integer from 0 to 18446744073709551615");
 }
 
+std::uint64_t parse_delta_arg(const std::string& what, const std::string& s) {
+  const bool negative = !s.empty() && s[0] == '-';
+  if (auto v = parse_u64(negative ? std::string_view(s).substr(1) : std::string_view(s))) {
+    return negative ? ~*v + 1 : *v;
+  }
+  throw UsageError("invalid " + what + " '" + s +
+                   "': expected a decimal or 0x-hex integer, '-' for a negative one");
+}
+
+std::uint64_t parse_range_arg(const std::string& flag, const std::string& s, std::uint64_t lo,
+                              std::uint64_t hi) {
+  const std::uint64_t v = parse_u64_arg(flag, s);
+  if (v < lo || v > hi) {
+    throw UsageError("invalid " + flag + " '" + s + "': must be from " + std::to_string(lo) +
+                     " to " + std::to_string(hi));
+  }
+  return v;
+}
+
 unsigned parse_mode_arg(const std::string& s) {
   unsigned v = 0;
   const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 8);
-  if (s.empty() || ec != std::errc{} || ptr != s.data() + s.size() || v > 07777) {
-    throw UsageError("invalid --mode '" + s + "': expected octal permission bits such as 0600");
+  if (s.empty() || ec != std::errc{} || ptr != s.data() + s.size() || v > 0777) {
+    throw UsageError("invalid --mode '" + s +
+                     "': expected octal permission bits from 0 to 0777, such as 0600");
   }
   return v;
+}
+
+void check_name_arg(const std::string& name) {
+  try {
+    shmap::Map::validate_name(name);
+  } catch (const shmap::Error& e) {
+    std::string msg = e.what();
+    if (msg.rfind("shmap: ", 0) == 0) msg.erase(0, 7);
+    throw UsageError(msg);
+  }
+}
+
+std::vector<std::pair<std::uint64_t, std::uint64_t>> parse_pairs(std::string_view text,
+                                                                 const std::string& source) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  std::size_t line_no = 0;
+  auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  while (!text.empty()) {
+    ++line_no;
+    const std::size_t eol = text.find('\n');
+    std::string_view line = text.substr(0, eol);
+    text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
+    if (const auto hash = line.find('#'); hash != std::string_view::npos)
+      line = line.substr(0, hash);
+    std::string_view field[3];
+    int n = 0;
+    for (std::size_t i = 0; i < line.size();) {
+      while (i < line.size() && blank(line[i])) ++i;
+      if (i == line.size()) break;
+      std::size_t j = i;
+      while (j < line.size() && !blank(line[j])) ++j;
+      if (n == 3) break;
+      field[n++] = line.substr(i, j - i);
+      i = j;
+    }
+    if (n == 0) continue;
+    auto fail = [&](const std::string& what) {
+      throw InputError(source + " line " + std::to_string(line_no) + ": " + what);
+    };
+    if (n != 2) {
+      fail(n == 1 ? "'" + std::string(field[0]) + "' has no VALUE; expected KEY VALUE"
+                  : "more than KEY VALUE on the line (a comment starts with '#')");
+    }
+    const auto k = parse_u64(field[0]);
+    if (!k)
+      fail("invalid KEY '" + std::string(field[0]) +
+           "': expected a decimal or 0x-hex integer from 0 to 18446744073709551615");
+    const auto v = parse_u64(field[1]);
+    if (!v)
+      fail("invalid VALUE '" + std::string(field[1]) +
+           "': expected a decimal or 0x-hex integer from 0 to 18446744073709551615");
+    out.emplace_back(*k, *v);
+  }
+  return out;
+}
+
+std::string read_all(const std::string& path) {
+  const bool stdin_ = path == "-";
+  const int fd = stdin_ ? STDIN_FILENO : ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  const std::string what = stdin_ ? "standard input" : "'" + path + "'";
+  if (fd < 0) throw InputError("cannot open " + what + ": " + std::strerror(errno));
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      if (!stdin_) ::close(fd);
+      throw InputError("cannot read " + what + ": " + std::strerror(err));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  if (!stdin_) ::close(fd);
+  return text;
 }
 
 std::string json_string(std::string_view s) {
@@ -123,6 +223,45 @@ void Columns::print() const {
   }
 }
 
+namespace {
+/// A progress line is on the terminal without its newline (for the signal handler).
+std::atomic<bool> g_line_open{false};
+
+struct PhaseInfo {
+  const char* phase;
+  const char* label;  // at most 10 characters: the line fits 40 columns
+  bool bytes;         // amounts are bytes (else entries)
+  bool measured;      // has an amount (else a label alone)
+};
+constexpr PhaseInfo kPhases[] = {
+    {"dump", "copying", false, true},         {"sync", "syncing", false, false},
+    {"read", "reading", true, true},          {"verify", "verifying", true, true},
+    {"allocate", "allocating", false, false}, {"load", "filling", true, true},
+    {"build", "filling", false, true},        {"publish", "publishing", false, false},
+};
+
+/// 2-3 significant figures and a suffix: "950", "9.5k", "123M", "9.5MiB".
+std::string short_amount(std::uint64_t v, bool bytes) {
+  static const char* const units[] = {"", "k", "M", "G", "T"};
+  static const char* const bunits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double x = static_cast<double>(v);
+  int u = 0;
+  const double step = bytes ? 1024.0 : 1000.0;
+  while (x >= step && u < 4) {
+    x /= step;
+    ++u;
+  }
+  char buf[32];
+  const char* unit = bytes ? bunits[u] : units[u];
+  if (u == 0) {
+    std::snprintf(buf, sizeof buf, "%llu%s", static_cast<unsigned long long>(v), unit);
+  } else {
+    std::snprintf(buf, sizeof buf, x < 10 ? "%.1f%s" : "%.0f%s", x, unit);
+  }
+  return buf;
+}
+}  // namespace
+
 ProgressBar::ProgressBar(std::uint64_t min_entries)
     : tty_(::isatty(STDERR_FILENO) == 1), min_entries_(min_entries) {
   shmap::detail::set_snapshot_progress(&ProgressBar::hook, this);
@@ -130,7 +269,22 @@ ProgressBar::ProgressBar(std::uint64_t min_entries)
 
 ProgressBar::~ProgressBar() {
   shmap::detail::set_snapshot_progress(nullptr, nullptr);
-  if (shown_) std::fputc('\n', stderr);
+  end_line();
+}
+
+void ProgressBar::on_signal() noexcept {
+  if (g_line_open.exchange(false)) {
+    const char nl[] = " (interrupted)\x1b[K\n";
+    [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, nl, sizeof nl - 1);
+  }
+}
+
+void ProgressBar::end_line() {
+  if (!shown_) return;
+  g_line_open.store(false);
+  std::fputc('\n', stderr);
+  std::fflush(stderr);
+  shown_ = false;
 }
 
 void ProgressBar::hook(void* ctx, const char* phase, std::uint64_t done, std::uint64_t total) {
@@ -138,53 +292,57 @@ void ProgressBar::hook(void* ctx, const char* phase, std::uint64_t done, std::ui
 }
 
 void ProgressBar::update(const char* phase, std::uint64_t done, std::uint64_t total) {
-  const bool bytes = std::strcmp(phase, "verify") == 0 || std::strcmp(phase, "load") == 0;
-  if (!bytes) entries_ = done;
-  if (!tty_) return;
-  if (phase_ != phase) {
-    if (shown_) std::fputc('\n', stderr);
-    shown_ = false;
-    finished_ = false;
-    phase_ = phase;
-    bytes_ = bytes;
+  const PhaseInfo* info = nullptr;
+  for (const auto& p : kPhases) {
+    if (std::strcmp(p.phase, phase) == 0) info = &p;
   }
-  if (finished_) return;
+  if (info == nullptr) return;
+  if (!info->bytes && info->measured) entries_ = done;
+  if (!tty_) return;
+  // Large: min_entries' worth of work (16 bytes an entry in the file). Once a phase was
+  // large, the rest of the run is shown (its unmeasured phases too).
+  const std::uint64_t size = info->bytes ? (total == 0 ? done : total) / 16 : total;
+  if (size >= min_entries_) large_ = true;
+  if (!large_) return;
+  const bool same = phase_ == info->label && bytes_ == info->bytes;
+  const auto now = std::chrono::steady_clock::now();
+  const bool complete = total != 0 && done >= total;
+  if (same && (!info->measured || (!complete && now - last_ < std::chrono::milliseconds(100)))) {
+    return;
+  }
+  if (!same) {
+    end_line();  // the previous phase keeps its last line
+    phase_ = info->label;
+    bytes_ = info->bytes;
+  }
+  last_ = now;
   done_ = done;
   total_ = total;
-  // Large: a million entries' worth of work (16 bytes an entry in the file).
-  const std::uint64_t size = bytes_ ? total / 16 : total;
-  if (size < min_entries_) return;
-  const auto now = std::chrono::steady_clock::now();
-  const bool final = done >= total;
-  if (!final && shown_ && now - last_ < std::chrono::milliseconds(100)) return;
-  last_ = now;
-  draw(final);
+  draw(info->measured);
 }
 
-void ProgressBar::draw(bool final) {
-  constexpr int kWidth = 30;
-  const double frac =
-      total_ == 0 ? 1.0 : std::min(1.0, static_cast<double>(done_) / static_cast<double>(total_));
-  const int fill = static_cast<int>(frac * kWidth);
-  std::string bar(static_cast<std::size_t>(fill), '#');
-  bar.append(static_cast<std::size_t>(kWidth - fill), '.');
-  char amount[96];
-  if (bytes_) {
-    std::snprintf(amount, sizeof amount, "%s / %s", human_bytes(done_).c_str(),
-                  human_bytes(total_).c_str());
+void ProgressBar::draw(bool measured) {
+  // 40 columns at most: "verifying  [############] 100% 9.5MiB" is 37.
+  char line[96];
+  if (!measured) {
+    std::snprintf(line, sizeof line, "\r%-10s ...", phase_.c_str());
+  } else if (total_ == 0) {  // unknown total (standard input)
+    std::snprintf(line, sizeof line, "\r%-10s %s", phase_.c_str(),
+                  short_amount(done_, bytes_).c_str());
   } else {
-    std::snprintf(amount, sizeof amount, "%llu / %llu entries",
-                  static_cast<unsigned long long>(done_), static_cast<unsigned long long>(total_));
+    constexpr int kWidth = 12;
+    const double frac = std::min(1.0, static_cast<double>(done_) / static_cast<double>(total_));
+    const int fill = static_cast<int>(frac * kWidth);
+    std::string bar(static_cast<std::size_t>(fill), '#');
+    bar.append(static_cast<std::size_t>(kWidth - fill), '.');
+    std::snprintf(line, sizeof line, "\r%-10s [%s] %3d%% %s", phase_.c_str(), bar.c_str(),
+                  static_cast<int>(frac * 100), short_amount(total_, bytes_).c_str());
   }
-  std::fprintf(stderr, "\r%-6s [%s] %5.1f%%  %s\x1b[K", phase_.c_str(), bar.c_str(), frac * 100,
-               amount);
-  shown_ = true;
-  if (final) {
-    std::fputc('\n', stderr);
-    shown_ = false;
-    finished_ = true;
-  }
+  std::fputs(line, stderr);
+  std::fputs("\x1b[K", stderr);
   std::fflush(stderr);
+  shown_ = true;
+  g_line_open.store(true);
 }
 
 }  // namespace shmap::cli

@@ -87,8 +87,20 @@ struct CheckReport {
 
 struct OpenOptions {
   /// Free the handle slots of dead processes while attaching (the default). Inspection tools
-  /// (`shmap readers`) turn it off so that they can show those slots first.
+  /// (`shmap readers`) turn it off so that they can show those slots first. Ignored when
+  /// read_only (a read-only attachment writes nothing).
   bool clear_stale_handles = true;
+  /// Attach for reading only: the segment is opened O_RDONLY and mapped PROT_READ, so read
+  /// permission on it is enough (a map created with mode 0644 can be read by other users), and
+  /// the attachment takes no handle slot (it works when every slot is taken) and writes nothing
+  /// to shared memory. Lookups, for_each, size, stats, readers, check and dump (not
+  /// point-in-time) work; every write (and compact, clear_stale_handles, a point-in-time dump)
+  /// throws permission_denied. Without a slot a reader cannot hold back the reclamation of a
+  /// table it reads, so each read copies what it finds and keeps it only if no table was
+  /// retired meanwhile (the global epoch did not move), else it reads again: a map that resizes
+  /// without pause can make a long read-only walk fail with Errc::timeout (docs/DESIGN.md,
+  /// "Read-only attachments").
+  bool read_only = false;
 };
 
 /// Snapshot options (see docs/FORMAT.md). Implemented in src/snapshot.cpp.
@@ -97,12 +109,23 @@ struct DumpOptions {
   bool point_in_time = false;  // hold writers back while copying (readers never wait)
 };
 
+/// A load's choice of creation options for the map it creates: each one left empty is the
+/// snapshot's (the source map's options, recorded in every binary snapshot and in the JSON
+/// form's header; a JSON file without a header gets the Options defaults).
+struct CreationOverrides {
+  std::optional<std::size_t> initial_capacity =
+      std::nullopt;  // raised to fit the snapshot in any case
+  std::optional<std::size_t> max_handles = std::nullopt;
+  std::optional<unsigned> mode = std::nullopt;
+  std::optional<std::size_t> max_bytes = std::nullopt;
+};
+
 struct LoadOptions {
   enum class Mode { create, replace, merge };
-  Mode mode = Mode::create;  // create a new map / replace the content / merge into it (file
-                             // wins; all or nothing; writers wait while it runs)
-  Options options;           // for Mode::create: options of the new map (capacity is raised
-                             // to fit the snapshot)
+  Mode mode = Mode::create;   // create a new map / replace the content / merge into it (file
+                              // wins; all or nothing; writers wait while it runs)
+  CreationOverrides options;  // for Mode::create: the new map's options, by default the
+                              // snapshot's (dump -> rm -> load gives back the same map)
 };
 
 class Map {
@@ -110,11 +133,21 @@ class Map {
   static Map create(const std::string& name, const Options& options = {});
   static Map open(const std::string& name);
   static Map open(const std::string& name, const OpenOptions& options);
+  /// Opens map `name`, creating it with `options` if there is none. When the map exists its
+  /// own creation options stay: `options` are ignored (compare stats().options to see them).
   static Map open_or_create(const std::string& name, const Options& options = {});
+  /// The same; *created says whether this call made the map (false: it opened one).
+  static Map open_or_create(const std::string& name, const Options& options, bool* created);
   /// Unlinks the segment; processes attached keep using it until they close. False if absent.
   static bool remove(const std::string& name);
   /// Names of the shmap segments on this machine (objects in /dev/shm with a shmap header).
   static std::vector<std::string> list();
+  /// The same; *unreadable receives the regular files in /dev/shm this process may not open
+  /// (they may be maps: they cannot be told apart).
+  static std::vector<std::string> list(std::vector<std::string>* unreadable);
+  /// Throws invalid_argument unless `name` can name a map: 1 to 200 characters of
+  /// [A-Za-z0-9._-], not "." or "..".
+  static void validate_name(const std::string& name);
 
   Map(Map&&) noexcept;
   Map& operator=(Map&&) noexcept;
@@ -166,6 +199,8 @@ class Map {
   void compact();
 
   const std::string& name() const;
+  /// True for a read-only attachment (OpenOptions::read_only).
+  bool read_only() const;
 
   // Snapshots (src/snapshot.cpp; format and guarantees in docs/FORMAT.md).
   /// Writes a snapshot to `path`, which appears only when complete (a temporary beside it is
@@ -184,6 +219,8 @@ class Map {
   /// transaction, a Session holds the tables it can see alive while it lasts (memory, never
   /// correctness), so keep it short: seconds, not hours.
   ///   - It belongs to the thread that made it: use from another thread is invalid_argument.
+  ///   - On a read-only attachment it holds nothing back and each find() is a validated
+  ///     read-only lookup (as Map::find there).
   ///   - The Map must outlive it. Writes through the Map meanwhile are fine, but then a
   ///     point-in-time dump waits for the session to end (at most 1 s, then the dump fails);
   ///     compact() and check() cannot look for leaked tables while it lasts.

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -187,8 +188,9 @@ TEST_F(Cli, UsageErrorsAndHelp) {
   Result r = run({"--help"});
   EXPECT_EQ(r.rc, 0);
   EXPECT_NE(r.out.find("Usage"), std::string::npos);
-  for (const std::string verb : {"create", "put", "get", "del", "add", "stat", "readers", "scan",
-                                 "dump", "load", "check", "rm", "ls"}) {
+  for (const std::string verb : {"create", "put",  "get",    "del",   "add",     "incr", "decr",
+                                 "mget",   "mput", "exists", "stat",  "readers", "scan", "export",
+                                 "import", "dump", "load",   "check", "rm",      "ls",   "help"}) {
     r = run({verb, "--help"});
     EXPECT_EQ(r.rc, 0) << verb;
     EXPECT_NE(r.out.find("Usage: shmap " + verb), std::string::npos) << verb << r.out;
@@ -199,8 +201,9 @@ TEST_F(Cli, ErrorsNameTheMap) {
   expect_fails({"get", "shmap-cli-no-such-map", "1"}, 3, "map 'shmap-cli-no-such-map'");
   expect_fails({"stat", "shmap-cli-no-such-map"}, 3, "map 'shmap-cli-no-such-map'");
   expect_fails({"rm", "shmap-cli-no-such-map"}, 3, "map 'shmap-cli-no-such-map'");
-  expect_fails({"get", "a/b", "1"}, 3, "a/b");
-  expect_fails({"create", "a/b"}, 3, "a/b");
+  // A bad name is a command-line mistake: a usage error.
+  expect_fails({"get", "a/b", "1"}, 2, "invalid map name 'a/b'");
+  expect_fails({"create", "a/b"}, 2, "invalid map name 'a/b'");
 }
 
 TEST_F(Cli, StatJsonAndHuman) {
@@ -217,7 +220,9 @@ TEST_F(Cli, StatJsonAndHuman) {
   EXPECT_GE(j["capacity"].get<std::uint64_t>(), 64u);
   EXPECT_GT(j["load_factor"].get<double>(), 0.0);
   EXPECT_EQ(j["tables"], 1);
-  EXPECT_EQ(j["handles_in_use"], 1);
+  EXPECT_EQ(j["handles_in_use"], 0) << "stat attaches read-only: it holds no slot";
+  EXPECT_EQ(j["options"]["mode"], "0600");
+  EXPECT_TRUE(j["entries_estimated"].get<bool>());
   EXPECT_EQ(j["max_handles"], 32);
   EXPECT_EQ(j["options"]["initial_capacity"], 128);
   EXPECT_EQ(j["format_version"], 1);
@@ -287,12 +292,12 @@ TEST_F(Cli, ReadersAndClearStale) {
     EXPECT_TRUE(x["pinned_lanes"].is_number());
   }
   EXPECT_TRUE(saw_me) << r.out;
-  EXPECT_TRUE(saw_self) << "the command's own handle is marked: " << r.out;
+  EXPECT_FALSE(saw_self) << "readers attaches read-only, without a slot: " << r.out;
+  EXPECT_EQ(j["readers"].size(), 4u) << "this test's handle and the three dead ones: " << r.out;
   // 'readers' attaches without clearing stale slots, so all three dead processes are listed.
   EXPECT_EQ(dead_listed, 3u) << r.out;
   r = run({"readers", name});
   EXPECT_NE(r.out.find("PID"), std::string::npos);
-  EXPECT_NE(r.out.find("(this command)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("no (stale)"), std::string::npos) << r.out;
   r = run({"readers", name, "--clear-stale", "--json"});
   j = json::parse(r.out);
@@ -392,6 +397,424 @@ TEST_F(Cli, DumpLoadCheckRmLs) {
   EXPECT_EQ(run({"rm", name}).rc, 0);
   expect_fails({"rm", name}, 3, "no such map");
   expect_fails({"stat", name}, 3, name.str());
+}
+
+TEST_F(Cli, VersionHelpAndCommandLineConventions) {
+  Result r = run({"--version"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_EQ(r.out.rfind("shmap ", 0), 0u) << r.out;
+  EXPECT_EQ(run({"-V"}).out, r.out);
+  r = run({"help", "get"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("Usage: shmap get [OPTIONS] NAME KEY"), std::string::npos) << r.out;
+  r = run({"help"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("Common tasks"), std::string::npos) << r.out;
+  expect_fails({"help", "frob"}, 2, "unknown command 'frob'");
+  // An unknown verb names itself and lists the verbs.
+  r = run({"frobnicate"});
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_EQ(r.err.rfind("shmap: unknown command 'frobnicate'; the commands are create, put", 0), 0u)
+      << r.err;
+  EXPECT_EQ(r.out, "");
+  // An unknown option is reported as typed, before a missing NAME.
+  expect_fails({"create", "-x"}, 2, "unknown option -x for 'shmap create'");
+  expect_fails({"stat", "--jsn", "m"}, 2, "unknown option --jsn");
+  expect_fails({"create"}, 2, "NAME is required");
+  // Every extra argument, in the order given.
+  expect_fails({"put", "a", "1", "2", "3", "4"}, 2, "unexpected arguments '3' '4'");
+  expect_fails({"ls", "x"}, 2, "unexpected argument 'x'");
+  // Out of range: a usage error naming the flag as typed.
+  expect_fails({"create", "x", "--capacity", "0"}, 2, "invalid --capacity '0'");
+  expect_fails({"create", "x", "--max-handles", "5000"}, 2, "invalid --max-handles '5000'");
+  expect_fails({"create", "x", "--max-bytes", "1"}, 2, "invalid --max-bytes '1'");
+  expect_fails({"create", "x", "--mode", "01777"}, 2, "invalid --mode '01777'");
+  expect_fails({"create", "x", "--capacity", "-1"}, 2, "invalid --capacity '-1'");
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/x"));
+
+  ScopedName name("conv");
+  Map::create(name);
+  // Negative numbers: a usage error wherever a count or key is expected.
+  expect_fails({"scan", name, "--limit", "-1"}, 2, "invalid --limit '-1'");
+  expect_fails({"scan", name, "--limit=-1"}, 2, "invalid --limit '-1'");
+  expect_fails({"get", name, "-5"}, 2, "invalid KEY '-5'");
+  // '--' ends the options in every verb.
+  EXPECT_EQ(run({"put", "--", name, "7", "70"}).rc, 0);
+  r = run({"get", name, "--", "7"});
+  EXPECT_EQ(r.out, "70\n");
+  r = run({"add", name, "7", "--", "-71"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "18446744073709551615\n");
+  // get of an absent key: exit 1, nothing on stdout, one line on stderr.
+  expect_fails({"get", name, "8"}, 1, "key 8 not found");
+  EXPECT_EQ(run({"get", name, "8"}).out, "");
+}
+
+TEST_F(Cli, MultiKeyVerbsAndCounters) {
+  ScopedName name("multi");
+  Map::create(name);
+  EXPECT_EQ(run({"mput", name, "1", "10", "2", "20", "0x3", "0x30"}).rc, 0);
+  expect_fails({"mput", name, "4", "40", "5"}, 2, "KEY '5' has no VALUE");
+  Result r = run_sh("printf '4 40\\n# comment\\n\\n 5\\t50  # five\\n' | " +
+                    std::string(SHMAP_CLI) + " mput " + name.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run({"mget", name, "1", "9", "5"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_EQ(r.out, "10\n-\n50\n");
+  EXPECT_NE(r.err.find("1 of 3 keys not found"), std::string::npos) << r.err;
+  r = run({"mget", name, "1", "2", "3", "4", "5"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_EQ(r.out, "10\n20\n48\n40\n50\n");
+  r = run({"mget", name, "1", "9", "--json"});
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["entries"][0]["value"], 10);
+  EXPECT_TRUE(j["entries"][1]["value"].is_null());
+  EXPECT_EQ(j["found"], 1);
+  r = run({"exists", name, "1", "2"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_EQ(r.out, "2\n");
+  r = run({"exists", name, "1", "99"});
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_EQ(r.out, "1\n");
+  // Counters: add with negative deltas, incr and decr.
+  EXPECT_EQ(run({"add", name, "100", "5"}).out, "5\n");
+  EXPECT_EQ(run({"add", name, "100", "-1"}).out, "4\n");
+  EXPECT_EQ(run({"add", name, "100", "-0x4"}).out, "0\n");
+  EXPECT_EQ(run({"incr", name, "100"}).out, "1\n");
+  EXPECT_EQ(run({"incr", name, "100", "9"}).out, "10\n");
+  EXPECT_EQ(run({"decr", name, "100"}).out, "9\n");
+  EXPECT_EQ(run({"decr", name, "100", "10"}).out, "18446744073709551615\n");
+  expect_fails({"add", name, "100", "--5"}, 2, "unknown option --5");
+  expect_fails({"add", name, "100", "5x"}, 2, "invalid DELTA '5x'");
+  expect_fails({"incr", name, "100", "x"}, 2, "BY");
+  // --json-strings: keys and values as strings, exact above 2^53.
+  Map::open(name).insert_or_assign(~0ULL, (1ULL << 53) + 1);
+  r = run({"scan", name, "--json-strings"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  j = json::parse(r.out);
+  bool seen = false;
+  for (const auto& e : j["entries"]) {
+    ASSERT_TRUE(e["key"].is_string());
+    ASSERT_TRUE(e["value"].is_string());
+    if (e["key"] == "18446744073709551615") seen = e["value"] == "9007199254740993";
+  }
+  EXPECT_TRUE(seen) << r.out;
+  r = run({"mget", name, "18446744073709551615", "--json-strings"});
+  EXPECT_EQ(json::parse(r.out)["entries"][0]["value"], "9007199254740993");
+}
+
+TEST_F(Cli, ExportImportTextBothWays) {
+  ScopedName name("text"), copy("text-copy"), again("text-again"), fresh("text-fresh");
+  {
+    Map m = Map::create(name);
+    for (std::uint64_t k = 0; k < 1000; ++k) m.insert_or_assign(k * 7, k);
+    m.insert_or_assign(~0ULL, ~0ULL);
+  }
+  const std::string cli = SHMAP_CLI;
+  const std::string txt = dir_ + "/m.txt";
+  Result r = run({"export", name, txt});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("exported 1001 entries"), std::string::npos) << r.out;
+  EXPECT_EQ(slurp(txt).rfind("# shmap export of map", 0), 0u);
+  r = run({"import", copy, txt});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("(created)"), std::string::npos) << r.out;
+  auto same = [](const std::string& a, const std::string& b) {
+    std::map<std::uint64_t, std::uint64_t> x, y;
+    Map::open(a).for_each([&](std::uint64_t k, std::uint64_t v) { x[k] = v; });
+    Map::open(b).for_each([&](std::uint64_t k, std::uint64_t v) { y[k] = v; });
+    return x == y;
+  };
+  EXPECT_TRUE(same(name, copy));
+  // Standard output and input, the pipeline; scan output and hex read back too.
+  r = run_sh(cli + " export " + name.str() + " | " + cli + " import " + again.str() + " -");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(same(name, again));
+  r = run_sh(cli + " scan " + name.str() + " | " + cli + " import " + fresh.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(same(name, fresh));
+  Map::remove(fresh);
+  r = run_sh(cli + " export " + name.str() + " - --hex | " + cli + " import " + fresh.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(same(name, fresh));
+  // Into an existing map: pairs are set (file wins), others stay; creation flags are ignored
+  // with a note.
+  Map::open(copy).insert_or_assign(5, 5);
+  std::ofstream(dir_ + "/two.txt") << "# two pairs\n0 99\n0x10 16 # trailing comment\n";
+  r = run({"import", copy, dir_ + "/two.txt", "--capacity", "64"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("1 new keys, 1 updated"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("ignored"), std::string::npos) << r.err;
+  EXPECT_EQ(Map::open(copy).find(0), 99u);
+  EXPECT_EQ(Map::open(copy).find(5), 5u);
+  // A bad line: its number, and nothing changed (not even the map created).
+  ScopedName bad("text-bad");
+  std::ofstream(dir_ + "/bad.txt") << "1 2\n3 4\n5\n";
+  expect_fails({"import", bad, dir_ + "/bad.txt"}, 3, "line 3: '5' has no VALUE");
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + bad.str()));
+  std::ofstream(dir_ + "/bad.txt") << "1 2\n3 -4\n";
+  expect_fails({"import", bad, dir_ + "/bad.txt"}, 3, "line 2: invalid VALUE '-4'");
+  std::ofstream(dir_ + "/bad.txt") << "1 2 3\n";
+  expect_fails({"import", bad, dir_ + "/bad.txt"}, 3, "line 1: more than KEY VALUE");
+  expect_fails({"import", bad, dir_ + "/none.txt"}, 3, "cannot open");
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + bad.str()));
+  // export refuses to replace what is not a regular file.
+  expect_fails({"export", name, dir_}, 3, "not a regular file");
+}
+
+TEST_F(Cli, ImportsAMillionLinesInSeconds) {
+  ScopedName name("million");
+  const std::string txt = dir_ + "/million.txt";
+  {
+    std::ofstream out(txt);
+    for (std::uint64_t k = 0; k < 1'000'000; ++k) out << k * 3 << ' ' << k << '\n';
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = run({"import", name, txt});
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_LT(took, std::chrono::seconds(10)) << "one process, not one per key";
+  Map m = Map::open(name);
+  EXPECT_EQ(m.size(), 1'000'000u);
+  EXPECT_EQ(m.find(2'999'997), 999'999u);
+}
+
+TEST_F(Cli, LoadKeepsTheSnapshotsCreationOptions) {
+  ScopedName name("keep");
+  {
+    Map m = Map::create(name, {.initial_capacity = 64,
+                               .max_handles = 7,
+                               .mode = 0640,
+                               .max_bytes = std::size_t{1} << 26});
+    for (std::uint64_t k = 0; k < 100; ++k) m.insert_or_assign(k, k);
+  }
+  for (const bool json : {false, true}) {
+    const std::string file = dir_ + (json ? "/keep.json" : "/keep.shmap");
+    std::vector<std::string> args{"dump", name, file};
+    if (json) args.push_back("--json");
+    ASSERT_EQ(run(args).rc, 0);
+    ASSERT_EQ(run({"rm", name}).rc, 0);
+    Result r = run({"load", file, name});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_NE(r.out.find("mode=0640"), std::string::npos) << r.out;
+    shmap::Options o = Map::open(name).stats().options;
+    EXPECT_EQ(o.initial_capacity, 64u) << json;
+    EXPECT_EQ(o.max_handles, 7u) << json;
+    EXPECT_EQ(o.mode, 0640u) << json;
+    EXPECT_EQ(o.max_bytes, std::size_t{1} << 26) << json;
+    struct stat st {};
+    ASSERT_EQ(::stat(("/dev/shm/" + name.str()).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0640u);
+  }
+  // A flag overrides that one option only.
+  ASSERT_EQ(run({"rm", name}).rc, 0);
+  Result r = run({"load", dir_ + "/keep.shmap", name, "--mode", "0600", "--max-handles", "9"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  shmap::Options o = Map::open(name).stats().options;
+  EXPECT_EQ(o.mode, 0600u);
+  EXPECT_EQ(o.max_handles, 9u);
+  EXPECT_EQ(o.initial_capacity, 64u);
+  expect_fails({"load", dir_ + "/keep.shmap", name, "--replace", "--mode", "0600"}, 2,
+               "apply to a new map");
+  expect_fails({"load", dir_ + "/keep.shmap", name, "--replace", "--merge"}, 2, "--merge");
+}
+
+TEST_F(Cli, JsonLoadErrorsSayWhereAndMinimalJsonLoads) {
+  ScopedName name("json");
+  auto load_text = [&](const std::string& text) {
+    std::ofstream(dir_ + "/in.json") << text;
+    return run({"load", dir_ + "/in.json", name});
+  };
+  Result r = load_text("{\"entries\": [{\"key\": 1, \"value\": 2}, {\"key\": 3, \"value\": 4}]}");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(Map::open(name).find(3), 4u);
+  EXPECT_EQ(Map::open(name).stats().options.mode, 0600u) << "no header: default options";
+  ASSERT_TRUE(Map::remove(name));
+  struct Case {
+    std::string text, needle;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"{\"entries\": [{\"key\": 1, \"value\": 2},\n {\"key\": 3 \"value\": 4}]}",
+            "JSON does not parse at line 2, column 12"},
+           {"{\"entries\": [{\"key\": 1, \"value\": 2}, {\"key\": \"x\", \"value\": 1}]}",
+            "entry 1: \"key\" is not an integer"},
+           {"{\"entries\": [{\"key\": 1}]}", "entry 0 has no \"value\""},
+           {"{\"entries\": [{\"key\": -1, \"value\": 1}]}", "entry 0: \"key\""},
+           {"{\"entries\": [[1, 2]]}", "entry 0 is not an object"},
+           {"{\"entries\": {}}", "\"entries\" is not an array"},
+           {"{\"entires\": []}", "unknown member \"entires\""},
+           {"{}", "no \"entries\""},
+           {"[1, 2]", "not an object"},
+           {"{\"entries\": [{\"key\": 1, \"value\": 2}", "JSON does not parse at line 1"},
+       }) {
+    r = load_text(c.text);
+    EXPECT_EQ(r.rc, 3) << c.text;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.text << "\n" << r.err;
+    EXPECT_EQ(r.err.find("rapidjson"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("assert"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + name.str()));
+  }
+}
+
+TEST_F(Cli, RmRefusesForeignObjectsAndAttachedMaps) {
+  ScopedName name("rm"), foreign("rm-foreign");
+  {
+    std::ofstream out("/dev/shm/" + foreign.str());
+    out << std::string(8192, 'x');
+  }
+  expect_fails({"rm", foreign}, 3, "not removed: not a shmap segment");
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + foreign.str()));
+  EXPECT_EQ(run({"rm", foreign, "--force"}).rc, 0);
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + foreign.str()));
+
+  Map::create(name);
+  int ready[2], release[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(release), 0);
+  const pid_t child = spawn([&] {
+    Map m = Map::open(name);
+    const char c = 1;
+    if (::write(ready[1], &c, 1) != 1) return false;
+    char x;
+    return ::read(release[0], &x, 1) == 1;
+  });
+  char c;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  // This test's process holds no handle (the Map above is closed); the child does.
+  const Result r = run({"rm", name});
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_NE(r.err.find("1 process is attached (pid " + std::to_string(child) + ")"),
+            std::string::npos)
+      << r.err;
+  EXPECT_TRUE(std::filesystem::exists("/dev/shm/" + name.str()));
+  EXPECT_EQ(run({"rm", name, "--force"}).rc, 0);
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + name.str()));
+  ASSERT_EQ(::write(release[1], &c, 1), 1);
+  EXPECT_EQ(wait_child(child), 0);
+  for (const int fd : {ready[0], ready[1], release[0], release[1]}) ::close(fd);
+  // A map nobody is attached to goes without --force.
+  Map::create(name);
+  EXPECT_EQ(run({"rm", name}).rc, 0);
+}
+
+TEST_F(Cli, InspectionNeedsNoHandleSlot) {
+  ScopedName name("full");
+  Map a = Map::create(name, {.max_handles = 1});
+  a.insert_or_assign(1, 11);
+  // The only slot is taken (by this test): a read-write attach is refused...
+  expect_fails({"put", name, "2", "2"}, 3, "handle slots");
+  // ...but every read verb works, attached read-only.
+  Result r = run({"readers", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json j = json::parse(r.out);
+  ASSERT_EQ(j["readers"].size(), 1u);
+  EXPECT_EQ(j["readers"][0]["pid"], ::getpid());
+  EXPECT_EQ(run({"get", name, "1"}).out, "11\n");
+  EXPECT_EQ(run({"mget", name, "1"}).out, "11\n");
+  EXPECT_EQ(run({"exists", name, "1"}).rc, 0);
+  r = run({"stat", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["handles_in_use"], 1);
+  r = run({"scan", name});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("  11"), std::string::npos);
+  r = run({"check", name});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("1 live entries (counted)"), std::string::npos) << r.out;
+  r = run({"dump", name, dir_ + "/full.shmap"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  r = run({"export", name});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("\n1 11\n"), std::string::npos) << r.out;
+  r = run({"readers", name, "--clear-stale"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("cleared 0 stale"), std::string::npos) << r.out;
+  // ls shows entries per map.
+  r = run({"ls", "--json"});
+  bool listed = false;
+  for (const auto& e : json::parse(r.out)) {
+    if (e["name"] == name.str()) listed = e["entries"] == 1;
+  }
+  EXPECT_TRUE(listed) << r.out;
+}
+
+/// A child process with another uid (nobody) runs the tool: read permission only.
+TEST_F(Cli, AnotherUserWithReadPermissionOnly) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a child as another user";
+  ScopedName name("ro"), readable_none("ro-none");
+  {
+    Map m = Map::create(name, {.mode = 0644});
+    for (std::uint64_t k = 0; k < 100; ++k) m.insert_or_assign(k, k + 1);
+    Map::create(readable_none, {.mode = 0600});
+  }
+  ASSERT_EQ(::chmod(dir_.c_str(), 0777), 0);  // the child writes its output and dump here
+  auto as_nobody = [&](const std::vector<std::string>& args) {
+    const std::string out = dir_ + "/out", err = dir_ + "/err";
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(126);
+      const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
+      const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0666);
+      ::dup2(o, 1);
+      ::dup2(e, 2);
+      std::vector<char*> argv{const_cast<char*>(SHMAP_CLI)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(SHMAP_CLI, argv.data());
+      ::_exit(127);
+    }
+    Result r;
+    r.rc = wait_child(pid);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  };
+  Result r = as_nobody({"get", name, "5"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "6\n");
+  r = as_nobody({"scan", name});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 100);
+  r = as_nobody({"stat", name, "--json"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["entries"], 100);
+  EXPECT_EQ(as_nobody({"readers", name}).rc, 0);
+  EXPECT_EQ(as_nobody({"check", name}).rc, 0);
+  r = as_nobody({"dump", name, dir_ + "/ro.shmap"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  ScopedName copy("ro-copy");
+  EXPECT_EQ(Map::load(dir_ + "/ro.shmap", copy).size(), 100u);
+  // Writes are refused, saying which permission is missing.
+  r = as_nobody({"put", name, "1", "1"});
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_NE(r.err.find("may read the map but not write it"), std::string::npos) << r.err;
+  r = as_nobody({"dump", name, dir_ + "/pit.shmap", "--point-in-time"});
+  EXPECT_EQ(r.rc, 3);
+  r = as_nobody({"get", readable_none, "1"});
+  EXPECT_EQ(r.rc, 3);
+  EXPECT_NE(r.err.find("may not read the map"), std::string::npos) << r.err;
+  // ls says what it could not read.
+  r = as_nobody({"ls"});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.err.find("could not be read"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(readable_none.str()), std::string::npos) << r.err;
+  EXPECT_EQ(Map::open(name).find(1), 2u) << "unchanged";
+}
+
+TEST_F(Cli, TextPipelineBetweenMaps) {
+  ScopedName a("pipe-a"), b("pipe-b");
+  {
+    Map m = Map::create(a, {.mode = 0640});
+    for (std::uint64_t k = 0; k < 50'000; ++k) m.insert_or_assign(k, ~k);
+  }
+  const std::string cli = SHMAP_CLI;
+  const Result r = run_sh(cli + " dump " + a.str() + " - | " + cli + " load - " + b.str());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  Map m = Map::open(b);
+  EXPECT_EQ(m.size(), 50'000u);
+  EXPECT_EQ(m.find(49'999), ~std::uint64_t{49'999});
+  EXPECT_EQ(m.stats().options.mode, 0640u) << "the pipeline keeps the options too";
 }
 
 TEST_F(Cli, DumpReplacesOnlyRegularFiles) {
@@ -574,7 +997,7 @@ std::string in_terminal(const std::string& dir, const std::string& command) {
   const std::string sock =
       "shmap-test-" + std::to_string(::getpid()) + "-" + std::to_string(sessions++);
   const std::string done = dir + "/done";
-  const std::string script = command + "; echo $? > " + done + "; sleep 60";
+  const std::string script = command + "; echo \\$? > " + done + "; sleep 60";
   const std::string start = std::string(SHMAP_TMUX) + " -L " + sock +
                             " new-session -d -x 160 -y 40 -s t 'sh -c \"" + script + "\"'";
   EXPECT_EQ(std::system(start.c_str()), 0) << start;
@@ -589,6 +1012,18 @@ std::string in_terminal(const std::string& dir, const std::string& command) {
   return slurp(cap);
 }
 
+/// Lines of a captured screen, trailing blanks removed.
+std::vector<std::string> screen_lines(const std::string& screen) {
+  std::vector<std::string> out;
+  std::istringstream in(screen);
+  std::string l;
+  while (std::getline(in, l)) {
+    while (!l.empty() && l.back() == ' ') l.pop_back();
+    if (!l.empty()) out.push_back(l);
+  }
+  return out;
+}
+
 TEST_F(Cli, ProgressBarOnATerminal) {
   ScopedName name("progress"), copy("progress-copy");
   {
@@ -598,25 +1033,85 @@ TEST_F(Cli, ProgressBarOnATerminal) {
   const std::string file = dir_ + "/big.shmap";
   std::string screen =
       in_terminal(dir_, std::string(SHMAP_CLI) + " dump " + name.str() + " " + file);
-  EXPECT_NE(screen.find("dump   [##############################] 100.0%"), std::string::npos)
-      << screen;
-  EXPECT_NE(screen.find("600000 / 600000 entries"), std::string::npos) << screen;
+  EXPECT_NE(screen.find("copying    [############] 100% 600k"), std::string::npos) << screen;
+  EXPECT_NE(screen.find("syncing    ..."), std::string::npos) << screen;
   EXPECT_NE(screen.find("dumped map"), std::string::npos) << screen;
 
   std::filesystem::remove(dir_ + "/done");
   screen = in_terminal(dir_, std::string(SHMAP_CLI) + " load " + file + " " + copy.str());
-  EXPECT_NE(screen.find("verify [##############################] 100.0%"), std::string::npos)
-      << screen;
-  EXPECT_NE(screen.find("load   [##############################] 100.0%"), std::string::npos)
-      << screen;
+  // One line per phase, in order, each finished (nothing left at 100% without the next phase
+  // shown), each within 40 columns.
+  const std::vector<std::string> want = {"verifying  [############] 100%", "allocating ...",
+                                         "filling    [############] 100%", "publishing ..."};
+  std::size_t at = 0;
+  for (const auto& w : want) {
+    const auto pos = screen.find(w, at);
+    EXPECT_NE(pos, std::string::npos) << w << "\n" << screen;
+    if (pos != std::string::npos) at = pos;
+  }
+  for (const auto& l : screen_lines(screen)) {
+    if (l.rfind("verifying", 0) == 0 || l.rfind("filling", 0) == 0 ||
+        l.rfind("allocating", 0) == 0 || l.rfind("publishing", 0) == 0) {
+      EXPECT_LE(l.size(), 40u) << l;
+    }
+  }
   EXPECT_EQ(Map::open(copy).size(), 600'000u);
 
-  // A small map gets no bar, even on a terminal.
+  // A small map gets no progress, even on a terminal.
   ScopedName small("progress-small");
   Map::create(small).insert_or_assign(1, 1);
   std::filesystem::remove(dir_ + "/done");
   screen = in_terminal(dir_, std::string(SHMAP_CLI) + " dump " + small.str() + " " + file);
   EXPECT_EQ(screen.find("["), std::string::npos) << screen;
+}
+
+TEST_F(Cli, CtrlCEndsTheProgressLineCleanly) {
+  ScopedName name("ctrlc"), target("ctrlc-target");
+  const std::string file = dir_ + "/snap.shmap";
+  {
+    Map m = Map::create(name, {.initial_capacity = 1 << 20});
+    for (std::uint64_t k = 0; k < 400'000; ++k) m.insert_or_assign(k, k);
+    m.dump(file);  // 6.4 MB: large enough for progress
+  }
+  const std::string sock = "shmap-test-ctrlc-" + std::to_string(::getpid());
+  const std::string tmux = SHMAP_TMUX;
+  const std::string done = dir_ + "/done";
+  // A load from a pipe that stays open: it draws "reading", then waits for the rest of its
+  // input -- a load caught mid-way, for sure, where Ctrl-C is typed. The shell survives the
+  // SIGINT (a trap with a command is reset to the default in its children).
+  const std::string script = "trap true INT; (cat " + file + "; sleep 30) | " +
+                             std::string(SHMAP_CLI) + " load - " + target.str() + "; echo \\$? > " +
+                             done + "; echo PROMPT; sleep 60";
+  ASSERT_EQ(std::system((tmux + " -L " + sock + " new-session -d -x 40 -y 20 -s t 'sh -c \"" +
+                         script + "\"'")
+                            .c_str()),
+            0);
+  const std::string cap = dir_ + "/screen";
+  auto capture = [&] {
+    std::system((tmux + " -L " + sock + " capture-pane -p -t t > " + cap).c_str());
+    return slurp(cap);
+  };
+  std::string screen;
+  for (int i = 0; i < 100 && screen.find("reading") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    screen = capture();
+  }
+  ASSERT_NE(screen.find("reading"), std::string::npos) << screen;
+  std::system((tmux + " -L " + sock + " send-keys -t t C-c").c_str());
+  for (int i = 0; i < 100 && !std::filesystem::exists(done); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  screen = capture();
+  std::system((tmux + " -L " + sock + " kill-server 2>/dev/null").c_str());
+  EXPECT_EQ(slurp(done), "130\n") << screen;
+  EXPECT_FALSE(std::filesystem::exists("/dev/shm/" + target.str()));
+  // The progress line was ended: what follows starts on a line of its own.
+  const auto lines = screen_lines(screen);
+  bool prompt_alone = false;
+  for (const auto& l : lines) prompt_alone |= l == "PROMPT";
+  EXPECT_TRUE(prompt_alone) << screen;
+  EXPECT_NE(screen.find("(interrupted)"), std::string::npos) << screen;
 }
 #endif
 

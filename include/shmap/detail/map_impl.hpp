@@ -2,9 +2,12 @@
 // slot and its epoch lanes (handles.cpp), and the tables with their migration (table.cpp).
 #pragma once
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -119,7 +122,11 @@ class MapImpl {
   // ---- segment.cpp ------------------------------------------------------------------------
   static std::unique_ptr<MapImpl> create(const std::string& name, const Options& options,
                                          bool exclusive_only, bool* existed);
-  static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true);
+  /// read_only: O_RDONLY, PROT_READ, no handle slot (pins go to a process-private slot);
+  /// see src/read_only.cpp for how its reads stay safe without a pin that others can see.
+  static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true,
+                                       bool read_only = false);
+  bool read_only() const { return read_only_; }
 
   const std::string& name() const { return name_; }
   std::uint64_t seed() const { return seed_; }
@@ -418,6 +425,37 @@ class MapImpl {
     return hash_key(k, seed_) >> (64 - t->bits);
   }
 
+  // ---- read_only.cpp: reads of a read-only attachment ---------------------------------------
+  /// Runs read(ctx), which copies what it needs out of the tables, again and again until no
+  /// table was retired while it ran (global_epoch unchanged); Errc::timeout after 10 s.
+  void read_validated(const char* what, void (*read)(void*), void* ctx) const;
+  template <class F>
+  void read_validated(const char* what, F&& f) const {
+    read_validated(
+        what, [](void* c) { (*static_cast<std::remove_reference_t<F>*>(c))(); }, &f);
+  }
+  std::optional<std::uint64_t> find_read_only(std::uint64_t k) const;
+  /// A table as a read-only read uses it: its header read once and checked, every bucket
+  /// inside this process's mapping. Indexing uses these copies only.
+  struct RoView {
+    const TableHeader* header;
+    const Bucket* buckets;
+    std::uint64_t mask;
+    unsigned shift;
+    std::uint64_t older;
+    std::uint64_t discard_older;
+  };
+  /// False if the header at off is not one a table can have (throws corrupt as table() does).
+  bool ro_view(std::uint64_t off, RoView* v) const;
+  /// The chain, newest first (past current_table to a linked successor); returns its length.
+  std::size_t ro_chain(RoView* out) const;
+  /// A lookup with the bounds of RoViews only; call inside read_validated.
+  std::optional<std::uint64_t> ro_lookup(std::uint64_t k) const;
+  /// check() for a read-only attachment: the chain's headers and an exact count.
+  CheckReport check_read_only() const;
+  /// for_each without a visible pin: copies the entries under read_validated, then calls fn.
+  void for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
+
   // ---- point-in-time snapshots and bulk loads (table.cpp) -----------------------------------
   /// Holds writers back (they wait before writing; readers never wait) until release_writers().
   /// Returns once every write already under way has finished. A holder that dies is noticed by
@@ -522,6 +560,7 @@ class MapImpl {
 
  private:
   void extend_mapping(std::uint64_t end) const;
+  int protection() const { return read_only_ ? PROT_READ : PROT_READ | PROT_WRITE; }
   void map_initial(std::uint64_t bytes);
   void reserve(std::uint64_t max_bytes);
 
@@ -542,6 +581,9 @@ class MapImpl {
   HandleSlot* slots_ = nullptr;
   std::size_t slot_index_ = SIZE_MAX;
   HandleSlot* my_slot_ = nullptr;
+  // A read-only attachment's stand-in for a handle slot, in this process's memory.
+  bool read_only_ = false;
+  std::unique_ptr<HandleSlot> private_slot_;
   bool light_ = false;
   // Per exclusive lane, touched only by the thread that owns the lane: pin nesting.
   mutable std::uint32_t depth_[kLanes] = {};
