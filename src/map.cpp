@@ -278,6 +278,15 @@ CheckReport Map::check() const {
 
 namespace shmap::detail {
 
+void MapImpl::note_size_counter(CheckReport* rep, std::size_t live) const {
+  const std::int64_t counted = size_estimate();
+  if (counted != static_cast<std::int64_t>(live)) {
+    rep->notes.push_back("size counter says " + std::to_string(counted) + ", the tables hold " +
+                         std::to_string(live) +
+                         " (writers under way, or one was killed mid-write)");
+  }
+}
+
 CheckReport MapImpl::check() const {
   CheckReport rep;
   auto problem = [&](std::string s) {
@@ -473,11 +482,7 @@ CheckReport MapImpl::check() const {
     rep.notes.push_back(
         std::to_string(dead) +
         " handle slots belong to dead processes ('shmap readers --clear-stale' frees them)");
-  const std::int64_t counted = size_estimate();
-  if (counted != static_cast<std::int64_t>(live)) {
-    rep.notes.push_back("size counter says " + std::to_string(counted) + ", the tables hold " +
-                        std::to_string(live) + " (writers under way, or one was killed mid-write)");
-  }
+  note_size_counter(&rep, live);
   return rep;
 }
 

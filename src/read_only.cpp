@@ -286,11 +286,7 @@ CheckReport MapImpl::check_read_only() const {
   rep.notes.push_back(
       "read-only attachment: bucket-level invariants (unique keys, reachability from the home "
       "bucket, the retired-table stack) are verified only by a read-write check");
-  const std::int64_t counted = size_estimate();
-  if (counted != static_cast<std::int64_t>(live)) {
-    rep.notes.push_back("size counter says " + std::to_string(counted) + ", the tables hold " +
-                        std::to_string(live) + " (writers under way, or one was killed mid-write)");
-  }
+  note_size_counter(&rep, live);
   return rep;
 }
 

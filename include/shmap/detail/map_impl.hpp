@@ -420,6 +420,8 @@ class MapImpl {
   /// says its key moved on (only damage writes that; a retry would spin for ever).
   void check_forward(TableHeader* t) const;
   CheckReport check() const;
+  /// Adds a note to rep when the size counter differs from the `live` entries a walk counted.
+  void note_size_counter(CheckReport* rep, std::size_t live) const;
 
   std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
     return hash_key(k, seed_) >> (64 - t->bits);
