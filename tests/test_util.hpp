@@ -70,4 +70,14 @@ inline int wait_child(pid_t pid) {
   return -1;
 }
 
+/// The code of the shmap::Error that f throws; Errc{} (0) if it throws none.
+inline Errc code_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return Errc{};
+}
+
 }  // namespace shmap::test

@@ -217,14 +217,7 @@ TEST(Map, MoveOnlyHandle) {
   EXPECT_EQ(c.stats().handles_in_use, 1u);  // the moved-over handle was closed
 }
 
-Errc code_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
+using test::code_of;
 
 TEST(Map, CreateOpenRemoveErrors) {
   ScopedName n("errors");

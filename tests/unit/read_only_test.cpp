@@ -16,14 +16,7 @@ namespace {
 
 Map open_ro(const std::string& name) { return Map::open(name, OpenOptions{.read_only = true}); }
 
-Errc code_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
+using test::code_of;
 
 TEST(ReadOnly, TakesNoSlotAndRefusesWrites) {
   ScopedName name("ro");
