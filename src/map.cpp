@@ -376,16 +376,40 @@ CheckReport MapImpl::check() const {
   std::size_t live = 0;
   auto walk = [&](TableHeader* t, const std::string& what) {
     Bucket* b = buckets(t);
+    const std::uint8_t* fps = fingerprints(t);
+    auto fp_at = [&](std::uint64_t i) {
+      return std::atomic_ref<const std::uint8_t>(fps[i]).load(std::memory_order_acquire);
+    };
     std::vector<std::uint64_t> keys;
-    std::size_t bad_states = 0, unreachable = 0, claimed = 0;
+    std::size_t bad_states = 0, unreachable = 0, claimed = 0, bad_fps = 0;
     for (std::uint64_t i = 0; i < t->capacity; ++i) {
-      const Cell c = read_cell(b[i]);
+      // The bucket, then its fingerprint, then the bucket's meta again: if the meta did not
+      // change, the fingerprint was read while the bucket was in that state, and the state
+      // bounds what it may be (layout.hpp, "Fingerprints"). A bucket that keeps changing
+      // under us (a writer loop) is judged by its last reading without the fingerprint.
+      Cell c = read_cell(b[i]);
+      std::uint8_t f = fp_at(i);
+      bool fp_known = false;
+      for (int tries = 0; tries < 64; ++tries) {
+        const std::uint64_t again = load_acquire(b[i].meta);
+        if (again == c.meta) {
+          fp_known = true;
+          break;
+        }
+        c = read_cell(b[i]);
+        f = fp_at(i);
+      }
       const std::uint64_t s = c.state();
       if (s > kSealed) {
         ++bad_states;
         continue;
       }
-      if (s == kEmpty || s == kSealed) continue;
+      if (!fp_known) f = kFpSealing;  // legal with any state: not judged
+      // 1 (sealing) is legal on any bucket of a migrated table.
+      if (s == kEmpty || s == kSealed) {
+        if (f != kFpFree && f != kFpSealing) ++bad_fps;
+        continue;
+      }
       ++claimed;
       const std::uint64_t k = s == kClaimed ? c.value : load_acquire(b[i].key);
       keys.push_back(k);
@@ -393,10 +417,18 @@ CheckReport MapImpl::check() const {
           !std::binary_search(newer_keys.begin(), newer_keys.end(), k)) {
         ++live;
       }
-      // Linear probing: no EMPTY bucket between the key's home and its bucket.
+      const std::uint8_t want = fingerprint(hash_key(k, seed_));
+      // A written key (LIVE, TOMB, FROZEN) has its fingerprint; a CLAIMED or MOVED bucket may
+      // still have 0 (its claimer died before writing it).
+      if (f != want && f != kFpSealing &&
+          (f != kFpFree || s == kLive || s == kTomb || s == kFrozen)) {
+        ++bad_fps;
+      }
+      // Linear probing: no EMPTY bucket between the key's home and its bucket, and no
+      // fingerprint 0 (a lookup stops there; writers write them before claiming further on).
       for (std::uint64_t j = home(k, t); j != i; j = (j + 1) & (t->capacity - 1)) {
         const std::uint64_t sj = state_of(load_acquire(b[j].meta));
-        if (sj == kEmpty) {
+        if (sj == kEmpty || fp_at(j) == kFpFree) {
           ++unreachable;
           break;
         }
@@ -410,8 +442,12 @@ CheckReport MapImpl::check() const {
     if (unreachable != 0)
       problem(what + " table: " + std::to_string(unreachable) +
               " keys not reachable from their home bucket");
+    if (bad_fps != 0)
+      problem(what + " table: " + std::to_string(bad_fps) +
+              " fingerprints that disagree with their bucket (lookups may miss keys)");
     rep.notes.push_back(what + " table: capacity " + std::to_string(t->capacity) + ", " +
-                        std::to_string(claimed) + " claimed buckets, keys unique and reachable");
+                        std::to_string(claimed) +
+                        " claimed buckets, keys unique and reachable, fingerprints agree");
     std::vector<std::uint64_t> merged;
     std::merge(newer_keys.begin(), newer_keys.end(), keys.begin(), keys.end(),
                std::back_inserter(merged));

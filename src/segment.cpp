@@ -485,10 +485,19 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     fail(Errc::corrupt, name,
          "not a shmap segment (bad magic); remove it with 'shmap rm " + name + "'");
   }
+  if (h.format_version < kFormatVersion) {
+    fail(Errc::version_mismatch, name,
+         "made by an older build of shmap (segment format " + std::to_string(h.format_version) +
+             ", this build reads " + std::to_string(kFormatVersion) +
+             "); dump it with that build ('shmap dump " + name +
+             " FILE'), then load the dump with this one ('shmap rm " + name + "', 'shmap load " +
+             name + " FILE')");
+  }
   if (h.format_version != kFormatVersion) {
     fail(Errc::version_mismatch, name,
-         "segment format version " + std::to_string(h.format_version) + ", this build reads " +
-             std::to_string(kFormatVersion) + "; use a matching build or dump and reload it");
+         "made by a newer build of shmap (segment format " + std::to_string(h.format_version) +
+             ", this build reads " + std::to_string(kFormatVersion) +
+             "); use that build, or dump the map with it and load the dump with this one");
   }
   if (h.header_bytes != sizeof(SegmentHeader) || h.layout_signature != layout_signature()) {
     fail(Errc::layout_mismatch, name,

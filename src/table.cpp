@@ -123,11 +123,62 @@ std::uint64_t MapImpl::used_buckets(const TableHeader* t) const {
   return sum;
 }
 
-ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim) const {
+namespace {
+std::uint8_t load_fp(const std::uint8_t* fps, std::uint64_t i) {
+  // Acquire: a bucket read after its fingerprint is at least as new as the claim it describes.
+  return std::atomic_ref<const std::uint8_t>(fps[i]).load(std::memory_order_acquire);
+}
+void store_fp(std::uint8_t* fps, std::uint64_t i, std::uint8_t f) {
+  // Release: after the claim CAS it describes (a claim), or before the seal CAS (sealing).
+  std::atomic_ref<std::uint8_t>(fps[i]).store(f, std::memory_order_release);
+}
+// The key of a claimed bucket read as c (CLAIMED keeps it in the value word until the key word
+// is written).
+std::uint64_t key_of(const Bucket& b, const Cell& c) {
+  return c.state() == kClaimed ? c.value : load_acquire(b.key);
+}
+}  // namespace
+
+// Fingerprints
+// ============
+// A lookup's fast path (fast_path.hpp) ends a probe run at the first fingerprint 0 without
+// reading that bucket. That is right only if every key that can be found beyond a bucket
+// had that bucket's fingerprint written before it could be found. Who writes what:
+// - A claimer: CAS EMPTY -> CLAIMED(k), then the fingerprint of k (release), all before the
+//   key can become LIVE -- the bucket's own key is not acknowledged before its byte is set.
+// - Every writer (probe with `writer`, settle) that walks past a claimed bucket whose byte
+//   it reads as 0 writes that bucket's fingerprint before going on. A bucket never becomes
+//   EMPTY again and its key never changes, so every writer writes the same byte. So a key
+//   claimed beyond z in a run was claimed after z's byte was written (by its own claimer or
+//   by the claimer of the key beyond); a key that arrives in a *newer* table after being
+//   settled here was settled by a walk that wrote z's byte before sealing the run's end.
+//   A lookup that reads 0 at z read it before all of those: the keys beyond z, and a key
+//   whose run here ends at z, were not yet there (or not yet settled elsewhere) -- its
+//   answer "absent" was true when it read the byte.
+// - A writer whose own key's bucket still reads 0 (its claimer died, or is slow) writes the
+//   byte before it writes the value: a LIVE key always has its byte.
+// - A sealer (move_bucket, settle) writes 1 *before* its EMPTY -> SEALED CAS. A lookup that
+//   reads 1 goes to the slow path (which reads bucket states). If the seal CAS loses to a
+//   claim, the claimer's byte may land before or after the 1: either is harmless (1 only
+//   sends lookups to the slow path, and the table is being migrated away anyway).
+// - Readers never write a byte (they write no shared line but their own lane). A slow-path
+//   reader reads the bucket of every byte that is 0 or 1 and decides by its state, as before
+//   fingerprints; it skips only buckets whose byte is another key's fingerprint (set only
+//   after a claim, so the bucket is claimed, and by another key).
+ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
   Bucket* b = buckets(t);
+  std::uint8_t* fps = fingerprints(t);
   const std::uint64_t mask = t->capacity - 1;
-  std::uint64_t i = home(k, t);
+  const std::uint64_t h = hash_key(k, seed_);
+  const std::uint8_t want = fingerprint(h);
+  std::uint64_t i = h >> (64 - t->bits);
   for (std::uint64_t n = 0; n <= mask;) {
+    const std::uint8_t f = load_fp(fps, i);
+    if (f != want && f != kFpFree && f != kFpSealing) {  // another key's bucket
+      i = (i + 1) & mask;
+      ++n;
+      continue;
+    }
     Bucket& bk = b[i];
     const Cell c = read_cell(bk);
     switch (c.state()) {
@@ -135,6 +186,7 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim) const {
         if (!claim) return {Probe::absent};
         const std::uint64_t m = next_meta(c.meta, kClaimed);
         if (cas128(&bk.value, c.value, c.meta, k, m)) {
+          store_fp(fps, i, want);
           ProbeResult r{Probe::found, &bk, Cell{m, k}, true};
           r.over_limit = note_claim(t);
           return r;
@@ -143,12 +195,15 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim) const {
       }
       case kSealed:
         return {Probe::sealed};
-      case kClaimed:
-        if (c.value == k) return {Probe::found, &bk, c};
+      default: {
+        const std::uint64_t key = key_of(bk, c);
+        if (key == k) {
+          if (writer && f != want) store_fp(fps, i, want);
+          return {Probe::found, &bk, c};
+        }
+        if (writer && f == kFpFree) store_fp(fps, i, fingerprint(hash_key(key, seed_)));
         break;
-      default:
-        if (load_acquire(bk.key) == k) return {Probe::found, &bk, c};
-        break;
+      }
     }
     i = (i + 1) & mask;
     ++n;
@@ -254,17 +309,27 @@ void MapImpl::help_bulk(TableHeader* t) const {
   }
 }
 
-void MapImpl::move_bucket(TableHeader*, Bucket* b, TableHeader* newer) const {
+void MapImpl::move_bucket(TableHeader* older, Bucket* b, TableHeader* newer) const {
   for (;;) {
     const Cell c = read_cell(*b);
     switch (c.state()) {
       case kEmpty:
+        // Before the seal CAS: a lookup reading this bucket's fingerprint 0 did so before the
+        // seal, so before anything of this run could reach the successor ("Fingerprints").
+        store_fp(fingerprints(older), static_cast<std::uint64_t>(b - buckets(older)), kFpSealing);
         if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
         break;
-      case kClaimed:
+      case kClaimed: {
         store_key(*b, c.value);
+        // A claim whose claimer died before its fingerprint: write it before the bucket says
+        // MOVED, so that a lookup still holding this table's view (a Session) that reaches it
+        // goes on to the MOVED state instead of ending its run at a 0 ("Fingerprints").
+        std::uint8_t* fps = fingerprints(older);
+        const auto i = static_cast<std::uint64_t>(b - buckets(older));
+        if (load_fp(fps, i) == kFpFree) store_fp(fps, i, fingerprint(hash_key(c.value, seed_)));
         if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
         break;
+      }
       case kTomb:
         help_pending(*b, c);  // the erase that made it is counted before the tag is gone
         if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
@@ -288,25 +353,38 @@ void MapImpl::move_bucket(TableHeader*, Bucket* b, TableHeader* newer) const {
 }
 
 void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const {
+  // A writer's walk (probe, "Fingerprints"): it writes the bytes a claimer left at 0 before
+  // it seals the end of the run, so a lookup that stops at such a byte read it before the
+  // seal, and so before k can be written in the newer table.
   Bucket* b = buckets(older);
+  std::uint8_t* fps = fingerprints(older);
   const std::uint64_t mask = older->capacity - 1;
-  std::uint64_t i = home(k, older);
+  const std::uint64_t h = hash_key(k, seed_);
+  const std::uint8_t want = fingerprint(h);
+  std::uint64_t i = h >> (64 - older->bits);
   for (std::uint64_t n = 0; n <= mask;) {
+    const std::uint8_t f = load_fp(fps, i);
+    if (f != want && f != kFpFree && f != kFpSealing) {  // another key's bucket
+      i = (i + 1) & mask;
+      ++n;
+      continue;
+    }
     Bucket& bk = b[i];
     const Cell c = read_cell(bk);
     switch (c.state()) {
       case kEmpty:
         // Seal the end of k's run: no slow writer can insert k into the older table now.
+        store_fp(fps, i, kFpSealing);
         if (cas128(&bk.value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
         continue;
       case kSealed:
         return;
-      case kClaimed:
-        if (c.value == k) return move_bucket(older, &bk, newer);
+      default: {
+        const std::uint64_t key = key_of(bk, c);
+        if (key == k) return move_bucket(older, &bk, newer);
+        if (f == kFpFree) store_fp(fps, i, fingerprint(hash_key(key, seed_)));
         break;
-      default:
-        if (load_acquire(bk.key) == k) return move_bucket(older, &bk, newer);
-        break;
+      }
     }
     i = (i + 1) & mask;
     ++n;
@@ -614,7 +692,7 @@ std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
   std::size_t found = 0;
   for (std::size_t base = 0; base < n; base += kGroup) {
     const std::size_t m = std::min(kGroup, n - base);
-    std::uint64_t homes[kGroup];
+    std::uint64_t hashes[kGroup];
     Fast r[kGroup];
     std::uint64_t v[kGroup];
     pin();
@@ -622,10 +700,12 @@ std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
     const bool fast = fast_table(&ft);
     if (fast) {
       for (std::size_t j = 0; j < m; ++j) {
-        homes[j] = hash_key(keys[base + j], seed_) >> ft.shift;
-        __builtin_prefetch(&ft.buckets[homes[j]]);
+        hashes[j] = hash_key(keys[base + j], seed_);
+        const std::uint64_t home = hashes[j] >> ft.shift;
+        __builtin_prefetch(&ft.fps[home]);
+        __builtin_prefetch(&ft.buckets[home]);
       }
-      for (std::size_t j = 0; j < m; ++j) r[j] = find_fast(ft, keys[base + j], homes[j], &v[j]);
+      for (std::size_t j = 0; j < m; ++j) r[j] = find_fast(ft, keys[base + j], hashes[j], &v[j]);
     }
     unpin();
     for (std::size_t j = 0; j < m; ++j) {
@@ -716,7 +796,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       TableHeader* chain[kMaxChain];
       for (std::size_t i = load_chain(t, chain) - 1; i > 0; --i) settle(chain[i], chain[i - 1], k);
     }
-    const ProbeResult r = probe(t, k, may_insert);
+    const ProbeResult r = probe(t, k, may_insert, true);
     if (r.kind == Probe::sealed) {
       check_forward(t);
       continue;
@@ -1017,13 +1097,15 @@ void MapImpl::bulk_put(std::uint64_t table_off, std::uint64_t k, std::uint64_t v
 namespace {
 // Single-threaded insert into an unpublished table. Nobody else reads or writes it, so plain
 // stores will do (the CAS on current_table in publish_replace() publishes them).
-bool put_private(TableHeader* t, Bucket* b, std::uint64_t i, std::uint64_t k, std::uint64_t v) {
+bool put_private(TableHeader* t, Bucket* b, std::uint8_t* fps, std::uint64_t h, unsigned shift,
+                 std::uint64_t k, std::uint64_t v) {
   const std::uint64_t mask = t->capacity - 1;
-  for (std::uint64_t n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+  for (std::uint64_t i = h >> shift, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
     if (state_of(b[i].meta) == kEmpty) {
       b[i].key = k;
       b[i].value = v;
       b[i].meta = next_meta(b[i].meta, kLive);
+      fps[i] = fingerprint(h);
       t->used[0].n.store(t->used[0].n.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
       return true;
@@ -1042,16 +1124,19 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
                             std::size_t n) const {
   TableHeader* t = table(table_off);
   Bucket* b = buckets(t);
+  std::uint8_t* fps = fingerprints(t);
+  const auto shift = static_cast<unsigned>(64 - t->bits);
   constexpr std::size_t kAhead = 64;
-  std::uint64_t homes[kAhead];
+  std::uint64_t hashes[kAhead];
   for (std::size_t base = 0; base < n; base += kAhead) {
     const std::size_t m = std::min(kAhead, n - base);
     for (std::size_t j = 0; j < m; ++j) {
-      homes[j] = home(kv[base + j].first, t);
-      __builtin_prefetch(&b[homes[j]], 1);
+      hashes[j] = hash_key(kv[base + j].first, seed_);
+      __builtin_prefetch(&b[hashes[j] >> shift], 1);
+      __builtin_prefetch(&fps[hashes[j] >> shift], 1);
     }
     for (std::size_t j = 0; j < m; ++j) {
-      if (!put_private(t, b, homes[j], kv[base + j].first, kv[base + j].second)) {
+      if (!put_private(t, b, fps, hashes[j], shift, kv[base + j].first, kv[base + j].second)) {
         fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
       }
     }

@@ -237,9 +237,9 @@ class Map {
         wrong_thread();
       }
       std::uint64_t v = 0;
-      const detail::Fast r =
-          have_view_ ? detail::find_fast(view_, k, detail::hash_key(k, seed_) >> view_.shift, &v)
-                     : detail::Fast::slow;
+      const detail::Fast r = have_view_
+                                 ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
+                                 : detail::Fast::slow;
       if (r == detail::Fast::slow) [[unlikely]] {
         return find_slow(k);
       }

@@ -44,7 +44,9 @@
 //             +8  meta    u64 ┘ bits 0-7 state, 8-23 writer tag, 24-63 version (+1 per change)
 //             +16 key     u64   written once, before the bucket leaves state CLAIMED
 //             +24 reserved
-//   +2048 + 32 * capacity   done bitmap: one bit per 64-bucket chunk of this table, set as
+//   +2048 + 32 * capacity   fingerprints: one byte per bucket (fp_bytes(capacity) bytes, at
+//                           least 16), read 16 at a time with SSE2 (see "Fingerprints" below)
+//   ... + fp_bytes          done bitmap: one bit per 64-bucket chunk of this table, set as
 //                           the chunk is migrated into the successor
 //
 // Bucket state machine (a bucket never goes back to EMPTY or CLAIMED):
@@ -66,6 +68,26 @@
 //   migrate         SEALED   MOVED        FROZEN(v)   MOVED     copy,MOVED   -
 //
 // Because the state is its own word, every uint64 key and every uint64 value is storable.
+//
+// Fingerprints (format 2)
+// =======================
+// Beside the buckets, one byte per bucket lets a lookup decide from one cache line (16 bytes
+// of it per SSE2 compare) which buckets of its probe run can hold its key and where the run
+// ends, without reading a bucket that cannot:
+//
+//   byte      meaning
+//   0         no claim seen here yet: ends a lookup's run (see below why that is authoritative)
+//   1         a migration is sealing this bucket (or did): read the bucket
+//   2..255    claimed by a key whose fingerprint (fingerprint(hash)) this is; set once the
+//             bucket is claimed, never changed after (keys never change within a table)
+//
+// A byte is written after the bucket CAS it describes (claim: EMPTY -> CLAIMED, then the
+// fingerprint) or before it (seal: 1, then EMPTY -> SEALED). A bucket claimed by a writer that
+// died before writing the byte keeps 0 until the next writer walks past it; every *writer*
+// that walks past a claimed bucket whose byte is 0 writes it first (readers never write). So
+// a byte of 0 at position z seen by a lookup means: no key beyond z in this run was claimed
+// before the lookup read it, and the key of z itself was not yet written -- the lookup can
+// stop there. The full argument is in table.cpp ("Fingerprints").
 #pragma once
 
 #include <atomic>
@@ -75,7 +97,8 @@
 namespace shmap::detail {
 
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
-inline constexpr std::uint32_t kFormatVersion = 1;
+/// 2: fingerprints beside the buckets (Table v2). A format-1 segment is refused.
+inline constexpr std::uint32_t kFormatVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
@@ -290,6 +313,19 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8, "atomics are plain words in shared memory");
 
+// Fingerprint bytes (see "Fingerprints" above).
+inline constexpr std::uint8_t kFpFree = 0;
+inline constexpr std::uint8_t kFpSealing = 1;
+/// The fingerprint of a key hash: its low byte (the home position uses the high bits), moved
+/// out of the two reserved values.
+constexpr std::uint8_t fingerprint(std::uint64_t hash) {
+  const auto f = static_cast<std::uint8_t>(hash);
+  return f < 2 ? static_cast<std::uint8_t>(f + 2) : f;
+}
+/// Bytes of a table's fingerprint array: one per bucket, at least one 16-byte group (a table of
+/// 8 buckets reads bytes 8..15 too, and ignores them).
+constexpr std::size_t fp_bytes(std::size_t capacity) { return capacity < 16 ? 16 : capacity; }
+
 /// Hash of every size, alignment and offset above; a build that differs refuses to attach.
 std::uint64_t layout_signature() noexcept;
 
@@ -302,7 +338,8 @@ inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 41;
 inline constexpr std::size_t table_bytes(std::size_t capacity) {
   if (capacity > kMaxCapacity) return SIZE_MAX / 2;
   const std::size_t bitmap_words = (capacity / kChunk + 63) / 64 + 1;
-  const std::size_t raw = kTableHeaderBytes + capacity * sizeof(Bucket) + bitmap_words * 8;
+  const std::size_t raw =
+      kTableHeaderBytes + capacity * sizeof(Bucket) + fp_bytes(capacity) + bitmap_words * 8;
   return (raw + kPage - 1) / kPage * kPage;
 }
 static_assert(table_bytes(8) == kPage, "a minimal table is one page");

@@ -155,10 +155,13 @@ class MapImpl {
   Bucket* buckets(TableHeader* t) const {
     return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(t) + kTableHeaderBytes);
   }
+  /// One fingerprint byte per bucket (layout.hpp, "Fingerprints").
+  std::uint8_t* fingerprints(TableHeader* t) const {
+    return reinterpret_cast<std::uint8_t*>(t) + kTableHeaderBytes + t->capacity * sizeof(Bucket);
+  }
   /// One bit per chunk of t, set when the chunk has been moved into t's successor.
   std::uint64_t* done_bitmap(TableHeader* t) const {
-    return reinterpret_cast<std::uint64_t*>(reinterpret_cast<char*>(t) + kTableHeaderBytes +
-                                            t->capacity * sizeof(Bucket));
+    return reinterpret_cast<std::uint64_t*>(fingerprints(t) + fp_bytes(t->capacity));
   }
   std::uint64_t offset_of(const void* p) const {
     return static_cast<std::uint64_t>(static_cast<const char*>(p) - base_);
@@ -331,7 +334,7 @@ class MapImpl {
       unpin();
       return find_slow(k, out);
     }
-    const Fast r = find_fast(ft, k, hash_key(k, seed_) >> ft.shift, out);
+    const Fast r = find_fast(ft, k, hash_key(k, seed_), out);
     unpin();
     return r == Fast::slow ? find_slow(k, out) : r == Fast::hit;
   }
@@ -359,21 +362,24 @@ class MapImpl {
         std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
     const std::uint64_t bits =
         std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
-    if (bits - 3 > 38 || (std::uint64_t{1} << bits) != cap ||
-        cap > (mapped - t_off - kTableHeaderBytes) / sizeof(Bucket)) {
+    // Buckets and fingerprints (fp_bytes(cap) <= cap + 16) inside the mapping.
+    const std::uint64_t room = mapped - t_off - kTableHeaderBytes;
+    if (bits - 3 > 38 || (std::uint64_t{1} << bits) != cap || room < 16 ||
+        cap > (room - 16) / (sizeof(Bucket) + 1)) {
       return false;
     }
     ft->older = t->older.load(std::memory_order_seq_cst);
     ft->buckets =
         reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
+    ft->fps = reinterpret_cast<const std::uint8_t*>(ft->buckets + cap);
     ft->mask = cap - 1;
     ft->shift = static_cast<unsigned>(64 - bits);
     return true;
   }
   using Fast = detail::Fast;
-  [[gnu::always_inline]] Fast find_fast(const FastTable& ft, std::uint64_t k, std::uint64_t home,
+  [[gnu::always_inline]] Fast find_fast(const FastTable& ft, std::uint64_t k, std::uint64_t hash,
                                         std::uint64_t* out) const {
-    return detail::find_fast(ft, k, home, out);
+    return detail::find_fast(ft, k, hash, out);
   }
   bool find_slow(std::uint64_t k, std::uint64_t* out) const;
   std::optional<std::uint64_t> find_slower(std::uint64_t k) const;
@@ -487,7 +493,13 @@ class MapImpl {
   void discard_table(std::uint64_t table) const;
 
   // Used by mutate(); exposed for tests of the protocol.
-  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim) const;
+  /// Looks k up in t; with claim, claims an EMPTY bucket for k if k has none. A `writer`
+  /// probe (claim implies it) writes the fingerprints a dead or slow claimer left unwritten
+  /// on its way (layout.hpp, "Fingerprints"); a reader's never writes.
+  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const;
+  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim) const {
+    return probe(t, k, claim, claim);
+  }
   /// Moves one bucket of `older` into `newer` (freeze, copy, mark MOVED); idempotent.
   void move_bucket(TableHeader* older, Bucket* b, TableHeader* newer) const;
   /// Makes `newer` authoritative for k: moves k's bucket in `older`, or seals its probe run.
