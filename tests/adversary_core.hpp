@@ -251,6 +251,135 @@ inline bool run_reader(const Map& m, const KeyState* keys, std::uint64_t nkeys, 
   return true;
 }
 
+/// As run_reader, through Map::Session: each session lasts a random 1..4000 lookups, so its
+/// view of the current table goes stale inside it (the table is grown, shrunk, replaced and
+/// migrated away meanwhile: layout.hpp, "Fingerprints"), and every answer is checked against
+/// the acked bounds like Map::find's.
+inline bool run_session_reader(const Map& m, const KeyState* keys, std::uint64_t nkeys,
+                               std::uint64_t seed, const std::atomic<bool>* stop,
+                               std::atomic<std::uint64_t>* reads) {
+  Xs rng{seed | 1};
+  while (!stop->load(std::memory_order_relaxed)) {
+    Map::Session s(m);
+    const std::uint64_t n = 1 + rng.below(4000);
+    for (std::uint64_t r = 0; r < n; ++r) {
+      const std::uint64_t id = rng.below(nkeys);
+      const std::uint64_t a = keys[id].acked.load(std::memory_order_acquire);
+      const std::optional<std::uint64_t> got = s.find(key_of(id));
+      const std::uint64_t b = keys[id].acked.load(std::memory_order_acquire);
+      if (!answer_possible(a, b, got)) {
+        std::fprintf(stderr, "reader pid %d (Session::find, lookup %llu of its session): %s\n",
+                     (int)::getpid(), (unsigned long long)r, describe(id, a, b, got).c_str());
+        dump_key(m, key_of(id));
+        return false;
+      }
+    }
+    if (reads != nullptr) reads->fetch_add(n, std::memory_order_relaxed);
+  }
+  return true;
+}
+
+/// What a writer killed (SIGKILL) between its claim CAS and its fingerprint store leaves, made
+/// on purpose and often: like a write, it helps the migration under way and settles its key in
+/// the older tables, then walks its key's run in the newest table as probe() does (writing the
+/// fingerprints of claims it passes that read 0) and claims the first EMPTY bucket -- and then
+/// writes no fingerprint. Its keys are fresh ([key_base, ...)) and never written by anyone
+/// else. Every other claim "resumes" after a pause (a SIGSTOPped claimer continued): it writes
+/// the fingerprint and completes the insert through Map::insert, which must report the key
+/// absent; then a Session made *before* the claim, and Map::find, must find it.
+/// Returns false (after printing) on a wrong answer.
+inline bool run_dead_claimer(Map& map, const std::atomic<bool>* stop, std::uint64_t key_base,
+                             std::uint64_t seed, std::atomic<std::uint64_t>* dead,
+                             std::atomic<std::uint64_t>* resumed) {
+  using namespace shmap::detail;
+  MapImpl& m = map.impl();
+  Xs rng{seed | 1};
+  std::vector<std::uint64_t> done;  // resumed keys, value = key ^ 0x5a5a
+  for (std::uint64_t next = 0; !stop->load(std::memory_order_relaxed); ++next) {
+    const std::uint64_t k = key_base + next;
+    // Paced: a dead claim takes a bucket for good (until its table is migrated away).
+    std::this_thread::sleep_for(std::chrono::microseconds(20 + rng.below(100)));
+    Map::Session view(map);
+    (void)view.find(k);  // takes the view of the current table now
+    std::uint8_t* fp_byte = nullptr;
+    std::uint8_t want = 0;
+    {
+      PinGuard pin(m);
+      TableHeader* t = m.table(m.top_table(true));
+      if (t->older.load(std::memory_order_acquire) != 0) {
+        m.help_migrate(t, kChunksPerWrite);
+        TableHeader* chain[kMaxChain];
+        for (std::size_t i = m.load_chain(t, chain) - 1; i > 0; --i) {
+          m.settle(chain[i], chain[i - 1], k);
+        }
+      }
+      // Now and then a slow claimer: its table may be superseded before it claims.
+      if (rng.below(8) == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng.below(300)));
+      Bucket* b = m.buckets(t);
+      std::uint8_t* fps = m.fingerprints(t);
+      const std::uint64_t mask = t->capacity - 1;
+      const std::uint64_t h = hash_key(k, m.seed());
+      want = fingerprint(h);
+      std::uint64_t i = h >> (64 - t->bits);
+      for (std::uint64_t n = 0; n <= mask;) {
+        const std::uint8_t f =
+            std::atomic_ref<std::uint8_t>(fps[i]).load(std::memory_order_acquire);
+        if (f != want && f != kFpFree && f != kFpSealing) {
+          i = (i + 1) & mask;
+          ++n;
+          continue;
+        }
+        const Cell c = read_cell(b[i]);
+        if (c.state() == kEmpty) {
+          if (cas128(&b[i].value, c.value, c.meta, k, next_meta(c.meta, kClaimed))) {
+            fp_byte = &fps[i];  // claimed -- and "killed" before the fingerprint
+            break;
+          }
+          continue;
+        }
+        if (c.state() == kSealed) break;  // superseded: no claim this time
+        const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(b[i].key);
+        if (f == kFpFree) {
+          std::atomic_ref<std::uint8_t>(fps[i]).store(fingerprint(hash_key(key, m.seed())),
+                                                      std::memory_order_release);
+        }
+        i = (i + 1) & mask;
+        ++n;
+      }
+      if (fp_byte != nullptr && dead != nullptr) dead->fetch_add(1, std::memory_order_relaxed);
+      if (fp_byte != nullptr && rng.below(2) == 0) {
+        // Resumes: the claimer finishes its write (its table is pinned, so still mapped).
+        std::this_thread::sleep_for(std::chrono::microseconds(rng.below(500)));
+        std::atomic_ref<std::uint8_t>(*fp_byte).store(want, std::memory_order_release);
+      } else {
+        continue;  // stays dead
+      }
+    }
+    if (!map.insert(k, k ^ 0x5a5a)) {
+      std::fprintf(stderr, "dead claimer pid %d: insert of resumed key %llu found it present\n",
+                   (int)::getpid(), (unsigned long long)k);
+      return false;
+    }
+    done.push_back(k);
+    if (resumed != nullptr) resumed->fetch_add(1, std::memory_order_relaxed);
+    // The session made before the claim still holds its old view.
+    for (int r = 0; r < 4; ++r) {
+      const std::uint64_t x = r == 0 ? k : done[rng.below(done.size())];
+      const auto s = view.find(x);
+      const auto f = map.find(x);
+      if (s != (x ^ 0x5a5a) || f != (x ^ 0x5a5a)) {
+        std::fprintf(stderr,
+                     "dead claimer pid %d: acknowledged key %llu: Session::find %s, Map::find %s\n",
+                     (int)::getpid(), (unsigned long long)x, s ? "present" : "ABSENT",
+                     f ? "present" : "ABSENT");
+        dump_key(map, x);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 /// One walk checked against [a, b] read around it: values possible, each key at most once, and
 /// every key present for the whole walk (a == b, odd) visited. Keys outside [key_of(0),
 /// key_of(nkeys)) are counted in *others. Returns an empty string or what went wrong.

@@ -34,6 +34,9 @@ struct AdvShared {
   std::atomic<std::uint64_t> reads{0};
   std::atomic<std::uint64_t> sabotaged{0};
   std::atomic<std::uint64_t> chains3{0};
+  std::atomic<std::uint64_t> session_reads{0};
+  std::atomic<std::uint64_t> dead_claims{0};
+  std::atomic<std::uint64_t> resumed_claims{0};
 };
 
 constexpr std::uint64_t kPer = 3;  // keys per owner thread
@@ -43,10 +46,38 @@ constexpr std::uint64_t kPer = 3;  // keys per owner thread
 bool run_process(const std::string& name, adv::KeyState* keys, std::uint64_t nkeys,
                  std::uint64_t first, int owners, int readers, std::uint64_t scratch,
                  std::uint64_t seed, AdvShared* sh, std::atomic<std::uint64_t>* my_ops,
-                 bool saboteur = false) {
+                 bool saboteur = false, int session_readers = 0, bool dead_claimer = false) {
   Map m = Map::open(name);
   std::atomic<bool> ok{true};
   std::vector<std::thread> ts;
+  for (int t = 0; t < session_readers; ++t) {
+    ts.emplace_back([&, t] {
+      try {
+        if (!adv::run_session_reader(m, keys, nkeys, seed * 1013 + t, &sh->stop,
+                                     &sh->session_reads)) {
+          ok = false;
+        }
+      } catch (const Error& e) {
+        std::fprintf(stderr, "session reader pid %d: %s\n", (int)::getpid(), e.what());
+        ok = false;
+      }
+      if (!ok) sh->failed = true;
+    });
+  }
+  if (dead_claimer) {
+    ts.emplace_back([&] {
+      try {
+        if (!adv::run_dead_claimer(m, &sh->stop, scratch + (std::uint64_t{1} << 43), seed * 31,
+                                   &sh->dead_claims, &sh->resumed_claims)) {
+          ok = false;
+        }
+      } catch (const Error& e) {
+        std::fprintf(stderr, "dead claimer pid %d: %s\n", (int)::getpid(), e.what());
+        ok = false;
+      }
+      if (!ok) sh->failed = true;
+    });
+  }
   if (saboteur) {
     ts.emplace_back([&] {
       try {
@@ -212,6 +243,102 @@ TEST_F(AdversaryTest, OwnedKeysLinearizableWithKillsAndStops) {
                (unsigned long long)steady_ops, (unsigned long long)sh->reads.load(), walks,
                kVictims, stops, (unsigned long long)m.stats().resizes, max_chain,
                (unsigned long long)sh->sabotaged.load(), (unsigned long long)sh->chains3.load());
+}
+
+// Table v2 (fingerprints): lookups through Map::Session, whose view of the current table goes
+// stale inside a session (replaced, migrated away), stay linearizable while the map churns from
+// capacity 8 with too-small successors forced (chains of three); meanwhile dead claimers leave
+// buckets CLAIMED with fingerprint 0 -- what a writer SIGKILLed between its claim CAS and its
+// fingerprint store leaves -- or resume them after a pause (a SIGSTOPped claimer), and checks
+// each resumed key through a Session made before the claim. Victim processes (owners, readers,
+// session readers and a dead claimer each) are SIGKILLed at random moments, steady ones
+// SIGSTOPped across kills. Afterwards every key is checked through find, find_many and a
+// Session, and check() must pass (it verifies every fingerprint against its bucket).
+TEST_F(AdversaryTest, SessionsAndDeadClaimsStayLinearizableWithKillsAndStops) {
+  const std::uint64_t seed = test_seed();
+  Rng rng(seed);
+  ScopedName name("adv-fp");
+  Map m = Map::create(name, {.initial_capacity = 8});
+  const int kSteady = 2, kOwners = 6, kReaders = 2, kSessionReaders = 4;
+  const int kVictims = kSanitized ? 6 : 24, kVictimOwners = 2;
+  const std::uint64_t steady_keys = std::uint64_t(kSteady) * kOwners * kPer;
+  const std::uint64_t nkeys = steady_keys + std::uint64_t(kVictims) * kVictimOwners * kPer;
+  SharedArray<adv::KeyState> keys(nkeys);
+  Shared<AdvShared> sh;
+  SharedArray<std::atomic<std::uint64_t>> proc_ops(kSteady);
+  std::vector<pid_t> steady;
+  for (int p = 0; p < kSteady; ++p) {
+    steady.push_back(fork_child([&, p] {
+      return run_process(name, &keys[0], nkeys, std::uint64_t(p) * kOwners * kPer, kOwners,
+                         kReaders, std::uint64_t(p + 1) << 44, seed + p, sh.get(), &proc_ops[p],
+                         /*saboteur=*/p == 0, kSessionReaders, /*dead_claimer=*/true);
+    }));
+  }
+  ASSERT_TRUE(wait_until([&] { return sh->started.load() == kSteady; }, seconds(30 * kSlow)));
+  int stops = 0;
+  for (int v = 0; v < kVictims && !sh->failed.load(); ++v) {
+    Shared<AdvShared> vs;
+    std::atomic<std::uint64_t>* vops = &vs->ops;
+    const pid_t victim = fork_child([&] {
+      return run_process(name, &keys[0], nkeys,
+                         steady_keys + std::uint64_t(v) * kVictimOwners * kPer, kVictimOwners, 1,
+                         std::uint64_t(100 + v) << 44, seed * 7 + v, vs.get(), vops,
+                         /*saboteur=*/v % 2 == 0, /*session_readers=*/1, /*dead_claimer=*/true);
+    });
+    ASSERT_TRUE(wait_until([&] { return vs->ops.load() > 20; }, seconds(30 * kSlow)));
+    const pid_t stopped = rng.chance(30) ? steady[rng.below(kSteady)] : 0;
+    if (stopped != 0) {
+      ::kill(stopped, SIGSTOP);
+      ++stops;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng.below(20000)));
+    if (rng.chance(25)) ::kill(victim, SIGSTOP);
+    ::kill(victim, SIGKILL);
+    EXPECT_EQ(wait_for(victim, seconds(30)).signal, SIGKILL);
+    if (stopped != 0) ::kill(stopped, SIGCONT);
+    if (vs->failed.load()) sh->failed = true;
+  }
+  const auto end = Clock::now() + milliseconds(2000 * soak());
+  while (Clock::now() < end && !sh->failed.load()) std::this_thread::sleep_for(milliseconds(20));
+  sh->stop.store(true, std::memory_order_release);
+  for (const pid_t pid : steady) {
+    const ChildResult r = wait_for(pid, seconds(60 * kSlow));
+    EXPECT_TRUE(r.ok()) << "steady process " << pid << " " << r.describe();
+  }
+  EXPECT_FALSE(sh->failed.load()) << "a child saw an impossible answer (see its output)";
+  // Every key through all three lookups: a steady key holds exactly its last acknowledged
+  // state; a killed owner's key the state after its last acknowledged operation or the one it
+  // had in flight -- the same one whichever lookup is asked.
+  std::vector<std::uint64_t> ks(nkeys);
+  for (std::uint64_t i = 0; i < nkeys; ++i) ks[i] = adv::key_of(i);
+  std::vector<std::optional<std::uint64_t>> many(nkeys);
+  m.find_many(ks, many);
+  Map::Session session(m);
+  for (std::uint64_t i = 0; i < nkeys; ++i) {
+    const std::uint64_t a = keys[i].acked.load();
+    const std::uint64_t b = keys[i].started.load();
+    const auto v = m.find(ks[i]);
+    if (i < steady_keys) {
+      EXPECT_EQ(v, (a & 1) ? std::optional<std::uint64_t>(a) : std::nullopt) << "key id " << i;
+    } else {
+      EXPECT_TRUE(adv::answer_possible(a, b == a ? a : b - 1, v)) << adv::describe(i, a, b, v);
+    }
+    EXPECT_EQ(session.find(ks[i]), v) << "Session::find disagrees with find, key id " << i;
+    EXPECT_EQ(many[i], v) << "find_many disagrees with find, key id " << i;
+  }
+  const CheckReport rep = m.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+  std::fprintf(stderr,
+               "[ adversary] %llu reads, %llu session reads, %llu dead claims (%llu resumed), "
+               "%d kills, %d stops, %llu resizes, %llu too-small successors forced, %llu "
+               "chains of 3+ seen\n",
+               (unsigned long long)sh->reads.load(), (unsigned long long)sh->session_reads.load(),
+               (unsigned long long)sh->dead_claims.load(),
+               (unsigned long long)sh->resumed_claims.load(), kVictims, stops,
+               (unsigned long long)m.stats().resizes, (unsigned long long)sh->sabotaged.load(),
+               (unsigned long long)sh->chains3.load());
+  EXPECT_GT(sh->session_reads.load(), 0u);
+  EXPECT_GT(sh->resumed_claims.load(), 0u);
 }
 
 // Bulk replacement racing everything else: replacers (some killed at random moments) publish

@@ -89,6 +89,84 @@ TEST(Adversary, OwnedKeysStayLinearizableThroughTinyTableChurn) {
                (unsigned long long)chains3.load());
 }
 
+// Table v2 (fingerprints): the same owned keys, read through Map::Session (views that go stale
+// inside each session) while dead claimers leave CLAIMED buckets with fingerprint 0 (a writer
+// killed between its claim CAS and its fingerprint store) or resume them later (a stopped
+// one) and check each resumed key through a Session made before the claim; too-small
+// successors forced all the while (chains of three).
+TEST(Adversary, SessionsAndDeadClaimsStayLinearizableThroughTinyTableChurn) {
+  ScopedName n("adv-fp");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  constexpr int kOwners = 6, kReaders = 2, kSessionReaders = 5, kDeadClaimers = 2;
+  constexpr std::uint64_t kPer = 3, kKeys = kOwners * kPer;
+  std::vector<adv::KeyState> keys(kKeys);
+  std::atomic<bool> stop{false}, ok{true};
+  std::atomic<std::uint64_t> ops{0}, reads{0}, session_reads{0}, dead{0}, resumed{0};
+  const std::uint64_t max_ops = sanitized() ? 8000 : 100000;
+  std::atomic<int> owners_left{kOwners};
+  std::vector<std::thread> ts;
+  auto guarded = [&](auto body) {
+    return [&, body] {
+      try {
+        if (!body()) ok = false;
+      } catch (const Error& e) {
+        ADD_FAILURE() << e.what();
+        ok = false;
+      }
+      if (!ok) stop = true;
+    };
+  };
+  for (int t = 0; t < kOwners; ++t) {
+    ts.emplace_back(guarded([&, t] {
+      const bool r = adv::run_owner(m, keys.data(), t * kPer, kPer, std::uint64_t(t + 1) << 40,
+                                    91 + t, &stop, max_ops, &ops);
+      if (--owners_left == 0) stop = true;
+      return r;
+    }));
+  }
+  for (int t = 0; t < kReaders; ++t) {
+    ts.emplace_back(guarded(
+        [&, t] { return adv::run_reader(m, keys.data(), kKeys, 2000 + t, &stop, &reads); }));
+  }
+  for (int t = 0; t < kSessionReaders; ++t) {
+    ts.emplace_back(guarded([&, t] {
+      return adv::run_session_reader(m, keys.data(), kKeys, 3000 + t, &stop, &session_reads);
+    }));
+  }
+  for (int t = 0; t < kDeadClaimers; ++t) {
+    ts.emplace_back(guarded([&, t] {
+      return adv::run_dead_claimer(m, &stop, std::uint64_t(t + 1) << 50, 4000 + t, &dead, &resumed);
+    }));
+  }
+  std::atomic<std::uint64_t> sabotaged{0}, chains3{0};
+  ts.emplace_back(guarded([&] {
+    adv::run_saboteur(m, &stop, std::chrono::microseconds(50), &sabotaged, &chains3);
+    return true;
+  }));
+  for (auto& t : ts) t.join();
+  EXPECT_TRUE(ok.load());
+  Map::Session s(m);
+  std::size_t present = 0;
+  for (std::uint64_t i = 0; i < kKeys; ++i) {
+    const std::uint64_t a = keys[i].acked.load();
+    const auto want = (a & 1) ? std::optional<std::uint64_t>(a) : std::nullopt;
+    EXPECT_EQ(m.find(adv::key_of(i)), want) << i;
+    EXPECT_EQ(s.find(adv::key_of(i)), want) << i;
+    present += a & 1;
+  }
+  const CheckReport rep = m.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+  std::fprintf(stderr,
+               "[ adversary] %llu ops, %llu reads, %llu session reads, %llu dead claims (%llu "
+               "resumed), %llu resizes, %llu too-small successors, %llu chains of 3+\n",
+               (unsigned long long)ops.load(), (unsigned long long)reads.load(),
+               (unsigned long long)session_reads.load(), (unsigned long long)dead.load(),
+               (unsigned long long)resumed.load(), (unsigned long long)m.stats().resizes,
+               (unsigned long long)sabotaged.load(), (unsigned long long)chains3.load());
+  EXPECT_GT(session_reads.load(), 0u);
+  EXPECT_GT(resumed.load(), 0u);
+}
+
 // Two threads of one Map take the point-in-time gate in a loop. The gate must be held by one
 // of them at a time: hold_writers() returning in both at once means neither dump is a picture
 // of one moment, and the first release voids the other's hold.
