@@ -317,6 +317,68 @@ TEST(FingerprintsAdversarial, SmallTablesWrapAroundWithKilledClaims) {
   }
 }
 
+// A Session made before a bulk replacement (Map::load, snapshot restore) keeps its view of the
+// replaced table. While the replacement is under way -- linked and published, its discard of
+// the older table's entries not finished -- Map::find already answers from the new content.
+// A Session::find after that must not answer from the old one (the contract: "answers exactly
+// as Map::find would"). The replaced table is large so that the discard takes a while.
+//
+// Fails on 317ae76 (and, by the same code path, before fingerprints): the fast path on the
+// stale view ends at a LIVE old entry (hit) or at a 0 fingerprint (miss, older == 0 in the
+// view) -- replaced entries are never settled in the older table, only discarded by the
+// migration, which publish_replace() runs after the publication.
+TEST(FingerprintsAdversarial, SessionNeverAnswersOlderThanFindAcrossABulkReplacement) {
+  ScopedName name("fp-replace");
+  Map map = Map::create(name, {.initial_capacity = 8});
+  MapImpl& m = map.impl();
+  constexpr std::uint64_t kOld = 200000, kNew = 1000;
+  for (std::uint64_t k = 0; k < kOld; ++k) ASSERT_TRUE(map.insert(k, 1));
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> kv;
+  for (std::uint64_t k = 0; k < kNew; ++k) kv.emplace_back((std::uint64_t{1} << 40) + k, 2);
+  std::atomic<int> phase{0};
+  std::atomic<std::uint64_t> stale_old{0}, stale_new{0}, checked{0};
+  std::string first;
+  std::thread reader([&] {
+    Map::Session s(map);
+    (void)s.find(0);  // the view: the table holding keys [0, kOld)
+    phase = 1;
+    std::mt19937_64 r(7);
+    while (phase.load() != 3) {
+      // An old-only key: once find says absent (replaced), the session must too.
+      const std::uint64_t o = r() % kOld;
+      if (!map.find(o).has_value()) {
+        ++checked;
+        if (s.find(o).has_value() && stale_old++ == 0) {
+          first = "old key " + std::to_string(o) + ": find absent, then Session::find present";
+        }
+      }
+      // A loaded key: once find sees it, the session must too.
+      const std::uint64_t n = (std::uint64_t{1} << 40) + r() % kNew;
+      if (map.find(n) == 2u) {
+        ++checked;
+        if (s.find(n) != 2u && stale_new++ == 0) {
+          first = "loaded key " + std::to_string(n) + ": find 2, then Session::find absent";
+        }
+      }
+    }
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  const std::uint64_t t = m.build_table(kv.size());
+  m.bulk_put_many(t, kv.data(), kv.size());
+  m.publish_replace(t);
+  phase = 3;
+  reader.join();
+  EXPECT_EQ(map.find(0), std::nullopt);
+  EXPECT_EQ(map.find((std::uint64_t{1} << 40) + 1), 2u);
+  std::fprintf(stderr, "[ replace  ] %llu lookups compared during the replacement\n",
+               (unsigned long long)checked.load());
+  EXPECT_EQ(stale_old.load() + stale_new.load(), 0u)
+      << stale_old.load() << " old and " << stale_new.load()
+      << " new keys answered from the replaced table after find had answered from the new "
+         "one; first: "
+      << first;
+}
+
 // Damaged fingerprints (any byte, padding included) must never crash or hang a lookup, a
 // write or check(); lookups may answer wrongly, but then check() must say so.
 TEST(FingerprintsAdversarial, DamagedFingerprintsNeverCrashOrHangAndCheckSeesWrongAnswers) {
