@@ -117,10 +117,13 @@ std::optional<std::uint64_t> Map::Session::find_slow(std::uint64_t k) {
   if (m_->read_only()) [[unlikely]] {
     return m_->find_read_only(k);
   }
-  // The view stays valid while we are pinned (its table cannot be freed). A table that has
-  // been replaced meanwhile never answers wrongly: a writer settles a key in it (sealing or
-  // freezing its bucket) before writing the key anywhere newer, and the fast path leaves
-  // those states to the slow path -- which is here, after which the view is read again.
+  // The view stays valid while we are pinned (its table cannot be freed), and find() uses it
+  // only while its table is still current_table: once another table is published (a resize,
+  // or a bulk load's replacement, whose old content is discarded, not settled key by key) the
+  // next lookup comes here and the view is read again. A lookup that checked just before the
+  // publication answers from the old table concurrently with it: for a resize a writer
+  // settles a key in the old table (sealing or freezing its bucket) before writing it
+  // anywhere newer, and the fast path leaves those states to the slow path.
   have_view_ = m_->fast_table(&view_);
   std::uint64_t v = 0;
   const bool found = m_->find_slow(k, &v);

@@ -699,13 +699,19 @@ std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
     FastTable ft;
     const bool fast = fast_table(&ft);
     if (fast) {
+      // Three passes, so that each one's cache misses overlap: the fingerprints of every key,
+      // then the bucket each key's fingerprints point at (none for most misses), then the
+      // lookups proper, which find both in cache.
       for (std::size_t j = 0; j < m; ++j) {
         hashes[j] = hash_key(keys[base + j], seed_);
-        const std::uint64_t home = hashes[j] >> ft.shift;
-        __builtin_prefetch(&ft.fps[home]);
-        __builtin_prefetch(&ft.buckets[home]);
+        __builtin_prefetch(&ft.fps[hashes[j] >> ft.shift]);
       }
-      for (std::size_t j = 0; j < m; ++j) r[j] = find_fast(ft, keys[base + j], hashes[j], &v[j]);
+      for (std::size_t j = 0; j < m; ++j) {
+        if (const Bucket* b = first_candidate(ft, hashes[j])) __builtin_prefetch(b);
+      }
+      for (std::size_t j = 0; j < m; ++j) {
+        r[j] = detail::find_fast<false>(ft, keys[base + j], hashes[j], &v[j]);
+      }
     }
     unpin();
     for (std::size_t j = 0; j < m; ++j) {

@@ -237,9 +237,13 @@ class Map {
         wrong_thread();
       }
       std::uint64_t v = 0;
-      const detail::Fast r = have_view_
-                                 ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
-                                 : detail::Fast::slow;
+      // The view is used only while its table is still the current one (one load of a
+      // read-mostly line): a table replaced by a bulk load is not settled key by key, so it
+      // must not answer once Map::find would answer from the new one.
+      const detail::Fast r =
+          have_view_ && view_.current->load(std::memory_order_acquire) == view_.table
+              ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
+              : detail::Fast::slow;
       if (r == detail::Fast::slow) [[unlikely]] {
         return find_slow(k);
       }

@@ -414,9 +414,12 @@ TEST(FingerprintsAdversarial, DamagedFingerprintsNeverCrashOrHangAndCheckSeesWro
       Map::Session s(f.map);
       for (std::size_t i = 0; i < ks.size(); ++i) {
         const auto it = model.find(ks[i]);
-        const std::optional<std::uint64_t> want =
-            it == model.end() ? std::nullopt : std::optional<std::uint64_t>(it->second);
-        wrong |= f.map.find(ks[i]) != want || many[i] != want || s.find(ks[i]) != want;
+        const bool present = it != model.end();
+        const std::uint64_t value = present ? it->second : 0;
+        auto right = [&](const std::optional<std::uint64_t>& got) {
+          return got.has_value() == present && (!present || *got == value);
+        };
+        wrong |= !right(f.map.find(ks[i])) || !right(many[i]) || !right(s.find(ks[i]));
       }
       if (wrong) {
         ++wrong_trials;

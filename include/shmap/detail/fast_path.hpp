@@ -39,6 +39,10 @@ struct FastView {
   std::uint64_t mask = 0;
   std::uint64_t older = 0;
   unsigned shift = 0;  // home = hash >> shift
+  // Where the view came from: the segment's current_table word, and its value then. A view
+  // kept across lookups (Map::Session) is used only while they are equal.
+  const std::atomic<std::uint64_t>* current = nullptr;
+  std::uint64_t table = 0;
 };
 
 enum class Fast { hit, miss, slow };
@@ -63,12 +67,17 @@ enum class Fast { hit, miss, slow };
 /// The probe run is read 16 fingerprints at a time: only buckets whose fingerprint is k's
 /// are read, and the run ends at the first free (0) fingerprint -- a miss usually reads one
 /// line of fingerprints and no bucket. Why a 0 may end the run: layout.hpp, "Fingerprints".
+///
+/// kPrefetchHome: fetch the home bucket while the fingerprints arrive, so that a hit costs one
+/// memory latency, not two in a row (the bucket is read only once its fingerprint matched).
+/// It makes hits ~35% faster and misses ~2x slower at 1M-16M keys (the wasted fetch of a miss
+/// competes for memory): bench/results/run10-prefetch-ab.txt. find_many, which can do better
+/// (it fetches the candidate bucket of every key of a batch before it reads any), turns it off.
+template <bool kPrefetchHome = true>
 [[gnu::always_inline]] inline Fast find_fast(const FastView& ft, std::uint64_t k,
                                              std::uint64_t hash, std::uint64_t* out) noexcept {
   const std::uint64_t home = hash >> ft.shift;
-  // The home bucket is where a hit usually is: fetch it while the fingerprints arrive, so a
-  // hit costs one memory latency, not two in a row.
-  __builtin_prefetch(&ft.buckets[home]);
+  if constexpr (kPrefetchHome) __builtin_prefetch(&ft.buckets[home]);
   const __m128i want = _mm_set1_epi8(static_cast<char>(fingerprint(hash)));
   const __m128i zero = _mm_setzero_si128();
   const __m128i sealing = _mm_set1_epi8(static_cast<char>(kFpSealing));
@@ -114,6 +123,25 @@ enum class Fast { hit, miss, slow };
     from = ~0u;
   }
   return Fast::slow;
+}
+
+/// For batches (find_many): the bucket a lookup of `hash` will read first -- the first
+/// bucket of its run, within its home group, whose fingerprint is the key's -- or nullptr if
+/// that group decides without a bucket (no match before the run ends) or cannot say.
+[[gnu::always_inline]] inline const Bucket* first_candidate(const FastView& ft,
+                                                            std::uint64_t hash) noexcept {
+  const std::uint64_t home = hash >> ft.shift;
+  const unsigned valid = ft.mask >= 15 ? 0xffffu : (1u << (ft.mask + 1)) - 1;
+  const std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
+  const __m128i g = load_fingerprints(ft.fps + group);
+  const unsigned live = valid & (~0u << (home & 15));
+  const unsigned zeros =
+      static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_setzero_si128()))) & live;
+  const unsigned before = zeros != 0 ? (zeros & (0u - zeros)) - 1 : 0xffffu;
+  const unsigned match = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(
+                             g, _mm_set1_epi8(static_cast<char>(fingerprint(hash)))))) &
+                         live & before;
+  return match != 0 ? &ft.buckets[group + static_cast<unsigned>(__builtin_ctz(match))] : nullptr;
 }
 
 // std::optional<uint64_t> as libstdc++ lays it out: the value, then the engaged flag. GCC 12

@@ -372,6 +372,8 @@ class MapImpl {
     ft->buckets =
         reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
     ft->fps = reinterpret_cast<const std::uint8_t*>(ft->buckets + cap);
+    ft->current = &header().current_table;
+    ft->table = t_off;
     ft->mask = cap - 1;
     ft->shift = static_cast<unsigned>(64 - bits);
     return true;
