@@ -498,7 +498,7 @@ void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
          now.seq + 1);
 }
 
-void MapImpl::help_pending(const Bucket& b, const Cell& c) const {
+void MapImpl::help_pending(const Slot& b, const Cell& c) const {
   const std::uint64_t tag = tag_of(c.meta);
   if (tag == 0) return;
   const std::size_t owner = (tag - 1) / kLanes;
@@ -538,8 +538,8 @@ void MapImpl::recover_lane(Lane& lane) const {
   const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
-  ensure_mapped(off + sizeof(Bucket));
-  const Cell c = read_cell(*at<Bucket>(off));
+  ensure_mapped(off + sizeof(Slot));
+  const Cell c = read_cell(*at<Slot>(off));
   // The owner is dead. If the bucket still holds what its CAS installs, the CAS landed and
   // nobody changed the bucket since (a change would have applied the record first): apply it
   // unless the owner did. Otherwise the CAS never landed, or the change was applied.

@@ -378,7 +378,7 @@ CheckReport MapImpl::check() const {
   std::vector<std::uint64_t> newer_keys;  // keys with a bucket in a newer table (sorted)
   std::size_t live = 0;
   auto walk = [&](TableHeader* t, const std::string& what) {
-    Bucket* b = buckets(t);
+    auto slot = [&](std::uint64_t i) -> const Slot& { return *bucket(t, i).slot; };
     const std::uint8_t* fps = fingerprints(t);
     auto fp_at = [&](std::uint64_t i) {
       return std::atomic_ref<const std::uint8_t>(fps[i]).load(std::memory_order_acquire);
@@ -390,16 +390,16 @@ CheckReport MapImpl::check() const {
       // change, the fingerprint was read while the bucket was in that state, and the state
       // bounds what it may be (layout.hpp, "Fingerprints"). A bucket that keeps changing
       // under us (a writer loop) is judged by its last reading without the fingerprint.
-      Cell c = read_cell(b[i]);
+      Cell c = read_cell(slot(i));
       std::uint8_t f = fp_at(i);
       bool fp_known = false;
       for (int tries = 0; tries < 64; ++tries) {
-        const std::uint64_t again = load_acquire(b[i].meta);
+        const std::uint64_t again = load_acquire(slot(i).meta);
         if (again == c.meta) {
           fp_known = true;
           break;
         }
-        c = read_cell(b[i]);
+        c = read_cell(slot(i));
         f = fp_at(i);
       }
       const std::uint64_t s = c.state();
@@ -414,7 +414,7 @@ CheckReport MapImpl::check() const {
         continue;
       }
       ++claimed;
-      const std::uint64_t k = s == kClaimed ? c.value : load_acquire(b[i].key);
+      const std::uint64_t k = s == kClaimed ? c.value : load_acquire(*bucket(t, i).key);
       keys.push_back(k);
       if ((s == kLive || s == kFrozen) &&
           !std::binary_search(newer_keys.begin(), newer_keys.end(), k)) {
@@ -430,7 +430,7 @@ CheckReport MapImpl::check() const {
       // Linear probing: no EMPTY bucket between the key's home and its bucket, and no
       // fingerprint 0 (a lookup stops there; writers write them before claiming further on).
       for (std::uint64_t j = home(k, t); j != i; j = (j + 1) & (t->capacity - 1)) {
-        const std::uint64_t sj = state_of(load_acquire(b[j].meta));
+        const std::uint64_t sj = state_of(load_acquire(slot(j).meta));
         if (sj == kEmpty || fp_at(j) == kFpFree) {
           ++unreachable;
           break;

@@ -103,12 +103,11 @@ bool MapImpl::ro_view(std::uint64_t off, RoView* v) const {
   // Read again after table() checked them: the values used are the values checked here.
   if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 ||
       bits != static_cast<std::uint64_t>(__builtin_ctzll(cap)) ||
-      off + kTableHeaderBytes > mapped ||
-      cap > (mapped - off - kTableHeaderBytes) / sizeof(Bucket)) {
+      off + kTableHeaderBytes > mapped || cap > (mapped - off - kTableHeaderBytes) / kBucketBytes) {
     return false;
   }
   v->header = t;
-  v->buckets = buckets(const_cast<TableHeader*>(t));
+  v->buckets = reinterpret_cast<const char*>(t) + kTableHeaderBytes;
   v->mask = cap - 1;
   v->shift = static_cast<unsigned>(64 - bits);
   v->older = t->older.load(std::memory_order_seq_cst);
@@ -159,14 +158,14 @@ std::optional<std::uint64_t> MapImpl::ro_lookup(std::uint64_t k) const {
       Look look = Look::unknown;
       std::uint64_t value = 0;
       for (std::uint64_t j = hash >> t.shift, m = 0; m <= t.mask; j = (j + 1) & t.mask, ++m) {
-        const Cell c = read_cell(t.buckets[j]);
+        const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kEmpty) break;  // absent here
         if (s == kSealed) {
           look = Look::sealed;
           break;
         }
-        const std::uint64_t key = s == kClaimed ? c.value : load_acquire(t.buckets[j].key);
+        const std::uint64_t key = s == kClaimed ? c.value : load_acquire(t.key(j));
         if (key != k) continue;
         if (s == kLive || s == kFrozen) {
           look = Look::value;
@@ -229,12 +228,12 @@ void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t)
       // linked during the walk) is followed by a lookup.
       const RoView& t = chain[0];
       for (std::uint64_t j = 0; j <= t.mask; ++j) {
-        const Cell c = read_cell(t.buckets[j]);
+        const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kLive || s == kFrozen) {
-          copy.emplace_back(load_acquire(t.buckets[j].key), c.value);
+          copy.emplace_back(load_acquire(t.key(j)), c.value);
         } else if (s == kMoved) {
-          const std::uint64_t k = load_acquire(t.buckets[j].key);
+          const std::uint64_t k = load_acquire(t.key(j));
           if (const auto v = ro_lookup(k)) copy.emplace_back(k, *v);
         }
       }
@@ -248,10 +247,10 @@ void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t)
     for (std::size_t i = n; i-- > 0;) {
       const RoView& t = chain[i];
       for (std::uint64_t j = 0; j <= t.mask; ++j) {
-        const Cell c = read_cell(t.buckets[j]);
+        const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kLive || s == kFrozen || s == kMoved) {
-          keys.push_back(load_acquire(t.buckets[j].key));
+          keys.push_back(load_acquire(t.key(j)));
         } else if (s == kClaimed) {
           keys.push_back(c.value);  // a claimed bucket holds its key in the value word
         }

@@ -173,12 +173,12 @@ TableHeader* MapImpl::table_or_null(std::uint64_t offset) const noexcept {
 }
 
 bool MapImpl::valid_bucket_offset(std::uint64_t offset) const noexcept {
-  if (offset < arena_offset_ + kTableHeaderBytes || offset % sizeof(Bucket) != 0 ||
-      offset > reserved_ - sizeof(Bucket)) {
+  if (offset < arena_offset_ + kTableHeaderBytes || offset % sizeof(Slot) != 0 ||
+      offset > reserved_ - sizeof(Slot)) {
     return false;
   }
   try {
-    ensure_mapped(offset + sizeof(Bucket));
+    ensure_mapped(offset + sizeof(Slot));
   } catch (...) {
     return false;
   }
@@ -585,10 +585,12 @@ std::uint64_t layout_signature() noexcept {
                                  offsetof(TableHeader, used),
                                  offsetof(TableHeader, retired_next),
                                  offsetof(SlotOwner, start_time),
-                                 sizeof(Bucket),
-                                 alignof(Bucket),
-                                 offsetof(Bucket, meta),
-                                 offsetof(Bucket, key),
+                                 sizeof(BucketPair),
+                                 alignof(BucketPair),
+                                 offsetof(BucketPair, key0),
+                                 offsetof(BucketPair, slot1),
+                                 offsetof(Slot, meta),
+                                 sizeof(BulkCell),
                                  kCacheLine,
                                  kLanes,
                                  kStripes,

@@ -1,5 +1,5 @@
-// shmap — tables: linear probing over 32-byte buckets, the bucket state machine, and growth
-// by a chain of tables with incremental migration (seed 000, seed 004).
+// shmap — tables: linear probing over 24-byte buckets with fingerprints, the bucket state machine,
+// and growth by a chain of tables with incremental migration (seed 000, seed 004).
 //
 // The chain is `current -> older` (at most two tables; a new successor is only made once the
 // current table has assimilated its older one). Every write first migrates kChunksPerWrite
@@ -51,9 +51,9 @@ std::uint64_t monotonic_ns() {
                                         .count());
 }
 
-void store_key(Bucket& b, std::uint64_t k) {
+void store_key(const BucketRef& b, std::uint64_t k) {
   // Release: the key is visible to whoever later acquires the meta written by our CAS.
-  std::atomic_ref<std::uint64_t>(b.key).store(k, std::memory_order_release);
+  std::atomic_ref<std::uint64_t>(*b.key).store(k, std::memory_order_release);
 }
 
 std::uint64_t log2_of(std::uint64_t pow2) {
@@ -134,8 +134,8 @@ void store_fp(std::uint8_t* fps, std::uint64_t i, std::uint8_t f) {
 }
 // The key of a claimed bucket read as c (CLAIMED keeps it in the value word until the key word
 // is written).
-std::uint64_t key_of(const Bucket& b, const Cell& c) {
-  return c.state() == kClaimed ? c.value : load_acquire(b.key);
+std::uint64_t key_of(const BucketRef& b, const Cell& c) {
+  return c.state() == kClaimed ? c.value : load_acquire(*b.key);
 }
 }  // namespace
 
@@ -166,7 +166,6 @@ std::uint64_t key_of(const Bucket& b, const Cell& c) {
 //   fingerprints; it skips only buckets whose byte is another key's fingerprint (set only
 //   after a claim, so the bucket is claimed, and by another key).
 ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
-  Bucket* b = buckets(t);
   std::uint8_t* fps = fingerprints(t);
   const std::uint64_t mask = t->capacity - 1;
   const std::uint64_t h = hash_key(k, seed_);
@@ -179,15 +178,15 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool wri
       ++n;
       continue;
     }
-    Bucket& bk = b[i];
-    const Cell c = read_cell(bk);
+    const BucketRef bk = bucket(t, i);
+    const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
       case kEmpty: {
         if (!claim) return {Probe::absent};
         const std::uint64_t m = next_meta(c.meta, kClaimed);
-        if (cas128(&bk.value, c.value, c.meta, k, m)) {
+        if (cas128(&bk.slot->value, c.value, c.meta, k, m)) {
           store_fp(fps, i, want);
-          ProbeResult r{Probe::found, &bk, Cell{m, k}, true};
+          ProbeResult r{Probe::found, bk, Cell{m, k}, true};
           r.over_limit = note_claim(t);
           return r;
         }
@@ -199,7 +198,7 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool wri
         const std::uint64_t key = key_of(bk, c);
         if (key == k) {
           if (writer && f != want) store_fp(fps, i, want);
-          return {Probe::found, &bk, c};
+          return {Probe::found, bk, c};
         }
         if (writer && f == kFpFree) store_fp(fps, i, fingerprint(hash_key(key, seed_)));
         break;
@@ -218,8 +217,8 @@ std::atomic_ref<std::uint64_t> full_flag(TableHeader* t) {
 }
 }  // namespace
 
-void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
-  const std::uint64_t k = load_acquire(b->key);
+void MapImpl::copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
+  const std::uint64_t k = load_acquire(*b.key);
   if (newer->discard_older == 0) {
     // The value goes to `newer`, or -- when newer is full, or was itself migrated past k's
     // run before this copy landed -- on to newer's successor, and so on up the chain.
@@ -235,7 +234,7 @@ void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
       // (a migration into a full table of 64K buckets ran for minutes under TSan).
       if (full_flag(target).load(std::memory_order_acquire) != 0) {
         if (const std::uint64_t nx = target->newer.load(std::memory_order_acquire); nx != 0) {
-          if (read_cell(*b).meta != c.meta) return;  // stale: see below
+          if (read_cell(*b.slot).meta != c.meta) return;  // stale: see below
           target = table(nx);
           continue;
         }
@@ -246,12 +245,12 @@ void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
         // already (copied by another mover, and perhaps overwritten since by a writer).
         Cell d = r.cell;
         while (d.state() == kClaimed) {
-          store_key(*r.bucket, k);
-          if (cas128(&r.bucket->value, d.value, d.meta, c.value, next_meta(d.meta, kLive))) {
+          store_key(r.bucket, k);
+          if (cas128(&r.bucket.slot->value, d.value, d.meta, c.value, next_meta(d.meta, kLive))) {
             d.meta = next_meta(d.meta, kLive);
             break;
           }
-          d = read_cell(*r.bucket);
+          d = read_cell(*r.bucket.slot);
         }
         // MOVED: target's migration moved k's bucket on while it was CLAIMED (no value yet):
         // the copy must land in target's successor instead.
@@ -265,7 +264,7 @@ void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
       // erased k since, leaving no bucket for k up the chain: a copy there would revive it).
       // While b is still FROZEN no writer has touched k in any newer table (writers settle k
       // first, which finishes this very copy), so landing the value further up is right.
-      if (read_cell(*b).meta != c.meta) return;
+      if (read_cell(*b.slot).meta != c.meta) return;
       const std::uint64_t nx = target->newer.load(std::memory_order_acquire);
       if (nx == 0) break;  // a format-1 successor (never superseded mid-migration): moved
       target = table(nx);
@@ -274,13 +273,13 @@ void MapImpl::copy_frozen(Bucket* b, Cell c, TableHeader* newer) const {
   if (newer->discard_older != 0) {
     // A replaced entry leaves the map: counted once, by the winner of the CAS, and recorded
     // first so that a mover killed between the CAS and the count cannot lose it.
-    counted_cas(*b, c, 0, kMoved, -1);
+    counted_cas(*b.slot, c, 0, kMoved, -1);
   } else {
-    cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved));
+    cas128(&b.slot->value, c.value, c.meta, 0, next_meta(c.meta, kMoved));
   }
 }
 
-bool MapImpl::counted_cas(Bucket& b, const Cell& c, std::uint64_t value, std::uint64_t state,
+bool MapImpl::counted_cas(Slot& b, const Cell& c, std::uint64_t value, std::uint64_t state,
                           std::int64_t delta) const {
   const std::size_t tn = thread_number();
   const std::uint64_t tag = my_tag(tn);
@@ -302,42 +301,42 @@ bool MapImpl::counted_cas(Bucket& b, const Cell& c, std::uint64_t value, std::ui
 
 void MapImpl::help_bulk(TableHeader* t) const {
   for (;;) {
-    const Cell c = read_cell(t->bulk);
-    if (c.state() == kBulk) return help_pending(t->bulk, c);  // added, or its adder is slow
-    if (c.state() != kClaimed) return;                        // not a bulk-loaded table
-    if (counted_cas(t->bulk, c, c.value, kBulk, static_cast<std::int64_t>(c.value))) return;
+    const Cell c = read_cell(t->bulk.slot);
+    if (c.state() == kBulk) return help_pending(t->bulk.slot, c);  // added, or its adder is slow
+    if (c.state() != kClaimed) return;                             // not a bulk-loaded table
+    if (counted_cas(t->bulk.slot, c, c.value, kBulk, static_cast<std::int64_t>(c.value))) return;
   }
 }
 
-void MapImpl::move_bucket(TableHeader* older, Bucket* b, TableHeader* newer) const {
+void MapImpl::move_bucket(TableHeader* older, std::uint64_t i, TableHeader* newer) const {
+  const BucketRef b = bucket(older, i);
   for (;;) {
-    const Cell c = read_cell(*b);
+    const Cell c = read_cell(*b.slot);
     switch (c.state()) {
       case kEmpty:
         // Before the seal CAS: a lookup reading this bucket's fingerprint 0 did so before the
         // seal, so before anything of this run could reach the successor ("Fingerprints").
-        store_fp(fingerprints(older), static_cast<std::uint64_t>(b - buckets(older)), kFpSealing);
-        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
+        store_fp(fingerprints(older), i, kFpSealing);
+        if (cas128(&b.slot->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
         break;
       case kClaimed: {
-        store_key(*b, c.value);
+        store_key(b, c.value);
         // A claim whose claimer died before its fingerprint: write it before the bucket says
         // MOVED, so that a lookup still holding this table's view (a Session) that reaches it
         // goes on to the MOVED state instead of ending its run at a 0 ("Fingerprints").
         std::uint8_t* fps = fingerprints(older);
-        const auto i = static_cast<std::uint64_t>(b - buckets(older));
         if (load_fp(fps, i) == kFpFree) store_fp(fps, i, fingerprint(hash_key(c.value, seed_)));
-        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
+        if (cas128(&b.slot->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
         break;
       }
       case kTomb:
-        help_pending(*b, c);  // the erase that made it is counted before the tag is gone
-        if (cas128(&b->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
+        help_pending(*b.slot, c);  // the erase that made it is counted before the tag is gone
+        if (cas128(&b.slot->value, c.value, c.meta, 0, next_meta(c.meta, kMoved))) return;
         break;
       case kLive: {
-        help_pending(*b, c);
+        help_pending(*b.slot, c);
         const std::uint64_t m = next_meta(c.meta, kFrozen);
-        if (cas128(&b->value, c.value, c.meta, c.value, m)) {
+        if (cas128(&b.slot->value, c.value, c.meta, c.value, m)) {
           copy_frozen(b, Cell{m, c.value}, newer);
           return;
         }
@@ -356,7 +355,6 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
   // A writer's walk (probe, "Fingerprints"): it writes the bytes a claimer left at 0 before
   // it seals the end of the run, so a lookup that stops at such a byte read it before the
   // seal, and so before k can be written in the newer table.
-  Bucket* b = buckets(older);
   std::uint8_t* fps = fingerprints(older);
   const std::uint64_t mask = older->capacity - 1;
   const std::uint64_t h = hash_key(k, seed_);
@@ -369,19 +367,19 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
       ++n;
       continue;
     }
-    Bucket& bk = b[i];
-    const Cell c = read_cell(bk);
+    const BucketRef bk = bucket(older, i);
+    const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
       case kEmpty:
         // Seal the end of k's run: no slow writer can insert k into the older table now.
         store_fp(fps, i, kFpSealing);
-        if (cas128(&bk.value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
+        if (cas128(&bk.slot->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
         continue;
       case kSealed:
         return;
       default: {
         const std::uint64_t key = key_of(bk, c);
-        if (key == k) return move_bucket(older, &bk, newer);
+        if (key == k) return move_bucket(older, i, newer);
         if (f == kFpFree) store_fp(fps, i, fingerprint(hash_key(key, seed_)));
         break;
       }
@@ -411,7 +409,6 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
   const std::uint64_t csize = std::min<std::uint64_t>(kChunk, older->capacity);
   const std::uint64_t nchunks = older->capacity / csize;
   std::uint64_t* bitmap = done_bitmap(older);
-  Bucket* ob = buckets(older);
   // A bulk-loaded replacement counts its entries before it discards the older ones: the size
   // reads high while the discard runs, never low (successors are sized from it).
   if (newer->discard_older != 0) help_bulk(newer);
@@ -448,7 +445,7 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
       continue;
     }
     for (std::uint64_t i = idx * csize; i < (idx + 1) * csize; ++i) {
-      move_bucket(older, &ob[i], newer);
+      move_bucket(older, i, newer);
     }
     // acq_rel: the moves above happen-before whoever sees the bit or the final count.
     if ((word.fetch_or(bit, std::memory_order_acq_rel) & bit) == 0 &&
@@ -559,10 +556,9 @@ void MapImpl::grow_stuck(TableHeader* t) const {
   std::uint64_t to_migrate = room;  // buckets the writers must walk before the chain is one
   for (std::size_t i = 1; i < n; ++i) {
     to_migrate += std::min<std::uint64_t>(chain[i]->capacity, kMaxCapacity);
-    const Bucket* b = buckets(chain[i]);
     std::uint64_t claimed = 0;
     for (std::uint64_t j = 0; j < chain[i]->capacity; ++j) {
-      const std::uint64_t st = state_of(load_acquire(b[j].meta));
+      const std::uint64_t st = state_of(load_acquire(bucket(chain[i], j).slot->meta));
       claimed += st != kEmpty && st != kSealed ? 1 : 0;
     }
     room += std::min<std::uint64_t>(chain[i]->capacity, claimed + claimed / 8 + 64);
@@ -707,7 +703,7 @@ std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
         __builtin_prefetch(&ft.fps[hashes[j] >> ft.shift]);
       }
       for (std::size_t j = 0; j < m; ++j) {
-        if (const Bucket* b = first_candidate(ft, hashes[j])) __builtin_prefetch(b);
+        if (const void* b = first_candidate(ft, hashes[j])) __builtin_prefetch(b);
       }
       for (std::size_t j = 0; j < m; ++j) {
         r[j] = detail::find_fast<false>(ft, keys[base + j], hashes[j], &v[j]);
@@ -824,7 +820,8 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       (void)decide(ctx, std::nullopt);  // nothing to erase or exchange
       return std::nullopt;
     }
-    Bucket& b = *r.bucket;
+    const BucketRef bk = r.bucket;
+    Slot& b = *bk.slot;
     Cell c = r.cell;
     for (;;) {
       std::optional<std::uint64_t> cur;
@@ -835,7 +832,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
         // t is being migrated: help move this bucket, then retry in the successor.
         check_forward(t);
         const std::uint64_t nx = t->newer.load(std::memory_order_acquire);
-        move_bucket(t, &b, table(nx != 0 ? nx : top_table(true)));
+        move_bucket(t, bk.index, table(nx != 0 ? nx : top_table(true)));
         break;
       } else if (s == kMoved || s == kSealed) {
         check_forward(t);
@@ -846,7 +843,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
         if (r.over_limit) maybe_resize(t, false);
         return cur;
       }
-      if (s == kClaimed) store_key(b, k);
+      if (s == kClaimed) store_key(bk, k);
       const bool set = w.kind == WriteIntent::set;
       const std::uint64_t new_value = set ? w.value : 0;
       const std::int64_t delta = set ? (cur ? 0 : 1) : -1;
@@ -901,16 +898,16 @@ void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ct
 
 void MapImpl::walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t),
                    void* ctx) const {
-  Bucket* b = buckets(t);
   // t has no older table: every key has exactly one bucket in it, so each is visited once.
   // A bucket MOVED meanwhile (t got a successor during the walk) is followed by a lookup.
   for (std::uint64_t i = 0; i < t->capacity; ++i) {
-    const Cell c = read_cell(b[i]);
+    const BucketRef b = bucket(t, i);
+    const Cell c = read_cell(*b.slot);
     const std::uint64_t s = c.state();
     if (s == kLive || s == kFrozen) {
-      fn(ctx, load_acquire(b[i].key), c.value);
+      fn(ctx, load_acquire(*b.key), c.value);
     } else if (s == kMoved) {
-      const std::uint64_t k = load_acquire(b[i].key);
+      const std::uint64_t k = load_acquire(*b.key);
       if (const auto v = find(k)) fn(ctx, k, *v);
     }
   }
@@ -1103,21 +1100,23 @@ void MapImpl::bulk_put(std::uint64_t table_off, std::uint64_t k, std::uint64_t v
 namespace {
 // Single-threaded insert into an unpublished table. Nobody else reads or writes it, so plain
 // stores will do (the CAS on current_table in publish_replace() publishes them).
-bool put_private(TableHeader* t, Bucket* b, std::uint8_t* fps, std::uint64_t h, unsigned shift,
+bool put_private(TableHeader* t, char* base, std::uint8_t* fps, std::uint64_t h, unsigned shift,
                  std::uint64_t k, std::uint64_t v) {
   const std::uint64_t mask = t->capacity - 1;
   for (std::uint64_t i = h >> shift, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
-    if (state_of(b[i].meta) == kEmpty) {
-      b[i].key = k;
-      b[i].value = v;
-      b[i].meta = next_meta(b[i].meta, kLive);
+    Slot& b = *reinterpret_cast<Slot*>(base + slot_offset(i));
+    std::uint64_t& key = *reinterpret_cast<std::uint64_t*>(base + key_offset(i));
+    if (state_of(b.meta) == kEmpty) {
+      key = k;
+      b.value = v;
+      b.meta = next_meta(b.meta, kLive);
       fps[i] = fingerprint(h);
       t->used[0].n.store(t->used[0].n.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
       return true;
     }
-    if (b[i].key == k) {
-      b[i].value = v;  // the last value wins
+    if (key == k) {
+      b.value = v;  // the last value wins
       return true;
     }
   }
@@ -1129,7 +1128,7 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
                             const std::pair<std::uint64_t, std::uint64_t>* kv,
                             std::size_t n) const {
   TableHeader* t = table(table_off);
-  Bucket* b = buckets(t);
+  char* const buckets = reinterpret_cast<char*>(t) + kTableHeaderBytes;
   std::uint8_t* fps = fingerprints(t);
   const auto shift = static_cast<unsigned>(64 - t->bits);
   constexpr std::size_t kAhead = 64;
@@ -1138,11 +1137,12 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
     const std::size_t m = std::min(kAhead, n - base);
     for (std::size_t j = 0; j < m; ++j) {
       hashes[j] = hash_key(kv[base + j].first, seed_);
-      __builtin_prefetch(&b[hashes[j] >> shift], 1);
+      __builtin_prefetch(buckets + slot_offset(hashes[j] >> shift), 1);
       __builtin_prefetch(&fps[hashes[j] >> shift], 1);
     }
     for (std::size_t j = 0; j < m; ++j) {
-      if (!put_private(t, b, fps, hashes[j], shift, kv[base + j].first, kv[base + j].second)) {
+      if (!put_private(t, buckets, fps, hashes[j], shift, kv[base + j].first,
+                       kv[base + j].second)) {
         fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
       }
     }
@@ -1170,8 +1170,8 @@ void MapImpl::publish_replace(std::uint64_t built_off) const {
     // migration (help_bulk: recorded like a write, so a loader killed right after the link
     // loses no count); until the old entries are discarded the size reads high, which only
     // makes a successor larger.
-    built->bulk.value = count;
-    built->bulk.meta = next_meta(0, kClaimed);
+    built->bulk.slot.value = count;
+    built->bulk.slot.meta = next_meta(0, kClaimed);
     std::uint64_t linked = 0;
     if (!cur->newer.compare_exchange_strong(linked, built_off, std::memory_order_seq_cst)) {
       continue;  // cur got another successor first: let that migration finish, then retry

@@ -85,21 +85,20 @@ inline void dump_key(const Map& map, std::uint64_t k) {
   const std::size_t n = m.load_chain(m.table(m.top_table(false)), chain);
   for (std::size_t i = 0; i < n; ++i) {
     TableHeader* t = chain[i];
-    Bucket* b = m.buckets(t);
     std::size_t empty = 0;
     std::fprintf(stderr, "  table %zu @%llu cap %llu older %llu newer %llu discard %llu:", i,
                  (unsigned long long)m.offset_of(t), (unsigned long long)t->capacity,
                  (unsigned long long)t->older.load(), (unsigned long long)t->newer.load(),
                  (unsigned long long)t->discard_older);
     for (std::uint64_t j = 0; j < t->capacity; ++j) {
-      const Cell c = read_cell(b[j]);
+      const Cell c = read_cell(*m.bucket(t, j).slot);
       if (c.state() == kEmpty) ++empty;
-      const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(b[j].key);
+      const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(*m.bucket(t, j).key);
       if (c.state() != kEmpty && c.state() != kSealed && key == k) {
         const std::uint64_t h = m.home(k, t);
         std::size_t gaps = 0, seals = 0;
         for (std::uint64_t x = h; x != j; x = (x + 1) & (t->capacity - 1)) {
-          const std::uint64_t st = read_cell(b[x]).state();
+          const std::uint64_t st = read_cell(*m.bucket(t, x).slot).state();
           gaps += st == kEmpty;
           seals += st == kSealed;
         }
@@ -315,7 +314,6 @@ inline bool run_dead_claimer(Map& map, const std::atomic<bool>* stop, std::uint6
       }
       // Now and then a slow claimer: its table may be superseded before it claims.
       if (rng.below(8) == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng.below(300)));
-      Bucket* b = m.buckets(t);
       std::uint8_t* fps = m.fingerprints(t);
       const std::uint64_t mask = t->capacity - 1;
       const std::uint64_t h = hash_key(k, m.seed());
@@ -329,16 +327,18 @@ inline bool run_dead_claimer(Map& map, const std::atomic<bool>* stop, std::uint6
           ++n;
           continue;
         }
-        const Cell c = read_cell(b[i]);
+        const Cell c = read_cell(*m.bucket(t, i).slot);
         if (c.state() == kEmpty) {
-          if (cas128(&b[i].value, c.value, c.meta, k, next_meta(c.meta, kClaimed))) {
+          if (cas128(&m.bucket(t, i).slot->value, c.value, c.meta, k,
+                     next_meta(c.meta, kClaimed))) {
             fp_byte = &fps[i];  // claimed -- and "killed" before the fingerprint
             break;
           }
           continue;
         }
         if (c.state() == kSealed) break;  // superseded: no claim this time
-        const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(b[i].key);
+        const std::uint64_t key =
+            c.state() == kClaimed ? c.value : load_acquire(*m.bucket(t, i).key);
         if (f == kFpFree) {
           std::atomic_ref<std::uint8_t>(fps[i]).store(fingerprint(hash_key(key, m.seed())),
                                                       std::memory_order_release);

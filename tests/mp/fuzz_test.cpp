@@ -89,7 +89,7 @@ Template make_template() {
   for (const std::uint64_t off : t.tables) {
     const auto cap = get<std::uint64_t>(t.bytes, off + offsetof(TableHeader, capacity));
     t.bucket_ranges.emplace_back(off + detail::kTableHeaderBytes,
-                                 off + detail::kTableHeaderBytes + cap * sizeof(detail::Bucket));
+                                 off + detail::kTableHeaderBytes + cap * detail::kBucketBytes);
   }
   return t;
 }

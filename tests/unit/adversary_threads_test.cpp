@@ -310,8 +310,8 @@ TEST(AdversaryProtocol, SealedMiddleTableDoesNotHideTheOldestTable) {
   std::uint64_t k2 = 1;
   while (k2 == k || m.home(k2, small) != m.home(k, small)) ++k2;
   m.settle(small, top, k2);  // what a writer of k2 does before writing k2 in top
-  ASSERT_EQ(read_cell(m.buckets(small)[m.home(k, small)]).state(), kSealed);
-  ASSERT_EQ(read_cell(*m.probe(old, k, false).bucket).state(), kLive) << "k not migrated yet";
+  ASSERT_EQ(read_cell(*m.bucket(small, m.home(k, small)).slot).state(), kSealed);
+  ASSERT_EQ(read_cell(*m.probe(old, k, false).bucket.slot).state(), kLive) << "k not migrated yet";
   EXPECT_EQ(map.find(k), v) << "find hid k, still LIVE in the oldest table";
   std::optional<std::uint64_t> out[1];
   const std::uint64_t keys[1] = {k};

@@ -29,8 +29,8 @@ struct Fixture {
   MapImpl& m = map.impl();
 
   TableHeader* current() const { return m.table(m.header().current_table.load()); }
-  std::uint64_t index_of(TableHeader* t, const Bucket* b) const {
-    return static_cast<std::uint64_t>(b - m.buckets(t));
+  std::uint64_t state(TableHeader* t, std::uint64_t i) const {
+    return state_of(m.bucket(t, i).slot->meta);
   }
   std::uint8_t fp(TableHeader* t, std::uint64_t i) const { return m.fingerprints(t)[i]; }
   /// n keys (other than `avoid`) whose home in t is `home`.
@@ -46,11 +46,11 @@ struct Fixture {
   /// its fingerprint still 0. Returns the bucket's index.
   std::uint64_t dead_claim(TableHeader* t, std::uint64_t k) {
     PinGuard pin(m);
-    Bucket* b = m.buckets(t);
     for (std::uint64_t i = m.home(k, t);; i = (i + 1) & (t->capacity - 1)) {
-      const Cell c = read_cell(b[i]);
+      const Cell c = read_cell(*m.bucket(t, i).slot);
       if (c.state() != kEmpty) continue;
-      EXPECT_TRUE(cas128(&b[i].value, c.value, c.meta, k, next_meta(c.meta, kClaimed)));
+      EXPECT_TRUE(
+          cas128(&m.bucket(t, i).slot->value, c.value, c.meta, k, next_meta(c.meta, kClaimed)));
       EXPECT_EQ(fp(t, i), kFpFree);
       return i;
     }
@@ -125,7 +125,7 @@ TEST(Fingerprints, SettleWritesFingerprintsBeforeItSealsTheRun) {
   f.m.maybe_resize(old, false, true);
   ASSERT_NE(f.current(), old);
   f.map.insert(k, 7);  // settles k in old (seals its run's end), then writes the successor
-  ASSERT_EQ(state_of(f.m.buckets(old)[z].meta), kClaimed) << "moved, not settled";
+  ASSERT_EQ(f.state(old, z), kClaimed) << "moved, not settled";
   EXPECT_EQ(f.fp(old, z), fingerprint(hash_key(keys[0], f.m.seed())));
   EXPECT_EQ(f.fp(old, z + 1), kFpSealing);
   EXPECT_NE(f.fast(stale, k, &v), Fast::miss) << "the stale view misses a key in the map";
@@ -149,7 +149,7 @@ TEST(Fingerprints, MigrationWritesTheFingerprintOfADeadClaimItMoves) {
   PinGuard pin(f.m);
   f.m.maybe_resize(old, false, true);
   f.map.insert(k, 7);  // migrates the whole table (one chunk) first
-  ASSERT_EQ(state_of(f.m.buckets(old)[z].meta), kMoved);
+  ASSERT_EQ(f.state(old, z), kMoved);
   EXPECT_EQ(f.fp(old, z), fingerprint(hash_key(keys[0], f.m.seed())));
   std::uint64_t v = 0;
   EXPECT_NE(f.fast(stale, k, &v), Fast::miss) << "the stale view misses a key in the map";
@@ -170,7 +170,7 @@ TEST(Fingerprints, MigrationMarksTheBucketsItSeals) {
   f.m.maybe_resize(old, false, true);
   f.m.finish_migration();
   for (std::uint64_t i = 0; i < old->capacity; ++i) {
-    ASSERT_EQ(state_of(f.m.buckets(old)[i].meta), kSealed);
+    ASSERT_EQ(f.state(old, i), kSealed);
     EXPECT_EQ(f.fp(old, i), kFpSealing) << "bucket " << i;
   }
   f.map.insert(3, 4);
@@ -206,7 +206,7 @@ TEST(Fingerprints, CheckReportsADamagedFingerprint) {
   TableHeader* t = f.current();
   const ProbeResult r = f.m.probe(t, 11, false);
   ASSERT_EQ(r.kind, Probe::found);
-  const std::uint64_t i = f.index_of(t, r.bucket);
+  const std::uint64_t i = r.bucket.index;
   std::uint8_t& byte = f.m.fingerprints(t)[i];
   byte = static_cast<std::uint8_t>(byte == 200 ? 201 : 200);
   const CheckReport rep = f.map.check();
@@ -223,17 +223,17 @@ TEST(Fingerprints, CheckReportsADamagedFingerprint) {
 // stops. Returns the bucket's index, or nothing if the run ended SEALED or the table is full.
 std::optional<std::uint64_t> killed_claim(MapImpl& m, TableHeader* t, std::uint64_t k) {
   PinGuard pin(m);
-  Bucket* b = m.buckets(t);
   std::uint8_t* fps = m.fingerprints(t);
   const std::uint64_t mask = t->capacity - 1;
   for (std::uint64_t i = m.home(k, t), n = 0; n <= mask; i = (i + 1) & mask, ++n) {
-    const Cell c = read_cell(b[i]);
+    const Cell c = read_cell(*m.bucket(t, i).slot);
     if (c.state() == kEmpty) {
-      if (!cas128(&b[i].value, c.value, c.meta, k, next_meta(c.meta, kClaimed))) return {};
+      if (!cas128(&m.bucket(t, i).slot->value, c.value, c.meta, k, next_meta(c.meta, kClaimed)))
+        return {};
       return i;
     }
     if (c.state() == kSealed) return {};
-    const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(b[i].key);
+    const std::uint64_t key = c.state() == kClaimed ? c.value : load_acquire(*m.bucket(t, i).key);
     if (fps[i] == kFpFree) fps[i] = fingerprint(hash_key(key, m.seed()));
   }
   return {};

@@ -14,10 +14,11 @@ namespace {
 
 TEST(Layout, TableBytesCoverHeaderBucketsAndBitmap) {
   EXPECT_EQ(table_bytes(8), kPage);
-  // 1024 buckets * 32 B = 32 KiB, + 2 KiB header + bitmap words, rounded to pages.
-  EXPECT_EQ(table_bytes(1024), 9 * kPage);
+  // 1024 buckets * 24 B = 24 KiB, + 1 KiB of fingerprints + 2 KiB header + bitmap words,
+  // rounded to pages.
+  EXPECT_EQ(table_bytes(1024), 7 * kPage);
   const std::size_t big = table_bytes(std::size_t{1} << 21);
-  EXPECT_GE(big, kTableHeaderBytes + (std::size_t{1} << 21) * sizeof(Bucket) +
+  EXPECT_GE(big, kTableHeaderBytes + (std::size_t{1} << 21) * kBucketBytes +
                      ((std::size_t{1} << 21) / kChunk) / 8);
   EXPECT_EQ(big % kPage, 0u);
 }

@@ -29,16 +29,15 @@ struct Fixture {
     EXPECT_EQ(now->older.load(), m.offset_of(old));
     return {old, now};
   }
-  Bucket* bucket_of(TableHeader* t, std::uint64_t k) {
+  BucketRef bucket_of(TableHeader* t, std::uint64_t k) {
     const ProbeResult r = m.probe(t, k, false);
-    return r.kind == Probe::found ? r.bucket : nullptr;
+    return r.kind == Probe::found ? r.bucket : BucketRef{};
   }
   /// The bucket that ends k's probe run (the first EMPTY or SEALED one).
-  Bucket* run_end(TableHeader* t, std::uint64_t k) {
-    Bucket* b = m.buckets(t);
+  BucketRef run_end(TableHeader* t, std::uint64_t k) {
     for (std::uint64_t i = m.home(k, t);; i = (i + 1) & (t->capacity - 1)) {
-      const auto s = read_cell(b[i]).state();
-      if (s == kEmpty || s == kSealed) return &b[i];
+      const auto s = read_cell(*m.bucket(t, i).slot).state();
+      if (s == kEmpty || s == kSealed) return m.bucket(t, i);
     }
   }
 };
@@ -55,7 +54,7 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
   const std::uint64_t k = 12345, v = 777;
   for (std::uint64_t i = 0; i < 20; ++i) f.map.insert(1000 + i, i);  // some neighbours
   TableHeader* t = f.current();
-  Bucket* b = nullptr;
+  BucketRef b;
   switch (GetParam()) {
     case Start::empty:
       b = f.run_end(t, k);
@@ -73,12 +72,12 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
       b = f.bucket_of(t, k);
       break;
   }
-  ASSERT_NE(b, nullptr);
-  const Cell before = read_cell(*b);
+  ASSERT_TRUE(b);
+  const Cell before = read_cell(*b.slot);
   auto [old, now] = f.start_migration();
   ASSERT_EQ(old, t);
   f.m.settle(old, now, k);
-  const Cell after = read_cell(*b);
+  const Cell after = read_cell(*b.slot);
   const std::uint64_t expect_state = GetParam() == Start::empty ? kSealed : kMoved;
   EXPECT_EQ(after.state(), expect_state);
   EXPECT_GT(version_of(after.meta), version_of(before.meta))
@@ -86,8 +85,8 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
   // The slow writer: claim (for EMPTY) or value write (others), expecting the old content.
   const std::uint64_t want_meta =
       next_meta(before.meta, before.state() == kEmpty ? kClaimed : kLive);
-  EXPECT_FALSE(cas128(&b->value, before.value, before.meta, 999, want_meta));
-  EXPECT_EQ(read_cell(*b).meta, after.meta);
+  EXPECT_FALSE(cas128(&b.slot->value, before.value, before.meta, 999, want_meta));
+  EXPECT_EQ(read_cell(*b.slot).meta, after.meta);
   // The successor is authoritative now.
   if (GetParam() == Start::live) {
     EXPECT_EQ(f.map.find(k), v);
@@ -98,9 +97,9 @@ TEST_P(OlderBucket, MigrationSealsAndSlowWriterLoses) {
     EXPECT_FALSE(f.map.find(k));
   }
   // A second move of the same bucket changes nothing.
-  const Cell again = read_cell(*b);
-  f.m.move_bucket(old, b, now);
-  EXPECT_EQ(read_cell(*b).meta, again.meta);
+  const Cell again = read_cell(*b.slot);
+  f.m.move_bucket(old, b.index, now);
+  EXPECT_EQ(read_cell(*b.slot).meta, again.meta);
 }
 
 INSTANTIATE_TEST_SUITE_P(States, OlderBucket,
@@ -111,17 +110,18 @@ TEST(Protocol, LiveBucketIsFrozenBeforeCopy) {
   PinGuard pin(f.m);
   f.map.insert(5, 50);
   TableHeader* t = f.current();
-  Bucket* b = f.bucket_of(t, 5);
-  const Cell live = read_cell(*b);
+  const BucketRef b = f.bucket_of(t, 5);
+  const Cell live = read_cell(*b.slot);
   auto [old, now] = f.start_migration();
   // Freeze by hand, as a mover does first: writers' CAS on LIVE now fails...
-  ASSERT_TRUE(cas128(&b->value, live.value, live.meta, live.value, next_meta(live.meta, kFrozen)));
-  EXPECT_FALSE(cas128(&b->value, live.value, live.meta, 51, next_meta(live.meta, kLive)));
+  ASSERT_TRUE(
+      cas128(&b.slot->value, live.value, live.meta, live.value, next_meta(live.meta, kFrozen)));
+  EXPECT_FALSE(cas128(&b.slot->value, live.value, live.meta, 51, next_meta(live.meta, kLive)));
   // ...readers still see the frozen value...
   EXPECT_EQ(f.map.find(5), 50u);
   // ...and a writer helps finish the move, then writes in the successor.
   EXPECT_FALSE(f.map.insert_or_assign(5, 52));
-  EXPECT_EQ(read_cell(*b).state(), kMoved);
+  EXPECT_EQ(read_cell(*b.slot).state(), kMoved);
   EXPECT_EQ(f.map.find(5), 52u);
   (void)now;
 }
@@ -131,11 +131,11 @@ TEST(Protocol, StaleCopyNeverOverwritesANewerValue) {
   PinGuard pin(f.m);
   f.map.insert(9, 90);
   TableHeader* t = f.current();
-  Bucket* b = f.bucket_of(t, 9);
-  const Cell live = read_cell(*b);
+  const BucketRef b = f.bucket_of(t, 9);
+  const Cell live = read_cell(*b.slot);
   auto [old, now] = f.start_migration();
-  f.m.move_bucket(old, b, now);   // copied 90 and sealed
-  f.map.insert_or_assign(9, 91);  // a writer updates the successor
+  f.m.move_bucket(old, b.index, now);  // copied 90 and sealed
+  f.map.insert_or_assign(9, 91);       // a writer updates the successor
   // A slow mover that froze 90 earlier now performs its copy and its final CAS.
   const Cell stale_frozen{next_meta(live.meta, kFrozen), 90};
   f.m.copy_frozen(b, stale_frozen, now);
@@ -153,12 +153,12 @@ TEST(Protocol, SlowInsertIntoOlderTableLosesToSeal) {
   PinGuard pin(f.m);
   TableHeader* t = f.current();
   const std::uint64_t k = 4242;
-  Bucket* slot = f.run_end(t, k);
-  const Cell seen = read_cell(*slot);
+  const BucketRef slot = f.run_end(t, k);
+  const Cell seen = read_cell(*slot.slot);
   ASSERT_EQ(seen.state(), kEmpty);
   f.start_migration();
   EXPECT_TRUE(f.map.insert(k, 1));  // fast writer, in the successor
-  EXPECT_FALSE(cas128(&slot->value, seen.value, seen.meta, k, next_meta(seen.meta, kClaimed)));
+  EXPECT_FALSE(cas128(&slot.slot->value, seen.value, seen.meta, k, next_meta(seen.meta, kClaimed)));
   // Retrying through the map finds k present.
   EXPECT_FALSE(f.map.insert(k, 2));
   EXPECT_EQ(f.map.find(k), 1u);
@@ -173,9 +173,9 @@ TEST(Protocol, ReaderLooksInOlderTableUntilMoved) {
   for (std::uint64_t i = 0; i < 40; ++i) EXPECT_EQ(f.map.find(i), i + 100);
   EXPECT_FALSE(f.map.find(999));
   // A key claimed in the successor but not written (a copy in flight) is still found.
-  Bucket* b = f.bucket_of(old, 3);
-  const Cell c = read_cell(*b);
-  ASSERT_TRUE(cas128(&b->value, c.value, c.meta, c.value, next_meta(c.meta, kFrozen)));
+  const BucketRef b = f.bucket_of(old, 3);
+  const Cell c = read_cell(*b.slot);
+  ASSERT_TRUE(cas128(&b.slot->value, c.value, c.meta, c.value, next_meta(c.meta, kFrozen)));
   f.m.probe(now, 3, true);
   EXPECT_EQ(f.map.find(3), 103u);
 }
@@ -186,7 +186,7 @@ TEST(Protocol, FindManyLooksInOlderTableUntilMoved) {
   ASSERT_TRUE(f.map.erase(5));  // a tombstone, moved below
   auto [old, now] = f.start_migration();
   // Half moved, half still in the older table (no write: a write would finish the migration).
-  for (std::uint64_t i = 0; i < 20; ++i) f.m.move_bucket(old, f.bucket_of(old, i), now);
+  for (std::uint64_t i = 0; i < 20; ++i) f.m.move_bucket(old, f.bucket_of(old, i).index, now);
   ASSERT_NE(now->older.load(), 0u) << "the migration must still be under way";
   std::vector<std::uint64_t> keys;
   for (std::uint64_t i = 0; i < 41; ++i) keys.push_back(i == 40 ? 999 : i);
@@ -338,7 +338,7 @@ TEST(Protocol, ChainOfThreeAnswersFromEveryTable) {
   // A copy out of the oldest table no longer fits in the small one: it lands in the top.
   f.m.settle(old, small, 20);
   EXPECT_EQ(f.map.find(20), 120u);
-  EXPECT_NE(f.bucket_of(top, 20), nullptr);
+  EXPECT_TRUE(f.bucket_of(top, 20));
   EXPECT_TRUE(f.map.erase(21));
   EXPECT_FALSE(f.map.find(21));
   EXPECT_EQ(f.map.fetch_add(22, 1), 122u);
@@ -411,8 +411,7 @@ TEST(Protocol, FinisherKilledBeforeUnlinkDelaysNobody) {
     PinGuard pin(f.m);
     auto [old, now] = f.start_migration();
     const std::uint64_t nchunks = old->capacity / kChunk;
-    Bucket* ob = f.m.buckets(old);
-    for (std::uint64_t i = 0; i < old->capacity; ++i) f.m.move_bucket(old, &ob[i], now);
+    for (std::uint64_t i = 0; i < old->capacity; ++i) f.m.move_bucket(old, i, now);
     for (std::uint64_t c = 0; c < nchunks; ++c) {
       std::atomic_ref<std::uint64_t>(f.m.done_bitmap(old)[c / 64]).fetch_or(1ULL << (c % 64));
     }
@@ -440,8 +439,8 @@ CrashedErase erase_without_count(Map& m, std::uint64_t k) {
   const std::size_t tn = thread_number();
   Lane& lane = mi.lane_of(tn);
   const std::uint64_t meta = next_meta(r.cell.meta, kTomb, mi.my_tag(tn));
-  const std::uint64_t seq = MapImpl::write_record(lane, mi.offset_of(r.bucket), meta, 0);
-  EXPECT_TRUE(cas128(&r.bucket->value, r.cell.value, r.cell.meta, 0, meta));
+  const std::uint64_t seq = MapImpl::write_record(lane, mi.offset_of(r.bucket.slot), meta, 0);
+  EXPECT_TRUE(cas128(&r.bucket.slot->value, r.cell.value, r.cell.meta, 0, meta));
   return {&lane, seq};
 }
 

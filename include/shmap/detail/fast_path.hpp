@@ -34,7 +34,7 @@ inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
 
 /// What the fast path needs of one table, read once under a pin.
 struct FastView {
-  const Bucket* buckets = nullptr;
+  const char* buckets = nullptr;      // bucket i: slot_offset(i), key_offset(i) (layout.hpp)
   const std::uint8_t* fps = nullptr;  // fingerprints: one byte per bucket (layout.hpp)
   std::uint64_t mask = 0;
   std::uint64_t older = 0;
@@ -77,7 +77,7 @@ template <bool kPrefetchHome = true>
 [[gnu::always_inline]] inline Fast find_fast(const FastView& ft, std::uint64_t k,
                                              std::uint64_t hash, std::uint64_t* out) noexcept {
   const std::uint64_t home = hash >> ft.shift;
-  if constexpr (kPrefetchHome) __builtin_prefetch(&ft.buckets[home]);
+  if constexpr (kPrefetchHome) __builtin_prefetch(ft.buckets + slot_offset(home));
   const __m128i want = _mm_set1_epi8(static_cast<char>(fingerprint(hash)));
   const __m128i zero = _mm_setzero_si128();
   const __m128i sealing = _mm_set1_epi8(static_cast<char>(kFpSealing));
@@ -98,12 +98,14 @@ template <bool kPrefetchHome = true>
     unsigned match =
         static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, want))) & live & before;
     while (match != 0) {
-      const Bucket& b = ft.buckets[group + static_cast<unsigned>(__builtin_ctz(match))];
+      const std::uint64_t i = group + static_cast<unsigned>(__builtin_ctz(match));
       match &= match - 1;
+      const Slot& b = *reinterpret_cast<const Slot*>(ft.buckets + slot_offset(i));
+      const auto& key = *reinterpret_cast<const std::uint64_t*>(ft.buckets + key_offset(i));
       const std::uint64_t m1 = load_acquire(b.meta);
       const std::uint64_t s = state_of(m1);
       if (s == kLive) {
-        if (load_acquire(b.key) != k) continue;
+        if (load_acquire(key) != k) continue;
         const std::uint64_t v = load_acquire(b.value);
         // Same meta (state and version) after the value load: v belongs to LIVE k.
         if (std::atomic_ref<const std::uint64_t>(b.meta).load(std::memory_order_relaxed) != m1) {
@@ -113,7 +115,7 @@ template <bool kPrefetchHome = true>
         return Fast::hit;
       }
       if (s == kTomb) {
-        if (load_acquire(b.key) != k) continue;
+        if (load_acquire(key) != k) continue;
         return Fast::miss;  // erased: the current table is authoritative for any key it decided
       }
       return Fast::slow;  // claimed but unwritten, or a migration state
@@ -128,8 +130,8 @@ template <bool kPrefetchHome = true>
 /// For batches (find_many): the bucket a lookup of `hash` will read first -- the first
 /// bucket of its run, within its home group, whose fingerprint is the key's -- or nullptr if
 /// that group decides without a bucket (no match before the run ends) or cannot say.
-[[gnu::always_inline]] inline const Bucket* first_candidate(const FastView& ft,
-                                                            std::uint64_t hash) noexcept {
+[[gnu::always_inline]] inline const void* first_candidate(const FastView& ft,
+                                                          std::uint64_t hash) noexcept {
   const std::uint64_t home = hash >> ft.shift;
   const unsigned valid = ft.mask >= 15 ? 0xffffu : (1u << (ft.mask + 1)) - 1;
   const std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
@@ -141,7 +143,8 @@ template <bool kPrefetchHome = true>
   const unsigned match = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(
                              g, _mm_set1_epi8(static_cast<char>(fingerprint(hash)))))) &
                          live & before;
-  return match != 0 ? &ft.buckets[group + static_cast<unsigned>(__builtin_ctz(match))] : nullptr;
+  return match != 0 ? ft.buckets + slot_offset(group + static_cast<unsigned>(__builtin_ctz(match)))
+                    : nullptr;
 }
 
 // std::optional<uint64_t> as libstdc++ lays it out: the value, then the engaged flag. GCC 12

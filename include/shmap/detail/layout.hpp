@@ -39,12 +39,15 @@
 //   +0      TableHeader: capacity, bits, older (offset of the table it replaces), migration
 //           cursor and done count, newer (the table it migrates into, once linked), retire
 //           epoch and retired-stack link, 16 striped "used" counters, each on its own line
-//   +2048   Bucket[capacity], 32 bytes each:
-//             +0  value   u64 ┐ updated together by one 16-byte CAS (cmpxchg16b)
-//             +8  meta    u64 ┘ bits 0-7 state, 8-23 writer tag, 24-63 version (+1 per change)
-//             +16 key     u64   written once, before the bucket leaves state CLAIMED
-//             +24 reserved
-//   +2048 + 32 * capacity   fingerprints: one byte per bucket (fp_bytes(capacity) bytes, at
+//   +2048   buckets, 24 bytes each, in pairs of 48 bytes (bucket 2p and 2p + 1 at +48p):
+//             +0  value0  u64 ┐ bucket 2p's Slot: updated together by one 16-byte CAS
+//             +8  meta0   u64 ┘ (cmpxchg16b); bits 0-7 state, 8-23 writer tag, 24-63 version
+//             +16 key0    u64   written once, before the bucket leaves state CLAIMED
+//             +24 key1    u64   bucket 2p + 1's key
+//             +32 value1  u64 ┐ bucket 2p + 1's Slot (16-byte aligned, as the CAS needs)
+//             +40 meta1   u64 ┘
+//           so each bucket's 24 bytes are contiguous (6 of every 8 lie within one cache line)
+//   +2048 + 24 * capacity   fingerprints: one byte per bucket (fp_bytes(capacity) bytes, at
 //                           least 16), read 16 at a time with SSE2 (see "Fingerprints" below)
 //   ... + fp_bytes          done bitmap: one bit per 64-bucket chunk of this table, set as
 //                           the chunk is migrated into the successor
@@ -97,7 +100,7 @@
 namespace shmap::detail {
 
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
-/// 2: fingerprints beside the buckets (Table v2). A format-1 segment is refused.
+/// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). Format 1 is refused.
 inline constexpr std::uint32_t kFormatVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
@@ -142,17 +145,41 @@ constexpr std::uint64_t next_meta(std::uint64_t meta, std::uint64_t state, std::
 }
 inline constexpr std::size_t kMaxHandles = 4095;  // so that every tag fits in 16 bits
 
-struct alignas(32) Bucket {
-  std::uint64_t value;  // with meta: the 16-byte CAS unit
+/// A bucket's {value, meta}: the 16-byte CAS unit.
+struct alignas(16) Slot {
+  std::uint64_t value;
   std::uint64_t meta;
+};
+static_assert(sizeof(Slot) == 16 && alignof(Slot) == 16,
+              "value+meta must be 16-byte aligned for cmpxchg16b");
+static_assert(offsetof(Slot, value) == 0 && offsetof(Slot, meta) == 8,
+              "value and meta form one 16-byte CAS unit, value first (low half)");
+/// Two buckets: [value0 meta0 key0 | key1 value1 meta1] (see "Table Layout" above).
+struct alignas(16) BucketPair {
+  Slot slot0;
+  std::uint64_t key0;
+  std::uint64_t key1;
+  Slot slot1;
+};
+static_assert(sizeof(BucketPair) == 48, "24 bytes per bucket; the arena math assumes it");
+static_assert(offsetof(BucketPair, key0) == 16 && offsetof(BucketPair, key1) == 24 &&
+                  offsetof(BucketPair, slot1) == 32,
+              "each bucket's slot and key contiguous, both slots 16-byte aligned");
+inline constexpr std::size_t kBucketBytes = sizeof(BucketPair) / 2;
+/// Byte offsets of bucket i's slot and key from the start of the buckets.
+constexpr std::uint64_t slot_offset(std::uint64_t i) { return 48 * (i >> 1) + 32 * (i & 1); }
+constexpr std::uint64_t key_offset(std::uint64_t i) { return 48 * (i >> 1) + 16 + 8 * (i & 1); }
+static_assert(slot_offset(1) == offsetof(BucketPair, slot1) && key_offset(1) == 24 &&
+              slot_offset(2) == 48 && key_offset(2) == 64);
+
+/// A table header's bulk cell (see TableHeader::bulk): a slot and two more words.
+struct alignas(32) BulkCell {
+  Slot slot;
   std::uint64_t key;
   std::uint64_t reserved;
 };
-static_assert(sizeof(Bucket) == 32, "two buckets per cache line; the arena math assumes 32");
-static_assert(alignof(Bucket) == 32, "value+meta must be 16-byte aligned for cmpxchg16b");
-static_assert(offsetof(Bucket, value) == 0 && offsetof(Bucket, meta) == 8,
-              "value and meta form one 16-byte CAS unit, value first (low half)");
-static_assert(offsetof(Bucket, key) == 16, "key follows the CAS unit");
+static_assert(sizeof(BulkCell) == 32 && offsetof(BulkCell, key) == 16,
+              "the layout of format 1's 32-byte bucket, which the header kept");
 
 struct alignas(kCacheLine) PaddedCounter {
   std::atomic<std::uint64_t> n;
@@ -185,7 +212,7 @@ struct TableHeader {
   // never linked and whose creator is gone is known to be leaked; its `reserved` word is the
   // table's full flag (1 once a claiming probe found no EMPTY bucket: buckets never become
   // EMPTY again, so it is never cleared).
-  Bucket bulk;
+  BulkCell bulk;
   PaddedCounter used[kStripes];  // claimed buckets, striped by lane to avoid one hot line
 };
 static_assert(offsetof(TableHeader, older) == 64, "migration fields on their own line");
@@ -195,7 +222,7 @@ static_assert(offsetof(TableHeader, newer) == 88,
               "newer was a reserved word (0) in format 1: maps made before it still open");
 static_assert(sizeof(TableHeader) == 128 + kStripes * kCacheLine, "table header layout pinned");
 static_assert(sizeof(TableHeader) <= kTableHeaderBytes, "header fits before the buckets");
-static_assert(kTableHeaderBytes % alignof(Bucket) == 0, "buckets start aligned");
+static_assert(kTableHeaderBytes % alignof(BucketPair) == 0, "buckets start aligned");
 
 struct alignas(kCacheLine) SlotOwner {
   // owner: 0 = free, else pid (low 32 bits) | claim nonce (high 32 bits). CAS to claim/free.
@@ -334,12 +361,12 @@ std::uint64_t layout_signature() noexcept;
 /// Capacities above kMaxCapacity cannot fit in any segment (max_bytes <= 2^46): table_bytes()
 /// saturates there instead of wrapping, so a capacity read from damaged memory (or computed from
 /// a damaged size count) is an allocation that fails, never a small extent used as a big table.
-inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 41;
+inline constexpr std::size_t kMaxCapacity = std::size_t{1} << 42;
 inline constexpr std::size_t table_bytes(std::size_t capacity) {
   if (capacity > kMaxCapacity) return SIZE_MAX / 2;
   const std::size_t bitmap_words = (capacity / kChunk + 63) / 64 + 1;
   const std::size_t raw =
-      kTableHeaderBytes + capacity * sizeof(Bucket) + fp_bytes(capacity) + bitmap_words * 8;
+      kTableHeaderBytes + capacity * kBucketBytes + fp_bytes(capacity) + bitmap_words * 8;
   return (raw + kPage - 1) / kPage * kPage;
 }
 static_assert(table_bytes(8) == kPage, "a minimal table is one page");

@@ -85,7 +85,7 @@ struct Cell {
 
 /// Seqlock-style read: the version in meta changes on every transition, so equal metas around
 /// the value load mean the value belongs to that meta.
-inline Cell read_cell(const Bucket& b) noexcept {
+inline Cell read_cell(const Slot& b) noexcept {
   for (;;) {
     const std::uint64_t m1 = load_acquire(b.meta);
     const std::uint64_t v = load_acquire(b.value);
@@ -96,14 +96,22 @@ inline Cell read_cell(const Bucket& b) noexcept {
   }
 }
 
+/// One bucket of a table: its slot ({value, meta}) and its key word (layout.hpp).
+struct BucketRef {
+  Slot* slot = nullptr;
+  std::uint64_t* key = nullptr;
+  std::uint64_t index = 0;  // in its table
+  explicit operator bool() const { return slot != nullptr; }
+};
+
 /// Outcome of looking a key up in one table.
 enum class Probe { found, absent, sealed, full };
 struct ProbeResult {
   Probe kind;
-  Bucket* bucket = nullptr;  // the key's bucket, for Probe::found
-  Cell cell{};               // its content when probed
-  bool claimed = false;      // this probe claimed the bucket (a new key in this table)
-  bool over_limit = false;   // ... and the table passed its load limit with it
+  BucketRef bucket{};       // the key's bucket, for Probe::found
+  Cell cell{};              // its content when probed
+  bool claimed = false;     // this probe claimed the bucket (a new key in this table)
+  bool over_limit = false;  // ... and the table passed its load limit with it
 };
 
 /// What a write wants to do with the current value of its key.
@@ -147,17 +155,21 @@ class MapImpl {
   /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
   /// nullptr where table() would throw.
   TableHeader* table_or_null(std::uint64_t offset) const noexcept;
-  /// True if a bucket could live at `offset` (32-byte aligned, in the arena, inside the object),
-  /// and it is mapped here. For offsets read from shared memory (a lane's pending record).
+  /// True if a bucket's slot could live at `offset` (16-byte aligned, in the arena, inside the
+  /// object), and it is mapped here. For offsets read from shared memory (a lane's pending
+  /// record).
   bool valid_bucket_offset(std::uint64_t offset) const noexcept;
   /// Handle slots, as validated and copied at open; never re-read from the header.
   std::size_t max_handles() const { return max_handles_; }
-  Bucket* buckets(TableHeader* t) const {
-    return reinterpret_cast<Bucket*>(reinterpret_cast<char*>(t) + kTableHeaderBytes);
+  /// Bucket i of t (i < capacity), as pointers to its slot and its key (layout.hpp).
+  BucketRef bucket(TableHeader* t, std::uint64_t i) const {
+    char* base = reinterpret_cast<char*>(t) + kTableHeaderBytes;
+    return {reinterpret_cast<Slot*>(base + slot_offset(i)),
+            reinterpret_cast<std::uint64_t*>(base + key_offset(i)), i};
   }
   /// One fingerprint byte per bucket (layout.hpp, "Fingerprints").
   std::uint8_t* fingerprints(TableHeader* t) const {
-    return reinterpret_cast<std::uint8_t*>(t) + kTableHeaderBytes + t->capacity * sizeof(Bucket);
+    return reinterpret_cast<std::uint8_t*>(t) + kTableHeaderBytes + t->capacity * kBucketBytes;
   }
   /// One bit per chunk of t, set when the chunk has been moved into t's successor.
   std::uint64_t* done_bitmap(TableHeader* t) const {
@@ -364,14 +376,13 @@ class MapImpl {
         std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
     // Buckets and fingerprints (fp_bytes(cap) <= cap + 16) inside the mapping.
     const std::uint64_t room = mapped - t_off - kTableHeaderBytes;
-    if (bits - 3 > 38 || (std::uint64_t{1} << bits) != cap || room < 16 ||
-        cap > (room - 16) / (sizeof(Bucket) + 1)) {
+    if (bits - 3 > 39 || (std::uint64_t{1} << bits) != cap || room < 16 ||
+        cap > (room - 16) / (kBucketBytes + 1)) {
       return false;
     }
     ft->older = t->older.load(std::memory_order_seq_cst);
-    ft->buckets =
-        reinterpret_cast<const Bucket*>(reinterpret_cast<const char*>(t) + kTableHeaderBytes);
-    ft->fps = reinterpret_cast<const std::uint8_t*>(ft->buckets + cap);
+    ft->buckets = reinterpret_cast<const char*>(t) + kTableHeaderBytes;
+    ft->fps = reinterpret_cast<const std::uint8_t*>(ft->buckets + cap * kBucketBytes);
     ft->current = &header().current_table;
     ft->table = t_off;
     ft->mask = cap - 1;
@@ -449,7 +460,13 @@ class MapImpl {
   /// inside this process's mapping. Indexing uses these copies only.
   struct RoView {
     const TableHeader* header;
-    const Bucket* buckets;
+    const char* buckets;  // bucket i: slot at + slot_offset(i), key at + key_offset(i)
+    const Slot& slot(std::uint64_t i) const {
+      return *reinterpret_cast<const Slot*>(buckets + slot_offset(i));
+    }
+    const std::uint64_t& key(std::uint64_t i) const {
+      return *reinterpret_cast<const std::uint64_t*>(buckets + key_offset(i));
+    }
     std::uint64_t mask;
     unsigned shift;
     std::uint64_t older;
@@ -502,8 +519,8 @@ class MapImpl {
   ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim) const {
     return probe(t, k, claim, claim);
   }
-  /// Moves one bucket of `older` into `newer` (freeze, copy, mark MOVED); idempotent.
-  void move_bucket(TableHeader* older, Bucket* b, TableHeader* newer) const;
+  /// Moves bucket i of `older` into `newer` (freeze, copy, mark MOVED); idempotent.
+  void move_bucket(TableHeader* older, std::uint64_t i, TableHeader* newer) const;
   /// Makes `newer` authoritative for k: moves k's bucket in `older`, or seals its probe run.
   void settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const;
   /// Migrates up to `chunks` chunks of newer->older; returns true once migration is complete.
@@ -511,11 +528,11 @@ class MapImpl {
   bool help_migrate(TableHeader* newer, std::size_t chunks, std::size_t depth = 0) const;
   bool note_claim(TableHeader* t) const;
   std::uint64_t used_buckets(const TableHeader* t) const;
-  void copy_frozen(Bucket* b, Cell c, TableHeader* newer) const;
+  void copy_frozen(BucketRef b, Cell c, TableHeader* newer) const;
   /// A size-changing CAS of b from c to {value, state}, recorded in this thread's lane first
   /// (as a write is), so that `delta` is added to the size exactly once even if this process
   /// dies between the CAS and the count. Returns whether the CAS landed.
-  bool counted_cas(Bucket& b, const Cell& c, std::uint64_t value, std::uint64_t state,
+  bool counted_cas(Slot& b, const Cell& c, std::uint64_t value, std::uint64_t state,
                    std::int64_t delta) const;
   /// Adds a bulk-loaded table's entry count to the size, exactly once (TableHeader::bulk).
   void help_bulk(TableHeader* t) const;
@@ -533,7 +550,7 @@ class MapImpl {
   }
   /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
   /// size change if it is still pending (its CAS landed, its count update did not yet).
-  void help_pending(const Bucket& b, const Cell& c) const;
+  void help_pending(const Slot& b, const Cell& c) const;
   /// Test hook: open() calls it right after its first read of the header's mutable fields
   /// (current_table, file_bytes), where another process may grow the segment.
   static inline void (*open_after_first_read_for_test)() = nullptr;
