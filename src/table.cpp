@@ -137,6 +137,43 @@ void store_fp(std::uint8_t* fps, std::uint64_t i, std::uint8_t f) {
 std::uint64_t key_of(const BucketRef& b, const Cell& c) {
   return c.state() == kClaimed ? c.value : load_acquire(*b.key);
 }
+// A key's probe run in a table, as writers walk it: the positions whose bucket may be the
+// key's or may end the run (fingerprint 0, 1 or the key's), skipping the buckets whose
+// fingerprint is another key's (written only after a claim; a bucket's key never changes).
+// At most one pass over the table.
+class RunWalk {
+ public:
+  RunWalk(const std::uint8_t* fps, std::uint64_t hash, std::uint64_t bits)
+      : fps_(fps),
+        mask_((std::uint64_t{1} << bits) - 1),
+        i_(hash >> (64 - bits)),
+        want_(fingerprint(hash)) {}
+  /// The position to read next, and its fingerprint (the same position again until step());
+  /// false once the whole table was walked.
+  bool at(std::uint64_t* pos, std::uint8_t* fp) {
+    for (; n_ <= mask_; step()) {
+      const std::uint8_t f = load_fp(fps_, i_);
+      if (f == want_ || f == kFpFree || f == kFpSealing) {
+        *pos = i_;
+        *fp = f;
+        return true;
+      }
+    }
+    return false;
+  }
+  void step() {
+    i_ = (i_ + 1) & mask_;
+    ++n_;
+  }
+  std::uint8_t want() const { return want_; }
+
+ private:
+  const std::uint8_t* fps_;
+  std::uint64_t mask_;
+  std::uint64_t i_;
+  std::uint64_t n_ = 0;
+  std::uint8_t want_;
+};
 }  // namespace
 
 // Fingerprints
@@ -167,17 +204,11 @@ std::uint64_t key_of(const BucketRef& b, const Cell& c) {
 //   after a claim, so the bucket is claimed, and by another key).
 ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
   std::uint8_t* fps = fingerprints(t);
-  const std::uint64_t mask = t->capacity - 1;
-  const std::uint64_t h = hash_key(k, seed_);
-  const std::uint8_t want = fingerprint(h);
-  std::uint64_t i = h >> (64 - t->bits);
-  for (std::uint64_t n = 0; n <= mask;) {
-    const std::uint8_t f = load_fp(fps, i);
-    if (f != want && f != kFpFree && f != kFpSealing) {  // another key's bucket
-      i = (i + 1) & mask;
-      ++n;
-      continue;
-    }
+  RunWalk run(fps, hash_key(k, seed_), t->bits);
+  const std::uint8_t want = run.want();
+  std::uint64_t i = 0;
+  std::uint8_t f = 0;
+  while (run.at(&i, &f)) {
     const BucketRef bk = bucket(t, i);
     const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
@@ -204,8 +235,7 @@ ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool wri
         break;
       }
     }
-    i = (i + 1) & mask;
-    ++n;
+    run.step();
   }
   return {Probe::full};
 }
@@ -356,17 +386,10 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
   // it seals the end of the run, so a lookup that stops at such a byte read it before the
   // seal, and so before k can be written in the newer table.
   std::uint8_t* fps = fingerprints(older);
-  const std::uint64_t mask = older->capacity - 1;
-  const std::uint64_t h = hash_key(k, seed_);
-  const std::uint8_t want = fingerprint(h);
-  std::uint64_t i = h >> (64 - older->bits);
-  for (std::uint64_t n = 0; n <= mask;) {
-    const std::uint8_t f = load_fp(fps, i);
-    if (f != want && f != kFpFree && f != kFpSealing) {  // another key's bucket
-      i = (i + 1) & mask;
-      ++n;
-      continue;
-    }
+  RunWalk run(fps, hash_key(k, seed_), older->bits);
+  std::uint64_t i = 0;
+  std::uint8_t f = 0;
+  while (run.at(&i, &f)) {
     const BucketRef bk = bucket(older, i);
     const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
@@ -384,8 +407,7 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
         break;
       }
     }
-    i = (i + 1) & mask;
-    ++n;
+    run.step();
   }
 }
 

@@ -55,6 +55,14 @@ struct Fixture {
       return i;
     }
   }
+  /// The fast path's view of the current table now (kept by a test past its pin, as a
+  /// Session keeps it).
+  FastView view_now() const {
+    PinGuard pin(m);
+    FastView v;
+    EXPECT_TRUE(m.fast_table(&v));
+    return v;
+  }
   /// The fast path's answer for k against the view ft.
   Fast fast(const FastView& ft, std::uint64_t k, std::uint64_t* v) const {
     return find_fast(ft, k, hash_key(k, m.seed()), v);
@@ -113,12 +121,8 @@ TEST(Fingerprints, SettleWritesFingerprintsBeforeItSealsTheRun) {
   const auto keys = f.keys_at(old, home, 2);
   const std::uint64_t k = keys[1];
   const std::uint64_t z = f.dead_claim(old, keys[0]);
-  FastView stale;
-  {
-    PinGuard pin(f.m);
-    ASSERT_TRUE(f.m.fast_table(&stale));
-    ASSERT_EQ(stale.older, 0u);
-  }
+  const FastView stale = f.view_now();
+  ASSERT_EQ(stale.older, 0u);
   std::uint64_t v = 0;
   ASSERT_EQ(f.fast(stale, k, &v), Fast::miss);  // true: k is not in the map yet
   PinGuard pin(f.m);  // keeps `old` mapped and unreclaimed for the stale view
@@ -141,11 +145,7 @@ TEST(Fingerprints, MigrationWritesTheFingerprintOfADeadClaimItMoves) {
   const auto keys = f.keys_at(old, home, 2);
   const std::uint64_t k = keys[1];
   const std::uint64_t z = f.dead_claim(old, keys[0]);
-  FastView stale;
-  {
-    PinGuard pin(f.m);
-    ASSERT_TRUE(f.m.fast_table(&stale));
-  }
+  const FastView stale = f.view_now();
   PinGuard pin(f.m);
   f.m.maybe_resize(old, false, true);
   f.map.insert(k, 7);  // migrates the whole table (one chunk) first
@@ -161,11 +161,7 @@ TEST(Fingerprints, MigrationWritesTheFingerprintOfADeadClaimItMoves) {
 TEST(Fingerprints, MigrationMarksTheBucketsItSeals) {
   Fixture f;
   TableHeader* old = f.current();
-  FastView stale;
-  {
-    PinGuard pin(f.m);
-    ASSERT_TRUE(f.m.fast_table(&stale));
-  }
+  const FastView stale = f.view_now();
   PinGuard pin(f.m);
   f.m.maybe_resize(old, false, true);
   f.m.finish_migration();
