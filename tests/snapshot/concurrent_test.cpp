@@ -54,6 +54,18 @@ TEST(ConcurrentDump, EveryEntryIsOneTheKeyHeldAndNoneTwice) {
       ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   new (stop) std::atomic<int>(0);
   std::vector<pid_t> writers;
+  // Stops and reaps the writers on every way out, a failed ASSERT included (they would run
+  // for ever, and keep ctest waiting on their output).
+  struct StopWriters {
+    std::atomic<int>* stop;
+    std::vector<pid_t>& writers;
+    ~StopWriters() {
+      stop->store(1);
+      for (const pid_t p : writers) EXPECT_EQ(wait_child(p), 0);
+      writers.clear();
+      ::munmap(stop, 4096);
+    }
+  } stop_writers{stop, writers};
   for (int w = 0; w < 2; ++w) {
     writers.push_back(spawn([&, w] {
       Map mm = Map::open(name);
@@ -97,9 +109,6 @@ TEST(ConcurrentDump, EveryEntryIsOneTheKeyHeldAndNoneTwice) {
       ASSERT_TRUE(seen.count(k)) << "stable key " << k << " missing (round " << round << ")";
     }
   }
-  stop->store(1);
-  for (const pid_t p : writers) EXPECT_EQ(wait_child(p), 0);
-  ::munmap(stop, 4096);
 }
 
 /// A dumper child that stops inside a point-in-time dump (writers held) until told to go on.
