@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,6 +71,19 @@ void check_options(const std::string& name, const Options& o) {
   if (o.max_bytes < (std::size_t{1} << 20) || o.max_bytes > (std::size_t{1} << 46)) {
     fail(Errc::invalid_argument, name, "max_bytes must be between 1 MiB and 64 TiB");
   }
+}
+
+// False if the file system of fd has fewer than `bytes` free (so a reservation of that many
+// cannot succeed); true if it has them or cannot say. Checked before posix_fallocate: when
+// tmpfs cannot complete a fallocate it undoes the part it did, and on Linux 6.18 that undo
+// spun in the kernel (shmem_undo_range) for minutes when the request nearly fit
+// (SpaceTest.ReusedExtentsAreReservedAgainOnAFullDevShm hung; a reservation that cannot fit
+// now fails at once). Racy by nature -- another process may take the space meanwhile, and
+// then fallocate decides as before.
+bool may_fit(int fd, std::uint64_t bytes) {
+  struct statvfs st {};
+  if (::fstatvfs(fd, &st) != 0 || st.f_frsize == 0) return true;
+  return static_cast<std::uint64_t>(st.f_bavail) >= (bytes + st.f_frsize - 1) / st.f_frsize;
 }
 
 }  // namespace
@@ -206,7 +220,9 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
     }
     // The extent was hole-punched when freed: reserve its pages again, so a full /dev/shm is
     // out_of_space here and never a SIGBUS on the first store into the new table.
-    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(off), static_cast<off_t>(len));
+    const int rc = may_fit(fd_, len)
+                       ? ::posix_fallocate(fd_, static_cast<off_t>(off), static_cast<off_t>(len))
+                       : ENOSPC;
     if (rc != 0) {
       for (auto& back : h.free_list) {  // give it back for when space returns
         std::uint64_t zero = 0;
@@ -237,7 +253,9 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
                " MiB); erase entries or recreate the map with a larger max_bytes");
     }
     const std::uint64_t end = top + bytes;
-    const int rc = ::posix_fallocate(fd_, static_cast<off_t>(top), static_cast<off_t>(bytes));
+    const int rc = may_fit(fd_, bytes)
+                       ? ::posix_fallocate(fd_, static_cast<off_t>(top), static_cast<off_t>(bytes))
+                       : ENOSPC;
     if (rc != 0) {
       if (rc == ENOSPC) {
         fail(Errc::out_of_space, name_,
