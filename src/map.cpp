@@ -4,6 +4,7 @@
 #include <chrono>
 #include <iterator>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shmap/detail/map_impl.hpp"
@@ -13,9 +14,14 @@ namespace shmap {
 using detail::MapImpl;
 using detail::WriteIntent;
 
-Map::Map(std::unique_ptr<MapImpl> impl) : impl_(std::move(impl)) {}
-Map::Map(Map&&) noexcept = default;
-Map& Map::operator=(Map&&) noexcept = default;
+Map::Map(std::unique_ptr<MapImpl> impl) : impl_(std::move(impl)), front_(impl_->fast_front()) {}
+Map::Map(Map&& other) noexcept
+    : impl_(std::move(other.impl_)), front_(std::exchange(other.front_, nullptr)) {}
+Map& Map::operator=(Map&& other) noexcept {
+  impl_ = std::move(other.impl_);
+  front_ = std::exchange(other.front_, nullptr);
+  return *this;
+}
 Map::~Map() = default;
 
 Map Map::create(const std::string& name, const Options& options) {
@@ -90,7 +96,7 @@ bool Map::insert_or_assign(std::uint64_t k, std::uint64_t v) {
               .has_value();
 }
 
-std::optional<std::uint64_t> Map::find(std::uint64_t k) const {
+std::optional<std::uint64_t> Map::find_slow(std::uint64_t k) const {
   if (impl_->read_only()) [[unlikely]]
     return impl_->find_read_only(k);
   std::uint64_t v = 0;

@@ -28,6 +28,9 @@ inline std::size_t thread_number() noexcept {
   return n != SIZE_MAX ? n : assign_thread_number();
 }
 
+/// Set by retire(): the thread reclaims once it is no longer pinned.
+inline constinit thread_local bool t_reclaim_wanted = false;
+
 inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
   return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_acquire);
 }
@@ -43,6 +46,44 @@ struct FastView {
   // kept across lookups (Map::Session) is used only while they are equal.
   const std::atomic<std::uint64_t>* current = nullptr;
   std::uint64_t table = 0;
+};
+
+/// The pin of a thread's own lane (RCU read-side enter, see handles.cpp), for a process whose
+/// pins are light (membarrier registered): a plain store; the store-load order against the
+/// caller's next loads is supplied by the reclaimer's membarrier, not paid per operation.
+/// Release (a plain mov on x86, as relaxed would be): a reclaimer that reads this pin, not the
+/// previous unpin, must still be ordered after everything the previous operations read -- a
+/// later store by the same thread does not carry the unpin's release by itself.
+[[gnu::always_inline]] inline void light_pin(std::atomic<std::uint64_t>& pin,
+                                             const std::atomic<std::uint64_t>& global_epoch) {
+  // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
+  const std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  pin.store(e << 16 | 1, std::memory_order_release);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+/// Process-local state of one exclusive lane (threads 0-14 of the process, see
+/// MapImpl::lane_of), touched only by the thread that owns the lane.
+struct alignas(64) LocalLane {
+  std::uint32_t depth = 0;  // pin nesting: the outer pin covers nested ones
+  // The table this thread last looked up in (Map::find's cached view). Its fields are a
+  // function of the table's offset and capacity alone (and of the mapping, which only grows),
+  // so they are right for whatever table sits at view.table as long as that table's capacity
+  // is `capacity` -- even if the table was freed and another one made in its place. 0: none.
+  std::uint64_t capacity = 0;
+  FastView view;
+};
+
+/// What Map::find reads, inline, for a process with light pins: Map::find pins, checks its
+/// cached view against current_table, looks up and unpins without a call into the library.
+/// Only threads with an exclusive lane (thread_number() < kFrontLanes) take it.
+struct FastFront {
+  static constexpr std::size_t kFrontLanes = kLanes - 1;
+  Lane* lanes = nullptr;  // the Map's own handle slot's lanes
+  LocalLane* local = nullptr;
+  const std::atomic<std::uint64_t>* global_epoch = nullptr;
+  const std::atomic<std::uint64_t>* current_table = nullptr;
+  std::uint64_t seed = 0;
 };
 
 enum class Fast { hit, miss, slow };
@@ -125,6 +166,44 @@ template <bool kPrefetchHome = true>
     from = ~0u;
   }
   return Fast::slow;
+}
+
+/// Map::find's common case, without a call into the library: pin, check this thread's cached
+/// view against current_table, find_fast, unpin. Fast::slow for anything it does not decide
+/// -- no exclusive lane, a pin already held (a Session), no view yet or another current table,
+/// a migration state, a reclaim due -- and the caller then takes MapImpl::find, which
+/// validates the current table afresh and caches its view.
+///
+/// What can race, and why the answer is still right. The view was validated by this thread
+/// under an earlier pin, and its table may since have been retired, freed and its memory
+/// reused. We pin first and then load current_table (seq_cst, a plain load: after the pin in
+/// the C++ model too), so the table at that offset now cannot be freed until we unpin. If it
+/// is view.table and its capacity word is the view's, the view describes it exactly: every
+/// field of a view is a function of the offset and the capacity (and of the mapping, which
+/// only grows), whichever table lives there. A damaged capacity word can only fail the check
+/// (the slow path then validates the header). `older` is not cached: it is read from the table
+/// each time, as fast_table does, because it turns 0 when a migration ends.
+[[gnu::always_inline]] inline Fast find_front(const FastFront& f, std::uint64_t k,
+                                              std::uint64_t* out) noexcept {
+  const std::size_t t = t_thread_number;
+  if (t >= FastFront::kFrontLanes) return Fast::slow;  // SIZE_MAX: no number yet
+  LocalLane& local = f.local[t];
+  if (local.depth != 0) return Fast::slow;
+  std::atomic<std::uint64_t>& pin = f.lanes[t].pin;
+  light_pin(pin, *f.global_epoch);
+  Fast r = Fast::slow;
+  FastView& v = local.view;
+  if (f.current_table->load(std::memory_order_seq_cst) == v.table && local.capacity != 0) {
+    const auto* h = reinterpret_cast<const TableHeader*>(v.buckets - kTableHeaderBytes);
+    if (std::atomic_ref<const std::uint64_t>(h->capacity).load(std::memory_order_relaxed) ==
+        local.capacity) {
+      v.older = h->older.load(std::memory_order_seq_cst);  // ordered after the pin
+      r = find_fast(v, k, hash_key(k, f.seed), out);
+    }
+  }
+  // Release: everything this lookup read happens-before a reclaimer that sees quiescence.
+  pin.store(0, std::memory_order_release);
+  return t_reclaim_wanted ? Fast::slow : r;  // the slow path's unpin reclaims
 }
 
 /// For batches (find_many): the bucket a lookup of `hash` will read first -- the first

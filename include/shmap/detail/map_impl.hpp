@@ -40,8 +40,6 @@ bool process_alive(int pid, std::uint64_t start_time) noexcept;
 /// Longest walk of the retired stack: a damaged stack may be a cycle. (Far more tables than
 /// can be retired at once: each retirement is one resize, and reclaim runs after each.)
 inline constexpr std::size_t kMaxRetiredWalk = std::size_t{1} << 20;
-/// Set by retire(): the thread reclaims once it is no longer pinned.
-inline constinit thread_local bool t_reclaim_wanted = false;
 
 /// True when this process registered for membarrier(GLOBAL_EXPEDITED): its pins can then be
 /// plain stores, because reclaimers and writer-gate holders issue the fence for them.
@@ -233,21 +231,16 @@ class MapImpl {
   void pin() const {
     const std::size_t t = thread_number();
     if (t >= kPrimaryLanes) return pin_extra(t);
-    pin_lane(my_slot_->lanes[t], depth_[t]);
+    pin_lane(my_slot_->lanes[t], local_[t].depth);
   }
   void pin_lane(Lane& lane, std::uint32_t& depth) const {
     if (depth++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
-    // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
-    const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
     if (light_) {
-      // Plain store: the store-load order against our next loads is supplied by the
-      // reclaimer's membarrier (global_barrier), not paid on every operation. Release (a
-      // plain mov on x86, as relaxed would be): a reclaimer that reads this pin, not our
-      // previous unpin, must still be ordered after everything our previous operations read
-      // -- a later store by the same thread does not carry the unpin's release by itself.
-      lane.pin.store(e << 16 | 1, std::memory_order_release);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
+      light_pin(lane.pin, header().global_epoch);  // a plain store (fast_path.hpp)
     } else {
+      // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its
+      // unlink.
+      const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
       lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);  // xchg: a full fence
     }
   }
@@ -256,7 +249,7 @@ class MapImpl {
   void unpin() const noexcept {
     const std::size_t t = thread_number();
     if (t >= kPrimaryLanes) return unpin_extra(t);
-    unpin_lane(my_slot_->lanes[t], depth_[t]);
+    unpin_lane(my_slot_->lanes[t], local_[t].depth);
   }
   void unpin_lane(Lane& lane, std::uint32_t& depth) const noexcept {
     if (--depth != 0) return;
@@ -340,15 +333,32 @@ class MapImpl {
   /// (Returns found/absent with the value through *out: a bool in a register, not an
   /// optional built on the stack, keeps consecutive lookups from stalling on each other.)
   [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t* out) const {
+    const std::size_t t = thread_number();
     pin();
     FastTable ft;
     if (!fast_table(&ft)) {
       unpin();
       return find_slow(k, out);
     }
+    // The view Map::find uses inline until current_table changes (fast_path.hpp, find_front).
+    if (t < kPrimaryLanes) {
+      local_[t].view = ft;
+      local_[t].capacity = ft.mask + 1;
+    }
     const Fast r = find_fast(ft, k, hash_key(k, seed_), out);
     unpin();
     return r == Fast::slow ? find_slow(k, out) : r == Fast::hit;
+  }
+  /// What Map::find reads inline (fast_path.hpp, find_front); nullptr if it must always call
+  /// find(): a read-only attachment, or pins that must be fenced.
+  const FastFront* fast_front() const {
+    if (read_only_ || !light_) return nullptr;
+    front_.lanes = my_slot_->lanes;
+    front_.local = local_;
+    front_.global_epoch = &header().global_epoch;
+    front_.current_table = &header().current_table;
+    front_.seed = seed_;
+    return &front_;
   }
   /// find() for n keys: out[i] gets keys[i]'s value or nullopt; returns how many were found.
   /// Each lookup is atomic on its own, as find(). Keys go in groups of kFindGroup under one
@@ -618,8 +628,10 @@ class MapImpl {
   bool read_only_ = false;
   std::unique_ptr<HandleSlot> private_slot_;
   bool light_ = false;
-  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting.
-  mutable std::uint32_t depth_[kLanes] = {};
+  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting and the
+  // view Map::find caches (fast_path.hpp, find_front).
+  mutable LocalLane local_[kPrimaryLanes] = {};
+  mutable FastFront front_;
   // Extra slots (see lane_of): set once each, under groups_mutex_; read lock-free (acquire).
   // kOverflowGroup marks a group that could not get a slot: its threads use the overflow lane.
   mutable std::atomic<LaneGroup*> groups_[kMaxGroups] = {};
