@@ -14,10 +14,12 @@
 //   find_hit_many / find_miss_many (shmap only): the same lookups through Map::find_many,
 //             1024 keys per call. The peers have no batch API: their ratio column compares
 //             against their one-at-a-time find_hit / find_miss.
-//   bare      (find_hit rows only) not a map: one 8-byte load per lookup at a random 32-byte
-//             slot of an array in a tmpfs segment of the same byte size as shmap's table at
-//             that key count, with the same keys and loop. What one cache/TLB miss per
-//             lookup costs here: the floor for any table of that footprint.
+//   bare      (find_hit and insert rows only) not a map: one 8-byte load per lookup at a random
+//             32-byte slot of an array in a tmpfs segment of the same byte size as shmap's
+//             table at that key count, with the same keys and loop. What one cache/TLB miss
+//             per lookup costs here: the floor for any table of that footprint. Its insert
+//             does only the three 16-byte CASes, the key store and the lane record of
+//             shmap's crash-exact insert, into that array (no growth): that protocol's floor.
 // Each benchmark is repeated (3 times unless --benchmark_repetitions says otherwise) and the
 // console shows the aggregates; a summary table of medians and shmap's ratios closes the run.
 #include <benchmark/benchmark.h>
@@ -134,11 +136,30 @@ class BarePeer {
     ::munmap(words_, bytes_);
     ::shm_unlink(name_.c_str());
   }
-  void insert(std::uint64_t, std::uint64_t) {}
+  /// The atomic work shmap's crash-exact insert cannot do without, and nothing else: a 16-byte
+  /// CAS that claims a bucket, the key's store, the write's record in the thread's lane, a
+  /// 16-byte CAS that writes the value, and a 16-byte CAS on the thread's size count -- at a random
+  /// 32-byte slot of the array, in a table that never grows. The floor of the insert rows for
+  /// shmap's protocol.
+  void insert(std::uint64_t k, std::uint64_t v) {
+    auto* cell = reinterpret_cast<unsigned __int128*>(words_ + slot_of(k) * 4);
+    const unsigned __int128 old = *cell;
+    const unsigned __int128 claimed = (static_cast<unsigned __int128>(old >> 64) + 1) << 64;
+    __sync_bool_compare_and_swap(cell, old, claimed);
+    words_[slot_of(k) * 4 + 2] = k;
+    // The write's record in the thread's lane (5 stores to one hot line), then the value CAS.
+    record_[0] = record_[0] + 1;
+    record_[1] = slot_of(k);
+    record_[2] = v;
+    record_[3] = k;
+    record_[4] = record_[0] + 1;
+    __sync_bool_compare_and_swap(cell, claimed, claimed + (unsigned __int128{1} << 64) + v);
+    const unsigned __int128 count = size_record_;
+    __sync_bool_compare_and_swap(&size_record_, count, count + 1);
+  }
   void assign(std::uint64_t, std::uint64_t) {}
   bool find(std::uint64_t k, std::uint64_t* v) const {
-    const auto slot = static_cast<std::size_t>((static_cast<unsigned __int128>(k) * slots_) >> 64);
-    *v = words_[slot * 4];
+    *v = words_[slot_of(k) * 4];
     return true;
   }
   void flush() {}
@@ -149,6 +170,12 @@ class BarePeer {
   std::size_t bytes_;
   std::size_t slots_ = 0;
   std::uint64_t* words_ = nullptr;
+  alignas(16) unsigned __int128 size_record_ = 0;
+  std::uint64_t record_[5] = {};
+
+  std::size_t slot_of(std::uint64_t k) const {
+    return static_cast<std::size_t>((static_cast<unsigned __int128>(k) * slots_) >> 64);
+  }
 };
 
 /// A map built for one benchmark: a growing instance of P, unlinked when dropped.
@@ -352,6 +379,10 @@ template <class P>
 void register_peer(std::size_t n) {
   const std::string suffix = std::string("/") + P::kName + "/" + count_label(n);
   if constexpr (std::is_same_v<P, BarePeer>) {
+    benchmark::RegisterBenchmark(("insert" + suffix).c_str(), bm_insert<P>, n)
+        ->UseManualTime()
+        ->Iterations(1)
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("find_hit" + suffix).c_str(), bm_lookup<P, Workload::find_hit>,
                                  n);
     benchmark::RegisterBenchmark(("find_hit_zipf" + suffix).c_str(),

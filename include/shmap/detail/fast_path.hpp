@@ -42,6 +42,11 @@ struct FastView {
   std::uint64_t mask = 0;
   std::uint64_t older = 0;
   unsigned shift = 0;  // home = hash >> shift
+  // Fingerprint bytes of a group that exist (a table of 8 buckets has one group of 16 bytes
+  // of which only the first 8 exist), and the groups a probe may read: every group once, the
+  // home group twice (its positions before home come last).
+  unsigned valid = 0;
+  std::uint64_t rounds = 0;
   // Where the view came from: the segment's current_table word, and its value then. A view
   // kept across lookups (Map::Session) is used only while they are equal.
   const std::atomic<std::uint64_t>* current = nullptr;
@@ -122,14 +127,11 @@ template <bool kPrefetchHome = true>
   const __m128i want = _mm_set1_epi8(static_cast<char>(fingerprint(hash)));
   const __m128i zero = _mm_setzero_si128();
   const __m128i sealing = _mm_set1_epi8(static_cast<char>(kFpSealing));
-  // A table of 8 buckets has one group of 16 bytes of which only the first 8 exist.
-  const unsigned valid = ft.mask >= 15 ? 0xffffu : (1u << (ft.mask + 1)) - 1;
   std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
   unsigned from = ~0u << (home & 15);  // the run starts at home
-  // Every group once, the home group twice (its positions before home come last).
-  for (std::uint64_t n = 0; n <= (ft.mask >> 4) + 1; ++n) {
+  for (std::uint64_t n = 0; n < ft.rounds; ++n) {
     const __m128i g = load_fingerprints(ft.fps + group);
-    const unsigned live = valid & from;
+    const unsigned live = ft.valid & from;
     const unsigned zeros = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, zero))) & live;
     const unsigned before = zeros != 0 ? (zeros & (0u - zeros)) - 1 : 0xffffu;  // run part
     if ((static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, sealing))) & live & before) !=
@@ -212,10 +214,9 @@ template <bool kPrefetchHome = true>
 [[gnu::always_inline]] inline const void* first_candidate(const FastView& ft,
                                                           std::uint64_t hash) noexcept {
   const std::uint64_t home = hash >> ft.shift;
-  const unsigned valid = ft.mask >= 15 ? 0xffffu : (1u << (ft.mask + 1)) - 1;
   const std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
   const __m128i g = load_fingerprints(ft.fps + group);
-  const unsigned live = valid & (~0u << (home & 15));
+  const unsigned live = ft.valid & (~0u << (home & 15));
   const unsigned zeros =
       static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_setzero_si128()))) & live;
   const unsigned before = zeros != 0 ? (zeros & (0u - zeros)) - 1 : 0xffffu;

@@ -166,11 +166,16 @@ static_assert(offsetof(BucketPair, key0) == 16 && offsetof(BucketPair, key1) == 
                   offsetof(BucketPair, slot1) == 32,
               "each bucket's slot and key contiguous, both slots 16-byte aligned");
 inline constexpr std::size_t kBucketBytes = sizeof(BucketPair) / 2;
-/// Byte offsets of bucket i's slot and key from the start of the buckets.
-constexpr std::uint64_t slot_offset(std::uint64_t i) { return 48 * (i >> 1) + 32 * (i & 1); }
-constexpr std::uint64_t key_offset(std::uint64_t i) { return 48 * (i >> 1) + 16 + 8 * (i & 1); }
-static_assert(slot_offset(1) == offsetof(BucketPair, slot1) && key_offset(1) == 24 &&
-              slot_offset(2) == 48 && key_offset(2) == 64);
+/// Byte offsets of bucket i's slot and key from the start of the buckets. Bucket i's 24
+/// bytes are [24i, 24i + 24): the slot first in an even bucket, the key first in an odd one
+/// (the same as 48 * (i >> 1) + 32 * (i & 1) and + 16 + 8 * (i & 1), in fewer instructions).
+constexpr std::uint64_t slot_offset(std::uint64_t i) { return 24 * i + ((i & 1) << 3); }
+constexpr std::uint64_t key_offset(std::uint64_t i) { return 24 * i + 16 - ((i & 1) << 4); }
+static_assert(slot_offset(0) == offsetof(BucketPair, slot0) &&
+              key_offset(0) == offsetof(BucketPair, key0) &&
+              slot_offset(1) == offsetof(BucketPair, slot1) &&
+              key_offset(1) == offsetof(BucketPair, key1) && slot_offset(2) == 48 &&
+              key_offset(2) == 64 && slot_offset(7) == 3 * 48 + 32 && key_offset(7) == 3 * 48 + 24);
 
 /// A table header's bulk cell (see TableHeader::bulk): a slot and two more words.
 struct alignas(32) BulkCell {

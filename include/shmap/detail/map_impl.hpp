@@ -397,6 +397,8 @@ class MapImpl {
     ft->table = t_off;
     ft->mask = cap - 1;
     ft->shift = static_cast<unsigned>(64 - bits);
+    ft->valid = cap >= 16 ? 0xffffu : (1u << cap) - 1;
+    ft->rounds = ((cap - 1) >> 4) + 2;
     return true;
   }
   using Fast = detail::Fast;
