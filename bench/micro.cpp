@@ -142,9 +142,10 @@ class BarePeer {
   /// 32-byte slot of the array, in a table that never grows. The floor of the insert rows for
   /// shmap's protocol.
   void insert(std::uint64_t k, std::uint64_t v) {
-    auto* cell = reinterpret_cast<unsigned __int128*>(words_ + slot_of(k) * 4);
-    const unsigned __int128 old = *cell;
-    const unsigned __int128 claimed = (static_cast<unsigned __int128>(old >> 64) + 1) << 64;
+    using u128 = unsigned __int128;
+    auto* cell = reinterpret_cast<u128*>(words_ + slot_of(k) * 4);
+    const u128 old = *cell;
+    const u128 claimed = (static_cast<u128>(old >> 64) + 1) << 64;
     __sync_bool_compare_and_swap(cell, old, claimed);
     words_[slot_of(k) * 4 + 2] = k;
     // The write's record in the thread's lane (5 stores to one hot line), then the value CAS.
@@ -153,8 +154,8 @@ class BarePeer {
     record_[2] = v;
     record_[3] = k;
     record_[4] = record_[0] + 1;
-    __sync_bool_compare_and_swap(cell, claimed, claimed + (unsigned __int128{1} << 64) + v);
-    const unsigned __int128 count = size_record_;
+    __sync_bool_compare_and_swap(cell, claimed, claimed + (u128{1} << 64) + v);
+    const u128 count = size_record_;
     __sync_bool_compare_and_swap(&size_record_, count, count + 1);
   }
   void assign(std::uint64_t, std::uint64_t) {}
