@@ -149,7 +149,23 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
 
 TableHeader* MapImpl::table(std::uint64_t offset) const {
   // Every table offset comes from shared memory (current_table, older, the retired stack):
-  // checked before it is dereferenced, and the header before its sizes are believed.
+  // checked before it is dereferenced, and the header before its sizes are believed. A thread
+  // asks for the same table over and over (the current one, every write): if the header words
+  // are the ones it validated last at this offset, the checks below would pass again (same
+  // inputs, and the mapping only grows), so they are skipped.
+  const std::size_t tn = t_thread_number;
+  LocalLane* cache = tn < kPrimaryLanes ? &local_[tn] : nullptr;
+  if (cache != nullptr && offset != 0 && cache->table_offset == offset) {
+    auto* t = at<TableHeader>(offset);
+    if (std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed) ==
+            cache->table_capacity &&
+        std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed) ==
+            cache->table_bits &&
+        std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed) ==
+            cache->table_extent) {
+      return t;
+    }
+  }
   if (offset < arena_offset_ || offset % kPage != 0 || offset > reserved_ - kPage) {
     fail(Errc::corrupt, name_,
          "table offset " + std::to_string(offset) +
@@ -175,6 +191,12 @@ TableHeader* MapImpl::table(std::uint64_t offset) const {
              "', then restore the map from a dump or recreate it");
   }
   ensure_mapped(offset + ext);
+  if (cache != nullptr) {
+    cache->table_offset = offset;
+    cache->table_capacity = cap;
+    cache->table_bits = bits;
+    cache->table_extent = ext;
+  }
   return t;
 }
 

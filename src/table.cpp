@@ -609,7 +609,7 @@ std::uint64_t MapImpl::link_successor(TableHeader* t, std::uint64_t n_off) const
   return n_off;
 }
 
-std::uint64_t MapImpl::top_table(bool publish) const {
+std::uint64_t MapImpl::top_table(bool publish, TableHeader** top) const {
   SegmentHeader& h = header();
   // Normally current_table has no successor and this is one load. Past it there can be one
   // linked but unpublished successor (its linker stopped or died between the two CASes), and
@@ -621,8 +621,12 @@ std::uint64_t MapImpl::top_table(bool publish) const {
     const std::uint64_t start = h.current_table.load(std::memory_order_seq_cst);
     std::uint64_t off = start;
     for (std::size_t i = 0; i < kMaxChain; ++i) {
-      const std::uint64_t nx = table(off)->newer.load(std::memory_order_acquire);
-      if (nx == 0) return off;
+      TableHeader* t = table(off);
+      const std::uint64_t nx = t->newer.load(std::memory_order_acquire);
+      if (nx == 0) {
+        if (top != nullptr) *top = t;
+        return off;
+      }
       // A writer finishes a publication it finds half done (the same CAS the linker makes;
       // one of them wins, and a CAS that fails means current_table moved on already).
       if (publish) {
@@ -755,7 +759,7 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
     // the whole probe (read after, it could have been cleared by a migration that moved k in
     // behind our look). Tables are probed newest first; the first that decides k answers.
     TableHeader* chain[kMaxChain];
-    const std::size_t n = load_chain(table(top_table(false)), chain);
+    const std::size_t n = load_chain(top_header(false), chain);
     std::size_t end = n;  // probe chain[0, end)
     bool restart = false;
     for (std::size_t i = 0; i < end;) {
@@ -812,7 +816,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
   mark_writer();  // before the gate check: the Dekker pairing with hold_writers()
   wait_for_gate();
   for (;;) {
-    TableHeader* t = table(top_table(true));
+    TableHeader* t = top_header(true);
     if (t->older.load(std::memory_order_acquire) != 0) {
       help_migrate(t, kChunksPerWrite);
       // Settle k in every older table, oldest first: each hands k on to the next newer one,
@@ -902,7 +906,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
 void MapImpl::finish_migration() const {
   for (;;) {
     PinGuard pin(*this);
-    TableHeader* t = table(top_table(true));
+    TableHeader* t = top_header(true);
     if (help_migrate(t, 256) && t->older.load(std::memory_order_acquire) == 0) return;
   }
 }
@@ -911,7 +915,7 @@ void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ct
   for (;;) {
     finish_migration();
     PinGuard pin(*this);
-    TableHeader* t = table(top_table(false));
+    TableHeader* t = top_header(false);
     // A resize between finish_migration() and our pin: finish that one too, then walk.
     if (t->older.load(std::memory_order_seq_cst) != 0) continue;
     return walk(t, fn, ctx);
@@ -960,7 +964,7 @@ bool MapImpl::gate_is_mine(std::uint64_t gate) const {
   return gate == owner_word_ && gate_thread_.load(std::memory_order_relaxed) == thread_number() + 1;
 }
 
-void MapImpl::wait_for_gate() const {
+void MapImpl::wait_for_gate_slow() const {
   SegmentHeader& h = header();
   // Dekker-style with hold_writers(): our pin precedes this load (seq_cst store, or a plain
   // store made visible by the holder's membarrier), and the holder's gate store precedes its
@@ -990,7 +994,7 @@ std::uint64_t MapImpl::writer_hold_lease_ns(std::uint64_t extra_bytes) const {
   {
     PinGuard pin(*this);
     TableHeader* chain[kMaxChain];
-    const std::size_t n = load_chain(table(top_table(false)), chain);
+    const std::size_t n = load_chain(top_header(false), chain);
     for (std::size_t i = 0; i < n; ++i) bytes += chain[i]->extent_bytes;
   }
   return kWriterHoldLeaseNs + bytes / (std::uint64_t{256} << 20) * 1'000'000'000;

@@ -77,6 +77,13 @@ struct alignas(64) LocalLane {
   // is `capacity` -- even if the table was freed and another one made in its place. 0: none.
   std::uint64_t capacity = 0;
   FastView view;
+  // The table header this thread last validated (MapImpl::table): its offset, and the words
+  // the validation read. The same words at the same offset validate the same way (the mapping
+  // only grows), so table() skips the checks when they match. table_offset 0: none.
+  std::uint64_t table_offset = 0;
+  std::uint64_t table_capacity = 0;
+  std::uint64_t table_bits = 0;
+  std::uint64_t table_extent = 0;
 };
 
 /// What Map::find reads, inline, for a process with light pins: Map::find pins, checks its

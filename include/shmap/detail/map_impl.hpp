@@ -444,7 +444,13 @@ class MapImpl {
   std::uint64_t link_successor(TableHeader* t, std::uint64_t n_off) const;
   /// The newest table: current_table, or past it a successor linked but not yet published
   /// (its linker stopped or died between the two steps). Writers publish what they pass.
-  std::uint64_t top_table(bool publish) const;
+  /// *top (if given) receives the newest table's header, validated by table().
+  std::uint64_t top_table(bool publish, TableHeader** top = nullptr) const;
+  TableHeader* top_header(bool publish) const {
+    TableHeader* t = nullptr;
+    top_table(publish, &t);
+    return t;
+  }
   /// The chain from t down: out[0] = t, out[i + 1] = out[i]->older. Returns its length.
   std::size_t load_chain(TableHeader* t, TableHeader** out) const;
   /// Throws corrupt if t, the newest table, has no successor although one of its buckets
@@ -548,7 +554,12 @@ class MapImpl {
                    std::int64_t delta) const;
   /// Adds a bulk-loaded table's entry count to the size, exactly once (TableHeader::bulk).
   void help_bulk(TableHeader* t) const;
-  void wait_for_gate() const;
+  /// Returns once no point-in-time hold of another writer is in force (the common case, no
+  /// gate set, is one load here; the Dekker argument is at wait_for_gate_slow in table.cpp).
+  void wait_for_gate() const {
+    if (header().writer_gate.load(std::memory_order_seq_cst) != 0) wait_for_gate_slow();
+  }
+  void wait_for_gate_slow() const;
   bool gate_owner_alive(std::uint64_t gate) const;
   /// The gate is held by this Map *and* this thread (its other threads wait like any writer).
   bool gate_is_mine(std::uint64_t gate) const;
