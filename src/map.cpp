@@ -109,7 +109,13 @@ Map::Session::Session(const Map& map)
   m_->pin();
 }
 
-Map::Session::~Session() { m_->unpin(); }  // noexcept: unpin never throws
+Map::Session::~Session() {
+  // Only the thread that made the session holds its pin. Destroyed on another thread (invalid,
+  // and a destructor cannot say so) it must not end that thread's pins -- their nesting count
+  // would wrap and its later operations would run unpinned. The maker's lane then stays
+  // pinned until the Map closes: retired tables are held back, nothing is unsafe.
+  if (detail::thread_number() == thread_) m_->unpin();  // noexcept: unpin never throws
+}
 
 void Map::Session::wrong_thread() const {
   detail::fail(Errc::invalid_argument, m_->name(),

@@ -230,6 +230,8 @@ class Map {
   /// transaction, a Session holds the tables it can see alive while it lasts (memory, never
   /// correctness), so keep it short: seconds, not hours.
   ///   - It belongs to the thread that made it: use from another thread is invalid_argument.
+  ///     Destroyed on another thread, it leaves its thread's lane pinned until the Map closes
+  ///     (retired tables are kept until then).
   ///   - On a read-only attachment it holds nothing back and each find() is a validated
   ///     read-only lookup (as Map::find there).
   ///   - The Map must outlive it. Writes through the Map meanwhile are fine, but then a

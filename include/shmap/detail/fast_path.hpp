@@ -185,8 +185,10 @@ template <bool kPrefetchHome = true>
 ///
 /// What can race, and why the answer is still right. The view was validated by this thread
 /// under an earlier pin, and its table may since have been retired, freed and its memory
-/// reused. We pin first and then load current_table (seq_cst, a plain load: after the pin in
-/// the C++ model too), so the table at that offset now cannot be freed until we unpin. If it
+/// reused. We pin first and then load current_table (a plain load; what orders it after the
+/// plain pin store is not the C++ memory order -- a load is not ordered after an earlier
+/// release store -- but the reclaimer's membarrier, see light_pin and handles.cpp), so the
+/// table at that offset now cannot be freed until we unpin. If it
 /// is view.table and its capacity word is the view's, the view describes it exactly: every
 /// field of a view is a function of the offset and the capacity (and of the mapping, which
 /// only grows), whichever table lives there. A damaged capacity word can only fail the check
@@ -206,7 +208,7 @@ template <bool kPrefetchHome = true>
     const auto* h = reinterpret_cast<const TableHeader*>(v.buckets - kTableHeaderBytes);
     if (std::atomic_ref<const std::uint64_t>(h->capacity).load(std::memory_order_relaxed) ==
         local.capacity) {
-      v.older = h->older.load(std::memory_order_seq_cst);  // ordered after the pin
+      v.older = h->older.load(std::memory_order_seq_cst);  // as fast_table reads it
       r = find_fast(v, k, hash_key(k, f.seed), out);
     }
   }

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <sys/mman.h>
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -57,10 +60,26 @@ std::uint64_t own_pid_ns() noexcept;
 /// barrier: it orders like a seq_cst read-modify-write.
 inline bool cas128(std::uint64_t* p, std::uint64_t exp_lo, std::uint64_t exp_hi,
                    std::uint64_t new_lo, std::uint64_t new_hi) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  // TSan emulates 16-byte atomics with a lock of its own process, which other processes do
+  // not take: the CAS would not be atomic against them. So under TSan it is the instruction
+  // itself, and the happens-before it gives (a full barrier: release before, acquire after,
+  // on this address) is told to TSan by hand.
+  __tsan_release(p);
+  bool ok;
+  asm volatile("lock cmpxchg16b %1"
+               : "=@ccz"(ok), "+m"(*reinterpret_cast<unsigned __int128*>(p)), "+a"(exp_lo),
+                 "+d"(exp_hi)
+               : "b"(new_lo), "c"(new_hi)
+               : "memory");
+  __tsan_acquire(p);
+  return ok;
+#else
   using u128 = unsigned __int128;
   const u128 expected = (u128(exp_hi) << 64) | exp_lo;
   const u128 desired = (u128(new_hi) << 64) | new_lo;
   return __sync_bool_compare_and_swap(reinterpret_cast<u128*>(p), expected, desired);
+#endif
 }
 
 /// A handle slot's {owner, start_time}, which change together.
@@ -370,7 +389,8 @@ class MapImpl {
   using FastTable = FastView;
   /// The current table, if it is mapped here (else the slow path maps it). Call pinned.
   [[gnu::always_inline]] bool fast_table(FastTable* ft) const {
-    // seq_cst loads (plain loads on x86): ordered after the pin in the C++ model too.
+    // seq_cst loads (plain loads on x86). After the pin: a fenced pin is a seq_cst store; a
+    // light one is ordered before these loads by the reclaimer's membarrier, not by C++.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
     const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
     if (t_off < arena_offset_ || (t_off & (kPage - 1)) != 0 || t_off > mapped - kTableHeaderBytes) {
