@@ -188,10 +188,10 @@ template <bool kPrefetchHome = true>
 /// reused. We pin first and then load current_table (a plain load; what orders it after the
 /// plain pin store is not the C++ memory order -- a load is not ordered after an earlier
 /// release store -- but the reclaimer's membarrier, see light_pin and handles.cpp), so the
-/// table at that offset now cannot be freed until we unpin. If it
-/// is view.table and its capacity word is the view's, the view describes it exactly: every
-/// field of a view is a function of the offset and the capacity (and of the mapping, which
-/// only grows), whichever table lives there. A damaged capacity word can only fail the check
+/// table at that offset now cannot be freed until we unpin. If it is view.table and its
+/// capacity word is the view's, the view describes it exactly: every field of a view is a
+/// function of the offset and the capacity (and of the mapping, which only grows), whichever
+/// table lives there. A damaged capacity word can only fail the check
 /// (the slow path then validates the header). `older` is not cached: it is read from the table
 /// each time, as fast_table does, because it turns 0 when a migration ends.
 [[gnu::always_inline]] inline Fast find_front(const FastFront& f, std::uint64_t k,
