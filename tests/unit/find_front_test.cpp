@@ -25,6 +25,56 @@ using test::ScopedName;
 
 std::uint64_t value_of(std::uint64_t k) { return k * 0x9E3779B97F4A7C15ull ^ 0x5555; }
 
+// Grows and shrinks m from its smallest tables: each round inserts 8 + (up to max_extra) fresh
+// keys and erases them again (a table shrinks every 256th erase).
+void churn(Map& m, int rounds, std::uint64_t max_extra, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (int round = 0; round < rounds; ++round) {
+    const std::uint64_t n = 8 + rng() % max_extra;
+    const std::uint64_t base = 1'000'000 + static_cast<std::uint64_t>(round) * 1'000;
+    for (std::uint64_t k = base; k < base + n; ++k) m.insert(k, k);
+    for (std::uint64_t k = base; k < base + n; ++k) m.erase(k);
+  }
+}
+
+// Reader threads that look up keys 1..2 * stable at random until stopped: keys up to `stable`
+// must read value_of(k), the others must be absent. Counts the wrong answers.
+class StableReaders {
+ public:
+  StableReaders(const Map& map, std::uint64_t stable, int count, std::uint64_t seed) {
+    for (int r = 0; r < count; ++r) {
+      threads_.emplace_back([this, &map, stable, s = seed + static_cast<std::uint64_t>(r)] {
+        std::mt19937_64 rng(s);
+        std::uint64_t n = 0;
+        while (!stop_.load(std::memory_order_relaxed)) {
+          const std::uint64_t k = 1 + rng() % (stable * 2);
+          const auto v = map.find(k);
+          if (k <= stable ? v != value_of(k) : v.has_value()) {
+            wrong_.fetch_add(1, std::memory_order_relaxed);
+          }
+          ++n;
+        }
+        lookups_.fetch_add(n, std::memory_order_relaxed);
+      });
+    }
+  }
+  ~StableReaders() { stop(); }
+  StableReaders(const StableReaders&) = delete;
+  StableReaders& operator=(const StableReaders&) = delete;
+  void stop() {
+    stop_.store(true);
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  std::uint64_t wrong() const { return wrong_.load(); }
+  std::uint64_t lookups() const { return lookups_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> wrong_{0}, lookups_{0};
+  std::vector<std::thread> threads_;
+};
+
 TEST(FindFront, TakenByAThreadWithAnExclusiveLane) {
   if (!light_pins_enabled()) GTEST_SKIP() << "no membarrier here: Map::find always calls in";
   ScopedName name("front");
@@ -123,38 +173,11 @@ TEST(FindFront, ManyThreadsThroughTinyTableChurnReadOnlyTheirKeysValues) {
   Map map = Map::create(name, {.initial_capacity = 8});
   constexpr std::uint64_t kStable = 32;
   for (std::uint64_t k = 1; k <= kStable; ++k) map.insert(k, value_of(k));
-  std::atomic<bool> stop{false};
-  std::atomic<std::uint64_t> wrong{0}, lookups{0};
-  constexpr int kReaders = 40;  // past the 15 exclusive lanes of the Map's slot
-  std::vector<std::thread> threads;
-  for (int r = 0; r < kReaders; ++r) {
-    threads.emplace_back([&, r] {
-      std::mt19937_64 rng(static_cast<std::uint64_t>(r));
-      std::uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        const std::uint64_t k = 1 + rng() % (kStable * 2);
-        const auto v = map.find(k);
-        const bool ok = k <= kStable ? v == value_of(k) : !v.has_value();
-        if (!ok) wrong.fetch_add(1, std::memory_order_relaxed);
-        ++n;
-      }
-      lookups.fetch_add(n, std::memory_order_relaxed);
-    });
-  }
-  std::uint64_t resizes = 0;
-  {
-    std::mt19937_64 rng(7);
-    for (int round = 0; round < 300; ++round) {
-      const std::uint64_t n = 8 + rng() % 600;
-      const std::uint64_t base = 1'000'000 + static_cast<std::uint64_t>(round) * 1'000;
-      for (std::uint64_t k = base; k < base + n; ++k) map.insert(k, k);
-      for (std::uint64_t k = base; k < base + n; ++k) map.erase(k);
-    }
-    resizes = map.stats().resizes;
-  }
-  stop.store(true);
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(wrong.load(), 0u) << "of " << lookups.load() << " lookups";
+  StableReaders readers(map, kStable, 40, 0);  // past the 15 exclusive lanes of the Map's slot
+  churn(map, 300, 600, 7);
+  const std::uint64_t resizes = map.stats().resizes;
+  readers.stop();
+  EXPECT_EQ(readers.wrong(), 0u) << "of " << readers.lookups() << " lookups";
   EXPECT_GT(resizes, 100u) << "the writer did not churn the table";
   for (std::uint64_t k = 1; k <= kStable; ++k) EXPECT_EQ(map.find(k), value_of(k));
 }
@@ -368,39 +391,17 @@ TEST(FindFrontReview, CachedViewsSurviveAnotherProcessChurning) {
   Map map = Map::create(name, {.initial_capacity = 8});
   constexpr std::uint64_t kStable = 24;
   for (std::uint64_t k = 1; k <= kStable; ++k) map.insert(k, value_of(k));
-  std::atomic<bool> stop{false};
-  std::atomic<std::uint64_t> wrong{0}, lookups{0};
-  std::vector<std::thread> readers;
-  for (int r = 0; r < 2; ++r) {
-    readers.emplace_back([&, r] {
-      std::mt19937_64 rng(static_cast<std::uint64_t>(r) + 100);
-      std::uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        const std::uint64_t k = 1 + rng() % (kStable * 2);
-        const auto v = map.find(k);
-        if (k <= kStable ? v != value_of(k) : v.has_value()) wrong.fetch_add(1);
-        ++n;
-      }
-      lookups.fetch_add(n);
-    });
-  }
+  StableReaders readers(map, kStable, 2, 100);
   const pid_t pid = test::spawn([&]() -> bool {
     Map w = Map::open(name);
-    std::mt19937_64 rng(9);
-    for (int round = 0; round < 4000; ++round) {
-      const std::uint64_t n = 8 + rng() % 400;
-      const std::uint64_t base = 1'000'000 + static_cast<std::uint64_t>(round) * 1'000;
-      for (std::uint64_t k = base; k < base + n; ++k) w.insert(k, k);
-      for (std::uint64_t k = base; k < base + n; ++k) w.erase(k);
-    }
+    churn(w, 4000, 400, 9);
     return w.stats().resizes > 50;
   });
   const int code = test::wait_child(pid);
-  stop.store(true);
-  for (auto& t : readers) t.join();
+  readers.stop();
   EXPECT_EQ(code, 0);
-  EXPECT_EQ(wrong.load(), 0u) << "of " << lookups.load();
-  RecordProperty("lookups", static_cast<int>(lookups.load() / 1000));
+  EXPECT_EQ(readers.wrong(), 0u) << "of " << readers.lookups();
+  RecordProperty("lookups", static_cast<int>(readers.lookups() / 1000));
 }
 
 }  // namespace
