@@ -1,0 +1,328 @@
+// shmap — the untyped core of TypedMap (include/shmap/typed_map.hpp): keys are 64-bit words,
+// values are blocks of bytes of one size, inline in the bucket's value word when they fit in 8
+// bytes and in an immutable record (records.hpp) otherwise.
+//
+// A write runs inside MapImpl::mutate: its decide callback sees the current value word and
+// returns the new one; the commit callback runs once the bucket CAS has landed. Every block a
+// write holds enters and leaves its hands inside the write (pinned, writer-marked, past the
+// gate), which is what lets audit() call a block no list holds "leaked":
+//   - allocated and filled in decide (once per write: a retried decide refills the same block,
+//     which nobody else can see until the CAS publishes it);
+//   - given back in decide when the write decides to keep the current value;
+//   - published by the CAS; the record it replaced (or erased) retired in commit.
+// A write that throws between decide and the CAS (damage found, out of space) leaks its block
+// rather than free it outside the write.
+#include "shmap/typed_map.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/records.hpp"
+
+namespace shmap::detail {
+
+namespace {
+
+TypeRecord to_record(const TypeInfo& t) {
+  TypeRecord r{};
+  r.size = t.size;
+  r.align = t.align;
+  r.kind = static_cast<std::uint32_t>(t.kind);
+  std::memcpy(r.name, t.name.data(), std::min(t.name.size(), sizeof(r.name) - 1));
+  return r;
+}
+
+SegmentTypes to_types(const std::string& name, const TypedCore::Layout& l) {
+  if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
+    fail(Errc::invalid_argument, name,
+         "typed maps take keys of 1..8 bytes and values of 1.." + std::to_string(kMaxValueBytes) +
+             " bytes");
+  }
+  return {to_record(l.key), to_record(l.value)};
+}
+
+/// Retires so far by this thread; every kReclaimEvery a reclaim pass runs after the write.
+thread_local unsigned t_retired = 0;
+constexpr unsigned kReclaimEvery = 64;
+
+/// One write's state: the block it holds (unpublished) and what happened.
+struct Write {
+  const MapImpl& m;
+  RecordHeap heap;
+  std::size_t bytes;
+  std::size_t cls;
+  bool inline_value;
+  std::uint64_t block = 0;  // allocated here, not published yet
+  bool committed = false;
+  bool carved = false;
+
+  Write(const MapImpl& map, std::size_t value_bytes)
+      : m(map),
+        heap(map),
+        bytes(value_bytes),
+        cls(RecordHeap::class_for(value_bytes)),
+        inline_value(value_bytes <= 8) {}
+
+  /// The value word that stores `value` (filling this write's block).
+  std::uint64_t word_for(const void* value) {
+    if (inline_value) {
+      std::uint64_t w = 0;
+      std::memcpy(&w, value, bytes);
+      return w;
+    }
+    if (block == 0) block = heap.allocate(cls);
+    heap.fill(block, cls, value, bytes);
+    return block;
+  }
+  /// The value a word stores (pinned: a record is not reused while we are).
+  void read(std::uint64_t w, void* out) const {
+    if (inline_value) {
+      std::memcpy(out, &w, bytes);
+    } else {
+      std::memcpy(out, heap.value(w, bytes), bytes);
+    }
+  }
+  bool equals(std::uint64_t w, const void* value) const {
+    if (inline_value) {
+      std::uint64_t x = 0;
+      std::memcpy(&x, value, bytes);
+      return w == x;
+    }
+    return std::memcmp(heap.value(w, bytes), value, bytes) == 0;
+  }
+  WriteIntent keep() {
+    if (block != 0) {
+      heap.free_unpublished(block);
+      block = 0;
+    }
+    return {WriteIntent::keep, 0};
+  }
+  WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w}; }
+  void commit(std::optional<std::uint64_t> replaced) {
+    committed = true;
+    block = 0;  // published (or, for an erase, there was none)
+    if (!inline_value && replaced) {
+      heap.retire(*replaced);
+      ++t_retired;
+    }
+  }
+  /// After the write, unpinned: a reclaim pass now and then, so that retired records return.
+  void after() {
+    if (!inline_value && t_retired >= kReclaimEvery) {
+      t_retired = 0;
+      heap.reclaim(false);
+    }
+  }
+};
+
+/// Runs a write: decide(Write&, current) -> intent, inside MapImpl::mutate.
+template <class Decide>
+std::optional<std::uint64_t> run(MapImpl& m, Write& w, std::uint64_t k, bool may_insert,
+                                 Decide&& decide) {
+  struct Ctx {
+    Write& w;
+    Decide& d;
+  } ctx{w, decide};
+  const std::optional<std::uint64_t> old = m.mutate_impl(
+      k, may_insert,
+      [](void* c, std::optional<std::uint64_t> cur) {
+        auto& x = *static_cast<Ctx*>(c);
+        return x.d(x.w, cur);
+      },
+      &ctx,
+      [](void* c, std::optional<std::uint64_t> replaced) {
+        static_cast<Ctx*>(c)->w.commit(replaced);
+      });
+  w.after();
+  return old;
+}
+
+}  // namespace
+
+TypedCore::TypedCore(Map map) : map_(std::move(map)) {
+  value_size_ = map_.impl().types().value.size;
+  inline_ = value_size_ <= 8;
+}
+TypedCore::TypedCore(TypedCore&&) noexcept = default;
+TypedCore& TypedCore::operator=(TypedCore&&) noexcept = default;
+TypedCore::~TypedCore() = default;
+
+TypedCore TypedCore::create(const std::string& name, const Options& options, const Layout& layout) {
+  bool existed = false;
+  return TypedCore(Map(MapImpl::create(name, options, true, &existed, to_types(name, layout))));
+}
+
+TypedCore TypedCore::open(const std::string& name, const Layout& layout) {
+  return TypedCore(Map(MapImpl::open(name, true, false, to_types(name, layout))));
+}
+
+TypedCore TypedCore::open_or_create(const std::string& name, const Options& options,
+                                    const Layout& layout, bool* created) {
+  const SegmentTypes types = to_types(name, layout);
+  // As Map::open_or_create: one creator wins; a remove() between the two steps means retry.
+  for (int attempt = 0;; ++attempt) {
+    bool existed = false;
+    if (auto impl = MapImpl::create(name, options, false, &existed, types)) {
+      if (created != nullptr) *created = true;
+      return TypedCore(Map(std::move(impl)));
+    }
+    try {
+      TypedCore c(Map(MapImpl::open(name, true, false, types)));
+      if (created != nullptr) *created = false;
+      return c;
+    } catch (const Error& e) {
+      if (e.code() != Errc::not_found || attempt > 100) throw;
+    }
+  }
+}
+
+bool TypedCore::find(std::uint64_t k, void* out) const {
+  if (inline_) {
+    const std::optional<std::uint64_t> v = map_.find(k);
+    if (v) std::memcpy(out, &*v, value_size_);
+    return v.has_value();
+  }
+  const MapImpl& m = map_.impl();
+  PinGuard pin(m);  // the record cannot be reused while we copy it
+  std::uint64_t w = 0;
+  if (!m.find(k, &w)) return false;
+  // The record's bytes were written before the CAS that published w (a full barrier); this
+  // orders our copy after our read of w in the C++ model too.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  std::memcpy(out, RecordHeap(m).value(w, value_size_), value_size_);
+  return true;
+}
+
+bool TypedCore::insert(std::uint64_t k, const void* v) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t> cur) {
+    return cur ? x.keep() : x.set(x.word_for(v));
+  });
+  return w.committed;
+}
+
+bool TypedCore::insert_or_assign(std::uint64_t k, const void* v) {
+  Write w(map_.impl(), value_size_);
+  const auto old = run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t>) {
+    return x.set(x.word_for(v));
+  });
+  return !old.has_value();
+}
+
+bool TypedCore::erase(std::uint64_t k) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, false, [](Write& x, std::optional<std::uint64_t> cur) {
+    return cur ? WriteIntent{WriteIntent::erase, 0} : x.keep();
+  });
+  return w.committed;
+}
+
+bool TypedCore::compare_exchange(std::uint64_t k, const void* expected, const void* desired) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, false, [expected, desired](Write& x, std::optional<std::uint64_t> cur) {
+    return cur && x.equals(*cur, expected) ? x.set(x.word_for(desired)) : x.keep();
+  });
+  return w.committed;
+}
+
+namespace {
+/// decide() of update and upsert: a copy of the current value, edited by f.
+struct Edit {
+  TypedCore::EditFn f;
+  TypedCore::MakeFn make;  // nullptr: update (absent stays absent)
+  void* ctx;
+  std::vector<unsigned char> buf;
+  WriteIntent operator()(Write& x, std::optional<std::uint64_t> cur) {
+    if (!cur) {
+      if (make == nullptr) return x.keep();
+      make(ctx, buf.data());
+      return x.set(x.word_for(buf.data()));
+    }
+    x.read(*cur, buf.data());
+    if (!f(ctx, buf.data())) return x.keep();
+    return x.set(x.word_for(buf.data()));
+  }
+};
+}  // namespace
+
+bool TypedCore::update(std::uint64_t k, EditFn f, void* ctx) {
+  Write w(map_.impl(), value_size_);
+  Edit e{f, nullptr, ctx, std::vector<unsigned char>(value_size_)};
+  return run(map_.impl(), w, k, false, e).has_value();
+}
+
+bool TypedCore::upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx) {
+  Write w(map_.impl(), value_size_);
+  Edit e{f, make, ctx, std::vector<unsigned char>(value_size_)};
+  const auto old = run(map_.impl(), w, k, true, e);
+  return w.committed && !old.has_value();
+}
+
+void TypedCore::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const {
+  struct Ctx {
+    void (*fn)(void*, std::uint64_t, const void*);
+    void* ctx;
+    const MapImpl& m;
+    std::size_t bytes;
+    bool inline_value;
+  } c{fn, ctx, map_.impl(), value_size_, inline_};
+  // MapImpl::for_each calls back pinned: a record stays put while fn reads it.
+  map_.impl().for_each(
+      [](void* p, std::uint64_t k, std::uint64_t w) {
+        auto& x = *static_cast<Ctx*>(p);
+        if (x.inline_value) {
+          x.fn(x.ctx, k, &w);
+        } else {
+          std::atomic_thread_fence(std::memory_order_acquire);
+          x.fn(x.ctx, k, RecordHeap(x.m).value(w, x.bytes));
+        }
+      },
+      &c);
+}
+
+std::size_t TypedCore::size() const { return map_.size(); }
+Stats TypedCore::stats() const { return map_.stats(); }
+const std::string& TypedCore::name() const { return map_.name(); }
+
+CheckReport TypedCore::check(RecordStats* records) const {
+  CheckReport rep = map_.check();
+  if (inline_) {
+    if (records != nullptr) *records = {};
+    return rep;
+  }
+  const RecordHeap::Audit a = RecordHeap(map_.impl()).audit(false);
+  RecordStats s = a.stats;
+  s.record_bytes = kRecordClassBytes[RecordHeap::class_for(value_size_)];
+  if (records != nullptr) *records = s;
+  if (!a.problem.empty()) {
+    rep.ok = false;
+    rep.problems.push_back("value records: " + a.problem);
+  } else if (!a.done) {
+    rep.notes.push_back(
+        "value records: not audited (another process is reclaiming); run check again");
+  } else if (s.leaked != 0) {
+    rep.ok = false;
+    rep.problems.push_back(std::to_string(s.leaked) +
+                           " value records are leaked (a writer was killed mid-write); "
+                           "'compact' gives them back");
+  } else {
+    rep.notes.push_back("value records: " + std::to_string(s.live) + " live, " +
+                        std::to_string(s.free) + " free, " + std::to_string(s.retired) +
+                        " retired, in " + std::to_string(s.slabs) + " slabs; none leaked");
+  }
+  return rep;
+}
+
+void TypedCore::compact() {
+  map_.compact();
+  if (inline_) return;
+  const RecordHeap heap(map_.impl());
+  heap.audit(true);
+  heap.reclaim(true);
+}
+
+}  // namespace shmap::detail
