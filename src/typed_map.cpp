@@ -76,6 +76,7 @@ struct Write {
     }
     if (block == 0) block = heap.allocate(cls);
     heap.fill(block, cls, value, bytes);
+    if (RecordHeap::after_fill_for_test != nullptr) RecordHeap::after_fill_for_test();
     return block;
   }
   /// The value a word stores (pinned: a record is not reused while we are).
@@ -106,6 +107,7 @@ struct Write {
     committed = true;
     block = 0;  // published (or, for an erase, there was none)
     if (!inline_value && replaced) {
+      if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
       heap.retire(*replaced);
       ++t_retired;
     }
@@ -294,7 +296,12 @@ CheckReport TypedCore::check(RecordStats* records) const {
     if (records != nullptr) *records = {};
     return rep;
   }
-  const RecordHeap::Audit a = RecordHeap(map_.impl()).audit(false);
+  RecordHeap::Audit a;
+  try {
+    a = RecordHeap(map_.impl()).audit(false);
+  } catch (const Error& e) {
+    a.problem = e.what();
+  }
   RecordStats s = a.stats;
   s.record_bytes = kRecordClassBytes[RecordHeap::class_for(value_size_)];
   if (records != nullptr) *records = s;
@@ -303,7 +310,8 @@ CheckReport TypedCore::check(RecordStats* records) const {
     rep.problems.push_back("value records: " + a.problem);
   } else if (!a.done) {
     rep.notes.push_back(
-        "value records: not audited (another process is reclaiming); run check again");
+        "value records: not audited (another process is reclaiming, or a writer is stopped "
+        "inside a write); run check again");
   } else if (s.leaked != 0) {
     rep.ok = false;
     rep.problems.push_back(std::to_string(s.leaked) +

@@ -57,6 +57,13 @@ class RecordHeap {
   /// writers back for its walk (a point-in-time hold). Call unpinned.
   Audit audit(bool recover) const;
 
+  /// Test hooks (a child process sets one and dies in it): after a write filled its block and
+  /// before its CAS; after a write's CAS and before it retires the record it replaced; while
+  /// a batch is freed, after the batch head moved past a block and before the block is freed.
+  static inline void (*after_fill_for_test)() = nullptr;
+  static inline void (*before_retire_for_test)() = nullptr;
+  static inline void (*in_batch_free_for_test)() = nullptr;
+
  private:
   /// The slab of the block at `off`, if `off` is a block of a slab of class cls (any class if
   /// cls == SIZE_MAX) inside this process's mapping; nullptr otherwise.
