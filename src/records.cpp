@@ -166,20 +166,26 @@ void RecordHeap::fill(std::uint64_t blk, std::size_t cls, const void* value,
   std::memcpy(reinterpret_cast<char*>(r) + kRecordHeaderBytes, value, bytes);
 }
 
-const void* RecordHeap::value(std::uint64_t off, std::size_t bytes) const {
+const void* RecordHeap::value_or_null(std::uint64_t off, std::size_t bytes) const noexcept {
   // Bounds only (a few loads of lines every reader has): a damaged offset reads bytes of the
   // arena, never outside the mapping. check() finds the damage.
   const SegmentHeader& h = m_.header();
-  const std::uint64_t limit = std::min(h.arena_top.load(std::memory_order_acquire),
-                                       h.file_bytes.load(std::memory_order_acquire));
-  if (off % 16 != 0 || off < m_.arena_offset() || limit > m_.reserved_bytes() ||
-      off + kRecordHeaderBytes + bytes > limit || off > limit) {
-    fail(Errc::corrupt, m_.name(),
-         "a bucket refers to a value record at " + std::to_string(off) +
-             ", outside the arena; the segment is damaged: run 'shmap check " + m_.name() + "'");
+  const std::uint64_t limit =
+      std::min({h.arena_top.load(std::memory_order_acquire),
+                h.file_bytes.load(std::memory_order_acquire), m_.reserved_bytes()});
+  if (off % 16 != 0 || off < m_.arena_offset() || off > limit ||
+      limit - off < kRecordHeaderBytes + bytes) {
+    return nullptr;
   }
   m_.ensure_mapped(off + kRecordHeaderBytes + bytes);
   return m_.at<char>(off) + kRecordHeaderBytes;
+}
+
+const void* RecordHeap::value(std::uint64_t off, std::size_t bytes) const {
+  if (const void* p = value_or_null(off, bytes)) return p;
+  fail(Errc::corrupt, m_.name(),
+       "a bucket refers to a value record at " + std::to_string(off) +
+           ", outside the arena; the segment is damaged: run 'shmap check " + m_.name() + "'");
 }
 
 void RecordHeap::free_unpublished(std::uint64_t blk) const {

@@ -468,7 +468,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
 }
 
 std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale, bool read_only,
-                                       const SegmentTypes& expect) {
+                                       const SegmentTypes* expect) {
   validate_name(name);
   // O_NONBLOCK: a FIFO planted under the name must not block the open.
   const int fd = ::shm_open(shm_path(name).c_str(),
@@ -566,9 +566,9 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
          "the segment header names an unknown kind of map (damaged); remove it with 'shmap rm " +
              name + "'");
   }
-  if (!same_types(held, expect)) {
+  if (expect != nullptr && !same_types(held, *expect)) {
     fail(Errc::layout_mismatch, name,
-         "holds " + describe_types(held) + ", opened as " + describe_types(expect) +
+         "holds " + describe_types(held) + ", opened as " + describe_types(*expect) +
              "; open it with the types it was created with");
   }
   // The immutable fields, each read once: the values checked are the values kept.
@@ -632,15 +632,18 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   return m;
 }
 
-SegmentTypes u64_types() {
-  SegmentTypes t;
-  for (TypeRecord* r : {&t.key, &t.value}) {
-    r->size = 8;
-    r->align = 8;
-    r->kind = 1;  // TypeInfo::Kind::unsigned_integer
-    std::memcpy(r->name, "uint64", 7);
-  }
-  return t;
+const SegmentTypes& u64_types() {
+  static const SegmentTypes types = [] {
+    SegmentTypes t;
+    for (TypeRecord* r : {&t.key, &t.value}) {
+      r->size = 8;
+      r->align = 8;
+      r->kind = 1;  // TypeInfo::Kind::unsigned_integer
+      std::memcpy(r->name, "uint64", 7);
+    }
+    return t;
+  }();
+  return types;
 }
 
 bool same_types(const SegmentTypes& a, const SegmentTypes& b) {

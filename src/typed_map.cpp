@@ -23,7 +23,10 @@
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
 
-namespace shmap::detail {
+namespace shmap {
+
+// The internals this file composes (MapImpl, RecordHeap, the layout) are detail's.
+using namespace detail;  // NOLINT(google-build-using-namespace): one .cpp, no header
 
 namespace {
 
@@ -36,7 +39,7 @@ TypeRecord to_record(const TypeInfo& t) {
   return r;
 }
 
-SegmentTypes to_types(const std::string& name, const TypedCore::Layout& l) {
+SegmentTypes to_types(const std::string& name, const DynamicMap::Layout& l) {
   if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
     fail(Errc::invalid_argument, name,
          "typed maps take keys of 1..8 bytes and values of 1.." + std::to_string(kMaxValueBytes) +
@@ -145,35 +148,64 @@ std::optional<std::uint64_t> run(MapImpl& m, Write& w, std::uint64_t k, bool may
 
 }  // namespace
 
-TypedCore::TypedCore(Map map) : map_(std::move(map)) {
-  value_size_ = map_.impl().types().value.size;
+namespace {
+TypeInfo from_record(const TypeRecord& r) {
+  TypeInfo t;
+  t.size = r.size;
+  t.align = r.align;
+  t.kind = static_cast<TypeInfo::Kind>(r.kind);
+  t.name.assign(r.name, strnlen(r.name, sizeof(r.name)));
+  return t;
+}
+}  // namespace
+
+DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
+  const SegmentTypes& t = map_.impl().types();
+  // The sizes as open() validated them? It checked that they match the caller's, not that
+  // they are sane: a damaged header (opened with any types) must not size our copies.
+  if (t.key.size == 0 || t.key.size > 8 || t.value.size == 0 || t.value.size > kMaxValueBytes) {
+    fail(Errc::corrupt, map_.name(),
+         "the segment header records impossible key or value sizes (" + std::to_string(t.key.size) +
+             ", " + std::to_string(t.value.size) + "); the segment is damaged");
+  }
+  layout_ = {from_record(t.key), from_record(t.value)};
+  value_size_ = t.value.size;
   inline_ = value_size_ <= 8;
 }
-TypedCore::TypedCore(TypedCore&&) noexcept = default;
-TypedCore& TypedCore::operator=(TypedCore&&) noexcept = default;
-TypedCore::~TypedCore() = default;
 
-TypedCore TypedCore::create(const std::string& name, const Options& options, const Layout& layout) {
+std::string DynamicMap::describe() const { return describe_types(map_.impl().types()); }
+DynamicMap::DynamicMap(DynamicMap&&) noexcept = default;
+DynamicMap& DynamicMap::operator=(DynamicMap&&) noexcept = default;
+DynamicMap::~DynamicMap() = default;
+
+DynamicMap DynamicMap::create(const std::string& name, const Options& options,
+                              const Layout& layout) {
   bool existed = false;
-  return TypedCore(Map(MapImpl::create(name, options, true, &existed, to_types(name, layout))));
+  return DynamicMap(Map(MapImpl::create(name, options, true, &existed, to_types(name, layout))));
 }
 
-TypedCore TypedCore::open(const std::string& name, const Layout& layout) {
-  return TypedCore(Map(MapImpl::open(name, true, false, to_types(name, layout))));
+DynamicMap DynamicMap::open(const std::string& name, const Layout& layout) {
+  const SegmentTypes types = to_types(name, layout);
+  return DynamicMap(Map(MapImpl::open(name, true, false, &types)));
 }
 
-TypedCore TypedCore::open_or_create(const std::string& name, const Options& options,
-                                    const Layout& layout, bool* created) {
+DynamicMap DynamicMap::open(const std::string& name, const OpenOptions& options) {
+  return DynamicMap(
+      Map(MapImpl::open(name, options.clear_stale_handles, options.read_only, nullptr)));
+}
+
+DynamicMap DynamicMap::open_or_create(const std::string& name, const Options& options,
+                                      const Layout& layout, bool* created) {
   const SegmentTypes types = to_types(name, layout);
   // As Map::open_or_create: one creator wins; a remove() between the two steps means retry.
   for (int attempt = 0;; ++attempt) {
     bool existed = false;
     if (auto impl = MapImpl::create(name, options, false, &existed, types)) {
       if (created != nullptr) *created = true;
-      return TypedCore(Map(std::move(impl)));
+      return DynamicMap(Map(std::move(impl)));
     }
     try {
-      TypedCore c(Map(MapImpl::open(name, true, false, types)));
+      DynamicMap c(Map(MapImpl::open(name, true, false, &types)));
       if (created != nullptr) *created = false;
       return c;
     } catch (const Error& e) {
@@ -182,13 +214,14 @@ TypedCore TypedCore::open_or_create(const std::string& name, const Options& opti
   }
 }
 
-bool TypedCore::find(std::uint64_t k, void* out) const {
+bool DynamicMap::find(std::uint64_t k, void* out) const {
   if (inline_) {
     const std::optional<std::uint64_t> v = map_.find(k);
     if (v) std::memcpy(out, &*v, value_size_);
     return v.has_value();
   }
   const MapImpl& m = map_.impl();
+  if (m.read_only()) return find_read_only(k, out);
   PinGuard pin(m);  // the record cannot be reused while we copy it
   std::uint64_t w = 0;
   if (!m.find(k, &w)) return false;
@@ -199,7 +232,7 @@ bool TypedCore::find(std::uint64_t k, void* out) const {
   return true;
 }
 
-bool TypedCore::insert(std::uint64_t k, const void* v) {
+bool DynamicMap::insert(std::uint64_t k, const void* v) {
   Write w(map_.impl(), value_size_);
   run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t> cur) {
     return cur ? x.keep() : x.set(x.word_for(v));
@@ -207,7 +240,7 @@ bool TypedCore::insert(std::uint64_t k, const void* v) {
   return w.committed;
 }
 
-bool TypedCore::insert_or_assign(std::uint64_t k, const void* v) {
+bool DynamicMap::insert_or_assign(std::uint64_t k, const void* v) {
   Write w(map_.impl(), value_size_);
   const auto old = run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t>) {
     return x.set(x.word_for(v));
@@ -215,7 +248,7 @@ bool TypedCore::insert_or_assign(std::uint64_t k, const void* v) {
   return !old.has_value();
 }
 
-bool TypedCore::erase(std::uint64_t k) {
+bool DynamicMap::erase(std::uint64_t k) {
   Write w(map_.impl(), value_size_);
   run(map_.impl(), w, k, false, [](Write& x, std::optional<std::uint64_t> cur) {
     return cur ? WriteIntent{WriteIntent::erase, 0} : x.keep();
@@ -223,7 +256,7 @@ bool TypedCore::erase(std::uint64_t k) {
   return w.committed;
 }
 
-bool TypedCore::compare_exchange(std::uint64_t k, const void* expected, const void* desired) {
+bool DynamicMap::compare_exchange(std::uint64_t k, const void* expected, const void* desired) {
   Write w(map_.impl(), value_size_);
   run(map_.impl(), w, k, false, [expected, desired](Write& x, std::optional<std::uint64_t> cur) {
     return cur && x.equals(*cur, expected) ? x.set(x.word_for(desired)) : x.keep();
@@ -234,8 +267,8 @@ bool TypedCore::compare_exchange(std::uint64_t k, const void* expected, const vo
 namespace {
 /// decide() of update and upsert: a copy of the current value, edited by f.
 struct Edit {
-  TypedCore::EditFn f;
-  TypedCore::MakeFn make;  // nullptr: update (absent stays absent)
+  DynamicMap::EditFn f;
+  DynamicMap::MakeFn make;  // nullptr: update (absent stays absent)
   void* ctx;
   std::vector<unsigned char> buf;
   WriteIntent operator()(Write& x, std::optional<std::uint64_t> cur) {
@@ -251,20 +284,58 @@ struct Edit {
 };
 }  // namespace
 
-bool TypedCore::update(std::uint64_t k, EditFn f, void* ctx) {
+bool DynamicMap::update(std::uint64_t k, EditFn f, void* ctx) {
   Write w(map_.impl(), value_size_);
   Edit e{f, nullptr, ctx, std::vector<unsigned char>(value_size_)};
   return run(map_.impl(), w, k, false, e).has_value();
 }
 
-bool TypedCore::upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx) {
+bool DynamicMap::upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx) {
   Write w(map_.impl(), value_size_);
   Edit e{f, make, ctx, std::vector<unsigned char>(value_size_)};
   const auto old = run(map_.impl(), w, k, true, e);
   return w.committed && !old.has_value();
 }
 
-void TypedCore::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const {
+bool DynamicMap::find_read_only(std::uint64_t k, void* out) const {
+  // A read-only attachment's pin protects nothing: copy the value under a validated read
+  // (read_only.cpp). A record is reused only after a reclaimer advanced the global epoch past
+  // its unlink, so a copy made while the epoch stood still is of a record nobody reused.
+  const MapImpl& m = map_.impl();
+  const RecordHeap heap(m);
+  bool found = false;
+  bool outside = false;
+  m.read_validated("find", [&] {
+    found = outside = false;
+    const std::optional<std::uint64_t> w = m.ro_lookup(k);
+    if (!w) return;
+    found = true;
+    const void* p = heap.value_or_null(*w, value_size_);
+    if (p == nullptr) {
+      outside = true;  // a stale word (retried) or damage (reported below)
+      return;
+    }
+    std::memcpy(out, p, value_size_);
+  });
+  if (outside) (void)heap.value(UINT64_MAX, value_size_);  // throws corrupt, naming the map
+  return found;
+}
+
+std::vector<ReaderInfo> DynamicMap::readers() const { return map_.readers(); }
+std::size_t DynamicMap::clear_stale_handles() { return map_.clear_stale_handles(); }
+bool DynamicMap::read_only() const { return map_.read_only(); }
+
+void DynamicMap::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const {
+  if (!inline_ && map_.read_only()) {
+    // The keys from a walk, then each value by a validated lookup (see find_read_only).
+    std::vector<std::uint64_t> keys;
+    map_.for_each([&](std::uint64_t k, std::uint64_t) { keys.push_back(k); });
+    std::vector<unsigned char> buf(value_size_);
+    for (const std::uint64_t k : keys) {
+      if (find_read_only(k, buf.data())) fn(ctx, k, buf.data());
+    }
+    return;
+  }
   struct Ctx {
     void (*fn)(void*, std::uint64_t, const void*);
     void* ctx;
@@ -286,12 +357,18 @@ void TypedCore::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), 
       &c);
 }
 
-std::size_t TypedCore::size() const { return map_.size(); }
-Stats TypedCore::stats() const { return map_.stats(); }
-const std::string& TypedCore::name() const { return map_.name(); }
+std::size_t DynamicMap::size() const { return map_.size(); }
+Stats DynamicMap::stats() const { return map_.stats(); }
+const std::string& DynamicMap::name() const { return map_.name(); }
 
-CheckReport TypedCore::check(RecordStats* records) const {
+CheckReport DynamicMap::check(RecordStats* records) const {
   CheckReport rep = map_.check();
+  if (!inline_ && map_.read_only()) {
+    rep.notes.push_back(
+        "value records: not audited (the audit holds writers back: it needs write permission)");
+    if (records != nullptr) *records = {};
+    return rep;
+  }
   if (inline_) {
     if (records != nullptr) *records = {};
     return rep;
@@ -325,7 +402,7 @@ CheckReport TypedCore::check(RecordStats* records) const {
   return rep;
 }
 
-void TypedCore::compact() {
+void DynamicMap::compact() {
   map_.compact();
   if (inline_) return;
   const RecordHeap heap(map_.impl());
@@ -333,4 +410,4 @@ void TypedCore::compact() {
   heap.reclaim(true);
 }
 
-}  // namespace shmap::detail
+}  // namespace shmap

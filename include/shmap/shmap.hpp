@@ -29,9 +29,9 @@
 
 namespace shmap {
 
+class DynamicMap;
 namespace detail {
 class MapImpl;
-class TypedCore;
 }  // namespace detail
 
 struct Options {
@@ -279,7 +279,7 @@ class Map {
   detail::MapImpl& impl() const { return *impl_; }
 
  private:
-  friend class detail::TypedCore;
+  friend class DynamicMap;
   explicit Map(std::unique_ptr<detail::MapImpl> impl);
   void for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
   std::optional<std::uint64_t> find_slow(std::uint64_t k) const;

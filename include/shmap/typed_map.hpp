@@ -30,6 +30,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "shmap/shmap.hpp"
 
@@ -83,6 +84,34 @@ template <>
 struct TypeName<double> {
   static constexpr std::string_view value = "float64";
 };
+template <>
+struct TypeName<std::uint32_t> {
+  static constexpr std::string_view value = "uint32";
+};
+template <>
+struct TypeName<std::int32_t> {
+  static constexpr std::string_view value = "int32";
+};
+template <>
+struct TypeName<std::uint16_t> {
+  static constexpr std::string_view value = "uint16";
+};
+template <>
+struct TypeName<std::int16_t> {
+  static constexpr std::string_view value = "int16";
+};
+template <>
+struct TypeName<std::uint8_t> {
+  static constexpr std::string_view value = "uint8";
+};
+template <>
+struct TypeName<std::int8_t> {
+  static constexpr std::string_view value = "int8";
+};
+template <>
+struct TypeName<float> {
+  static constexpr std::string_view value = "float32";
+};
 
 template <class T>
 TypeInfo type_info() {
@@ -108,25 +137,36 @@ struct RecordStats {
   std::size_t record_bytes = 0;  // bytes of one record (header and value, rounded up)
 };
 
-namespace detail {
-
-/// The untyped map under every TypedMap: keys are 64-bit words, values are blocks of bytes
-/// of one size (src/typed_map.cpp). Templates stay thin: they only convert.
-class TypedCore {
+/// A typed map whose types are known at run time (tools, language bindings), and the untyped
+/// core under every TypedMap: keys are 64-bit words (a key's bytes, zero-padded), values are
+/// byte blocks of the size the segment records (src/typed_map.cpp). Templates stay thin: they
+/// only convert.
+class DynamicMap {
  public:
   struct Layout {
     TypeInfo key, value;
   };
-  static TypedCore create(const std::string& name, const Options& options, const Layout& layout);
-  static TypedCore open(const std::string& name, const Layout& layout);
-  static TypedCore open_or_create(const std::string& name, const Options& options,
-                                  const Layout& layout, bool* created);
-  TypedCore(TypedCore&&) noexcept;
-  TypedCore& operator=(TypedCore&&) noexcept;
-  ~TypedCore();
+  static DynamicMap create(const std::string& name, const Options& options, const Layout& layout);
+  /// Opens a map of exactly these types (else layout_mismatch, naming both).
+  static DynamicMap open(const std::string& name, const Layout& layout);
+  /// Opens a map of whatever types it holds (key_type(), value_type() say which). read_only:
+  /// as OpenOptions::read_only (find and for_each copy values under a validated read).
+  static DynamicMap open(const std::string& name, const OpenOptions& options = {});
+  static DynamicMap open_or_create(const std::string& name, const Options& options,
+                                   const Layout& layout, bool* created);
+  DynamicMap(DynamicMap&&) noexcept;
+  DynamicMap& operator=(DynamicMap&&) noexcept;
+  ~DynamicMap();
 
+  const TypeInfo& key_type() const { return layout_.key; }
+  const TypeInfo& value_type() const { return layout_.value; }
+  /// "uint64 -> Quote (24 bytes)".
+  std::string describe() const;
+
+  /// Copies k's value (value_type().size bytes) to out; false if absent.
   bool find(std::uint64_t k, void* out) const;
   bool insert(std::uint64_t k, const void* v);
+  /// True if k was inserted, false if its value was replaced.
   bool insert_or_assign(std::uint64_t k, const void* v);
   bool erase(std::uint64_t k);
   bool compare_exchange(std::uint64_t k, const void* expected, const void* desired);
@@ -137,20 +177,27 @@ class TypedCore {
   /// k absent: installs make(ctx, value) (returns true); present: applies f (returns false).
   using MakeFn = void (*)(void* ctx, void* value);
   bool upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx);
+  /// fn gets each entry's key word and value bytes (valid during the call only).
   void for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const;
   std::size_t size() const;
   Stats stats() const;
+  std::vector<ReaderInfo> readers() const;
+  std::size_t clear_stale_handles();
   CheckReport check(RecordStats* records) const;
   void compact();
   const std::string& name() const;
-  std::size_t value_size() const { return value_size_; }
+  bool read_only() const;
 
  private:
-  explicit TypedCore(Map map);
+  explicit DynamicMap(Map map);
+  bool find_read_only(std::uint64_t k, void* out) const;
   Map map_;
+  Layout layout_;
   std::size_t value_size_ = 0;
   bool inline_ = true;
 };
+
+namespace detail {
 
 template <class T>
 std::uint64_t to_word(const T& x) {
@@ -185,17 +232,17 @@ class TypedMap {
   using mapped_type = V;
 
   static TypedMap create(const std::string& name, const Options& options = {}) {
-    return TypedMap(detail::TypedCore::create(name, options, layout()));
+    return TypedMap(DynamicMap::create(name, options, layout()));
   }
   static TypedMap open(const std::string& name) {
-    return TypedMap(detail::TypedCore::open(name, layout()));
+    return TypedMap(DynamicMap::open(name, layout()));
   }
   static TypedMap open_or_create(const std::string& name, const Options& options = {},
                                  bool* created = nullptr) {
-    return TypedMap(detail::TypedCore::open_or_create(name, options, layout(), created));
+    return TypedMap(DynamicMap::open_or_create(name, options, layout(), created));
   }
   static bool remove(const std::string& name) { return Map::remove(name); }
-  static detail::TypedCore::Layout layout() { return {type_info<K>(), type_info<V>()}; }
+  static DynamicMap::Layout layout() { return {type_info<K>(), type_info<V>()}; }
 
   std::optional<V> find(const K& k) const {
     V v;
@@ -259,7 +306,7 @@ class TypedMap {
   const std::string& name() const { return core_.name(); }
 
  private:
-  explicit TypedMap(detail::TypedCore core) : core_(std::move(core)) {}
+  explicit TypedMap(DynamicMap core) : core_(std::move(core)) {}
   template <class F>
   static bool edit(void* c, void* value) {
     V v;
@@ -273,7 +320,7 @@ class TypedMap {
     std::memcpy(value, &v, sizeof(V));
     return true;
   }
-  detail::TypedCore core_;
+  DynamicMap core_;
 };
 
 }  // namespace shmap

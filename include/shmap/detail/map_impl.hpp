@@ -143,7 +143,7 @@ struct SegmentTypes {
   TypeRecord value{};
 };
 /// shmap::Map's: uint64 -> uint64.
-SegmentTypes u64_types();
+const SegmentTypes& u64_types();
 /// True if a and b record the same types (size, alignment, kind and name).
 bool same_types(const SegmentTypes& a, const SegmentTypes& b);
 /// "uint64 -> Quote (24 bytes)", for messages.
@@ -163,10 +163,11 @@ class MapImpl {
                                          const SegmentTypes& types = u64_types());
   /// read_only: O_RDONLY, PROT_READ, no handle slot (pins go to a process-private slot);
   /// see src/read_only.cpp for how its reads stay safe without a pin that others can see.
-  /// `expect`: the types the caller handles; a segment of others fails with layout_mismatch.
+  /// `expect`: the types the caller handles (nullptr: any); a segment of others fails with
+  /// layout_mismatch.
   static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true,
                                        bool read_only = false,
-                                       const SegmentTypes& expect = u64_types());
+                                       const SegmentTypes* expect = &u64_types());
   bool read_only() const { return read_only_; }
   /// The types the segment holds, as validated at open.
   const SegmentTypes& types() const { return types_; }

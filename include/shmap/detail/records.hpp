@@ -38,6 +38,8 @@ class RecordHeap {
   /// in this process's mapping (bounds only: readers pay a few loads of lines they have).
   /// Call pinned. Throws corrupt.
   const void* value(std::uint64_t off, std::size_t bytes) const;
+  /// value() without the throw: nullptr where value() would throw.
+  const void* value_or_null(std::uint64_t off, std::size_t bytes) const noexcept;
   /// Gives back a block that was never published (inside the write that allocated it).
   void free_unpublished(std::uint64_t block) const;
   /// Retires a published record that a write has just unlinked (inside that write). Never
