@@ -16,6 +16,7 @@
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
+#include "shmap/typed_map.hpp"
 #include "test_util.hpp"
 
 namespace shmap::test {
@@ -164,6 +165,77 @@ TEST_F(Cli, CreatePutGetDelAdd) {
   EXPECT_EQ(m.find(1), 100u);
   EXPECT_EQ(m.size(), 2u);
   EXPECT_EQ(m.stats().options.max_handles, 16u);
+}
+
+struct Quote {
+  double bid, ask;
+  std::uint64_t ts;
+};
+
+TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
+  ScopedName name("typed");
+  // A map made by C++: the tool reads its types from the segment.
+  {
+    auto q = TypedMap<std::int64_t, Quote>::create(name);
+    q.insert_or_assign(-5, Quote{1.5, 1.75, 42});
+  }
+  Result r = run({"get", name, "-5"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  Quote q{1.5, 1.75, 42};
+  std::string hex;
+  for (std::size_t i = 0; i < sizeof(Quote); ++i) {
+    char b[3];
+    std::snprintf(b, sizeof(b), "%02x", reinterpret_cast<const unsigned char*>(&q)[i]);
+    hex += b;
+  }
+  EXPECT_EQ(r.out, hex + "\n") << "a struct value prints as its bytes in hex";
+  EXPECT_EQ(run({"put", name, "7", hex}).rc, 0);
+  EXPECT_EQ((TypedMap<std::int64_t, Quote>::open(name).find(7)->ts), 42u);
+  expect_fails({"put", name, "8", "abcd"}, 2, "48 hex digits");
+  expect_fails({"put", name, "x", hex}, 2, "KEY 'x'");
+  expect_fails({"add", name, "7", "1"}, 2, "uint64 -> uint64 maps only");
+  r = run({"scan", name});
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find("-5  " + hex), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("7  " + hex), std::string::npos) << r.out;
+  r = run({"stat", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["key_type"], "i64");
+  EXPECT_NE(j["value_type"].get<std::string>().find("Quote (24 bytes)"), std::string::npos)
+      << j["value_type"];
+  EXPECT_EQ(j["values_in"], "records");
+  EXPECT_EQ(j["entries"], 2);
+  r = run({"check", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  const json c = json::parse(r.out);
+  EXPECT_EQ(c["records"]["live"], 2);
+  EXPECT_EQ(c["records"]["leaked"], 0);
+  EXPECT_EQ(run({"del", name, "7"}).rc, 0);
+  EXPECT_EQ(run({"del", name, "7"}).rc, 1);
+  EXPECT_EQ(run({"compact", name}).rc, 0);
+  r = run({"ls"});
+  EXPECT_NE(r.out.find("typed: i64 -> "), std::string::npos) << r.out;
+  EXPECT_EQ(run({"rm", name}).rc, 0);
+
+  // Made by the tool: numbers in, numbers out; C++ opens it with the matching types.
+  ScopedName made("made");
+  ASSERT_EQ(run({"create", made, "--key", "i32", "--value", "f64"}).rc, 0);
+  EXPECT_EQ(run({"put", made, "-2147483648", "2.5"}).rc, 0);
+  expect_fails({"put", made, "2147483648", "1"}, 2, "32-bit signed");
+  r = run({"get", made, "-2147483648"});
+  EXPECT_EQ(r.out, "2.5\n");
+  EXPECT_EQ((TypedMap<std::int32_t, double>::open(made).find(INT32_MIN)), 2.5);
+  try {
+    Map::open(made);
+    ADD_FAILURE() << "a uint64 Map opened an i32 -> f64 map";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::layout_mismatch);
+    EXPECT_NE(std::string(e.what()).find("int32 (4 bytes) -> float64"), std::string::npos)
+        << e.what();
+  }
+  expect_fails({"create", "x", "--value", "bytes:0"}, 2, "--value 'bytes:0'");
+  expect_fails({"create", "x", "--key", "bytes:9"}, 2, "keys are at most 8 bytes");
 }
 
 TEST_F(Cli, NumbersAreStrict) {
