@@ -18,8 +18,8 @@
 // Errc::layout_mismatch naming both. Keys are compared and hashed as their bytes (zero-padded
 // to 8): for floating-point keys 0.0 and -0.0 are different keys and a NaN finds itself.
 //
-// Not yet for typed maps (they fail with a clear error instead): dump/load, and the CLI verbs
-// other than ls and rm. shmap::Map (uint64 -> uint64) has all of them.
+// Not yet for typed maps: dump/load (and the CLI verbs built on them). shmap::Map (uint64 ->
+// uint64) has them. The CLI reads a typed map's types from its segment (DynamicMap).
 #pragma once
 
 #include <cstdint>
