@@ -658,8 +658,8 @@ std::string describe_types(const SegmentTypes& t) {
   auto one = [](const TypeRecord& r) {
     std::string s(r.name, strnlen(r.name, sizeof(r.name)));
     if (s.empty()) s = "?";
-    if (std::string_view(s) != "uint64" && std::string_view(s) != "int64" &&
-        std::string_view(s) != "float64") {
+    // A number's name says its size; a struct's size is worth saying.
+    if (r.kind == 4 || s.find_first_of("0123456789") == std::string::npos) {
       s += " (" + std::to_string(r.size) + " bytes)";
     }
     return s;

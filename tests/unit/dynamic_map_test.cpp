@@ -1,0 +1,180 @@
+// DynamicMap: a typed map opened without knowing its types, read-only attachments of record
+// maps (validated copies), and damaged type records in the header.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "shmap/detail/layout.hpp"
+#include "shmap/typed_map.hpp"
+#include "test_util.hpp"
+
+namespace shmap::test {
+namespace {
+
+struct Block {
+  std::array<std::uint64_t, 7> words;
+  std::uint64_t sum;  // of the words: a torn copy would not add up
+};
+Block block(std::uint64_t key, std::uint64_t gen) {
+  Block b{};
+  b.sum = 0;
+  for (std::size_t i = 0; i < b.words.size(); ++i) {
+    b.words[i] = key * 1000003 + gen * 7919 + i;
+    b.sum += b.words[i];
+  }
+  return b;
+}
+/// b is block(key, g) for some generation g: whole, and of this key.
+bool intact(const Block& b, std::uint64_t key) {
+  const std::uint64_t g = (b.words[0] - key * 1000003) / 7919;
+  const Block x = block(key, g);
+  return std::memcmp(&x, &b, sizeof b) == 0;
+}
+bool whole(const Block& b) {
+  std::uint64_t s = 0;
+  for (const auto w : b.words) s += w;
+  return s == b.sum;
+}
+
+template <class F>
+Errc code_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  }
+  return Errc{};
+}
+
+void poke_header(const std::string& name, void (*f)(detail::SegmentHeader&)) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  f(*static_cast<detail::SegmentHeader*>(p));
+  ::munmap(p, 4096);
+  ::close(fd);
+}
+
+TEST(DynamicMap, OpensAnyTypesAndSaysWhichTheyAre) {
+  ScopedName n("any");
+  auto m = TypedMap<std::int32_t, Block>::create(n);
+  m.insert_or_assign(-3, block(3, 1));
+  DynamicMap d = DynamicMap::open(n);
+  EXPECT_EQ(d.key_type(), type_info<std::int32_t>());
+  EXPECT_EQ(d.value_type(), type_info<Block>());
+  EXPECT_EQ(d.key_type().name, "int32");
+  EXPECT_NE(d.describe().find("int32 -> "), std::string::npos) << d.describe();
+  EXPECT_NE(d.describe().find("(64 bytes)"), std::string::npos) << d.describe();
+  Block b{};
+  const std::int32_t k = -3;
+  std::uint64_t w = 0;
+  std::memcpy(&w, &k, sizeof k);
+  ASSERT_TRUE(d.find(w, &b));
+  const Block expect = *m.find(-3);
+  EXPECT_EQ(std::memcmp(&b, &expect, sizeof b), 0);
+  // A uint64 map opened the same way.
+  ScopedName u("u64");
+  { Map::create(u).insert(1, 2); }
+  DynamicMap du = DynamicMap::open(u);
+  EXPECT_EQ(du.value_type().name, "uint64");
+  std::uint64_t v = 0;
+  ASSERT_TRUE(du.find(1, &v));
+  EXPECT_EQ(v, 2u);
+}
+
+TEST(DynamicMap, AReadOnlyAttachmentCopiesWholeValuesWhileWritersReplaceThem) {
+  ScopedName n("ro");
+  auto m = TypedMap<std::uint64_t, Block>::create(n, {.initial_capacity = 8});
+  constexpr std::uint64_t kKeys = 64;
+  for (std::uint64_t k = 0; k < kKeys; ++k) m.insert_or_assign(k, block(k, 0));
+  DynamicMap ro = DynamicMap::open(n, OpenOptions{.read_only = true});
+  ASSERT_TRUE(ro.read_only());
+  std::atomic<bool> stop{false};
+  // A writer replaces every value again and again (records are retired and reused), and
+  // grows and shrinks the map with keys of its own.
+  std::thread writer([&] {
+    for (std::uint64_t g = 1; !stop.load(std::memory_order_relaxed); ++g) {
+      for (std::uint64_t k = 0; k < kKeys; ++k) m.insert_or_assign(k, block(k, g));
+      for (std::uint64_t k = 1000; k < 1000 + (g % 7) * 200; ++k)
+        m.insert_or_assign(k, block(k, g));
+      for (std::uint64_t k = 1000; k < 2400; ++k) m.erase(k);
+    }
+  });
+  std::size_t torn = 0, missing = 0, reads = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < until) {
+    for (std::uint64_t k = 0; k < kKeys; ++k) {
+      Block b{};
+      if (!ro.find(k, &b)) {
+        ++missing;
+      } else if (!intact(b, k)) {
+        ++torn;
+      }
+      ++reads;
+    }
+  }
+  stop = true;
+  writer.join();
+  EXPECT_GT(reads, 1000u);
+  EXPECT_EQ(torn, 0u) << "a read-only copy mixed two values";
+  EXPECT_EQ(missing, 0u) << "a key present throughout was not found";
+  // for_each on the read-only attachment: every key, whole values.
+  std::size_t seen = 0;
+  ro.for_each(
+      [](void* c, std::uint64_t, const void* v) {
+        Block b;
+        std::memcpy(&b, v, sizeof b);
+        if (whole(b)) ++*static_cast<std::size_t*>(c);
+      },
+      &seen);
+  EXPECT_EQ(seen, kKeys);
+  RecordStats rs;
+  const CheckReport rep = ro.check(&rs);
+  EXPECT_TRUE(rep.ok);
+}
+
+TEST(DynamicMap, ImpossibleTypeSizesInTheHeaderAreDamageNotACrash) {
+  ScopedName n("bad");
+  { TypedMap<std::uint64_t, Block>::create(n); }
+  poke_header(n, [](detail::SegmentHeader& h) { h.value_type.size = 1 << 20; });
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::corrupt);
+  // Opened with its real types, the recorded ones differ: layout_mismatch, naming both.
+  EXPECT_EQ(code_of([&] { TypedMap<std::uint64_t, Block>::open(n); }), Errc::layout_mismatch);
+  poke_header(n, [](detail::SegmentHeader& h) { h.value_type.size = 0; });
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::corrupt);
+  poke_header(n, [](detail::SegmentHeader& h) {
+    h.value_type.size = sizeof(Block);
+    h.kind = 7;
+  });
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::corrupt);
+  poke_header(n, [](detail::SegmentHeader& h) {
+    h.kind = detail::kKindMap;
+    std::memset(h.value_type.name, 'x', sizeof h.value_type.name);  // no NUL
+  });
+  EXPECT_EQ(code_of([&] { TypedMap<std::uint64_t, Block>::open(n); }), Errc::layout_mismatch);
+  DynamicMap d = DynamicMap::open(n);
+  EXPECT_EQ(d.value_type().name, std::string(47, 'x')) << "the name is cut at its last byte";
+}
+
+TEST(DynamicMap, BadArgumentsAreInvalidArgument) {
+  ScopedName n("args");
+  const TypeInfo u64 = type_info<std::uint64_t>();
+  TypeInfo big = u64;
+  big.size = 9;
+  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {big, u64}); }), Errc::invalid_argument);
+  TypeInfo huge = u64;
+  huge.size = kMaxValueBytes + 1;
+  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {u64, huge}); }), Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::not_found);
+}
+
+}  // namespace
+}  // namespace shmap::test
