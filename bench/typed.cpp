@@ -11,7 +11,10 @@
 //              interprocess_sharable_mutex (shared lock per lookup, exclusive per write)
 //   lmdb       LMDB as bench/peers.hpp's LmdbPeer: 4096 puts per write transaction, 1024
 //              lookups per read transaction, MDB_INTEGERKEY, on tmpfs, no sync
-//   shmap-u64  the reference: shmap::Map (uint64 -> uint64) on the same keys (find_hit only)
+//   shmap-u64  the reference: shmap::Map (uint64 -> uint64) on the same keys (lookups only)
+//   shmap-s16  diagnostic, not run by default: TypedMap<uint64_t, 16-byte struct> (lookups
+//              only): a 32-byte record, one cache line, to tell the indirection's cost from
+//              the 64-byte copy's
 // Workloads, per size and map (as bench/micro.cpp):
 //   insert     the n keys into an empty map that grows (shmap from its smallest capacity, 8;
 //              flat from its default; bipc/LMDB segments sized for n, their tables grow)
@@ -43,35 +46,38 @@ using namespace shmap_bench;
 
 constexpr std::size_t kBatch = 1024;  // lookups per benchmark iteration
 
-/// The value: 64 bytes, eight words. Field j of the value written for index i is i + j, so a
-/// reader can tell a whole value (f[7] == f[0] + 7) from a torn one.
-struct S64 {
-  std::uint64_t f[8];
+/// The value: N uint64 fields. Field j of the value written for index i is i + j, so a reader
+/// can tell a whole value (f[N-1] == f[0] + N-1) from a torn one. S64 is the benchmark's value;
+/// S16 (a 32-byte record, always inside one cache line) only serves the diagnostic peer.
+template <std::size_t N>
+struct Words {
+  std::uint64_t f[N];
 };
-static_assert(sizeof(S64) == 64);
+using S64 = Words<8>;
+using S16 = Words<2>;
+static_assert(sizeof(S64) == 64 && sizeof(S16) == 16);
 
-S64 make_value(std::uint64_t i) {
-  S64 v;
-  for (std::uint64_t j = 0; j < 8; ++j) v.f[j] = i + j;
-  return v;
-}
-
-/// Reads every byte of the value: the whole copy is paid for by every peer.
-std::uint64_t consume(const S64& v) {
+template <std::size_t N>
+std::uint64_t consume(const Words<N>& v) {  // reads every byte: the whole copy is paid for
   std::uint64_t s = 0;
   for (std::uint64_t x : v.f) s += x;
   return s;
 }
 std::uint64_t consume(std::uint64_t v) { return v; }
-bool whole(const S64& v) { return v.f[7] == v.f[0] + 7; }
+template <std::size_t N>
+bool whole(const Words<N>& v) {
+  return v.f[N - 1] == v.f[0] + (N - 1);
+}
 bool whole(std::uint64_t) { return true; }
 
 template <class V>
 V value_for(std::uint64_t i) {
-  if constexpr (std::is_same_v<V, S64>) {
-    return make_value(i);
-  } else {
+  if constexpr (std::is_same_v<V, std::uint64_t>) {
     return i;
+  } else {
+    V v;
+    for (std::size_t j = 0; j < std::size(v.f); ++j) v.f[j] = i + j;
+    return v;
   }
 }
 
@@ -80,18 +86,19 @@ V value_for(std::uint64_t i) {
 // The surface of bench/peers.hpp's adapters with a typed value: insert(k, v), assign(k, v),
 // find(k, V*), flush(), footprint_bytes(); `Value` is the value type.
 
-class TypedShmapPeer {
+template <class V>
+class TypedShmapPeerT {
  public:
-  static constexpr const char* kName = "shmap";
-  using Value = S64;
-  using Map = shmap::TypedMap<std::uint64_t, S64>;
-  TypedShmapPeer(Create, const std::string& name, std::size_t capacity)
+  static constexpr const char* kName = std::is_same_v<V, S64> ? "shmap" : "shmap-s16";
+  using Value = V;
+  using Map = shmap::TypedMap<std::uint64_t, V>;
+  TypedShmapPeerT(Create, const std::string& name, std::size_t capacity)
       : map_(Map::create(name, options(capacity))) {}
   static void destroy(const std::string& name) { Map::remove(name); }
 
-  void insert(std::uint64_t k, const S64& v) { map_.insert(k, v); }
-  void assign(std::uint64_t k, const S64& v) { map_.insert_or_assign(k, v); }
-  bool find(std::uint64_t k, S64* v) const {
+  void insert(std::uint64_t k, const V& v) { map_.insert(k, v); }
+  void assign(std::uint64_t k, const V& v) { map_.insert_or_assign(k, v); }
+  bool find(std::uint64_t k, V* v) const {
     const auto r = map_.find(k);
     if (!r) return false;
     *v = *r;
@@ -112,6 +119,11 @@ class TypedShmapPeer {
   }
   Map map_;
 };
+
+using TypedShmapPeer = TypedShmapPeerT<S64>;
+/// Diagnostic: TypedMap<uint64_t, S16>, a value record of 32 bytes that never straddles a cache
+/// line. Against shmap (S64) it shows what the 64-byte copy costs beyond the indirection.
+using TypedShmapS16Peer = TypedShmapPeerT<S16>;
 
 /// shmap::Map (u64 -> u64): the reference row.
 class ShmapU64Peer : public ShmapPeer {
@@ -468,18 +480,18 @@ void bm_lookup(benchmark::State& state, std::size_t n) {
 const char* const kWorkloads[] = {"insert", "find_hit", "find_miss", "mixed"};
 
 template <class P>
-void register_peer(std::size_t n, bool find_hit_only = false) {
+void register_peer(std::size_t n, bool lookups_only = false) {
   const std::string suffix = std::string("/") + P::kName + "/" + count_label(n);
-  if (!find_hit_only) {
+  if (!lookups_only) {
     benchmark::RegisterBenchmark(("insert" + suffix).c_str(), bm_insert<P>, n)
         ->UseManualTime()
         ->Iterations(1)
         ->Unit(benchmark::kMillisecond);
   }
   benchmark::RegisterBenchmark(("find_hit" + suffix).c_str(), bm_lookup<P, Workload::find_hit>, n);
-  if (find_hit_only) return;
   benchmark::RegisterBenchmark(("find_miss" + suffix).c_str(), bm_lookup<P, Workload::find_miss>,
                                n);
+  if (lookups_only) return;
   benchmark::RegisterBenchmark(("mixed" + suffix).c_str(), bm_lookup<P, Workload::mixed>, n);
 }
 
@@ -597,7 +609,8 @@ int main(int argc, char** argv) {
     if (wanted("flat")) register_peer<TypedFlatPeer>(n);
     if (wanted("bipc")) register_peer<TypedBipcPeer>(n);
     if (wanted("lmdb")) register_peer<TypedLmdbPeer>(n);
-    if (wanted("shmap-u64")) register_peer<ShmapU64Peer>(n, /*find_hit_only=*/true);
+    if (wanted("shmap-u64")) register_peer<ShmapU64Peer>(n, /*lookups_only=*/true);
+    if (wanted("shmap-s16")) register_peer<TypedShmapS16Peer>(n, /*lookups_only=*/true);
   }
 
   benchmark::Initialize(&args_count, args.data());
