@@ -167,8 +167,14 @@ void RecordHeap::fill(std::uint64_t blk, std::size_t cls, const void* value,
 }
 
 const void* RecordHeap::value_or_null(std::uint64_t off, std::size_t bytes) const noexcept {
-  // Bounds only (a few loads of lines every reader has): a damaged offset reads bytes of the
-  // arena, never outside the mapping. check() finds the damage.
+  // Bounds only: a damaged offset reads bytes of the arena, never outside the mapping (check()
+  // finds the damage). The common case needs only this process's own mapping size: what is
+  // mapped lies inside the object, which never shrinks.
+  const std::uint64_t mapped = m_.mapped_bytes();
+  if (off % 16 == 0 && off >= m_.arena_offset() && off <= mapped &&
+      mapped - off >= kRecordHeaderBytes + bytes) [[likely]] {
+    return m_.at<char>(off) + kRecordHeaderBytes;
+  }
   const SegmentHeader& h = m_.header();
   const std::uint64_t limit =
       std::min({h.arena_top.load(std::memory_order_acquire),
@@ -258,7 +264,8 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
   Audit out;
   const SegmentHeader& hdr = m_.header();
   try {
-    m_.hold_writers();
+    // The lease covers the walk of the slabs too (the audit reads every block's state).
+    m_.hold_writers(hdr.slabs.load(std::memory_order_acquire) * kSlabBytes);
   } catch (const Error& e) {
     if (e.code() == Errc::timeout) return out;  // a writer stopped inside a write: not now
     throw;
@@ -378,6 +385,13 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
             if (s.state[i] == 0) leaked.push_back(s.off + sizeof(SlabHeader) + i * s.block_bytes);
           }
         }
+        // Only if no writer ran during the walk: a holder stopped past its lease (SIGSTOP, a
+        // debugger, a starved CPU) has had its hold broken by the writers, which then
+        // allocated and published blocks this walk may have seen as unaccounted. Retiring
+        // those would hand a live record out again. The hold still ours now means it was ours
+        // throughout (only its owner sets it again), and blocks unaccounted then stay so: a
+        // writer that starts now allocates from the free lists, where they are not.
+        if (!m.still_holding_writers()) return;
         a.stats.leaked = leaked.size();
         if (x.recover) {
           for (const std::uint64_t off : leaked) heap.retire(off);

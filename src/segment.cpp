@@ -640,16 +640,27 @@ const SegmentTypes& u64_types() {
       r->align = 8;
       r->kind = 1;  // TypeInfo::Kind::unsigned_integer
       std::memcpy(r->name, "uint64", 7);
+      r->name_hash = type_name_hash("uint64");
     }
     return t;
   }();
   return types;
 }
 
+std::uint32_t type_name_hash(std::string_view name) {
+  std::uint32_t h = 2166136261u;
+  for (const char c : name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 16777619u;
+  }
+  return h;
+}
+
 bool same_types(const SegmentTypes& a, const SegmentTypes& b) {
+  // The hash tells apart two long names that agree in their first 47 bytes.
   auto same = [](const TypeRecord& x, const TypeRecord& y) {
     return x.size == y.size && x.align == y.align && x.kind == y.kind &&
-           std::strncmp(x.name, y.name, sizeof(x.name)) == 0;
+           x.name_hash == y.name_hash && std::strncmp(x.name, y.name, sizeof(x.name)) == 0;
   };
   return same(a.key, b.key) && same(a.value, b.value);
 }

@@ -36,6 +36,7 @@ TypeRecord to_record(const TypeInfo& t) {
   r.align = t.align;
   r.kind = static_cast<std::uint32_t>(t.kind);
   std::memcpy(r.name, t.name.data(), std::min(t.name.size(), sizeof(r.name) - 1));
+  r.name_hash = type_name_hash(t.name);
   return r;
 }
 
@@ -132,16 +133,30 @@ std::optional<std::uint64_t> run(MapImpl& m, Write& w, std::uint64_t k, bool may
     Write& w;
     Decide& d;
   } ctx{w, decide};
-  const std::optional<std::uint64_t> old = m.mutate_impl(
-      k, may_insert,
-      [](void* c, std::optional<std::uint64_t> cur) {
-        auto& x = *static_cast<Ctx*>(c);
-        return x.d(x.w, cur);
-      },
-      &ctx,
-      [](void* c, std::optional<std::uint64_t> replaced) {
-        static_cast<Ctx*>(c)->w.commit(replaced);
-      });
+  auto once = [&] {
+    return m.mutate_impl(
+        k, may_insert,
+        [](void* c, std::optional<std::uint64_t> cur) {
+          auto& x = *static_cast<Ctx*>(c);
+          return x.d(x.w, cur);
+        },
+        &ctx,
+        [](void* c, std::optional<std::uint64_t> replaced) {
+          static_cast<Ctx*>(c)->w.commit(replaced);
+        });
+  };
+  std::optional<std::uint64_t> old;
+  try {
+    old = once();
+  } catch (const Error& e) {
+    // A full segment may have room waiting in retired records that no reader holds any more
+    // (a write reclaims only every kReclaimEvery retirements): reclaim them, unpinned, and
+    // try once more. (The failed write held no block: allocation is what failed.)
+    // (A growth that failed after the write committed is not retried: it happened.)
+    if (e.code() != Errc::out_of_space || w.inline_value || w.block != 0 || w.committed) throw;
+    w.heap.reclaim(true);
+    old = once();
+  }
   w.after();
   return old;
 }

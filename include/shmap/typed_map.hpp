@@ -51,66 +51,37 @@ struct TypeInfo {
   std::uint32_t size = 0;
   std::uint32_t align = 0;
   Kind kind = Kind::other;
-  std::string name;  // at most 47 bytes are recorded
+  std::string name;  // recorded: its first 47 bytes and a hash of all of it
   bool operator==(const TypeInfo&) const = default;
 };
 
-/// The name a type is recorded under: by default the compiler's spelling of it ("Quote",
-/// "std::array<char, 8>"); specialize TypeName<T> with a `static constexpr std::string_view
-/// value` to pin a name that stays the same across renames and compilers.
+/// The name a type is recorded under: for integers and floating point types their kind and
+/// bits ("uint64", "int32", "float64": `unsigned long long` and `uint64_t` are one type here),
+/// else the compiler's spelling of it ("Quote", "std::array<char, 8>"). Specialize
+/// TypeName<T> with a `static constexpr std::string_view value` to pin a name that stays the
+/// same across renames and compilers. The whole name counts (a hash of it is recorded beside
+/// its first 47 bytes).
 template <class T>
 struct TypeName {
  private:
   static constexpr std::string_view spelled() {
-    constexpr std::string_view f = __PRETTY_FUNCTION__;
-    constexpr std::string_view key = "T = ";
-    const std::size_t b = f.find(key) + key.size();
-    const std::size_t e = f.find_first_of(";]", b);
-    return f.substr(b, e - b);
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool> && sizeof(T) <= 8) {
+      constexpr std::string_view u[] = {"", "uint8", "uint16", "", "uint32", "", "", "", "uint64"};
+      constexpr std::string_view i[] = {"", "int8", "int16", "", "int32", "", "", "", "int64"};
+      return std::is_signed_v<T> ? i[sizeof(T)] : u[sizeof(T)];
+    } else if constexpr (std::is_floating_point_v<T> && (sizeof(T) == 4 || sizeof(T) == 8)) {
+      return sizeof(T) == 4 ? "float32" : "float64";
+    } else {
+      constexpr std::string_view f = __PRETTY_FUNCTION__;
+      constexpr std::string_view key = "T = ";
+      const std::size_t b = f.find(key) + key.size();
+      const std::size_t e = f.find_first_of(";]", b);
+      return f.substr(b, e - b);
+    }
   }
 
  public:
   static constexpr std::string_view value = spelled();
-};
-template <>
-struct TypeName<std::uint64_t> {
-  static constexpr std::string_view value = "uint64";
-};
-template <>
-struct TypeName<std::int64_t> {
-  static constexpr std::string_view value = "int64";
-};
-template <>
-struct TypeName<double> {
-  static constexpr std::string_view value = "float64";
-};
-template <>
-struct TypeName<std::uint32_t> {
-  static constexpr std::string_view value = "uint32";
-};
-template <>
-struct TypeName<std::int32_t> {
-  static constexpr std::string_view value = "int32";
-};
-template <>
-struct TypeName<std::uint16_t> {
-  static constexpr std::string_view value = "uint16";
-};
-template <>
-struct TypeName<std::int16_t> {
-  static constexpr std::string_view value = "int16";
-};
-template <>
-struct TypeName<std::uint8_t> {
-  static constexpr std::string_view value = "uint8";
-};
-template <>
-struct TypeName<std::int8_t> {
-  static constexpr std::string_view value = "int8";
-};
-template <>
-struct TypeName<float> {
-  static constexpr std::string_view value = "float32";
 };
 
 template <class T>
@@ -122,7 +93,7 @@ TypeInfo type_info() {
            : std::is_integral_v<T>     ? (std::is_signed_v<T> ? TypeInfo::Kind::signed_integer
                                                               : TypeInfo::Kind::unsigned_integer)
                                        : TypeInfo::Kind::other;
-  t.name = std::string(TypeName<T>::value.substr(0, 47));
+  t.name = std::string(TypeName<T>::value);
   return t;
 }
 
@@ -218,6 +189,10 @@ template <class K, class V>
 class TypedMap {
   static_assert(std::is_trivially_copyable_v<K>,
                 "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key)");
+  static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
+                "shmap::TypedMap<K, V>: K has padding bytes (or another representation of "
+                "equal values), so equal keys could differ in their bytes; use a key without "
+                "padding");
   static_assert(sizeof(K) <= 8,
                 "shmap::TypedMap<K, V>: keys of more than 8 bytes are not supported yet; use an "
                 "8-byte hash or id of the key");

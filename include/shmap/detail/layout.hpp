@@ -290,9 +290,9 @@ static_assert(sizeof(HandleSlot) == kCacheLine * (1 + kLanes), "slot = owner lin
 struct TypeRecord {
   std::uint32_t size;
   std::uint32_t align;
-  std::uint32_t kind;  // TypeInfo::Kind
-  std::uint32_t reserved;
-  char name[48];  // NUL-terminated
+  std::uint32_t kind;       // TypeInfo::Kind
+  std::uint32_t name_hash;  // FNV-1a of the whole name (which may be longer than `name`)
+  char name[48];            // NUL-terminated, cut at 47 bytes
 };
 static_assert(sizeof(TypeRecord) == 64, "a type record is one line");
 inline constexpr std::uint64_t kKindMap = 1;

@@ -142,6 +142,8 @@ struct SegmentTypes {
   TypeRecord key{};
   TypeRecord value{};
 };
+/// TypeRecord::name_hash of a type name.
+std::uint32_t type_name_hash(std::string_view name);
 /// shmap::Map's: uint64 -> uint64.
 const SegmentTypes& u64_types();
 /// True if a and b record the same types (size, alignment, kind and name).
@@ -195,6 +197,8 @@ class MapImpl {
   /// object), and it is mapped here. For offsets read from shared memory (a lane's pending
   /// record).
   bool valid_bucket_offset(std::uint64_t offset) const noexcept;
+  /// How far this process has mapped the segment (never past the object: it never shrinks).
+  std::uint64_t mapped_bytes() const { return mapped_.load(std::memory_order_acquire); }
   /// Start of the arena and end of the reservation, as validated at open.
   std::uint64_t arena_offset() const { return arena_offset_; }
   std::uint64_t reserved_bytes() const { return reserved_; }
