@@ -784,6 +784,25 @@ void MapImpl::reclaim_impl(bool patient) const {
   }
 }
 
+bool MapImpl::with_reclaim_lock(bool patient, std::chrono::milliseconds wait, void (*fn)(void*),
+                                void* ctx) const {
+  if (owner_word_ == 0) return false;
+  std::unique_lock local(reclaim_mutex_, std::defer_lock);
+  if (patient) {
+    local.lock();
+  } else if (!local.try_lock()) {
+    return false;
+  }
+  if (!lock_reclaim(wait)) return false;
+  struct Unlock {
+    const MapImpl& m;
+    ~Unlock() { m.unlock_reclaim(); }
+  } unlock{*this};
+  finish_reclaim_journal();
+  fn(ctx);
+  return true;
+}
+
 std::size_t MapImpl::retired_count() const {
   // Racy walk (a reclaimer may pop meanwhile): bounded, and it reads only mapped memory.
   std::size_t n = 0;

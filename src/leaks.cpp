@@ -11,6 +11,9 @@
 // table header whose shape validates (power-of-two capacity, bits, extent size); freed
 // extents are hole-punched (zeros) and listed on the free list, or lost ranges (zeros). So
 // walking the arena from arena_offset to arena_top, extent by extent, meets every table.
+// (Slabs of value records, records.hpp, are the other kind of extent: their header can never
+// validate as a table's, and the walk steps over them by their size. A slab whose magic is not
+// written yet holds no user bytes: blocks are handed out only after it.)
 //
 // A table is accounted for if it is in the chain (current_table, the successors linked past
 // it, and the older tables below), on the retired stack, or on the free list. One that is not,
@@ -101,6 +104,18 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
         continue;
       }
       const TableHeader* s = table_or_null(x);  // shape validated, extent inside the object
+      if (s == nullptr && x + kPage <= arena_top) {
+        // A slab of value records (records.hpp): complete once its magic is set; step over it
+        // whole (its blocks hold user bytes, which must never be read as a table header).
+        ensure_mapped(x + kPage);
+        const auto* slab = at<SlabHeader>(x);
+        const std::uint64_t bytes = field(slab->extent_bytes);
+        if (field(slab->magic) == kSlabMagic && bytes >= kSlabBytes && bytes <= 2 * kSlabBytes &&
+            bytes % kPage == 0 && bytes <= arena_top - x) {
+          x += bytes;
+          continue;
+        }
+      }
       if (s == nullptr) {
         // A lost free range (a hole), or an extent being set up: on to the next page that
         // holds data (holes are skipped whole, so a walk over freed space costs nothing).

@@ -369,7 +369,8 @@ void remove_orphans(const std::string& name) {
 }  // namespace
 
 std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options& options,
-                                         bool exclusive_only, bool* existed) {
+                                         bool exclusive_only, bool* existed,
+                                         const SegmentTypes& types) {
   validate_name(name);
   check_options(name, options);
   const std::string path = std::string(kShmDir) + "/" + name;
@@ -437,6 +438,10 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     h.file_bytes.store(arena, std::memory_order_relaxed);
     h.arena_top.store(arena, std::memory_order_relaxed);
     h.global_epoch.store(1, std::memory_order_relaxed);
+    h.key_type = types.key;
+    h.value_type = types.value;
+    h.kind = kKindMap;
+    m->types_ = types;
     m->seed_ = h.hash_seed;
     const std::uint64_t first = m->create_table(capacity, 0);
     h.current_table.store(first, std::memory_order_relaxed);
@@ -462,7 +467,8 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
   return m;
 }
 
-std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale, bool read_only) {
+std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale, bool read_only,
+                                       const SegmentTypes* expect) {
   validate_name(name);
   // O_NONBLOCK: a FIFO planted under the name must not block the open.
   const int fd = ::shm_open(shm_path(name).c_str(),
@@ -549,6 +555,22 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
          "damaged); remove it with 'shmap rm " +
              name + "'");
   }
+  // The types, copied once and compared as copied.
+  SegmentTypes held;
+  std::memcpy(&held.key, &h.key_type, sizeof(TypeRecord));
+  std::memcpy(&held.value, &h.value_type, sizeof(TypeRecord));
+  held.key.name[sizeof(held.key.name) - 1] = 0;
+  held.value.name[sizeof(held.value.name) - 1] = 0;
+  if (h.kind != kKindMap) {
+    fail(Errc::corrupt, name,
+         "the segment header names an unknown kind of map (damaged); remove it with 'shmap rm " +
+             name + "'");
+  }
+  if (expect != nullptr && !same_types(held, *expect)) {
+    fail(Errc::layout_mismatch, name,
+         "holds " + describe_types(held) + ", opened as " + describe_types(*expect) +
+             "; open it with the types it was created with");
+  }
   // The immutable fields, each read once: the values checked are the values kept.
   auto once = [](const std::uint64_t& w) {
     return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_relaxed);
@@ -593,6 +615,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   m->reserve(max_bytes);
   m->map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
   m->seed_ = seed;
+  m->types_ = held;
   m->arena_offset_ = arena;
   m->max_handles_ = max_handles;
   m->slots_ = m->at<HandleSlot>(slots_offset);
@@ -609,6 +632,41 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   return m;
 }
 
+const SegmentTypes& u64_types() {
+  static const SegmentTypes types = [] {
+    SegmentTypes t;
+    for (TypeRecord* r : {&t.key, &t.value}) {
+      r->size = 8;
+      r->align = 8;
+      r->kind = 1;  // TypeInfo::Kind::unsigned_integer
+      std::memcpy(r->name, "uint64", 7);
+    }
+    return t;
+  }();
+  return types;
+}
+
+bool same_types(const SegmentTypes& a, const SegmentTypes& b) {
+  auto same = [](const TypeRecord& x, const TypeRecord& y) {
+    return x.size == y.size && x.align == y.align && x.kind == y.kind &&
+           std::strncmp(x.name, y.name, sizeof(x.name)) == 0;
+  };
+  return same(a.key, b.key) && same(a.value, b.value);
+}
+
+std::string describe_types(const SegmentTypes& t) {
+  auto one = [](const TypeRecord& r) {
+    std::string s(r.name, strnlen(r.name, sizeof(r.name)));
+    if (s.empty()) s = "?";
+    if (std::string_view(s) != "uint64" && std::string_view(s) != "int64" &&
+        std::string_view(s) != "float64") {
+      s += " (" + std::to_string(r.size) + " bytes)";
+    }
+    return s;
+  };
+  return one(t.key) + " -> " + one(t.value);
+}
+
 std::uint64_t layout_signature() noexcept {
   // FNV-1a over every number that fixes where a shared field lives.
   const std::uint64_t facts[] = {sizeof(SegmentHeader),
@@ -617,6 +675,13 @@ std::uint64_t layout_signature() noexcept {
                                  offsetof(SegmentHeader, file_bytes),
                                  offsetof(SegmentHeader, free_list),
                                  offsetof(SegmentHeader, retired_head),
+                                 offsetof(SegmentHeader, key_type),
+                                 offsetof(SegmentHeader, slab_head),
+                                 offsetof(SegmentHeader, record_free),
+                                 sizeof(SlabHeader),
+                                 sizeof(RecordHeader),
+                                 kRecordClasses,
+                                 kSlabBytes,
                                  sizeof(HandleSlot),
                                  sizeof(Lane),
                                  sizeof(SlotOwner),

@@ -811,7 +811,7 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
 }
 
 std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
-                                                  void* ctx) {
+                                                  void* ctx, CommitFn commit) {
   PinGuard pin(*this);
   mark_writer();  // before the gate check: the Dekker pairing with hold_writers()
   wait_for_gate();
@@ -894,6 +894,7 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       }
       if (record != nullptr) record->pending.store(0, std::memory_order_release);
       if (ok) {
+        if (commit != nullptr) commit(ctx, cur);
         if (r.over_limit) maybe_resize(t, false);
         if (!set && (++t_erases & 255) == 0) maybe_resize(t, true);
         return cur;

@@ -21,6 +21,8 @@
 #include "cli_support.hpp"
 #include "shmap/detail/temporaries.hpp"
 #include "shmap/shmap.hpp"
+#include "shmap/typed_map.hpp"
+#include "typed_verbs.hpp"
 
 #ifndef SHMAP_VERSION
 #define SHMAP_VERSION "unknown"
@@ -186,7 +188,7 @@ void print_stat(const Map& m, bool json) {
   c.print();
 }
 
-void print_readers(const Map& m, bool clear, std::size_t cleared, bool json) {
+void print_readers(const shmap::DynamicMap& m, bool clear, std::size_t cleared, bool json) {
   const auto readers = m.readers();
   const auto now_ns =
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -348,9 +350,23 @@ int run(int argc, char** argv) {
                 "doubles); implies --json");
   };
 
-  auto* create = verb("create", "Create a new, empty map");
+  std::string key_type_arg, value_type_arg;
+  auto* create = verb("create", "Create a new, empty map",
+                      "\nuint64 -> uint64 unless --key or --value says otherwise. A typed map "
+                      "(what shmap::TypedMap<K, V> makes) takes put, get, del, scan, stat, check, "
+                      "compact, readers and rm; values are numbers, or hex bytes for bytes:N.");
   name_arg(create);
   create_args.add_to(create);
+  create
+      ->add_option("--key", key_type_arg,
+                   "Key type: u64 (default), i64, u32, i32, u16, i16, "
+                   "u8, i8, f64, f32, bytes:N (N <= 8)")
+      ->type_name("TYPE");
+  create
+      ->add_option("--value", value_type_arg,
+                   "Value type: u64 (default), i64, u32, i32, u16, "
+                   "i16, u8, i8, f64, f32, bytes:N (N <= 4080)")
+      ->type_name("TYPE");
 
   auto* put = verb("put", "Set KEY to VALUE (inserting or overwriting)");
   name_arg(put);
@@ -475,6 +491,11 @@ int run(int argc, char** argv) {
   name_arg(check);
   check->add_flag("--json", json, "Print JSON");
 
+  auto* compact = verb("compact", "Give back what killed processes leaked",
+                       "\nTables unlinked but never retired, and, in a typed map, value records "
+                       "a writer killed mid-write left behind ('shmap check' reports both).");
+  name_arg(compact);
+
   auto* rm = verb("rm", "Remove a map",
                   "\nRefuses an object that is not a shmap segment, and a map that live "
                   "processes are attached to (they would keep using it until they close; their "
@@ -574,7 +595,30 @@ int run(int argc, char** argv) {
   remove_temporaries_on_signals();
   if (used == create) {
     const shmap::Options o = create_args.options();
-    Map::create(name, o);
+    const shmap::TypeInfo k = parse_type_arg("--key", key_type_arg.empty() ? "u64" : key_type_arg);
+    const shmap::TypeInfo v =
+        parse_type_arg("--value", value_type_arg.empty() ? "u64" : value_type_arg);
+    if (k.size > 8) throw UsageError("--key '" + key_type_arg + "': keys are at most 8 bytes");
+    if (type_label(k) == "u64" && type_label(v) == "u64") {
+      Map::create(name, o);
+    } else {
+      shmap::DynamicMap::create(name, o, {k, v});
+    }
+    return kExitOk;
+  }
+  // A typed map: the verbs that know its types (typed_verbs.cpp); the others say they do not.
+  if (used != readers && used != rm && used != ls && used != load && used != imp) {
+    if (typed_layout(name)) {
+      return run_typed_verb(verb_name, TypedArgs{.name = name,
+                                                 .key = key,
+                                                 .value = value,
+                                                 .limit = limit_arg,
+                                                 .json = json,
+                                                 .hex = hex});
+    }
+  }
+  if (used == compact) {
+    Map::open(name).compact();
     return kExitOk;
   }
   if (used == put) {
@@ -662,14 +706,15 @@ int run(int argc, char** argv) {
     if (clear) {
       try {
         // Attached without clearing, so that the count is this command's.
-        Map rw = Map::open(name, shmap::OpenOptions{.clear_stale_handles = false});
+        auto rw = shmap::DynamicMap::open(name, shmap::OpenOptions{.clear_stale_handles = false});
         cleared = rw.clear_stale_handles();
       } catch (const shmap::Error& e) {
         // Every slot owned by a live process: nothing is stale.
         if (e.code() != shmap::Errc::handles_exhausted) throw;
       }
     }
-    print_readers(open_read_only(name), clear, cleared, json);
+    print_readers(shmap::DynamicMap::open(name, shmap::OpenOptions{.read_only = true}), clear,
+                  cleared, json);
     return kExitOk;
   }
   if (used == scan) {
@@ -825,7 +870,8 @@ int run(int argc, char** argv) {
     if (!force) {
       std::vector<int> attached;
       try {
-        for (const auto& r : open_read_only(name).readers()) {
+        const auto any = shmap::DynamicMap::open(name, shmap::OpenOptions{.read_only = true});
+        for (const auto& r : any.readers()) {
           if (r.alive) attached.push_back(r.pid);
         }
       } catch (const shmap::Error& e) {
@@ -886,7 +932,11 @@ int run(int argc, char** argv) {
                           : "load in progress (pid " + std::to_string(*pid) + ")";
       } else {
         try {
-          r.entries = open_read_only(n).size();
+          const auto m = shmap::DynamicMap::open(n, shmap::OpenOptions{.read_only = true});
+          r.entries = m.size();
+          if (type_label(m.key_type()) != "u64" || type_label(m.value_type()) != "u64") {
+            r.note = "typed: " + type_label(m.key_type()) + " -> " + type_label(m.value_type());
+          }
         } catch (const shmap::Error& e) {
           r.note = std::string("cannot read: ") + std::string(shmap::errc_name(e.code()));
         }

@@ -29,9 +29,10 @@
 
 namespace shmap {
 
+class DynamicMap;
 namespace detail {
 class MapImpl;
-}
+}  // namespace detail
 
 struct Options {
   /// Buckets of the first table (rounded up to a power of two, at least 8). The map never
@@ -278,6 +279,7 @@ class Map {
   detail::MapImpl& impl() const { return *impl_; }
 
  private:
+  friend class DynamicMap;
   explicit Map(std::unique_ptr<detail::MapImpl> impl);
   void for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
   std::optional<std::uint64_t> find_slow(std::uint64_t k) const;

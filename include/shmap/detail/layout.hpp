@@ -101,7 +101,7 @@ namespace shmap::detail {
 
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
 /// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). Format 1 is refused.
-inline constexpr std::uint32_t kFormatVersion = 2;
+inline constexpr std::uint32_t kFormatVersion = 3;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
@@ -286,6 +286,64 @@ struct HandleSlot {
 };
 static_assert(sizeof(HandleSlot) == kCacheLine * (1 + kLanes), "slot = owner line + lanes");
 
+/// A type as the segment records it (shmap::TypeInfo).
+struct TypeRecord {
+  std::uint32_t size;
+  std::uint32_t align;
+  std::uint32_t kind;  // TypeInfo::Kind
+  std::uint32_t reserved;
+  char name[48];  // NUL-terminated
+};
+static_assert(sizeof(TypeRecord) == 64, "a type record is one line");
+inline constexpr std::uint64_t kKindMap = 1;
+
+/// The head of a Treiber stack in shared memory: {offset of the top entry (0: empty), a tag
+/// that every change bumps}. One 16-byte CAS unit, so a pop that read a head which was popped
+/// and pushed back meanwhile (ABA) fails.
+struct alignas(16) StackHead {
+  std::uint64_t top;
+  std::uint64_t tag;
+};
+static_assert(sizeof(StackHead) == 16, "one cmpxchg16b unit");
+
+/// Record classes: block sizes in bytes (a 16-byte record header, then the value).
+inline constexpr std::size_t kRecordClasses = 27;
+inline constexpr std::uint32_t kRecordClassBytes[kRecordClasses] = {
+    32,  48,  64,  80,  96,   112,  128,  160,  192,  224,  256,  320,  384, 448,
+    512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096};
+inline constexpr std::size_t kRecordHeaderBytes = 16;
+
+/// A slab: one arena extent of kSlabBytes carved into records of one class. Its first words can
+/// never pass as a table header (kSlabMagic is not a power of two), so the leak sweep, which
+/// walks the arena extent by extent, recognises it and steps over it (leaks.cpp).
+inline constexpr std::uint64_t kSlabBytes = std::uint64_t{64} << 10;
+inline constexpr std::uint64_t kSlabMagic = 0x62616c7370616d73ULL;  // "smapslab"
+struct SlabHeader {
+  std::uint64_t magic;         // kSlabMagic, written last (release): the slab is complete
+  std::uint64_t extent_bytes;  // kSlabBytes
+  std::uint32_t cls;           // its record class
+  std::uint32_t block_bytes;   // kRecordClassBytes[cls]
+  std::uint64_t blocks;        // (kSlabBytes - sizeof(SlabHeader)) / block_bytes
+  std::uint64_t next;          // the slab directory: the slab pushed before this one
+  std::uint64_t reserved[3];
+};
+static_assert(sizeof(SlabHeader) == 64, "records start one line into the slab");
+static_assert(offsetof(SlabHeader, extent_bytes) == 8, "slab size where a table keeps bits");
+
+/// The first 16 bytes of every record block; the value follows.
+///   live:     word0 = value bytes (low 32) | class (high 32); word1 = its slab's offset
+///   free:     word0 = next free block of the class (0: none);  word1 = the same
+///   retired:  word0 = next block on the limbo stack or batch;  word1 = the same
+/// Readers read only the value, so retiring (which rewrites word0) never disturbs a reader
+/// still copying it. word1 is written when the slab is carved and never changes: a block
+/// offset read from shared memory is checked against it before a write uses it
+/// (RecordHeap::check_block).
+struct RecordHeader {
+  std::uint64_t word0;
+  std::uint64_t slab;
+};
+static_assert(sizeof(RecordHeader) == kRecordHeaderBytes, "record header pinned");
+
 struct SegmentHeader {
   std::uint64_t magic;
   std::uint32_t format_version;
@@ -324,7 +382,23 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> reclaim_table;          // journal: offset, 0 = none
   std::atomic<std::uint64_t> reclaim_retire_epoch;   // journal: its retire_epoch
   std::atomic<std::uint64_t> reclaim_created_epoch;  // journal: its created_epoch
-  std::uint8_t reserved2[kPage - 1120];
+  // Format 3: the types of the keys and values (immutable after init; Map is uint64 -> uint64)
+  // and the record heap of a typed map whose values do not fit in a bucket (records.hpp).
+  alignas(kCacheLine) TypeRecord key_type;
+  TypeRecord value_type;
+  std::uint64_t kind;  // kKindMap (a multimap will be another kind)
+  // Slab directory: the newest slab; each slab links the one pushed before it (push only).
+  alignas(kCacheLine) std::atomic<std::uint64_t> slab_head;
+  std::atomic<std::uint64_t> slabs;  // how many were pushed (a bound for walks)
+  // Records replaced or erased, waiting for the readers that could still see them: pushed on
+  // `limbo`; a reclaimer moves the whole stack to the batch, stamped with an epoch, and frees
+  // the batch once no lane is pinned below that epoch (RecordHeap::reclaim).
+  alignas(16) StackHead limbo;
+  std::atomic<std::uint64_t> limbo_batch;        // list (linked through word0), 0: none
+  std::atomic<std::uint64_t> limbo_batch_epoch;  // free once every pin is at this or later
+  // Per record class, the free records (RecordHeap).
+  alignas(kCacheLine) StackHead record_free[kRecordClasses];
+  std::uint8_t reserved2[kPage - 1776];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
 static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
@@ -340,6 +414,14 @@ static_assert(offsetof(SegmentHeader, writer_gate_deadline) == 296 &&
                   offsetof(SegmentHeader, writer_gate) % 16 == 0,
               "gate and deadline: one 16-byte CAS unit, set and cleared together");
 static_assert(offsetof(SlotOwner, start_time) == 8, "owner and start time: one 16-byte CAS unit");
+static_assert(offsetof(SegmentHeader, key_type) == 1088 &&
+                  offsetof(SegmentHeader, value_type) == 1152 &&
+                  offsetof(SegmentHeader, kind) == 1216,
+              "format 3: types pinned");
+static_assert(offsetof(SegmentHeader, slab_head) == 1280 &&
+                  offsetof(SegmentHeader, limbo) == 1296 &&
+                  offsetof(SegmentHeader, record_free) == 1344,
+              "format 3: record heap pinned");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");

@@ -137,6 +137,18 @@ struct WriteIntent {
   std::uint64_t value = 0;
 };
 
+/// The key and value types a segment holds (SegmentHeader::key_type, value_type).
+struct SegmentTypes {
+  TypeRecord key{};
+  TypeRecord value{};
+};
+/// shmap::Map's: uint64 -> uint64.
+const SegmentTypes& u64_types();
+/// True if a and b record the same types (size, alignment, kind and name).
+bool same_types(const SegmentTypes& a, const SegmentTypes& b);
+/// "uint64 -> Quote (24 bytes)", for messages.
+std::string describe_types(const SegmentTypes& t);
+
 class MapImpl {
  public:
   MapImpl(std::string name, int fd, bool created);
@@ -145,13 +157,20 @@ class MapImpl {
   MapImpl& operator=(const MapImpl&) = delete;
 
   // ---- segment.cpp ------------------------------------------------------------------------
+  /// `types`: what the segment will hold (recorded in its header).
   static std::unique_ptr<MapImpl> create(const std::string& name, const Options& options,
-                                         bool exclusive_only, bool* existed);
+                                         bool exclusive_only, bool* existed,
+                                         const SegmentTypes& types = u64_types());
   /// read_only: O_RDONLY, PROT_READ, no handle slot (pins go to a process-private slot);
   /// see src/read_only.cpp for how its reads stay safe without a pin that others can see.
+  /// `expect`: the types the caller handles (nullptr: any); a segment of others fails with
+  /// layout_mismatch.
   static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true,
-                                       bool read_only = false);
+                                       bool read_only = false,
+                                       const SegmentTypes* expect = &u64_types());
   bool read_only() const { return read_only_; }
+  /// The types the segment holds, as validated at open.
+  const SegmentTypes& types() const { return types_; }
 
   const std::string& name() const { return name_; }
   std::uint64_t seed() const { return seed_; }
@@ -176,6 +195,9 @@ class MapImpl {
   /// object), and it is mapped here. For offsets read from shared memory (a lane's pending
   /// record).
   bool valid_bucket_offset(std::uint64_t offset) const noexcept;
+  /// Start of the arena and end of the reservation, as validated at open.
+  std::uint64_t arena_offset() const { return arena_offset_; }
+  std::uint64_t reserved_bytes() const { return reserved_; }
   /// Handle slots, as validated and copied at open; never re-read from the header.
   std::size_t max_handles() const { return max_handles_; }
   /// Bucket i of t (i < capacity), as pointers to its slot and its key (layout.hpp).
@@ -317,6 +339,11 @@ class MapImpl {
   /// (a dead holder's lock is broken; finish_reclaim_journal() next). Hold reclaim_mutex_.
   bool lock_reclaim(std::chrono::milliseconds wait) const;
   void unlock_reclaim() const noexcept;
+  /// Runs fn(ctx) under this Map's reclaim mutex and the segment's reclaim lock (a dead
+  /// holder's journal finished first). False, fn not run, if the lock could not be had:
+  /// another thread of this Map has it and !patient, or another live Map held it past `wait`.
+  bool with_reclaim_lock(bool patient, std::chrono::milliseconds wait, void (*fn)(void*),
+                         void* ctx) const;
   /// min(`oldest`, the oldest epoch a live owner's lane is pinned at), after making every
   /// pin visible; dead owners' slots met on the way are freed. nullopt: pins cannot be
   /// trusted from this process (global_barrier()).
@@ -444,8 +471,12 @@ class MapImpl {
         &decide);
   }
   using DecideFn = WriteIntent (*)(void* ctx, std::optional<std::uint64_t> current);
+  /// Called once the intent's CAS has landed, with the value it replaced (nullopt: k was
+  /// absent), still inside the write: pinned, and waited for by a point-in-time hold. The
+  /// typed maps retire the record the write unlinked here (typed_map.cpp).
+  using CommitFn = void (*)(void* ctx, std::optional<std::uint64_t> replaced);
   std::optional<std::uint64_t> mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
-                                           void* ctx);
+                                           void* ctx, CommitFn commit = nullptr);
   void for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
   /// Walks one table that has no older table (see for_each).
   void walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
@@ -650,6 +681,7 @@ class MapImpl {
   mutable std::atomic<std::uint64_t> mapped_{0};
   mutable std::mutex map_mutex_;
   std::uint64_t seed_ = 0;
+  SegmentTypes types_;
   // Copied from the header once, after validation: a later change of the shared fields (a
   // damaged or hostile attacher) cannot move what this process believes the bounds are.
   std::uint64_t arena_offset_ = UINT64_MAX;

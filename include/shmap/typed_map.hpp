@@ -1,0 +1,326 @@
+// shmap — typed maps: any trivially copyable key of up to 8 bytes, any trivially copyable
+// value (structs, arrays, doubles, pairs) of up to kMaxValueBytes.
+//
+//   struct Quote { double bid, ask; std::uint64_t ts; };
+//   auto q = shmap::TypedMap<std::uint64_t, Quote>::open_or_create("quotes");
+//   q.insert_or_assign(42, Quote{1.5, 1.6, now});
+//   q.update(42, [](Quote& v) { v.ts += 1; });  // atomic read-modify-write
+//   if (auto v = q.find(42)) use(v->bid);
+//
+// A value of up to 8 bytes lives in its bucket, as in shmap::Map. A larger one lives in an
+// immutable record in the segment's arena (docs/DESIGN.md §5): a write fills a new record and
+// publishes it with the bucket's one CAS, so a reader sees either the whole old value or the
+// whole new one, never a torn mix, under concurrent writers and across a SIGKILL. A replaced
+// record is reused only after every reader that could still see it is done.
+//
+// The segment records both types (size, alignment, kind and name, TypeName<T>): opening it
+// with other types, or with shmap::Map when its values are not uint64, fails with
+// Errc::layout_mismatch naming both. Keys are compared and hashed as their bytes (zero-padded
+// to 8): for floating-point keys 0.0 and -0.0 are different keys and a NaN finds itself.
+//
+// Not yet for typed maps (they fail with a clear error instead): dump/load, and the CLI verbs
+// other than ls and rm. shmap::Map (uint64 -> uint64) has all of them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shmap/shmap.hpp"
+
+namespace shmap {
+
+/// Largest value a TypedMap stores (one record: a 16-byte record header and the value fill
+/// the largest record class, 4 KiB).
+inline constexpr std::size_t kMaxValueBytes = 4096 - 16;
+
+/// How a type is recorded in a segment.
+struct TypeInfo {
+  enum class Kind : std::uint32_t {
+    unsigned_integer = 1,
+    signed_integer = 2,
+    floating_point = 3,
+    other = 4,  // a struct, array, enum, pointer-free aggregate: compared by size and name
+  };
+  std::uint32_t size = 0;
+  std::uint32_t align = 0;
+  Kind kind = Kind::other;
+  std::string name;  // at most 47 bytes are recorded
+  bool operator==(const TypeInfo&) const = default;
+};
+
+/// The name a type is recorded under: by default the compiler's spelling of it ("Quote",
+/// "std::array<char, 8>"); specialize TypeName<T> with a `static constexpr std::string_view
+/// value` to pin a name that stays the same across renames and compilers.
+template <class T>
+struct TypeName {
+ private:
+  static constexpr std::string_view spelled() {
+    constexpr std::string_view f = __PRETTY_FUNCTION__;
+    constexpr std::string_view key = "T = ";
+    const std::size_t b = f.find(key) + key.size();
+    const std::size_t e = f.find_first_of(";]", b);
+    return f.substr(b, e - b);
+  }
+
+ public:
+  static constexpr std::string_view value = spelled();
+};
+template <>
+struct TypeName<std::uint64_t> {
+  static constexpr std::string_view value = "uint64";
+};
+template <>
+struct TypeName<std::int64_t> {
+  static constexpr std::string_view value = "int64";
+};
+template <>
+struct TypeName<double> {
+  static constexpr std::string_view value = "float64";
+};
+template <>
+struct TypeName<std::uint32_t> {
+  static constexpr std::string_view value = "uint32";
+};
+template <>
+struct TypeName<std::int32_t> {
+  static constexpr std::string_view value = "int32";
+};
+template <>
+struct TypeName<std::uint16_t> {
+  static constexpr std::string_view value = "uint16";
+};
+template <>
+struct TypeName<std::int16_t> {
+  static constexpr std::string_view value = "int16";
+};
+template <>
+struct TypeName<std::uint8_t> {
+  static constexpr std::string_view value = "uint8";
+};
+template <>
+struct TypeName<std::int8_t> {
+  static constexpr std::string_view value = "int8";
+};
+template <>
+struct TypeName<float> {
+  static constexpr std::string_view value = "float32";
+};
+
+template <class T>
+TypeInfo type_info() {
+  TypeInfo t;
+  t.size = sizeof(T);
+  t.align = alignof(T);
+  t.kind = std::is_floating_point_v<T> ? TypeInfo::Kind::floating_point
+           : std::is_integral_v<T>     ? (std::is_signed_v<T> ? TypeInfo::Kind::signed_integer
+                                                              : TypeInfo::Kind::unsigned_integer)
+                                       : TypeInfo::Kind::other;
+  t.name = std::string(TypeName<T>::value.substr(0, 47));
+  return t;
+}
+
+/// What the records of a typed map hold (TypedMap::check computes it; exact only while no
+/// writer runs, which check arranges).
+struct RecordStats {
+  std::size_t slabs = 0;         // 64 KiB extents carved into records
+  std::size_t live = 0;          // records a bucket refers to
+  std::size_t free = 0;          // on the free lists, ready for reuse
+  std::size_t retired = 0;       // replaced or erased, waiting for readers to move on
+  std::size_t leaked = 0;        // none of the above (a writer killed mid-write); compact() frees
+  std::size_t record_bytes = 0;  // bytes of one record (header and value, rounded up)
+};
+
+/// A typed map whose types are known at run time (tools, language bindings), and the untyped
+/// core under every TypedMap: keys are 64-bit words (a key's bytes, zero-padded), values are
+/// byte blocks of the size the segment records (src/typed_map.cpp). Templates stay thin: they
+/// only convert.
+class DynamicMap {
+ public:
+  struct Layout {
+    TypeInfo key, value;
+  };
+  static DynamicMap create(const std::string& name, const Options& options, const Layout& layout);
+  /// Opens a map of exactly these types (else layout_mismatch, naming both).
+  static DynamicMap open(const std::string& name, const Layout& layout);
+  /// Opens a map of whatever types it holds (key_type(), value_type() say which). read_only:
+  /// as OpenOptions::read_only (find and for_each copy values under a validated read).
+  static DynamicMap open(const std::string& name, const OpenOptions& options = {});
+  static DynamicMap open_or_create(const std::string& name, const Options& options,
+                                   const Layout& layout, bool* created);
+  DynamicMap(DynamicMap&&) noexcept;
+  DynamicMap& operator=(DynamicMap&&) noexcept;
+  ~DynamicMap();
+
+  const TypeInfo& key_type() const { return layout_.key; }
+  const TypeInfo& value_type() const { return layout_.value; }
+  /// "uint64 -> Quote (24 bytes)".
+  std::string describe() const;
+
+  /// Copies k's value (value_type().size bytes) to out; false if absent.
+  bool find(std::uint64_t k, void* out) const;
+  bool insert(std::uint64_t k, const void* v);
+  /// True if k was inserted, false if its value was replaced.
+  bool insert_or_assign(std::uint64_t k, const void* v);
+  bool erase(std::uint64_t k);
+  bool compare_exchange(std::uint64_t k, const void* expected, const void* desired);
+  /// f edits the value in place (a copy); returns false to leave the value as it is.
+  using EditFn = bool (*)(void* ctx, void* value);
+  /// Applies f to k's value, if present. Returns whether k was present.
+  bool update(std::uint64_t k, EditFn f, void* ctx);
+  /// k absent: installs make(ctx, value) (returns true); present: applies f (returns false).
+  using MakeFn = void (*)(void* ctx, void* value);
+  bool upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx);
+  /// fn gets each entry's key word and value bytes (valid during the call only).
+  void for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const;
+  std::size_t size() const;
+  Stats stats() const;
+  std::vector<ReaderInfo> readers() const;
+  std::size_t clear_stale_handles();
+  CheckReport check(RecordStats* records) const;
+  void compact();
+  const std::string& name() const;
+  bool read_only() const;
+
+ private:
+  explicit DynamicMap(Map map);
+  bool find_read_only(std::uint64_t k, void* out) const;
+  Map map_;
+  Layout layout_;
+  std::size_t value_size_ = 0;
+  bool inline_ = true;
+};
+
+namespace detail {
+
+template <class T>
+std::uint64_t to_word(const T& x) {
+  std::uint64_t w = 0;
+  std::memcpy(&w, &x, sizeof(T));
+  return w;
+}
+template <class T>
+T from_word(std::uint64_t w) {
+  T x;
+  std::memcpy(&x, &w, sizeof(T));
+  return x;
+}
+
+}  // namespace detail
+
+template <class K, class V>
+class TypedMap {
+  static_assert(std::is_trivially_copyable_v<K>,
+                "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key)");
+  static_assert(sizeof(K) <= 8,
+                "shmap::TypedMap<K, V>: keys of more than 8 bytes are not supported yet; use an "
+                "8-byte hash or id of the key");
+  static_assert(std::is_trivially_copyable_v<V>,
+                "shmap::TypedMap<K, V>: V must be trivially copyable (values are copied as bytes "
+                "between processes; no pointers, no std::string)");
+  static_assert(sizeof(V) <= kMaxValueBytes,
+                "shmap::TypedMap<K, V>: V is larger than shmap::kMaxValueBytes");
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+
+  static TypedMap create(const std::string& name, const Options& options = {}) {
+    return TypedMap(DynamicMap::create(name, options, layout()));
+  }
+  static TypedMap open(const std::string& name) {
+    return TypedMap(DynamicMap::open(name, layout()));
+  }
+  static TypedMap open_or_create(const std::string& name, const Options& options = {},
+                                 bool* created = nullptr) {
+    return TypedMap(DynamicMap::open_or_create(name, options, layout(), created));
+  }
+  static bool remove(const std::string& name) { return Map::remove(name); }
+  static DynamicMap::Layout layout() { return {type_info<K>(), type_info<V>()}; }
+
+  std::optional<V> find(const K& k) const {
+    V v;
+    if (!core_.find(detail::to_word(k), &v)) return std::nullopt;
+    return v;
+  }
+  bool contains(const K& k) const { return find(k).has_value(); }
+  /// Inserts k -> v if k is absent; returns whether it did.
+  bool insert(const K& k, const V& v) { return core_.insert(detail::to_word(k), &v); }
+  /// Returns true if k was inserted, false if an existing value was replaced.
+  bool insert_or_assign(const K& k, const V& v) {
+    return core_.insert_or_assign(detail::to_word(k), &v);
+  }
+  bool erase(const K& k) { return core_.erase(detail::to_word(k)); }
+  /// Replaces k's value by `desired` if its bytes equal `expected`'s.
+  bool compare_exchange(const K& k, const V& expected, const V& desired) {
+    return core_.compare_exchange(detail::to_word(k), &expected, &desired);
+  }
+  /// Atomic read-modify-write: f(V&) edits a copy of k's value, which then replaces the value
+  /// if no other write came in between (else f runs again on the newer value: f must depend
+  /// on its argument only, and must not use this map). Returns false if k is absent.
+  template <class F>
+  bool update(const K& k, F&& f) {
+    return core_.update(detail::to_word(k), &edit<F>, &f);
+  }
+  /// As update if k is present (returns false); else installs make() (returns true).
+  template <class Make, class F>
+  bool upsert(const K& k, Make&& make, F&& f) {
+    struct Ctx {
+      Make& make;
+      F& f;
+    } ctx{make, f};
+    return core_.upsert(
+        detail::to_word(k),
+        [](void* c, void* out) {
+          const V v = static_cast<Ctx*>(c)->make();
+          std::memcpy(out, &v, sizeof(V));
+        },
+        [](void* c, void* value) { return edit<F>(&static_cast<Ctx*>(c)->f, value); }, &ctx);
+  }
+  /// Visits every entry (weakly consistent, as Map::for_each); f must not use this map.
+  template <class F>
+  void for_each(F&& f) const {
+    core_.for_each(
+        [](void* c, std::uint64_t k, const void* v) {
+          V value;
+          std::memcpy(&value, v, sizeof(V));
+          (*static_cast<std::remove_reference_t<F>*>(c))(detail::from_word<K>(k),
+                                                         std::as_const(value));
+        },
+        const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  std::size_t size() const { return core_.size(); }
+  bool empty() const { return size() == 0; }
+  Stats stats() const { return core_.stats(); }
+  /// Map::check, plus an audit of the value records (holds writers for its walk, as a
+  /// point-in-time dump does); `records`, if given, receives their counts.
+  CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
+  /// Map::compact, plus: records leaked by killed writers are given back.
+  void compact() { core_.compact(); }
+  const std::string& name() const { return core_.name(); }
+
+ private:
+  explicit TypedMap(DynamicMap core) : core_(std::move(core)) {}
+  template <class F>
+  static bool edit(void* c, void* value) {
+    V v;
+    std::memcpy(&v, value, sizeof(V));
+    auto& f = *static_cast<std::remove_reference_t<F>*>(c);
+    if constexpr (std::is_same_v<std::invoke_result_t<decltype(f), V&>, bool>) {
+      if (!f(v)) return false;
+    } else {
+      f(v);
+    }
+    std::memcpy(value, &v, sizeof(V));
+    return true;
+  }
+  DynamicMap core_;
+};
+
+}  // namespace shmap

@@ -1,0 +1,413 @@
+// shmap — the untyped core of TypedMap (include/shmap/typed_map.hpp): keys are 64-bit words,
+// values are blocks of bytes of one size, inline in the bucket's value word when they fit in 8
+// bytes and in an immutable record (records.hpp) otherwise.
+//
+// A write runs inside MapImpl::mutate: its decide callback sees the current value word and
+// returns the new one; the commit callback runs once the bucket CAS has landed. Every block a
+// write holds enters and leaves its hands inside the write (pinned, writer-marked, past the
+// gate), which is what lets audit() call a block no list holds "leaked":
+//   - allocated and filled in decide (once per write: a retried decide refills the same block,
+//     which nobody else can see until the CAS publishes it);
+//   - given back in decide when the write decides to keep the current value;
+//   - published by the CAS; the record it replaced (or erased) retired in commit.
+// A write that throws between decide and the CAS (damage found, out of space) leaks its block
+// rather than free it outside the write.
+#include "shmap/typed_map.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/records.hpp"
+
+namespace shmap {
+
+// The internals this file composes (MapImpl, RecordHeap, the layout) are detail's.
+using namespace detail;  // NOLINT(google-build-using-namespace): one .cpp, no header
+
+namespace {
+
+TypeRecord to_record(const TypeInfo& t) {
+  TypeRecord r{};
+  r.size = t.size;
+  r.align = t.align;
+  r.kind = static_cast<std::uint32_t>(t.kind);
+  std::memcpy(r.name, t.name.data(), std::min(t.name.size(), sizeof(r.name) - 1));
+  return r;
+}
+
+SegmentTypes to_types(const std::string& name, const DynamicMap::Layout& l) {
+  if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
+    fail(Errc::invalid_argument, name,
+         "typed maps take keys of 1..8 bytes and values of 1.." + std::to_string(kMaxValueBytes) +
+             " bytes");
+  }
+  return {to_record(l.key), to_record(l.value)};
+}
+
+/// Retires so far by this thread; every kReclaimEvery a reclaim pass runs after the write.
+thread_local unsigned t_retired = 0;
+constexpr unsigned kReclaimEvery = 64;
+
+/// One write's state: the block it holds (unpublished) and what happened.
+struct Write {
+  const MapImpl& m;
+  RecordHeap heap;
+  std::size_t bytes;
+  std::size_t cls;
+  bool inline_value;
+  std::uint64_t block = 0;  // allocated here, not published yet
+  bool committed = false;
+  bool carved = false;
+
+  Write(const MapImpl& map, std::size_t value_bytes)
+      : m(map),
+        heap(map),
+        bytes(value_bytes),
+        cls(RecordHeap::class_for(value_bytes)),
+        inline_value(value_bytes <= 8) {}
+
+  /// The value word that stores `value` (filling this write's block).
+  std::uint64_t word_for(const void* value) {
+    if (inline_value) {
+      std::uint64_t w = 0;
+      std::memcpy(&w, value, bytes);
+      return w;
+    }
+    if (block == 0) block = heap.allocate(cls);
+    heap.fill(block, cls, value, bytes);
+    if (RecordHeap::after_fill_for_test != nullptr) RecordHeap::after_fill_for_test();
+    return block;
+  }
+  /// The value a word stores (pinned: a record is not reused while we are).
+  void read(std::uint64_t w, void* out) const {
+    if (inline_value) {
+      std::memcpy(out, &w, bytes);
+    } else {
+      std::memcpy(out, heap.value(w, bytes), bytes);
+    }
+  }
+  bool equals(std::uint64_t w, const void* value) const {
+    if (inline_value) {
+      std::uint64_t x = 0;
+      std::memcpy(&x, value, bytes);
+      return w == x;
+    }
+    return std::memcmp(heap.value(w, bytes), value, bytes) == 0;
+  }
+  WriteIntent keep() {
+    if (block != 0) {
+      heap.free_unpublished(block);
+      block = 0;
+    }
+    return {WriteIntent::keep, 0};
+  }
+  WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w}; }
+  void commit(std::optional<std::uint64_t> replaced) {
+    committed = true;
+    block = 0;  // published (or, for an erase, there was none)
+    if (!inline_value && replaced) {
+      if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
+      heap.retire(*replaced);
+      ++t_retired;
+    }
+  }
+  /// After the write, unpinned: a reclaim pass now and then, so that retired records return.
+  void after() {
+    if (!inline_value && t_retired >= kReclaimEvery) {
+      t_retired = 0;
+      heap.reclaim(false);
+    }
+  }
+};
+
+/// Runs a write: decide(Write&, current) -> intent, inside MapImpl::mutate.
+template <class Decide>
+std::optional<std::uint64_t> run(MapImpl& m, Write& w, std::uint64_t k, bool may_insert,
+                                 Decide&& decide) {
+  struct Ctx {
+    Write& w;
+    Decide& d;
+  } ctx{w, decide};
+  const std::optional<std::uint64_t> old = m.mutate_impl(
+      k, may_insert,
+      [](void* c, std::optional<std::uint64_t> cur) {
+        auto& x = *static_cast<Ctx*>(c);
+        return x.d(x.w, cur);
+      },
+      &ctx,
+      [](void* c, std::optional<std::uint64_t> replaced) {
+        static_cast<Ctx*>(c)->w.commit(replaced);
+      });
+  w.after();
+  return old;
+}
+
+}  // namespace
+
+namespace {
+TypeInfo from_record(const TypeRecord& r) {
+  TypeInfo t;
+  t.size = r.size;
+  t.align = r.align;
+  t.kind = static_cast<TypeInfo::Kind>(r.kind);
+  t.name.assign(r.name, strnlen(r.name, sizeof(r.name)));
+  return t;
+}
+}  // namespace
+
+DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
+  const SegmentTypes& t = map_.impl().types();
+  // The sizes as open() validated them? It checked that they match the caller's, not that
+  // they are sane: a damaged header (opened with any types) must not size our copies.
+  if (t.key.size == 0 || t.key.size > 8 || t.value.size == 0 || t.value.size > kMaxValueBytes) {
+    fail(Errc::corrupt, map_.name(),
+         "the segment header records impossible key or value sizes (" + std::to_string(t.key.size) +
+             ", " + std::to_string(t.value.size) + "); the segment is damaged");
+  }
+  layout_ = {from_record(t.key), from_record(t.value)};
+  value_size_ = t.value.size;
+  inline_ = value_size_ <= 8;
+}
+
+std::string DynamicMap::describe() const { return describe_types(map_.impl().types()); }
+DynamicMap::DynamicMap(DynamicMap&&) noexcept = default;
+DynamicMap& DynamicMap::operator=(DynamicMap&&) noexcept = default;
+DynamicMap::~DynamicMap() = default;
+
+DynamicMap DynamicMap::create(const std::string& name, const Options& options,
+                              const Layout& layout) {
+  bool existed = false;
+  return DynamicMap(Map(MapImpl::create(name, options, true, &existed, to_types(name, layout))));
+}
+
+DynamicMap DynamicMap::open(const std::string& name, const Layout& layout) {
+  const SegmentTypes types = to_types(name, layout);
+  return DynamicMap(Map(MapImpl::open(name, true, false, &types)));
+}
+
+DynamicMap DynamicMap::open(const std::string& name, const OpenOptions& options) {
+  return DynamicMap(
+      Map(MapImpl::open(name, options.clear_stale_handles, options.read_only, nullptr)));
+}
+
+DynamicMap DynamicMap::open_or_create(const std::string& name, const Options& options,
+                                      const Layout& layout, bool* created) {
+  const SegmentTypes types = to_types(name, layout);
+  // As Map::open_or_create: one creator wins; a remove() between the two steps means retry.
+  for (int attempt = 0;; ++attempt) {
+    bool existed = false;
+    if (auto impl = MapImpl::create(name, options, false, &existed, types)) {
+      if (created != nullptr) *created = true;
+      return DynamicMap(Map(std::move(impl)));
+    }
+    try {
+      DynamicMap c(Map(MapImpl::open(name, true, false, &types)));
+      if (created != nullptr) *created = false;
+      return c;
+    } catch (const Error& e) {
+      if (e.code() != Errc::not_found || attempt > 100) throw;
+    }
+  }
+}
+
+bool DynamicMap::find(std::uint64_t k, void* out) const {
+  if (inline_) {
+    const std::optional<std::uint64_t> v = map_.find(k);
+    if (v) std::memcpy(out, &*v, value_size_);
+    return v.has_value();
+  }
+  const MapImpl& m = map_.impl();
+  if (m.read_only()) return find_read_only(k, out);
+  PinGuard pin(m);  // the record cannot be reused while we copy it
+  std::uint64_t w = 0;
+  if (!m.find(k, &w)) return false;
+  // The record's bytes were written before the CAS that published w (a full barrier); this
+  // orders our copy after our read of w in the C++ model too.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  std::memcpy(out, RecordHeap(m).value(w, value_size_), value_size_);
+  return true;
+}
+
+bool DynamicMap::insert(std::uint64_t k, const void* v) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t> cur) {
+    return cur ? x.keep() : x.set(x.word_for(v));
+  });
+  return w.committed;
+}
+
+bool DynamicMap::insert_or_assign(std::uint64_t k, const void* v) {
+  Write w(map_.impl(), value_size_);
+  const auto old = run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t>) {
+    return x.set(x.word_for(v));
+  });
+  return !old.has_value();
+}
+
+bool DynamicMap::erase(std::uint64_t k) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, false, [](Write& x, std::optional<std::uint64_t> cur) {
+    return cur ? WriteIntent{WriteIntent::erase, 0} : x.keep();
+  });
+  return w.committed;
+}
+
+bool DynamicMap::compare_exchange(std::uint64_t k, const void* expected, const void* desired) {
+  Write w(map_.impl(), value_size_);
+  run(map_.impl(), w, k, false, [expected, desired](Write& x, std::optional<std::uint64_t> cur) {
+    return cur && x.equals(*cur, expected) ? x.set(x.word_for(desired)) : x.keep();
+  });
+  return w.committed;
+}
+
+namespace {
+/// decide() of update and upsert: a copy of the current value, edited by f.
+struct Edit {
+  DynamicMap::EditFn f;
+  DynamicMap::MakeFn make;  // nullptr: update (absent stays absent)
+  void* ctx;
+  std::vector<unsigned char> buf;
+  WriteIntent operator()(Write& x, std::optional<std::uint64_t> cur) {
+    if (!cur) {
+      if (make == nullptr) return x.keep();
+      make(ctx, buf.data());
+      return x.set(x.word_for(buf.data()));
+    }
+    x.read(*cur, buf.data());
+    if (!f(ctx, buf.data())) return x.keep();
+    return x.set(x.word_for(buf.data()));
+  }
+};
+}  // namespace
+
+bool DynamicMap::update(std::uint64_t k, EditFn f, void* ctx) {
+  Write w(map_.impl(), value_size_);
+  Edit e{f, nullptr, ctx, std::vector<unsigned char>(value_size_)};
+  return run(map_.impl(), w, k, false, e).has_value();
+}
+
+bool DynamicMap::upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx) {
+  Write w(map_.impl(), value_size_);
+  Edit e{f, make, ctx, std::vector<unsigned char>(value_size_)};
+  const auto old = run(map_.impl(), w, k, true, e);
+  return w.committed && !old.has_value();
+}
+
+bool DynamicMap::find_read_only(std::uint64_t k, void* out) const {
+  // A read-only attachment's pin protects nothing: copy the value under a validated read
+  // (read_only.cpp). A record is reused only after a reclaimer advanced the global epoch past
+  // its unlink, so a copy made while the epoch stood still is of a record nobody reused.
+  const MapImpl& m = map_.impl();
+  const RecordHeap heap(m);
+  bool found = false;
+  bool outside = false;
+  m.read_validated("find", [&] {
+    found = outside = false;
+    const std::optional<std::uint64_t> w = m.ro_lookup(k);
+    if (!w) return;
+    found = true;
+    const void* p = heap.value_or_null(*w, value_size_);
+    if (p == nullptr) {
+      outside = true;  // a stale word (retried) or damage (reported below)
+      return;
+    }
+    std::memcpy(out, p, value_size_);
+  });
+  if (outside) (void)heap.value(UINT64_MAX, value_size_);  // throws corrupt, naming the map
+  return found;
+}
+
+std::vector<ReaderInfo> DynamicMap::readers() const { return map_.readers(); }
+std::size_t DynamicMap::clear_stale_handles() { return map_.clear_stale_handles(); }
+bool DynamicMap::read_only() const { return map_.read_only(); }
+
+void DynamicMap::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const {
+  if (!inline_ && map_.read_only()) {
+    // The keys from a walk, then each value by a validated lookup (see find_read_only).
+    std::vector<std::uint64_t> keys;
+    map_.for_each([&](std::uint64_t k, std::uint64_t) { keys.push_back(k); });
+    std::vector<unsigned char> buf(value_size_);
+    for (const std::uint64_t k : keys) {
+      if (find_read_only(k, buf.data())) fn(ctx, k, buf.data());
+    }
+    return;
+  }
+  struct Ctx {
+    void (*fn)(void*, std::uint64_t, const void*);
+    void* ctx;
+    const MapImpl& m;
+    std::size_t bytes;
+    bool inline_value;
+  } c{fn, ctx, map_.impl(), value_size_, inline_};
+  // MapImpl::for_each calls back pinned: a record stays put while fn reads it.
+  map_.impl().for_each(
+      [](void* p, std::uint64_t k, std::uint64_t w) {
+        auto& x = *static_cast<Ctx*>(p);
+        if (x.inline_value) {
+          x.fn(x.ctx, k, &w);
+        } else {
+          std::atomic_thread_fence(std::memory_order_acquire);
+          x.fn(x.ctx, k, RecordHeap(x.m).value(w, x.bytes));
+        }
+      },
+      &c);
+}
+
+std::size_t DynamicMap::size() const { return map_.size(); }
+Stats DynamicMap::stats() const { return map_.stats(); }
+const std::string& DynamicMap::name() const { return map_.name(); }
+
+CheckReport DynamicMap::check(RecordStats* records) const {
+  CheckReport rep = map_.check();
+  if (!inline_ && map_.read_only()) {
+    rep.notes.push_back(
+        "value records: not audited (the audit holds writers back: it needs write permission)");
+    if (records != nullptr) *records = {};
+    return rep;
+  }
+  if (inline_) {
+    if (records != nullptr) *records = {};
+    return rep;
+  }
+  RecordHeap::Audit a;
+  try {
+    a = RecordHeap(map_.impl()).audit(false);
+  } catch (const Error& e) {
+    a.problem = e.what();
+  }
+  RecordStats s = a.stats;
+  s.record_bytes = kRecordClassBytes[RecordHeap::class_for(value_size_)];
+  if (records != nullptr) *records = s;
+  if (!a.problem.empty()) {
+    rep.ok = false;
+    rep.problems.push_back("value records: " + a.problem);
+  } else if (!a.done) {
+    rep.notes.push_back(
+        "value records: not audited (another process is reclaiming, or a writer is stopped "
+        "inside a write); run check again");
+  } else if (s.leaked != 0) {
+    rep.ok = false;
+    rep.problems.push_back(std::to_string(s.leaked) +
+                           " value records are leaked (a writer was killed mid-write); "
+                           "'compact' gives them back");
+  } else {
+    rep.notes.push_back("value records: " + std::to_string(s.live) + " live, " +
+                        std::to_string(s.free) + " free, " + std::to_string(s.retired) +
+                        " retired, in " + std::to_string(s.slabs) + " slabs; none leaked");
+  }
+  return rep;
+}
+
+void DynamicMap::compact() {
+  map_.compact();
+  if (inline_) return;
+  const RecordHeap heap(map_.impl());
+  heap.audit(true);
+  heap.reclaim(true);
+}
+
+}  // namespace shmap
