@@ -70,13 +70,23 @@ const SlabHeader* RecordHeap::check_block(std::uint64_t off, std::size_t cls) co
   if (off % 16 != 0 || off < arena + sizeof(SlabHeader) || off > limit - kRecordHeaderBytes) {
     return nullptr;
   }
-  m_.ensure_mapped(off + kRecordHeaderBytes);
+  // ensure_mapped throws (corrupt) for an offset past the object (file_bytes and arena_top
+  // damaged high): no block then. This function is noexcept.
+  auto mapped = [&](std::uint64_t end) {
+    try {
+      m_.ensure_mapped(end);
+      return true;
+    } catch (...) {
+      return false;
+    }
+  };
+  if (!mapped(off + kRecordHeaderBytes)) return nullptr;
   const std::uint64_t slab = load_word(block(off)->slab);
   if (slab < arena || slab % kPage != 0 || slab > off - sizeof(SlabHeader) ||
       slab > limit - kSlabBytes) {
     return nullptr;
   }
-  m_.ensure_mapped(slab + sizeof(SlabHeader));
+  if (!mapped(slab + sizeof(SlabHeader))) return nullptr;
   const auto* s = m_.at<SlabHeader>(slab);
   const std::uint64_t extent = load_word(s->extent_bytes);
   const std::uint32_t c =
@@ -90,16 +100,16 @@ const SlabHeader* RecordHeap::check_block(std::uint64_t off, std::size_t cls) co
   }
   const std::uint64_t rel = off - slab - sizeof(SlabHeader);
   if (rel % bb != 0 || rel / bb >= (extent - sizeof(SlabHeader)) / bb) return nullptr;
-  m_.ensure_mapped(slab + extent);
+  if (!mapped(slab + extent)) return nullptr;
   return s;
 }
 
-void RecordHeap::push_chain(StackHead& head, std::uint64_t first, RecordHeader* last) {
+std::uint64_t RecordHeap::push_chain(StackHead& head, std::uint64_t first, RecordHeader* last) {
   for (;;) {
     const StackHead h = read_head(head);
     store_word(last->word0, h.top);
     // cmpxchg16b: a full barrier, so the links are visible before the new head is.
-    if (cas128(&head.top, h.top, h.tag, first, h.tag + 1)) return;
+    if (cas128(&head.top, h.top, h.tag, first, h.tag + 1)) return h.tag + 1;
   }
 }
 
@@ -201,10 +211,10 @@ void RecordHeap::free_unpublished(std::uint64_t blk) const {
   push_chain(m_.header().record_free[s->cls], blk, r);
 }
 
-void RecordHeap::retire(std::uint64_t off) const noexcept {
-  if (check_block(off, SIZE_MAX) == nullptr) return;
+bool RecordHeap::retire(std::uint64_t off) const noexcept {
+  if (check_block(off, SIZE_MAX) == nullptr) return false;
   RecordHeader* r = block(off);
-  push_chain(m_.header().limbo, off, r);
+  return push_chain(m_.header().limbo, off, r) % 64 == 0;
 }
 
 void RecordHeap::reclaim(bool patient) const noexcept {
@@ -290,6 +300,7 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
         // The slabs, from the directory.
         struct SlabState {
           std::uint64_t off;
+          std::uint64_t extent;
           std::uint32_t block_bytes;
           std::uint64_t blocks;
           std::vector<std::uint8_t> state;  // 0 unknown, 1 live, 2 free, 3 retired
@@ -307,12 +318,23 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
             return;
           }
           const std::uint64_t bb = sh->block_bytes;
-          const std::uint64_t n = (load_word(sh->extent_bytes) - sizeof(SlabHeader)) / bb;
-          slabs.push_back({s, static_cast<std::uint32_t>(bb), n, std::vector<std::uint8_t>(n)});
+          const std::uint64_t extent = load_word(sh->extent_bytes);
+          const std::uint64_t n = (extent - sizeof(SlabHeader)) / bb;
+          slabs.push_back(
+              {s, extent, static_cast<std::uint32_t>(bb), n, std::vector<std::uint8_t>(n)});
           s = load_word(sh->next);
         }
         std::sort(slabs.begin(), slabs.end(),
                   [](const SlabState& l, const SlabState& r) { return l.off < r.off; });
+        // Slabs never overlap (nor repeat): a damaged extent that reaches into the next slab
+        // would make that slab's blocks look unaccounted for under this one.
+        for (std::size_t i = 1; i < slabs.size(); ++i) {
+          if (slabs[i - 1].off + slabs[i - 1].extent > slabs[i].off) {
+            a.problem = "the slabs at " + std::to_string(slabs[i - 1].off) + " and " +
+                        std::to_string(slabs[i].off) + " overlap (a damaged slab header)";
+            return;
+          }
+        }
         a.stats.slabs = slabs.size();
         // Marks a block; false if it is no block of a slab, or was marked already.
         auto mark = [&](std::uint64_t off, std::uint8_t st) {

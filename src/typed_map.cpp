@@ -112,7 +112,7 @@ struct Write {
     block = 0;  // published (or, for an erase, there was none)
     if (!inline_value && replaced) {
       if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
-      heap.retire(*replaced);
+      if (heap.retire(*replaced)) t_retired = kReclaimEvery;  // the stack's 64th: reclaim
       ++t_retired;
     }
   }

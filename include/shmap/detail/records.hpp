@@ -44,7 +44,10 @@ class RecordHeap {
   void free_unpublished(std::uint64_t block) const;
   /// Retires a published record that a write has just unlinked (inside that write). Never
   /// throws: a record that fails its checks is left alone (check() reports it as leaked).
-  void retire(std::uint64_t off) const noexcept;
+  /// Returns true if this retirement is the 64th on the limbo stack since the last one that
+  /// returned true (by the stack's tag): the caller then runs a reclaim pass, so that records
+  /// come back however few each writer retires.
+  bool retire(std::uint64_t off) const noexcept;
   /// Moves retired records that no pinned reader can see to their free stacks. patient: wait
   /// for the reclaim lock; else give up at once if someone holds it. Call unpinned.
   void reclaim(bool patient) const noexcept;
@@ -72,7 +75,8 @@ class RecordHeap {
   const SlabHeader* check_block(std::uint64_t off, std::size_t cls) const noexcept;
   std::uint64_t carve(std::size_t cls) const;
   /// Pushes the chain first..last (linked through word0, last's link is set here) onto a stack.
-  static void push_chain(StackHead& head, std::uint64_t first, RecordHeader* last);
+  /// Returns the head's new tag.
+  static std::uint64_t push_chain(StackHead& head, std::uint64_t first, RecordHeader* last);
   RecordHeader* block(std::uint64_t off) const { return m_.at<RecordHeader>(off); }
 
   const MapImpl& m_;
