@@ -75,6 +75,7 @@
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
 #include "shmap/detail/temporaries.hpp"
+#include "shmap/typed_map.hpp"
 
 namespace shmap {
 namespace detail {
@@ -180,6 +181,9 @@ namespace {
 constexpr char kMagic[8] = {'S', 'H', 'M', 'A', 'P', 'S', 'N', 'P'};
 constexpr char kEndMagic[8] = {'S', 'H', 'M', 'A', 'P', 'E', 'N', 'D'};
 constexpr std::uint32_t kSnapshotVersion = 1;
+// Version 2: a typed map's snapshot (DynamicMap::dump): the header adds both types, and an
+// entry is a key word then the value's bytes. A uint64 map still writes version 1.
+constexpr std::uint32_t kSnapshotVersionTyped = 2;
 constexpr std::uint32_t kChunkTag = 0x4b4e4843;   // "CHNK" little-endian
 constexpr std::uint32_t kFooterTag = 0x544f4f46;  // "FOOT" little-endian
 constexpr std::uint32_t kChunkEntries = 4096;     // 64 KiB of entries per chunk
@@ -252,6 +256,41 @@ struct SnapshotHeader {
        cereal::make_nvp("initial_capacity", initial_capacity),
        cereal::make_nvp("max_handles", max_handles), cereal::make_nvp("mode", mode),
        cereal::make_nvp("max_bytes", max_bytes));
+  }
+};
+
+/// Version 2's addition to the header body: the types as the segment records them.
+/// (As SegmentHeader::key_type and value_type record them: the name cut at 47 bytes, and the
+/// hash of the whole name.)
+struct TypedFields {
+  std::uint32_t key_size = 0, key_align = 0, key_kind = 0;
+  std::string key_name;
+  std::uint32_t key_hash = 0;
+  std::uint32_t value_size = 0, value_align = 0, value_kind = 0;
+  std::string value_name;
+  std::uint32_t value_hash = 0;
+
+  template <class Archive>
+  void serialize(Archive &ar) {
+    ar(cereal::make_nvp("key_size", key_size), cereal::make_nvp("key_align", key_align),
+       cereal::make_nvp("key_kind", key_kind), cereal::make_nvp("key_name", key_name),
+       cereal::make_nvp("key_hash", key_hash), cereal::make_nvp("value_size", value_size),
+       cereal::make_nvp("value_align", value_align), cereal::make_nvp("value_kind", value_kind),
+       cereal::make_nvp("value_name", value_name), cereal::make_nvp("value_hash", value_hash));
+  }
+  SegmentTypes records() const {
+    SegmentTypes t;
+    auto one = [](TypeRecord *r, std::uint32_t size, std::uint32_t align, std::uint32_t kind,
+                  const std::string &name, std::uint32_t hash) {
+      r->size = size;
+      r->align = align;
+      r->kind = kind;
+      r->name_hash = hash;
+      std::memcpy(r->name, name.data(), std::min(name.size(), sizeof(r->name) - 1));
+    };
+    one(&t.key, key_size, key_align, key_kind, key_name, key_hash);
+    one(&t.value, value_size, value_align, value_kind, value_name, value_hash);
+    return t;
   }
 };
 
@@ -906,7 +945,7 @@ class Reader {
 /// field, and every string length it declares, fits in the body. cereal sizes a string from its
 /// declared length before reading it, so a damaged length (2^31, with the checksums redone)
 /// would otherwise allocate that much before the decode fails.
-void check_header_lengths(const unsigned char *body, std::size_t n, const Where &w) {
+void check_header_lengths(const unsigned char *body, std::size_t n, const Where &w, bool typed) {
   std::size_t at = 0;
   const bool swap = n == 0 || body[0] != 1;
   auto need = [&](std::size_t k, const char *field) {
@@ -941,11 +980,22 @@ void check_header_lengths(const unsigned char *body, std::size_t n, const Where 
   string("source_map");
   fixed(4, "source_format_version");
   fixed(32, "source options");
+  if (typed) {
+    fixed(12, "key type");
+    string("key_name");
+    fixed(4, "key_hash");
+    fixed(12, "value type");
+    string("value_name");
+    fixed(4, "value_hash");
+  }
 }
 
 using ChunkFn = std::function<void(const unsigned char *entries, std::uint32_t n)>;
 
 struct ScanResult {
+  std::uint32_t version = kSnapshotVersion;
+  std::size_t entry_bytes = kEntryBytes;  // version 2: 8 + the value's size
+  TypedFields types;                      // version 2
   SnapshotHeader header;
   std::uint64_t entries = 0;
   std::uint64_t chunks = 0;
@@ -975,11 +1025,12 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               std::to_string(kLeadBytes));
   }
   const std::uint32_t version = get32(lead + 8);
-  if (version != kSnapshotVersion) {
-    w.fail(Errc::version_mismatch, "format version " + std::to_string(version) +
-                                       " at byte 8; this build reads version " +
-                                       std::to_string(kSnapshotVersion));
+  if (version != kSnapshotVersion && version != kSnapshotVersionTyped) {
+    w.fail(Errc::version_mismatch,
+           "format version " + std::to_string(version) + " at byte 8; this build reads versions " +
+               std::to_string(kSnapshotVersion) + " and " + std::to_string(kSnapshotVersionTyped));
   }
+  res.version = version;
   const std::uint32_t body_bytes = get32(lead + 12);
   if (body_bytes == 0 || body_bytes > kMaxHeaderBody) {
     w.fail(Errc::corrupt, "header length " + std::to_string(body_bytes) +
@@ -993,7 +1044,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               " bytes, the file has " + std::to_string(size));
   }
   head.insert(head.end(), body, body + body_bytes);
-  check_header_lengths(body, body_bytes, w);
+  check_header_lengths(body, body_bytes, w, version == kSnapshotVersionTyped);
   {
     const std::uint64_t stored = get64(body + body_bytes);
     const std::uint64_t computed = XXH3_64bits(head.data(), head.size());
@@ -1010,13 +1061,25 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
         std::string(reinterpret_cast<const char *>(head.data() + kLeadBytes), body_bytes));
     cereal::PortableBinaryInputArchive ar(is);
     ar(res.header);
+    if (version == kSnapshotVersionTyped) ar(res.types);
   } catch (const std::exception &e) {
     w.fail(Errc::corrupt, std::string("header body does not decode: ") + e.what());
   }
   const SnapshotHeader &h = res.header;
-  if (h.key_type != "u64" || h.value_type != "u64") {
+  if (version == kSnapshotVersion && (h.key_type != "u64" || h.value_type != "u64")) {
     w.fail(Errc::version_mismatch, "holds " + h.key_type + " -> " + h.value_type +
                                        " entries; this build stores u64 -> u64");
+  }
+  if (version == kSnapshotVersionTyped) {
+    const TypedFields &t = res.types;
+    if (t.key_size == 0 || t.key_size > 8 || t.value_size == 0 || t.value_size > kMaxValueBytes ||
+        t.key_name.size() > 4096 || t.value_name.size() > 4096) {
+      w.fail(Errc::corrupt, "header records key and value sizes " + std::to_string(t.key_size) +
+                                " and " + std::to_string(t.value_size) +
+                                " that no map can have (keys 1..8, values 1.." +
+                                std::to_string(kMaxValueBytes) + " bytes)");
+    }
+    res.entry_bytes = 8 + std::size_t{t.value_size};
   }
   if (h.chunk_entries == 0 || h.chunk_entries > kMaxChunkEntries) {
     w.fail(Errc::corrupt, "header says " + std::to_string(h.chunk_entries) +
@@ -1092,7 +1155,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                                 std::to_string(at) + ": entry count " + std::to_string(n) +
                                 " out of range (1.." + std::to_string(h.chunk_entries) + ")");
     }
-    const std::size_t body_len = std::size_t{n} * kEntryBytes;
+    const std::size_t body_len = std::size_t{n} * res.entry_bytes;
     // Re-take the header and body as one span so the checksum covers them
     // contiguously.
     unsigned char chead[kChunkHeadBytes];
@@ -1545,6 +1608,14 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
     };
   } else {
     const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
+    if (res.version == kSnapshotVersionTyped) {
+      w.fail(Errc::layout_mismatch,
+             "holds a typed map's entries (" + res.header.key_type + " -> " +
+                 res.header.value_type +
+                 "), which a uint64 map cannot take; load it with shmap::DynamicMap::load or "
+                 "'shmap load FILE NAME' (from a file: a typed snapshot is not read from "
+                 "standard input yet)");
+    }
     recorded = res.header;
     src.entries = res.entries;
     src.feed_reports = true;
@@ -1683,5 +1754,289 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
 }
 
 }  // namespace
+
+// ---- typed maps (snapshot version 2) -----------------------------------------------------------
+
+/// The uint64 map under a DynamicMap (a friend of it): the snapshot code walks and holds it.
+struct SnapshotAccess {
+  static const Map &map(const DynamicMap &d) { return d.map_; }
+  /// A typed map whose segment records exactly `types` (a loaded snapshot's).
+  static DynamicMap create(const std::string &name, const Options &o, const SegmentTypes &types) {
+    return DynamicMap::create_recorded(name, o, types);
+  }
+};
+
+namespace {
+
+/// The types exactly as the segment records them (with the whole names' hashes).
+TypedFields typed_fields(const DynamicMap &d) {
+  const SegmentTypes &r = SnapshotAccess::map(d).impl().types();
+  TypedFields t;
+  t.key_size = r.key.size;
+  t.key_align = r.key.align;
+  t.key_kind = r.key.kind;
+  t.key_name.assign(r.key.name, strnlen(r.key.name, sizeof(r.key.name)));
+  t.key_hash = r.key.name_hash;
+  t.value_size = r.value.size;
+  t.value_align = r.value.align;
+  t.value_kind = r.value.kind;
+  t.value_name.assign(r.value.name, strnlen(r.value.name, sizeof(r.value.name)));
+  t.value_hash = r.value.name_hash;
+  return t;
+}
+
+/// A typed map's binary snapshot: version 2, the layout of version 1 with entries of
+/// 8 + value_size bytes (the key word, little-endian, then the value's bytes as the map holds
+/// them) and both types in the header.
+void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
+  const Map &m = SnapshotAccess::map(d);
+  AtomicFile out(w, m.stats().options.mode);
+  const std::size_t vbytes = d.value_type().size;
+  const std::size_t ebytes = 8 + vbytes;
+  // About 64 KiB of entries per chunk, as version 1.
+  const auto per_chunk = static_cast<std::uint32_t>(std::max<std::size_t>(1, (64 << 10) / ebytes));
+  std::vector<unsigned char> copy;  // point in time: the entries, copied under the hold
+  std::uint64_t hint = 0;
+  SnapshotHeader h;
+  auto header = [&](bool pit) {
+    h = header_for(m, pit, hint);
+    h.key_type = d.key_type().name;
+    h.value_type = d.value_type().name;
+    h.chunk_entries = per_chunk;
+  };
+  if (point_in_time) {
+    WriterHold hold(m.impl(), true);
+    hint = m.size();
+    header(true);
+    report("dump", 0, hint);
+    copy.reserve((hint + hint / 8 + 16) * ebytes);
+    struct Copy {
+      std::vector<unsigned char> &to;
+      std::size_t vbytes;
+    } c{copy, vbytes};
+    // (A failed allocation here throws out of the walk: only a copy into memory, under the
+    // hold, nothing half-written; the hold is released by its guard.)
+    d.for_each(
+        [](void *p, std::uint64_t k, const void *v) {
+          auto &x = *static_cast<Copy *>(p);
+          unsigned char key[8];
+          put64(key, k);
+          x.to.insert(x.to.end(), key, key + 8);
+          const auto *b = static_cast<const unsigned char *>(v);
+          x.to.insert(x.to.end(), b, b + x.vbytes);
+        },
+        &c);
+    require_hold(m, true);
+  } else {
+    hint = m.size();
+    header(false);
+  }
+  std::ostringstream body_stream;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+    ar(typed_fields(d));
+  }
+  const std::string body = body_stream.str();
+  unsigned char lead[kLeadBytes];
+  std::memcpy(lead, kMagic, 8);
+  put32(lead + 8, kSnapshotVersionTyped);
+  put32(lead + 12, static_cast<std::uint32_t>(body.size()));
+  std::vector<unsigned char> head(lead, lead + kLeadBytes);
+  head.insert(head.end(), body.begin(), body.end());
+  unsigned char word[8];
+  put64(word, XXH3_64bits(head.data(), head.size()));
+  out.write(head.data(), head.size());
+  out.write(word, 8);
+
+  std::vector<unsigned char> chunk(kChunkHeadBytes + std::size_t{per_chunk} * ebytes + 8);
+  std::uint32_t in_chunk = 0;
+  std::uint64_t chunks = 0, total = 0;
+  std::exception_ptr failure;
+  if (!point_in_time) report("dump", 0, hint);
+  auto emit = [&] {
+    if (in_chunk == 0) return;
+    put32(chunk.data(), kChunkTag);
+    put32(chunk.data() + 4, in_chunk);
+    put64(chunk.data() + 8, chunks);
+    const std::size_t len = kChunkHeadBytes + std::size_t{in_chunk} * ebytes;
+    put64(chunk.data() + len, XXH3_64bits(chunk.data(), len));
+    out.write(chunk.data(), len + 8);
+    ++chunks;
+    in_chunk = 0;
+    report("dump", total, hint > total ? hint : total);
+  };
+  // The walk calls us inside the map's read protocol: never throw from it.
+  auto add = [&](const unsigned char *key8, const void *v) {
+    if (failure) return;
+    unsigned char *e = chunk.data() + kChunkHeadBytes + std::size_t{in_chunk} * ebytes;
+    std::memcpy(e, key8, 8);
+    std::memcpy(e + 8, v, vbytes);
+    ++total;
+    if (++in_chunk == per_chunk) {
+      try {
+        emit();
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+  };
+  if (point_in_time) {
+    for (std::size_t at = 0; at < copy.size(); at += ebytes) add(&copy[at], &copy[at + 8]);
+  } else {
+    struct Ctx {
+      decltype(add) &f;
+    } ctx{add};
+    d.for_each(
+        [](void *c, std::uint64_t k, const void *v) {
+          unsigned char key[8];
+          put64(key, k);
+          static_cast<Ctx *>(c)->f(key, v);
+        },
+        &ctx);
+  }
+  if (failure) std::rethrow_exception(failure);
+  emit();
+  unsigned char foot[kFooterBytes];
+  put32(foot, kFooterTag);
+  put32(foot + 4, 0);
+  put64(foot + 8, chunks);
+  put64(foot + 16, total);
+  out.write(foot, 24);
+  put64(foot + 24, out.digest());
+  std::memcpy(foot + 32, kEndMagic, 8);
+  out.raw(foot + 24, 16);
+  report("dump", total, total);
+  report("sync", 0, 0);
+  out.commit();
+}
+
+/// True if the file at `path` starts like a version-2 (typed) binary snapshot.
+bool is_typed_snapshot(const std::string &path) {
+  if (path == "-") return false;  // standard input cannot be peeked at: Map::load reads it
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;  // Map::load reports why
+  unsigned char lead[kLeadBytes];
+  const bool typed = ::pread(fd, lead, sizeof lead, 0) == static_cast<ssize_t>(sizeof lead) &&
+                     std::memcmp(lead, kMagic, 8) == 0 && get32(lead + 8) == kSnapshotVersionTyped;
+  ::close(fd);
+  return typed;
+}
+
+DynamicMap load_typed(const std::string &path, const std::string &name, const LoadOptions &options,
+                      const Where &w, const DynamicMap::Layout *expect) {
+  validate_name(name);
+  if (options.mode != LoadOptions::Mode::create) {
+    w.fail(Errc::invalid_argument,
+           "--replace and --merge of a typed map's snapshot are not supported yet; load it "
+           "into a new map (remove the old one first, or load under another name)");
+  }
+  std::uint64_t size = 0;
+  Fd fd = open_input(w, &size);
+  const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
+  // The segment will record the types exactly as the snapshot does (names and their hashes).
+  const SegmentTypes types = res.types.records();
+  if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {
+    w.fail(Errc::layout_mismatch, "the snapshot holds " + describe_types(types) +
+                                      ", the map wanted holds " +
+                                      describe_types(layout_types(name, *expect)));
+  }
+  if (::access(shm_path(name).c_str(), F_OK) == 0) {
+    fail(Errc::already_exists, name,
+         "a map of that name exists; remove it first (a typed snapshot loads into a new map)");
+  }
+  remove_dead_staging_segments();
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
+                          std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
+                          hex(XXH3_64bits(name.data(), name.size())).substr(2);
+  struct TmpGuard {
+    const std::string &tmp;
+    bool armed = true;
+    ~TmpGuard() {
+      if (armed) Map::remove(tmp);
+    }
+  } guard{tmp};
+  TempRegistration registration(shm_path(tmp));
+  {
+    Options o = creation_options(res.header, options.options);
+    o.initial_capacity = std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
+    DynamicMap staging = SnapshotAccess::create(tmp, o, types);
+    const std::size_t ebytes = res.entry_bytes;
+    // The second pass verifies again as it feeds (a file changed in between fails here).
+    scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+      for (std::uint32_t i = 0; i < n; ++i, e += ebytes) staging.insert_or_assign(get64(e), e + 8);
+    });
+    if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
+                    RENAME_NOREPLACE) != 0) {
+      const int err = errno;
+      if (err == EEXIST) {
+        fail(Errc::already_exists, name,
+             "a map of that name appeared while loading '" + path + "'; nothing was changed");
+      }
+      fail_errno(errc_of(err), name, "cannot rename the loaded segment into place", err);
+    }
+    guard.armed = false;
+  }
+  return DynamicMap::open(name, OpenOptions{});
+}
+
+}  // namespace
 }  // namespace detail
+}  // namespace shmap
+
+namespace shmap {
+
+void DynamicMap::dump(const std::string &path, const DumpOptions &options) const {
+  if (value_type() == type_info<std::uint64_t>() && key_type() == type_info<std::uint64_t>()) {
+    return map_.dump(path, options);  // a uint64 map: version 1, as Map::dump
+  }
+  const detail::Where w{name(), path};
+  detail::only_shmap_errors(w, [&] {
+    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (options.json) {
+      w.fail(Errc::invalid_argument,
+             "the JSON form of a typed map's snapshot is not supported yet; dump the binary form");
+    }
+    if (options.point_in_time && read_only()) {
+      w.fail(Errc::permission_denied,
+             "a point-in-time dump holds writers back, which a read-only attachment may not do; "
+             "attach read-write, or dump without --point-in-time");
+    }
+    detail::dump_typed(*this, w, options.point_in_time);
+  });
+}
+
+namespace {
+DynamicMap load_any(const std::string &path, const std::string &name, const LoadOptions &options,
+                    const DynamicMap::Layout *expect) {
+  const detail::Where w{name, path};
+  return detail::only_shmap_errors(w, [&] {
+    if (!detail::is_typed_snapshot(path)) {
+      // Version 1 or JSON: a uint64 map.
+      const TypeInfo u64 = type_info<std::uint64_t>();
+      if (expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
+        w.fail(Errc::layout_mismatch,
+               "the snapshot holds uint64 -> uint64, the map wanted holds " +
+                   detail::describe_types(detail::layout_types(name, *expect)));
+      }
+      Map::load(path, name, options);
+      return DynamicMap::open(name);
+    }
+    return detail::load_typed(path, name, options, w, expect);
+  });
+}
+}  // namespace
+
+DynamicMap DynamicMap::load(const std::string &path, const std::string &name,
+                            const LoadOptions &options) {
+  return load_any(path, name, options, nullptr);
+}
+
+DynamicMap DynamicMap::load(const std::string &path, const std::string &name,
+                            const LoadOptions &options, const Layout &expect) {
+  return load_any(path, name, options, &expect);
+}
+
 }  // namespace shmap

@@ -40,13 +40,20 @@ TypeRecord to_record(const TypeInfo& t) {
   return r;
 }
 
-SegmentTypes to_types(const std::string& name, const DynamicMap::Layout& l) {
+}  // namespace
+
+SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Layout& l) {
   if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
     fail(Errc::invalid_argument, name,
          "typed maps take keys of 1..8 bytes and values of 1.." + std::to_string(kMaxValueBytes) +
              " bytes");
   }
   return {to_record(l.key), to_record(l.value)};
+}
+
+namespace {
+SegmentTypes to_types(const std::string& name, const DynamicMap::Layout& l) {
+  return layout_types(name, l);
 }
 
 /// Retires so far by this thread; every kReclaimEvery a reclaim pass runs after the write.
@@ -197,6 +204,12 @@ DynamicMap DynamicMap::create(const std::string& name, const Options& options,
                               const Layout& layout) {
   bool existed = false;
   return DynamicMap(Map(MapImpl::create(name, options, true, &existed, to_types(name, layout))));
+}
+
+DynamicMap DynamicMap::create_recorded(const std::string& name, const Options& options,
+                                       const SegmentTypes& types) {
+  bool existed = false;
+  return DynamicMap(Map(MapImpl::create(name, options, true, &existed, types)));
 }
 
 DynamicMap DynamicMap::open(const std::string& name, const Layout& layout) {

@@ -614,7 +614,9 @@ int run(int argc, char** argv) {
                                                  .value = value,
                                                  .limit = limit_arg,
                                                  .json = json,
-                                                 .hex = hex});
+                                                 .hex = hex,
+                                                 .file = file,
+                                                 .point_in_time = pit});
     }
   }
   if (used == compact) {
@@ -823,7 +825,8 @@ int run(int argc, char** argv) {
     shmap::Options got;
     {
       ProgressBar bar(kProgressMinEntries);
-      Map m = Map::load(file, name, lo);
+      // Any snapshot: version 1 and JSON make a uint64 map, version 2 a typed one.
+      const shmap::DynamicMap m = shmap::DynamicMap::load(file, name, lo);
       size = m.size();
       got = m.stats().options;
     }

@@ -299,6 +299,17 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
     }
     return 0;
   }
+  if (verb == "dump") {
+    const DynamicMap m = a.point_in_time ? DynamicMap::open(name) : open_for_walk(name);
+    m.dump(a.file, {.json = a.json, .point_in_time = a.point_in_time});
+    if (a.file != "-") {
+      std::printf("dumped map '%s' to '%s': %zu entries (%s)%s\n", name.c_str(), a.file.c_str(),
+                  m.size(),
+                  (type_label(m.key_type()) + " -> " + type_label(m.value_type())).c_str(),
+                  a.point_in_time ? " (point in time)" : "");
+    }
+    return 0;
+  }
   if (verb == "compact") {
     DynamicMap m = DynamicMap::open(name);
     m.compact();
@@ -309,7 +320,7 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
       "'shmap " + verb + "' works on uint64 -> uint64 maps only for now; map '" + name +
       "' holds " +
       (layout ? type_label(layout->key) + " -> " + type_label(layout->value) : "other types") +
-      " (typed maps: put, get, del, scan, stat, check, compact, readers, rm)");
+      " (typed maps: put, get, del, scan, stat, check, compact, dump, load, readers, rm)");
 }
 
 }  // namespace shmap::cli

@@ -1,5 +1,5 @@
 // shmap CLI — the verbs on typed maps (maps made by shmap::TypedMap or `shmap create --key T
-// --value T`): create, put, get, del, scan, stat, check, readers through shmap::DynamicMap.
+// --value T`): put, get, del, scan, stat, check, compact, dump through shmap::DynamicMap.
 #pragma once
 
 #include <cstddef>
@@ -26,6 +26,8 @@ struct TypedArgs {
   std::string name, key, value, limit;
   bool json = false;
   bool hex = false;  // scan/get: values of integer and float types in hex bytes too
+  std::string file;  // dump
+  bool point_in_time = false;
 };
 
 /// Runs `verb` on the typed map `name`. Returns the exit code; throws UsageError for a verb

@@ -18,8 +18,8 @@
 // Errc::layout_mismatch naming both. Keys are compared and hashed as their bytes (zero-padded
 // to 8): for floating-point keys 0.0 and -0.0 are different keys and a NaN finds itself.
 //
-// Not yet for typed maps: dump/load (and the CLI verbs built on them). shmap::Map (uint64 ->
-// uint64) has them. The CLI reads a typed map's types from its segment (DynamicMap).
+// Snapshots: dump/load (binary form, snapshot version 2; load into a new map). Not yet: the
+// JSON form, load --replace/--merge. The CLI reads a typed map's types from its segment.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +35,11 @@
 #include "shmap/shmap.hpp"
 
 namespace shmap {
+
+namespace detail {
+struct SnapshotAccess;
+struct SegmentTypes;
+}  // namespace detail
 
 /// Largest value a TypedMap stores (one record: a 16-byte record header and the value fill
 /// the largest record class, 4 KiB).
@@ -159,8 +164,24 @@ class DynamicMap {
   const std::string& name() const;
   bool read_only() const;
 
+  /// Map::dump for any types: a uint64 map writes snapshot version 1 (as Map::dump), a typed
+  /// map version 2 (its types in the header; binary form only for now).
+  void dump(const std::string& path, const DumpOptions& options = {}) const;
+  /// Map::load for any snapshot: version 1 or JSON makes a uint64 map, version 2 a map of the
+  /// types it records (LoadOptions::Mode::create only for now, from a file).
+  static DynamicMap load(const std::string& path, const std::string& name,
+                         const LoadOptions& options = {});
+  /// The same, for a snapshot that must hold exactly these types: else layout_mismatch,
+  /// naming both, before anything is created.
+  static DynamicMap load(const std::string& path, const std::string& name,
+                         const LoadOptions& options, const Layout& expect);
+
  private:
+  friend struct detail::SnapshotAccess;
   explicit DynamicMap(Map map);
+  /// create() with the types exactly as a segment records them (a loaded snapshot's).
+  static DynamicMap create_recorded(const std::string& name, const Options& options,
+                                    const detail::SegmentTypes& types);
   bool find_read_only(std::uint64_t k, void* out) const;
   Map map_;
   Layout layout_;
@@ -169,6 +190,10 @@ class DynamicMap {
 };
 
 namespace detail {
+
+/// The types a segment records for this layout (the names cut at 47 bytes, with the hashes of
+/// the whole names); invalid_argument, naming the map, for sizes no typed map takes.
+SegmentTypes layout_types(const std::string& name, const DynamicMap::Layout& layout);
 
 template <class T>
 std::uint64_t to_word(const T& x) {
@@ -278,6 +303,17 @@ class TypedMap {
   CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
   /// Map::compact, plus: records leaked by killed writers are given back.
   void compact() { core_.compact(); }
+  /// A snapshot (version 2: the types in the header, each entry the key and the value's
+  /// bytes), written as Map::dump writes; binary form only for now.
+  void dump(const std::string& path, const DumpOptions& options = {}) const {
+    core_.dump(path, options);
+  }
+  /// Loads a typed snapshot into a new map `name` (Mode::create only for now); the snapshot's
+  /// types must be K and V (else layout_mismatch, naming both).
+  static TypedMap load(const std::string& path, const std::string& name,
+                       const LoadOptions& options = {}) {
+    return TypedMap(DynamicMap::load(path, name, options, layout()));
+  }
   const std::string& name() const { return core_.name(); }
 
  private:

@@ -214,6 +214,18 @@ TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
   EXPECT_EQ(run({"del", name, "7"}).rc, 0);
   EXPECT_EQ(run({"del", name, "7"}).rc, 1);
   EXPECT_EQ(run({"compact", name}).rc, 0);
+  // Snapshots: dump, remove, load gives back the same typed map.
+  const std::string snap = dir_ + "/typed.shmap";
+  r = run({"dump", name, snap, "--point-in-time"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("1 entries"), std::string::npos) << r.out;
+  expect_fails({"dump", name, dir_ + "/typed.json", "--json"}, 3, "JSON form of a typed map");
+  ScopedName copy("copy");
+  r = run({"load", snap, copy});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  r = run({"get", copy, "-5"});
+  EXPECT_EQ(r.out, hex + "\n");
+  expect_fails({"load", snap, copy, "--replace"}, 3, "not supported yet");
   r = run({"ls"});
   EXPECT_NE(r.out.find("typed: i64 -> "), std::string::npos) << r.out;
   EXPECT_EQ(run({"rm", name}).rc, 0);
@@ -231,7 +243,8 @@ TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
     ADD_FAILURE() << "a uint64 Map opened an i32 -> f64 map";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Errc::layout_mismatch);
-    EXPECT_NE(std::string(e.what()).find("holds int32 -> float64, opened as uint64 -> uint64"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("holds int32 -> float64, opened as uint64 -> uint64"),
+              std::string::npos)
         << e.what();
   }
   expect_fails({"create", "x", "--value", "bytes:0"}, 2, "--value 'bytes:0'");

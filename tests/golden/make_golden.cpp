@@ -4,7 +4,8 @@
 //
 // Run only to add files for a new format version (never to "fix" a failing golden test: that
 // failure means today's code no longer reads files people already have):
-//   build/tests/snapshot/shmap_make_golden tests/golden
+//   build/tests/snapshot/shmap_make_golden tests/golden        the version-1 files
+//   build/tests/snapshot/shmap_make_golden tests/golden v2     the version-2 (typed) file
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -12,7 +13,9 @@
 #include <map>
 #include <string>
 
+#include "golden_typed.hpp"
 #include "shmap/shmap.hpp"
+#include "shmap/typed_map.hpp"
 
 namespace {
 
@@ -56,8 +59,34 @@ void write(const std::string& dir, const std::string& stem, std::size_t n, bool 
 
 }  // namespace
 
+/// v2-typed.shmap: a TypedMap<int64_t, GoldenValue> of kGoldenTypedEntries entries.
+void write_typed(const std::string& dir) {
+  using shmap::golden::GoldenValue;
+  const std::string name = "shmap-make-golden-v2-typed";
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::TypedMap<std::int64_t, GoldenValue>::create(
+        name, {.initial_capacity = 64, .max_handles = 8});
+    for (std::int64_t i = 0; i < shmap::golden::kGoldenTypedEntries; ++i) {
+      const std::int64_t k = shmap::golden::golden_key(i);
+      m.insert_or_assign(k, shmap::golden::golden_value(k));
+    }
+    m.dump(dir + "/v2-typed.shmap");
+  }
+  shmap::Map::remove(name);
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
+  if (argc > 2 && std::string(argv[2]) == "v2") {
+    try {
+      write_typed(dir);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   try {
     write(dir, "v1-empty", 0, false);
     write(dir, "v1-small", 5000, false);  // two chunks: 4096 + 904 entries
