@@ -878,7 +878,7 @@ TEST_F(TypedMpTest, CompactStoppedPastTheWriterLeaseRetiresNoLiveRecord) {
     return true;
   });
   ASSERT_TRUE(wait_until([&] { return sh->compacts.load() >= 1; }, seconds(30 * kSlow)));
-  const int rounds = 4 * soak();
+  const int rounds = 2 * soak();
   int round = 0;
   std::string problem;
   for (; round < rounds && problem.empty() && sh->report.errors.load() == 0; ++round) {
