@@ -759,6 +759,87 @@ void require_hold(const Map &m, bool point_in_time) {
   }
 }
 
+/// The binary form after its header, for both versions: entries of `entry_bytes` each,
+/// `per_chunk` to a chunk (tag, count, index, entries, checksum), then the footer. A dump's
+/// walk calls next() and added() from inside the map's read protocol, so neither throws: a
+/// write failure is remembered and rethrown by finish().
+class BinaryWriter {
+ public:
+  BinaryWriter(AtomicFile &out, std::uint32_t version, const std::string &body,
+               std::size_t entry_bytes, std::uint32_t per_chunk, std::uint64_t hint)
+      : out_(out),
+        entry_bytes_(entry_bytes),
+        per_chunk_(per_chunk),
+        hint_(hint),
+        chunk_(kChunkHeadBytes + std::size_t{per_chunk} * entry_bytes + 8) {
+    unsigned char lead[kLeadBytes];
+    std::memcpy(lead, kMagic, 8);
+    put32(lead + 8, version);
+    put32(lead + 12, static_cast<std::uint32_t>(body.size()));
+    std::vector<unsigned char> head(lead, lead + kLeadBytes);
+    head.insert(head.end(), body.begin(), body.end());
+    unsigned char word[8];
+    put64(word, XXH3_64bits(head.data(), head.size()));
+    out_.write(head.data(), head.size());
+    out_.write(word, 8);
+  }
+  /// Where the next entry goes (entry_bytes of it).
+  unsigned char *next() {
+    return chunk_.data() + kChunkHeadBytes + std::size_t{in_chunk_} * entry_bytes_;
+  }
+  /// The entry at next() is filled.
+  void added() noexcept {
+    if (failure_) return;
+    ++total_;
+    if (++in_chunk_ == per_chunk_) {
+      try {
+        emit();
+      } catch (...) {
+        failure_ = std::current_exception();
+      }
+    }
+  }
+  bool failed() const { return failure_ != nullptr; }
+  /// The last chunk and the footer; the file is complete (not yet committed).
+  void finish() {
+    if (failure_) std::rethrow_exception(failure_);
+    emit();
+    unsigned char foot[kFooterBytes];
+    put32(foot, kFooterTag);
+    put32(foot + 4, 0);
+    put64(foot + 8, chunks_);
+    put64(foot + 16, total_);
+    out_.write(foot, 24);
+    put64(foot + 24, out_.digest());
+    std::memcpy(foot + 32, kEndMagic, 8);
+    out_.raw(foot + 24, 16);
+    report("dump", total_, total_);
+  }
+
+ private:
+  void emit() {
+    if (in_chunk_ == 0) return;
+    put32(chunk_.data(), kChunkTag);
+    put32(chunk_.data() + 4, in_chunk_);
+    put64(chunk_.data() + 8, chunks_);
+    const std::size_t len = kChunkHeadBytes + std::size_t{in_chunk_} * entry_bytes_;
+    put64(chunk_.data() + len, XXH3_64bits(chunk_.data(), len));
+    out_.write(chunk_.data(), len + 8);
+    ++chunks_;
+    in_chunk_ = 0;
+    report("dump", total_, hint_ > total_ ? hint_ : total_);
+  }
+
+  AtomicFile &out_;
+  std::size_t entry_bytes_;
+  std::uint32_t per_chunk_;
+  std::uint64_t hint_;
+  std::vector<unsigned char> chunk_;
+  std::uint32_t in_chunk_ = 0;
+  std::uint64_t chunks_ = 0, total_ = 0;
+  std::exception_ptr failure_;
+};
+
 void dump_binary(const Map &m, const Where &w, bool point_in_time) {
   AtomicFile out(w, m.stats().options.mode);
   // Point in time: the entries are copied into memory under the hold, and the file is
@@ -793,64 +874,16 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
         body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
     ar(h);
   }
-  const std::string body = body_stream.str();
-  unsigned char lead[kLeadBytes];
-  std::memcpy(lead, kMagic, 8);
-  put32(lead + 8, kSnapshotVersion);
-  put32(lead + 12, static_cast<std::uint32_t>(body.size()));
-  std::vector<unsigned char> head(lead, lead + kLeadBytes);
-  head.insert(head.end(), body.begin(), body.end());
-  unsigned char word[8];
-  put64(word, XXH3_64bits(head.data(), head.size()));
-  out.write(head.data(), head.size());
-  out.write(word, 8);
-
-  // The walk calls us inside the map's read protocol: never throw from it. A
-  // write failure is remembered and rethrown after the walk.
-  std::vector<unsigned char> chunk(kChunkHeadBytes + kChunkEntries * kEntryBytes + 8);
-  std::uint32_t in_chunk = 0;
-  std::uint64_t chunks = 0, total = 0;
-  std::exception_ptr failure;
   if (!point_in_time) report("dump", 0, hint);
-  auto emit = [&] {
-    if (in_chunk == 0) return;
-    put32(chunk.data(), kChunkTag);
-    put32(chunk.data() + 4, in_chunk);
-    put64(chunk.data() + 8, chunks);
-    const std::size_t len = kChunkHeadBytes + std::size_t{in_chunk} * kEntryBytes;
-    put64(chunk.data() + len, XXH3_64bits(chunk.data(), len));
-    out.write(chunk.data(), len + 8);
-    ++chunks;
-    in_chunk = 0;
-    report("dump", total, hint > total ? hint : total);
-  };
+  BinaryWriter bw(out, kSnapshotVersion, body_stream.str(), kEntryBytes, kChunkEntries, hint);
   walk([&](std::uint64_t k, std::uint64_t v) {
-    if (failure) return;
-    unsigned char *e = chunk.data() + kChunkHeadBytes + std::size_t{in_chunk} * kEntryBytes;
+    if (bw.failed()) return;
+    unsigned char *e = bw.next();
     put64(e, k);
     put64(e + 8, v);
-    ++total;
-    if (++in_chunk == kChunkEntries) {
-      try {
-        emit();
-      } catch (...) {
-        failure = std::current_exception();
-      }
-    }
+    bw.added();
   });
-  if (failure) std::rethrow_exception(failure);
-  emit();
-
-  unsigned char foot[kFooterBytes];
-  put32(foot, kFooterTag);
-  put32(foot + 4, 0);
-  put64(foot + 8, chunks);
-  put64(foot + 16, total);
-  out.write(foot, 24);
-  put64(foot + 24, out.digest());
-  std::memcpy(foot + 32, kEndMagic, 8);
-  out.raw(foot + 24, 16);
-  report("dump", total, total);
+  bw.finish();
   report("sync", 0, 0);  // the fsync and rename: seconds for a big file on a slow disk
   out.commit();
 }
@@ -1571,6 +1604,42 @@ Options creation_options(const SnapshotHeader &h, const CreationOverrides &o) {
   return r;
 }
 
+/// A create-mode load: build(tmp) creates and fills a map under a staging name nobody else
+/// uses; it is renamed to `name` only if that name is still free (RENAME_NOREPLACE), so a map
+/// appears under `name` complete or not at all. `taken` says what to do when it is not free.
+void build_staged(const std::string &name, const std::string &path, const std::string &taken,
+                  const std::function<void(const std::string &tmp)> &build) {
+  if (::access(shm_path(name).c_str(), F_OK) == 0) {
+    fail(Errc::already_exists, name, "a map of that name exists; " + taken);
+  }
+  remove_dead_staging_segments();
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
+                          std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
+                          hex(XXH3_64bits(name.data(), name.size())).substr(2);
+  struct TmpGuard {
+    const std::string &tmp;
+    bool armed = true;
+    ~TmpGuard() {
+      if (armed) Map::remove(tmp);
+    }
+  } guard{tmp};
+  // Removed by the CLI's signal handlers if the load is interrupted; the next load removes it
+  // if the process is killed (its pid is in the name).
+  TempRegistration registration(shm_path(tmp));
+  build(tmp);  // (its map is closed again before the rename)
+  if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
+                  RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    if (err == EEXIST) {
+      fail(Errc::already_exists, name,
+           "a map of that name appeared while loading '" + path + "'; nothing was changed");
+    }
+    fail_errno(errc_of(err), name, "cannot rename the loaded segment into place", err);
+  }
+  guard.armed = false;
+}
+
 Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
               const Where &w) {
   validate_name(name);
@@ -1712,45 +1781,13 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       break;
   }
 
-  // Mode::create: build the map under a temporary name nobody else uses, then
-  // rename the segment to `name` only if that name is still free
-  // (RENAME_NOREPLACE): a map appears under `name` complete or not at all.
-  if (::access(shm_path(name).c_str(), F_OK) == 0) {
-    fail(Errc::already_exists, name,
-         "a map of that name exists; load with --replace or --merge, or remove "
-         "it first");
-  }
-  remove_dead_staging_segments();
-  static std::atomic<unsigned> counter{0};
-  const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
-                          std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
-                          hex(XXH3_64bits(name.data(), name.size())).substr(2);
-  struct TmpGuard {
-    const std::string &tmp;
-    bool armed = true;
-    ~TmpGuard() {
-      if (armed) Map::remove(tmp);
-    }
-  } guard{tmp};
-  // Removed by the CLI's signal handlers if the load is interrupted; the next load removes it
-  // if the process is killed (its pid is in the name).
-  TempRegistration registration(shm_path(tmp));
-  {
-    Map staging = Map::create(tmp, creation_options(recorded, options.options));
-    if (src.entries > 0) build_into(staging, 0, nullptr);
-    if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
-                    RENAME_NOREPLACE) != 0) {
-      const int err = errno;
-      if (err == EEXIST) {
-        fail(Errc::already_exists, name,
-             "a map of that name appeared while loading '" + path + "'; nothing was changed");
-      }
-      fail_errno(errc_of(err), name, "cannot rename the loaded segment into place", err);
-    }
-    guard.armed = false;
-    Map m = Map::open(name);
-    return m;
-  }
+  // Mode::create: built under a staging name, renamed into place complete.
+  build_staged(name, path, "load with --replace or --merge, or remove it first",
+               [&](const std::string &tmp) {
+                 Map staging = Map::create(tmp, creation_options(recorded, options.options));
+                 if (src.entries > 0) build_into(staging, 0, nullptr);
+               });
+  return Map::open(name);
 }
 
 }  // namespace
@@ -1838,49 +1875,14 @@ void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
     ar(h);
     ar(typed_fields(d));
   }
-  const std::string body = body_stream.str();
-  unsigned char lead[kLeadBytes];
-  std::memcpy(lead, kMagic, 8);
-  put32(lead + 8, kSnapshotVersionTyped);
-  put32(lead + 12, static_cast<std::uint32_t>(body.size()));
-  std::vector<unsigned char> head(lead, lead + kLeadBytes);
-  head.insert(head.end(), body.begin(), body.end());
-  unsigned char word[8];
-  put64(word, XXH3_64bits(head.data(), head.size()));
-  out.write(head.data(), head.size());
-  out.write(word, 8);
-
-  std::vector<unsigned char> chunk(kChunkHeadBytes + std::size_t{per_chunk} * ebytes + 8);
-  std::uint32_t in_chunk = 0;
-  std::uint64_t chunks = 0, total = 0;
-  std::exception_ptr failure;
   if (!point_in_time) report("dump", 0, hint);
-  auto emit = [&] {
-    if (in_chunk == 0) return;
-    put32(chunk.data(), kChunkTag);
-    put32(chunk.data() + 4, in_chunk);
-    put64(chunk.data() + 8, chunks);
-    const std::size_t len = kChunkHeadBytes + std::size_t{in_chunk} * ebytes;
-    put64(chunk.data() + len, XXH3_64bits(chunk.data(), len));
-    out.write(chunk.data(), len + 8);
-    ++chunks;
-    in_chunk = 0;
-    report("dump", total, hint > total ? hint : total);
-  };
-  // The walk calls us inside the map's read protocol: never throw from it.
+  BinaryWriter bw(out, kSnapshotVersionTyped, body_stream.str(), ebytes, per_chunk, hint);
   auto add = [&](const unsigned char *key8, const void *v) {
-    if (failure) return;
-    unsigned char *e = chunk.data() + kChunkHeadBytes + std::size_t{in_chunk} * ebytes;
+    if (bw.failed()) return;
+    unsigned char *e = bw.next();
     std::memcpy(e, key8, 8);
     std::memcpy(e + 8, v, vbytes);
-    ++total;
-    if (++in_chunk == per_chunk) {
-      try {
-        emit();
-      } catch (...) {
-        failure = std::current_exception();
-      }
-    }
+    bw.added();
   };
   if (point_in_time) {
     for (std::size_t at = 0; at < copy.size(); at += ebytes) add(&copy[at], &copy[at + 8]);
@@ -1896,18 +1898,7 @@ void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
         },
         &ctx);
   }
-  if (failure) std::rethrow_exception(failure);
-  emit();
-  unsigned char foot[kFooterBytes];
-  put32(foot, kFooterTag);
-  put32(foot + 4, 0);
-  put64(foot + 8, chunks);
-  put64(foot + 16, total);
-  out.write(foot, 24);
-  put64(foot + 24, out.digest());
-  std::memcpy(foot + 32, kEndMagic, 8);
-  out.raw(foot + 24, 16);
-  report("dump", total, total);
+  bw.finish();
   report("sync", 0, 0);
   out.commit();
 }
@@ -1942,43 +1933,20 @@ DynamicMap load_typed(const std::string &path, const std::string &name, const Lo
                                       ", the map wanted holds " +
                                       describe_types(layout_types(name, *expect)));
   }
-  if (::access(shm_path(name).c_str(), F_OK) == 0) {
-    fail(Errc::already_exists, name,
-         "a map of that name exists; remove it first (a typed snapshot loads into a new map)");
-  }
-  remove_dead_staging_segments();
-  static std::atomic<unsigned> counter{0};
-  const std::string tmp = ".shmap-load-" + std::to_string(::getpid()) + "-" +
-                          std::to_string(counter.fetch_add(1, std::memory_order_relaxed)) + "-" +
-                          hex(XXH3_64bits(name.data(), name.size())).substr(2);
-  struct TmpGuard {
-    const std::string &tmp;
-    bool armed = true;
-    ~TmpGuard() {
-      if (armed) Map::remove(tmp);
-    }
-  } guard{tmp};
-  TempRegistration registration(shm_path(tmp));
-  {
-    Options o = creation_options(res.header, options.options);
-    o.initial_capacity = std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
-    DynamicMap staging = SnapshotAccess::create(tmp, o, types);
-    const std::size_t ebytes = res.entry_bytes;
-    // The second pass verifies again as it feeds (a file changed in between fails here).
-    scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-      for (std::uint32_t i = 0; i < n; ++i, e += ebytes) staging.insert_or_assign(get64(e), e + 8);
-    });
-    if (::renameat2(AT_FDCWD, shm_path(tmp).c_str(), AT_FDCWD, shm_path(name).c_str(),
-                    RENAME_NOREPLACE) != 0) {
-      const int err = errno;
-      if (err == EEXIST) {
-        fail(Errc::already_exists, name,
-             "a map of that name appeared while loading '" + path + "'; nothing was changed");
-      }
-      fail_errno(errc_of(err), name, "cannot rename the loaded segment into place", err);
-    }
-    guard.armed = false;
-  }
+  build_staged(
+      name, path, "remove it first (a typed snapshot loads into a new map)",
+      [&](const std::string &tmp) {
+        Options o = creation_options(res.header, options.options);
+        o.initial_capacity = std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
+        DynamicMap staging = SnapshotAccess::create(tmp, o, types);
+        const std::size_t ebytes = res.entry_bytes;
+        // The second pass verifies again as it feeds (a file changed in between fails).
+        scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+          for (std::uint32_t i = 0; i < n; ++i, e += ebytes) {
+            staging.insert_or_assign(get64(e), e + 8);
+          }
+        });
+      });
   return DynamicMap::open(name, OpenOptions{});
 }
 

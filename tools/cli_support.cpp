@@ -345,4 +345,27 @@ void ProgressBar::draw(bool measured) {
   g_line_open.store(true);
 }
 
+void print_check_report(const std::string& name, const CheckReport& r, bool json,
+                        const std::string& json_extra) {
+  if (json) {
+    std::printf("{\"map\": %s, \"ok\": %s, \"live_entries\": %zu, %s\"notes\": [",
+                json_string(name).c_str(), r.ok ? "true" : "false", r.live_entries,
+                json_extra.c_str());
+    for (std::size_t i = 0; i < r.notes.size(); ++i) {
+      std::printf("%s%s", i ? ", " : "", json_string(r.notes[i]).c_str());
+    }
+    std::printf("], \"problems\": [");
+    for (std::size_t i = 0; i < r.problems.size(); ++i) {
+      std::printf("%s%s", i ? ", " : "", json_string(r.problems[i]).c_str());
+    }
+    std::printf("]}\n");
+    return;
+  }
+  for (const auto& n : r.notes) std::printf("ok       %s\n", n.c_str());
+  for (const auto& p : r.problems) std::printf("PROBLEM  %s\n", p.c_str());
+  std::printf("%s: %zu live entries (counted), %s\n", name.c_str(), r.live_entries,
+              r.ok ? "all invariants hold"
+                   : (std::to_string(r.problems.size()) + " problem(s) found").c_str());
+}
+
 }  // namespace shmap::cli

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "shmap/detail/progress.hpp"
+#include "shmap/shmap.hpp"
 
 namespace shmap::cli {
 
@@ -53,6 +54,11 @@ std::string read_all(const std::string& path);
 std::string json_string(std::string_view s);
 std::string human_bytes(std::uint64_t bytes);
 std::string human_duration(std::chrono::nanoseconds d);
+
+/// What `shmap check` prints: a JSON object (with `json_extra`, e.g. "\"records\": {...}, ",
+/// placed after live_entries), or an "ok"/"PROBLEM" line per note and problem and a summary.
+void print_check_report(const std::string& name, const CheckReport& r, bool json,
+                        const std::string& json_extra = "");
 
 /// Rows printed as left-aligned columns separated by two spaces.
 class Columns {

@@ -844,24 +844,7 @@ int run(int argc, char** argv) {
   }
   if (used == check) {
     const shmap::CheckReport r = open_for_walk(name).check();
-    if (json) {
-      std::printf("{\"map\": %s, \"ok\": %s, \"live_entries\": %zu, \"notes\": [",
-                  json_string(name).c_str(), r.ok ? "true" : "false", r.live_entries);
-      for (std::size_t i = 0; i < r.notes.size(); ++i) {
-        std::printf("%s%s", i ? ", " : "", json_string(r.notes[i]).c_str());
-      }
-      std::printf("], \"problems\": [");
-      for (std::size_t i = 0; i < r.problems.size(); ++i) {
-        std::printf("%s%s", i ? ", " : "", json_string(r.problems[i]).c_str());
-      }
-      std::printf("]}\n");
-    } else {
-      for (const auto& n : r.notes) std::printf("ok       %s\n", n.c_str());
-      for (const auto& p : r.problems) std::printf("PROBLEM  %s\n", p.c_str());
-      std::printf("%s: %zu live entries (counted), %s\n", name.c_str(), r.live_entries,
-                  r.ok ? "all invariants hold"
-                       : (std::to_string(r.problems.size()) + " problem(s) found").c_str());
-    }
+    print_check_report(name, r, json);
     if (!r.ok) {
       std::fflush(stdout);
       map_error(shmap::Errc::corrupt, name,

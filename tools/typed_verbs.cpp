@@ -271,27 +271,12 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
     const DynamicMap m = open_for_walk(name);
     RecordStats rs;
     const CheckReport r = m.check(&rs);
-    if (a.json) {
-      std::printf(
-          "{\"map\": %s, \"ok\": %s, \"live_entries\": %zu, \"records\": {\"slabs\": %zu, "
-          "\"live\": %zu, \"free\": %zu, \"retired\": %zu, \"leaked\": %zu}, \"notes\": [",
-          json_string(name).c_str(), r.ok ? "true" : "false", r.live_entries, rs.slabs, rs.live,
-          rs.free, rs.retired, rs.leaked);
-      for (std::size_t i = 0; i < r.notes.size(); ++i) {
-        std::printf("%s%s", i ? ", " : "", json_string(r.notes[i]).c_str());
-      }
-      std::printf("], \"problems\": [");
-      for (std::size_t i = 0; i < r.problems.size(); ++i) {
-        std::printf("%s%s", i ? ", " : "", json_string(r.problems[i]).c_str());
-      }
-      std::printf("]}\n");
-    } else {
-      for (const auto& n : r.notes) std::printf("ok       %s\n", n.c_str());
-      for (const auto& p : r.problems) std::printf("PROBLEM  %s\n", p.c_str());
-      std::printf("%s: %zu live entries (counted), %s\n", name.c_str(), r.live_entries,
-                  r.ok ? "all invariants hold"
-                       : (std::to_string(r.problems.size()) + " problem(s) found").c_str());
-    }
+    char records[256];
+    std::snprintf(records, sizeof(records),
+                  "\"records\": {\"slabs\": %zu, \"live\": %zu, \"free\": %zu, \"retired\": "
+                  "%zu, \"leaked\": %zu}, ",
+                  rs.slabs, rs.live, rs.free, rs.retired, rs.leaked);
+    print_check_report(name, r, a.json, records);
     if (!r.ok) {
       std::fflush(stdout);
       throw Error(Errc::corrupt, "shmap: map '" + name + "': check found " +
