@@ -2,7 +2,9 @@
 // fails, and a child-process runner that reports a child's failure to the parent.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <functional>
 #include <string>
 
+#include "shmap/detail/layout.hpp"
 #include "shmap/shmap.hpp"
 
 namespace shmap::test {
@@ -78,6 +81,18 @@ inline Errc code_of(const std::function<void()>& f) {
     return e.code();
   }
   return Errc{};
+}
+
+/// Rewrites header fields of a live segment through a raw mapping (damage, on purpose).
+template <class F>
+void poke_header(const std::string& name, F&& f) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  f(*static_cast<detail::SegmentHeader*>(p));
+  ::munmap(p, 4096);
+  ::close(fd);
 }
 
 }  // namespace shmap::test

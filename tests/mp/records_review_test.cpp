@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "mp_util.hpp"
+#include "records_util.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
 #include "shmap/typed_map.hpp"
@@ -19,25 +20,6 @@ namespace {
 
 using detail::RecordHeap;
 using detail::SegmentHeader;
-
-struct Rec {
-  std::uint64_t key;
-  std::uint64_t gen;
-  std::array<std::uint64_t, 6> fill;
-  std::uint64_t sum;
-};
-Rec make(std::uint64_t key, std::uint64_t gen) {
-  Rec r{key, gen, {}, 0};
-  for (std::size_t i = 0; i < r.fill.size(); ++i) r.fill[i] = key * 31 + gen * 7 + i;
-  r.sum = key ^ gen;
-  for (const auto f : r.fill) r.sum = r.sum * 1099511628211ULL + f;
-  return r;
-}
-bool intact(const Rec& r, std::uint64_t key) {
-  const Rec x = make(key, r.gen);
-  return std::memcmp(&x, &r, sizeof(Rec)) == 0;
-}
-using RecMap = TypedMap<std::uint64_t, Rec>;
 
 /// The segment header through a mapping of our own (read only: we only watch).
 class HeaderView {
@@ -144,7 +126,6 @@ TEST_F(RecordsReview, AnAuditPastItsLeaseRetiresABlockAWriterIsAboutToPublish) {
   ASSERT_TRUE(v.has_value());
   EXPECT_TRUE(intact(*v, 100)) << "key 100 now reads key " << v->key << "'s value";
 }
-
 
 /// The whole object, read-write, as another attacher with write access has it.
 class RawObject {

@@ -11,31 +11,13 @@
 #include <cstring>
 
 #include "mp_util.hpp"
+#include "records_util.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace shmap::test::mp {
 namespace {
 
 using detail::RecordHeap;
-
-struct Rec {
-  std::uint64_t key;
-  std::uint64_t gen;
-  std::array<std::uint64_t, 6> fill;
-  std::uint64_t sum;
-};
-Rec make(std::uint64_t key, std::uint64_t gen) {
-  Rec r{key, gen, {}, 0};
-  for (std::size_t i = 0; i < r.fill.size(); ++i) r.fill[i] = key * 31 + gen * 7 + i;
-  r.sum = key ^ gen;
-  for (const auto f : r.fill) r.sum = r.sum * 1099511628211ULL + f;
-  return r;
-}
-bool intact(const Rec& r, std::uint64_t key) {
-  const Rec x = make(key, r.gen);
-  return std::memcmp(&x, &r, sizeof(Rec)) == 0;
-}
-using RecMap = TypedMap<std::uint64_t, Rec>;
 
 class Records : public MpTest {};
 

@@ -30,16 +30,6 @@ struct Bytes {
   bool operator==(const Bytes&) const = default;
 };
 
-template <class F>
-Errc code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
-
 bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
 
 template <std::size_t N>

@@ -43,26 +43,6 @@ bool whole(const Block& b) {
   return s == b.sum;
 }
 
-template <class F>
-Errc code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  }
-  return Errc{};
-}
-
-void poke_header(const std::string& name, void (*f)(detail::SegmentHeader&)) {
-  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ASSERT_NE(p, MAP_FAILED);
-  f(*static_cast<detail::SegmentHeader*>(p));
-  ::munmap(p, 4096);
-  ::close(fd);
-}
-
 TEST(DynamicMap, OpensAnyTypesAndSaysWhichTheyAre) {
   ScopedName n("any");
   auto m = TypedMap<std::int32_t, Block>::create(n);

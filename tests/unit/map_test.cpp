@@ -284,18 +284,6 @@ TEST(Map, MaxBytesIsOutOfSpaceAndLosesNothing) {
   EXPECT_TRUE(m.check().ok);
 }
 
-// Rewrites a header field of a live segment through a raw mapping.
-template <class F>
-void poke_header(const std::string& name, F&& f) {
-  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ASSERT_NE(p, MAP_FAILED);
-  f(*static_cast<detail::SegmentHeader*>(p));
-  ::munmap(p, 4096);
-  ::close(fd);
-}
-
 TEST(Map, RefusesOtherVersionsLayoutsAndForeignObjects) {
   ScopedName n("header");
   { Map::create(n); }
