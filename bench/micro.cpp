@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "peers.hpp"
+#include "summary.hpp"
 
 namespace {
 
@@ -418,20 +419,8 @@ void register_peer(std::size_t n) {
 
 // ---- summary: medians and shmap's ratios ----------------------------------------------------
 
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public MedianReporter {
  public:
-  SummaryReporter() : ConsoleReporter(::isatty(1) ? OO_Defaults : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      const bool single = r.run_type == Run::RT_Iteration && r.repetitions <= 1;
-      if (r.error_occurred || !(median || single)) continue;
-      const auto it = r.counters.find("items_per_second");
-      if (it != r.counters.end()) mops_[r.run_name.function_name] = it->second.value / 1e6;
-    }
-  }
-
   void Summary(const std::vector<std::size_t>& sizes, const std::vector<std::string>& peers) {
     std::printf("\n## Summary: median Mops/s (one thread)\n");
     for (std::size_t n : sizes) {
@@ -443,14 +432,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       std::printf("\n");
       for (const char* w : kWorkloads) {
         std::printf("| %s |", w);
-        for (const auto& p : peers) {
-          const double v = get(w, p, size);
-          if (v > 0) {
-            std::printf(" %.2f |", v);
-          } else {
-            std::printf(" - |");
-          }
-        }
+        for (const auto& p : peers) print_or_dash(get(w, p, size), "%.2f");
         std::printf("\n");
       }
       std::printf("\nshmap / peer (>1: shmap faster):\n\n| workload |");
@@ -466,24 +448,13 @@ class SummaryReporter : public benchmark::ConsoleReporter {
         for (const auto& p : peers) {
           if (p == "shmap") continue;
           const double v = get(peer_workload(w), p, size);
-          if (s > 0 && v > 0) {
-            std::printf(" %.2fx |", s / v);
-          } else {
-            std::printf(" - |");
-          }
+          print_or_dash(s > 0 && v > 0 ? s / v : 0, "%.2fx");
         }
         std::printf("\n");
       }
     }
     std::fflush(stdout);
   }
-
- private:
-  double get(const std::string& w, const std::string& p, const std::string& size) const {
-    const auto it = mops_.find(w + "/" + p + "/" + size);
-    return it == mops_.end() ? 0.0 : it->second;
-  }
-  std::map<std::string, double> mops_;
 };
 
 }  // namespace

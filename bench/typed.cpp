@@ -39,6 +39,7 @@
 
 #include "peers.hpp"
 #include "shmap/typed_map.hpp"
+#include "summary.hpp"
 
 namespace {
 
@@ -497,20 +498,8 @@ void register_peer(std::size_t n, bool lookups_only = false) {
 
 // ---- summary --------------------------------------------------------------------------------
 
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public MedianReporter {
  public:
-  SummaryReporter() : ConsoleReporter(::isatty(1) ? OO_Defaults : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      const bool single = r.run_type == Run::RT_Iteration && r.repetitions <= 1;
-      if (r.error_occurred || !(median || single)) continue;
-      const auto it = r.counters.find("items_per_second");
-      if (it != r.counters.end()) mops_[r.run_name.function_name] = it->second.value / 1e6;
-    }
-  }
-
   void Summary(const std::vector<std::size_t>& sizes, const std::vector<std::string>& peers) {
     std::printf("\n## Summary: median Mops/s (one thread, CPU time), u64 -> 64-byte struct\n");
     for (std::size_t n : sizes) {
@@ -559,24 +548,10 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   }
 
  private:
-  static void print_or_dash(double v, const char* fmt) {
-    if (v > 0) {
-      std::printf(" ");
-      std::printf(fmt, v);
-      std::printf(" |");
-    } else {
-      std::printf(" - |");
-    }
-  }
-  double get(const std::string& w, const std::string& p, const std::string& size) const {
-    const auto it = mops_.find(w + "/" + p + "/" + size);
-    return it == mops_.end() ? 0.0 : it->second;
-  }
   static double bytes(const std::string& p, const std::string& size) {
     const auto it = g_bytes_per_entry.find(p + "/" + size);
     return it == g_bytes_per_entry.end() ? 0.0 : it->second;
   }
-  std::map<std::string, double> mops_;
 };
 
 }  // namespace

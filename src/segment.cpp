@@ -667,8 +667,8 @@ bool same_types(const SegmentTypes& a, const SegmentTypes& b) {
 
 std::string describe_types(const SegmentTypes& t) {
   auto one = [](const TypeRecord& r) {
-    std::string s(r.name, strnlen(r.name, sizeof(r.name)));
-    if (s.empty()) s = "?";
+    const std::size_t n = strnlen(r.name, sizeof(r.name));
+    std::string s = n != 0 ? std::string(r.name, n) : std::string("?");
     // A number's name says its size; a struct's size is worth saying.
     if (r.kind == 4 || s.find_first_of("0123456789") == std::string::npos) {
       s += " (" + std::to_string(r.size) + " bytes)";
