@@ -263,7 +263,9 @@ class TypedMap {
   }
   /// Atomic read-modify-write: f(V&) edits a copy of k's value, which then replaces the value
   /// if no other write came in between (else f runs again on the newer value: f must depend
-  /// on its argument only, and must not use this map). Returns false if k is absent.
+  /// on its argument only, and must not use this map). f may return bool: false leaves the
+  /// value as it is. Returns false if k is absent. An exception from f propagates and changes
+  /// nothing (the new value's record, if one was filled, stays leaked until compact()).
   template <class F>
   bool update(const K& k, F&& f) {
     return core_.update(detail::to_word(k), &edit<F>, &f);
