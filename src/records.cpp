@@ -272,23 +272,14 @@ void RecordHeap::reclaim(bool patient) const noexcept {
 
 RecordHeap::Audit RecordHeap::audit(bool recover) const {
   Audit out;
-  const SegmentHeader& hdr = m_.header();
-  try {
-    // The lease covers the walk of the slabs too (the audit reads every block's state).
-    m_.hold_writers(hdr.slabs.load(std::memory_order_acquire) * kSlabBytes);
-  } catch (const Error& e) {
-    if (e.code() == Errc::timeout) return out;  // a writer stopped inside a write: not now
-    throw;
-  }
-  struct Release {
-    const MapImpl& m;
-    ~Release() { m.release_writers(); }
-  } release{m_};
   struct Ctx {
     const RecordHeap* heap;
     Audit* out;
     bool recover;
   } ctx{this, &out, recover};
+  // The reclaim lock first, the hold on writers second: waiting for the lock must not eat the
+  // hold's lease (nothing waits for the reclaim lock inside a write, so this order cannot
+  // deadlock with a writer the hold waits for).
   const bool locked = m_.with_reclaim_lock(
       true, std::chrono::milliseconds(1000),
       [](void* c) {
@@ -297,6 +288,22 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
         const MapImpl& m = heap.m_;
         SegmentHeader& h = m.header();
         Audit& a = *x.out;
+        try {
+          // The lease covers the walk of the slabs too (the audit reads every block's state).
+          m.hold_writers(h.slabs.load(std::memory_order_acquire) * kSlabBytes);
+        } catch (const Error& e) {
+          if (e.code() == Errc::timeout) return;  // a writer stopped inside a write: not now
+          throw;
+        }
+        struct Release {
+          const MapImpl& m;
+          Audit& a;
+          ~Release() {
+            // A hold broken during the walk (its holder stopped past the lease) means writers
+            // ran under it: nothing the walk saw can be trusted, damage included.
+            if (!m.release_writers()) a = Audit{};
+          }
+        } release{m, a};
         // The slabs, from the directory.
         struct SlabState {
           std::uint64_t off;
@@ -413,7 +420,10 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
         // those would hand a live record out again. The hold still ours now means it was ours
         // throughout (only its owner sets it again), and blocks unaccounted then stay so: a
         // writer that starts now allocates from the free lists, where they are not.
-        if (!m.still_holding_writers()) return;
+        if (!m.still_holding_writers()) {
+          a = Audit{};
+          return;
+        }
         a.stats.leaked = leaked.size();
         if (x.recover) {
           for (const std::uint64_t off : leaked) heap.retire(off);
@@ -421,8 +431,7 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
         a.done = true;
       },
       &ctx);
-  (void)hdr;
-  if (!locked) out.done = false;
+  if (!locked) out = Audit{};
   return out;
 }
 

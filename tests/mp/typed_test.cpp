@@ -612,13 +612,13 @@ class TypedKillTest : public TypedMpTest {
 };
 
 TEST_F(TypedKillTest, KilledWritersOf64ByteValuesLoseNothingAndTearNothing) {
-  kill_loop<64>((kSanitized ? 8 : 30) * soak());
+  kill_loop<64>((kSanitized ? 4 : 12) * soak());
 }
 TEST_F(TypedKillTest, KilledWritersOf137ByteValuesLoseNothingAndTearNothing) {
-  kill_loop<137>((kSanitized ? 8 : 30) * soak());
+  kill_loop<137>((kSanitized ? 4 : 12) * soak());
 }
 TEST_F(TypedKillTest, KilledWritersOf300ByteValuesLoseNothingAndTearNothing) {
-  kill_loop<300>((kSanitized ? 8 : 30) * soak());
+  kill_loop<300>((kSanitized ? 4 : 12) * soak());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -740,7 +740,7 @@ TEST_F(TypedMpTest, SmallKeyChurnFromCapacity8IsExactPerOwner) {
   const std::uint64_t resizes0 = m.stats().resizes;
   gate.release();
   // Run for a while (bounded), long enough for many grow/shrink cycles.
-  const auto until = Clock::now() + milliseconds(3000 * soak() / kScale);
+  const auto until = Clock::now() + milliseconds(1500 * soak() / kScale);
   while (Clock::now() < until) {
     bool any_dead = false;
     for (const pid_t p : pids) {
@@ -878,7 +878,7 @@ TEST_F(TypedMpTest, CompactStoppedPastTheWriterLeaseRetiresNoLiveRecord) {
     return true;
   });
   ASSERT_TRUE(wait_until([&] { return sh->compacts.load() >= 1; }, seconds(30 * kSlow)));
-  const int rounds = 2 * soak();
+  const int rounds = 1 + soak() / 2;  // each waits out a 2 s lease
   int round = 0;
   std::string problem;
   for (; round < rounds && problem.empty() && sh->report.errors.load() == 0; ++round) {
