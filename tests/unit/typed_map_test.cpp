@@ -1478,7 +1478,7 @@ void check_with_busy_readers(int readers) {
   }
   while (started.load() < readers) std::this_thread::yield();
   std::string error;
-  for (int i = 0; i < 5 && error.empty(); ++i) {
+  for (int i = 0; i < 2 && error.empty(); ++i) {
     try {
       RecordStats rs;
       const auto report = m.check(&rs);
