@@ -327,14 +327,18 @@ CheckReport MapImpl::check() const {
     }
     ensure_mapped(off + kTableHeaderBytes);
     const auto* t = at<TableHeader>(off);
-    if (t->capacity < kMinCapacity || t->capacity > kMaxCapacity ||
-        (t->capacity & (t->capacity - 1)) != 0 || t->bits >= 64 ||
-        (std::uint64_t{1} << t->bits) != t->capacity ||
-        t->extent_bytes < table_bytes(t->capacity) || off + t->extent_bytes > arena_top) {
+    // Atomic reads, each once: a retired table may be freed and its extent reused under us.
+    auto word = [](const std::uint64_t& w) {
+      return std::atomic_ref<const std::uint64_t>(w).load(std::memory_order_relaxed);
+    };
+    const std::uint64_t cap = word(t->capacity), bits = word(t->bits);
+    const std::uint64_t ext = word(t->extent_bytes);
+    if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 || bits >= 64 ||
+        (std::uint64_t{1} << bits) != cap || ext < table_bytes(cap) || ext > arena_top - off) {
       *why = "table at " + std::to_string(off) + " has a bad header";
       return false;
     }
-    ensure_mapped(off + t->extent_bytes);
+    ensure_mapped(off + ext);
     return true;
   };
   // Leaked tables (before pinning: the sweep waits for every pinned operation to end).
@@ -513,7 +517,9 @@ CheckReport MapImpl::check() const {
         bad = "retired " + why;
         break;
       }
-      off = at<TableHeader>(off)->retired_next;
+      // Acquire: pairs with the reclaimer's release store of the link.
+      off = std::atomic_ref<const std::uint64_t>(at<TableHeader>(off)->retired_next)
+                .load(std::memory_order_acquire);
     }
     if (retired > 1000000) bad = "the retired-table stack does not end (a cycle)";
     if (h.tables_freed.load(std::memory_order_acquire) != freed_before) {

@@ -50,6 +50,13 @@ void store_word(std::uint64_t& w, std::uint64_t v) {
 }
 /// A consistent-enough read of a stack head: a torn pair only makes the following CAS fail.
 StackHead read_head(const StackHead& h) { return {load_word(h.top), load_word(h.tag)}; }
+constexpr bool classes_hold_whole_words() {
+  for (const std::uint32_t b : kRecordClassBytes) {
+    if (b % 16 != 0) return false;
+  }
+  return true;
+}
+static_assert(classes_hold_whole_words(), "fill() writes the value rounded up to 8 bytes");
 constexpr std::uint64_t kMaxBlocks = std::uint64_t{1} << 42;  // bound for list walks
 
 }  // namespace
@@ -137,17 +144,20 @@ std::uint64_t RecordHeap::carve(std::size_t cls) const {
   auto* s = m_.at<SlabHeader>(slab);
   const std::uint32_t bb = kRecordClassBytes[cls];
   const std::uint64_t n = (got - sizeof(SlabHeader)) / bb;
-  s->extent_bytes = got;
-  s->cls = static_cast<std::uint32_t>(cls);
-  s->block_bytes = bb;
-  s->blocks = n;
+  // Atomic stores: the leak sweep (leaks.cpp) reads the first words of every arena extent, this
+  // one too while we fill it, and judges it by its magic, which comes last.
+  store_word(s->extent_bytes, got);
+  std::atomic_ref<std::uint32_t>(s->cls).store(static_cast<std::uint32_t>(cls),
+                                               std::memory_order_relaxed);
+  std::atomic_ref<std::uint32_t>(s->block_bytes).store(bb, std::memory_order_relaxed);
+  store_word(s->blocks, n);
   // Every block knows its slab before anyone can reach it; blocks 1..n-1 are linked in order
   // (block 0 is ours).
   const std::uint64_t first = slab + sizeof(SlabHeader);
   for (std::uint64_t i = 0; i < n; ++i) {
     RecordHeader* r = block(first + i * bb);
-    r->slab = slab;
-    r->word0 = i + 1 < n && i != 0 ? first + (i + 1) * bb : 0;
+    store_word(r->slab, slab);
+    store_word(r->word0, i + 1 < n && i != 0 ? first + (i + 1) * bb : 0);
   }
   // The magic last: a slab with it is complete (the leak sweep steps over it by its size).
   store_word(s->magic, kSlabMagic);
@@ -173,7 +183,17 @@ void RecordHeap::fill(std::uint64_t blk, std::size_t cls, const void* value,
                       std::size_t bytes) const {
   RecordHeader* r = block(blk);
   store_word(r->word0, bytes | std::uint64_t{cls} << 32);
-  std::memcpy(reinterpret_cast<char*>(r) + kRecordHeaderBytes, value, bytes);
+  // Word by word, atomically (a plain mov each on x86): the leak sweep may be stepping page by
+  // page through this slab, having read the arena before the slab's magic was set. Readers copy
+  // the value plainly; the CAS that publishes the block orders this copy before theirs. The
+  // block holds the value rounded up to 8 bytes (its size is a multiple of 16).
+  auto* dst = reinterpret_cast<std::uint64_t*>(reinterpret_cast<char*>(r) + kRecordHeaderBytes);
+  const auto* src = static_cast<const char*>(value);
+  for (std::size_t i = 0; i < bytes; i += 8) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, src + i, std::min<std::size_t>(8, bytes - i));
+    std::atomic_ref<std::uint64_t>(dst[i / 8]).store(w, std::memory_order_relaxed);
+  }
 }
 
 const void* RecordHeap::value_or_null(std::uint64_t off, std::size_t bytes) const noexcept {
