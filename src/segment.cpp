@@ -669,8 +669,8 @@ std::string describe_types(const SegmentTypes& t) {
   auto one = [](const TypeRecord& r) {
     const std::size_t n = strnlen(r.name, sizeof(r.name));
     std::string s = n != 0 ? std::string(r.name, n) : std::string("?");
-    // A number's name says its size; a struct's size is worth saying.
-    if (r.kind == 4 || s.find_first_of("0123456789") == std::string::npos) {
+    // A number's name says its size; a struct's size is worth saying; a string has none.
+    if (r.kind != 5 && (r.kind == 4 || s.find_first_of("0123456789") == std::string::npos)) {
       s += " (" + std::to_string(r.size) + " bytes)";
     }
     return s;
@@ -689,6 +689,7 @@ std::uint64_t layout_signature() noexcept {
                                  offsetof(SegmentHeader, key_type),
                                  offsetof(SegmentHeader, slab_head),
                                  offsetof(SegmentHeader, record_free),
+                                 offsetof(SegmentHeader, extra_entries),
                                  sizeof(SlabHeader),
                                  sizeof(RecordHeader),
                                  kRecordClasses,

@@ -1963,6 +1963,10 @@ void DynamicMap::dump(const std::string &path, const DumpOptions &options) const
   const detail::Where w{name(), path};
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (holds_strings()) {
+      w.fail(Errc::invalid_argument,
+             "snapshots of string maps are not supported yet; nothing was written");
+    }
     if (options.json) {
       w.fail(Errc::invalid_argument,
              "the JSON form of a typed map's snapshot is not supported yet; dump the binary form");

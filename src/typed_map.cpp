@@ -2,16 +2,8 @@
 // values are blocks of bytes of one size, inline in the bucket's value word when they fit in 8
 // bytes and in an immutable record (records.hpp) otherwise.
 //
-// A write runs inside MapImpl::mutate: its decide callback sees the current value word and
-// returns the new one; the commit callback runs once the bucket CAS has landed. Every block a
-// write holds enters and leaves its hands inside the write (pinned, writer-marked, past the
-// gate), which is what lets audit() call a block no list holds "leaked":
-//   - allocated and filled in decide (once per write: a retried decide refills the same block,
-//     which nobody else can see until the CAS publishes it);
-//   - given back in decide when the write decides to keep the current value;
-//   - published by the CAS; the record it replaced (or erased) retired in commit.
-// A write that throws between decide and the CAS (damage found, out of space) leaks its block
-// rather than free it outside the write.
+// Writes go through RecordWrite (record_write.hpp), which says when a block is allocated,
+// published, retired or given back.
 #include "shmap/typed_map.hpp"
 
 #include <algorithm>
@@ -20,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "record_write.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
 
@@ -43,6 +36,16 @@ TypeRecord to_record(const TypeInfo& t) {
 }  // namespace
 
 SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Layout& l) {
+  const bool skey = l.key.kind == TypeInfo::Kind::byte_string;
+  const bool sval = l.value.kind == TypeInfo::Kind::byte_string;
+  if (skey || sval) {
+    if (!(skey && sval && l.key == string_type() && l.value == string_type())) {
+      fail(Errc::invalid_argument, name,
+           "string keys take string values (shmap::StringMap), and string values string keys, "
+           "for now");
+    }
+    return {to_record(l.key), to_record(l.value)};
+  }
   if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
     fail(Errc::invalid_argument, name,
          "typed maps take keys of 1..8 bytes and values of 1.." + std::to_string(kMaxValueBytes) +
@@ -54,118 +57,6 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
 namespace {
 SegmentTypes to_types(const std::string& name, const DynamicMap::Layout& l) {
   return layout_types(name, l);
-}
-
-/// Retires so far by this thread; every kReclaimEvery a reclaim pass runs after the write.
-thread_local unsigned t_retired = 0;
-constexpr unsigned kReclaimEvery = 64;
-
-/// One write's state: the block it holds (unpublished) and what happened.
-struct Write {
-  const MapImpl& m;
-  RecordHeap heap;
-  std::size_t bytes;
-  std::size_t cls;
-  bool inline_value;
-  std::uint64_t block = 0;  // allocated here, not published yet
-  bool committed = false;
-  bool carved = false;
-
-  Write(const MapImpl& map, std::size_t value_bytes)
-      : m(map),
-        heap(map),
-        bytes(value_bytes),
-        cls(RecordHeap::class_for(value_bytes)),
-        inline_value(value_bytes <= 8) {}
-
-  /// The value word that stores `value` (filling this write's block).
-  std::uint64_t word_for(const void* value) {
-    if (inline_value) {
-      std::uint64_t w = 0;
-      std::memcpy(&w, value, bytes);
-      return w;
-    }
-    if (block == 0) block = heap.allocate(cls);
-    heap.fill(block, cls, value, bytes);
-    if (RecordHeap::after_fill_for_test != nullptr) RecordHeap::after_fill_for_test();
-    return block;
-  }
-  /// The value a word stores (pinned: a record is not reused while we are).
-  void read(std::uint64_t w, void* out) const {
-    if (inline_value) {
-      std::memcpy(out, &w, bytes);
-    } else {
-      std::memcpy(out, heap.value(w, bytes), bytes);
-    }
-  }
-  bool equals(std::uint64_t w, const void* value) const {
-    if (inline_value) {
-      std::uint64_t x = 0;
-      std::memcpy(&x, value, bytes);
-      return w == x;
-    }
-    return std::memcmp(heap.value(w, bytes), value, bytes) == 0;
-  }
-  WriteIntent keep() {
-    if (block != 0) {
-      heap.free_unpublished(block);
-      block = 0;
-    }
-    return {WriteIntent::keep, 0};
-  }
-  WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w}; }
-  void commit(std::optional<std::uint64_t> replaced) {
-    committed = true;
-    block = 0;  // published (or, for an erase, there was none)
-    if (!inline_value && replaced) {
-      if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
-      if (heap.retire(*replaced)) t_retired = kReclaimEvery;  // the stack's 64th: reclaim
-      ++t_retired;
-    }
-  }
-  /// After the write, unpinned: a reclaim pass now and then, so that retired records return.
-  void after() {
-    if (!inline_value && t_retired >= kReclaimEvery) {
-      t_retired = 0;
-      heap.reclaim(false);
-    }
-  }
-};
-
-/// Runs a write: decide(Write&, current) -> intent, inside MapImpl::mutate.
-template <class Decide>
-std::optional<std::uint64_t> run(MapImpl& m, Write& w, std::uint64_t k, bool may_insert,
-                                 Decide&& decide) {
-  struct Ctx {
-    Write& w;
-    Decide& d;
-  } ctx{w, decide};
-  auto once = [&] {
-    return m.mutate_impl(
-        k, may_insert,
-        [](void* c, std::optional<std::uint64_t> cur) {
-          auto& x = *static_cast<Ctx*>(c);
-          return x.d(x.w, cur);
-        },
-        &ctx,
-        [](void* c, std::optional<std::uint64_t> replaced) {
-          static_cast<Ctx*>(c)->w.commit(replaced);
-        });
-  };
-  std::optional<std::uint64_t> old;
-  try {
-    old = once();
-  } catch (const Error& e) {
-    // A full segment may have room waiting in retired records that no reader holds any more
-    // (a write reclaims only every kReclaimEvery retirements): reclaim them, unpinned, and
-    // try once more. (The failed write held no block: allocation is what failed.)
-    // (A growth that failed after the write committed is not retried: it happened.)
-    if (e.code() != Errc::out_of_space || w.inline_value || w.block != 0 || w.committed) throw;
-    w.heap.reclaim(true);
-    old = once();
-  }
-  w.after();
-  return old;
 }
 
 }  // namespace
@@ -183,6 +74,19 @@ TypeInfo from_record(const TypeRecord& r) {
 
 DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
   const SegmentTypes& t = map_.impl().types();
+  const auto string_kind = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
+  if (t.key.kind == string_kind || t.value.kind == string_kind) {
+    if (t.key.kind != string_kind || t.value.kind != string_kind || t.key.size != 0 ||
+        t.value.size != 0) {
+      fail(Errc::corrupt, map_.name(),
+           "the segment header records a string type beside another, or a string with a size; "
+           "the segment is damaged");
+    }
+    layout_ = {from_record(t.key), from_record(t.value)};
+    strings_ = true;
+    inline_ = false;
+    return;
+  }
   // The sizes as open() validated them? It checked that they match the caller's, not that
   // they are sane: a damaged header (opened with any types) must not size our copies.
   if (t.key.size == 0 || t.key.size > 8 || t.value.size == 0 || t.value.size > kMaxValueBytes) {
@@ -193,6 +97,14 @@ DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
   layout_ = {from_record(t.key), from_record(t.value)};
   value_size_ = t.value.size;
   inline_ = value_size_ <= 8;
+}
+
+void DynamicMap::need_fixed_size(const char* what) const {
+  if (strings_) {
+    fail(Errc::layout_mismatch, map_.name(),
+         std::string("holds string -> string: ") + what +
+             " takes values of one size here; open it with shmap::StringMap");
+  }
 }
 
 std::string DynamicMap::describe() const { return describe_types(map_.impl().types()); }
@@ -243,6 +155,7 @@ DynamicMap DynamicMap::open_or_create(const std::string& name, const Options& op
 }
 
 bool DynamicMap::find(std::uint64_t k, void* out) const {
+  need_fixed_size("find");
   if (inline_) {
     const std::optional<std::uint64_t> v = map_.find(k);
     if (v) std::memcpy(out, &*v, value_size_);
@@ -261,35 +174,40 @@ bool DynamicMap::find(std::uint64_t k, void* out) const {
 }
 
 bool DynamicMap::insert(std::uint64_t k, const void* v) {
-  Write w(map_.impl(), value_size_);
-  run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t> cur) {
+  need_fixed_size("insert");
+  RecordWrite w(map_.impl(), value_size_);
+  run_write(map_.impl(), w, k, true, [v](RecordWrite& x, std::optional<std::uint64_t> cur) {
     return cur ? x.keep() : x.set(x.word_for(v));
   });
-  return w.committed;
+  return w.committed();
 }
 
 bool DynamicMap::insert_or_assign(std::uint64_t k, const void* v) {
-  Write w(map_.impl(), value_size_);
-  const auto old = run(map_.impl(), w, k, true, [v](Write& x, std::optional<std::uint64_t>) {
-    return x.set(x.word_for(v));
-  });
+  need_fixed_size("insert_or_assign");
+  RecordWrite w(map_.impl(), value_size_);
+  const auto old =
+      run_write(map_.impl(), w, k, true,
+                [v](RecordWrite& x, std::optional<std::uint64_t>) { return x.set(x.word_for(v)); });
   return !old.has_value();
 }
 
 bool DynamicMap::erase(std::uint64_t k) {
-  Write w(map_.impl(), value_size_);
-  run(map_.impl(), w, k, false, [](Write& x, std::optional<std::uint64_t> cur) {
-    return cur ? WriteIntent{WriteIntent::erase, 0} : x.keep();
+  need_fixed_size("erase");
+  RecordWrite w(map_.impl(), value_size_);
+  run_write(map_.impl(), w, k, false, [](RecordWrite& x, std::optional<std::uint64_t> cur) {
+    return cur ? x.erase() : x.keep();
   });
-  return w.committed;
+  return w.committed();
 }
 
 bool DynamicMap::compare_exchange(std::uint64_t k, const void* expected, const void* desired) {
-  Write w(map_.impl(), value_size_);
-  run(map_.impl(), w, k, false, [expected, desired](Write& x, std::optional<std::uint64_t> cur) {
-    return cur && x.equals(*cur, expected) ? x.set(x.word_for(desired)) : x.keep();
-  });
-  return w.committed;
+  need_fixed_size("compare_exchange");
+  RecordWrite w(map_.impl(), value_size_);
+  run_write(map_.impl(), w, k, false,
+            [expected, desired](RecordWrite& x, std::optional<std::uint64_t> cur) {
+              return cur && x.equals(*cur, expected) ? x.set(x.word_for(desired)) : x.keep();
+            });
+  return w.committed();
 }
 
 namespace {
@@ -299,7 +217,7 @@ struct Edit {
   DynamicMap::MakeFn make;  // nullptr: update (absent stays absent)
   void* ctx;
   std::vector<unsigned char> buf;
-  WriteIntent operator()(Write& x, std::optional<std::uint64_t> cur) {
+  WriteIntent operator()(RecordWrite& x, std::optional<std::uint64_t> cur) {
     if (!cur) {
       if (make == nullptr) return x.keep();
       make(ctx, buf.data());
@@ -313,16 +231,18 @@ struct Edit {
 }  // namespace
 
 bool DynamicMap::update(std::uint64_t k, EditFn f, void* ctx) {
-  Write w(map_.impl(), value_size_);
+  need_fixed_size("update");
+  RecordWrite w(map_.impl(), value_size_);
   Edit e{f, nullptr, ctx, std::vector<unsigned char>(value_size_)};
-  return run(map_.impl(), w, k, false, e).has_value();
+  return run_write(map_.impl(), w, k, false, e).has_value();
 }
 
 bool DynamicMap::upsert(std::uint64_t k, MakeFn make, EditFn f, void* ctx) {
-  Write w(map_.impl(), value_size_);
+  need_fixed_size("upsert");
+  RecordWrite w(map_.impl(), value_size_);
   Edit e{f, make, ctx, std::vector<unsigned char>(value_size_)};
-  const auto old = run(map_.impl(), w, k, true, e);
-  return w.committed && !old.has_value();
+  const auto old = run_write(map_.impl(), w, k, true, e);
+  return w.committed() && !old.has_value();
 }
 
 bool DynamicMap::find_read_only(std::uint64_t k, void* out) const {
@@ -354,6 +274,7 @@ std::size_t DynamicMap::clear_stale_handles() { return map_.clear_stale_handles(
 bool DynamicMap::read_only() const { return map_.read_only(); }
 
 void DynamicMap::for_each(void (*fn)(void* ctx, std::uint64_t k, const void* v), void* ctx) const {
+  need_fixed_size("for_each");
   if (!inline_ && map_.read_only()) {
     // The keys from a walk, then each value by a validated lookup (see find_read_only).
     std::vector<std::uint64_t> keys;
@@ -408,7 +329,7 @@ CheckReport DynamicMap::check(RecordStats* records) const {
     a.problem = e.what();
   }
   RecordStats s = a.stats;
-  s.record_bytes = kRecordClassBytes[RecordHeap::class_for(value_size_)];
+  s.record_bytes = strings_ ? 0 : kRecordClassBytes[RecordHeap::class_for(value_size_)];
   if (records != nullptr) *records = s;
   if (!a.problem.empty()) {
     rep.ok = false;

@@ -354,33 +354,40 @@ int run(int argc, char** argv) {
   auto* create = verb("create", "Create a new, empty map",
                       "\nuint64 -> uint64 unless --key or --value says otherwise. A typed map "
                       "(what shmap::TypedMap<K, V> makes) takes put, get, del, scan, stat, check, "
-                      "compact, readers and rm; values are numbers, or hex bytes for bytes:N.");
+                      "compact, readers and rm; values are numbers, or hex bytes for bytes:N. A "
+                      "string map (--key string --value string, what shmap::StringMap makes) "
+                      "takes put, get, del, scan, stat, check, compact, readers and rm; keys and "
+                      "values are the arguments' bytes, or hex with --hex.");
   name_arg(create);
   create_args.add_to(create);
   create
       ->add_option("--key", key_type_arg,
                    "Key type: u64 (default), i64, u32, i32, u16, i16, "
-                   "u8, i8, f64, f32, bytes:N (N <= 8)")
+                   "u8, i8, f64, f32, bytes:N (N <= 8), string (with --value string)")
       ->type_name("TYPE");
   create
       ->add_option("--value", value_type_arg,
                    "Value type: u64 (default), i64, u32, i32, u16, "
-                   "i16, u8, i8, f64, f32, bytes:N (N <= 4080)")
+                   "i16, u8, i8, f64, f32, bytes:N (N <= 4080), string (with --key string)")
       ->type_name("TYPE");
 
   auto* put = verb("put", "Set KEY to VALUE (inserting or overwriting)");
   name_arg(put);
   put->add_option("KEY", key, "Key")->required();
   put->add_option("VALUE", value, "Value")->required();
+  const char* hex_help = "String maps: KEY and VALUE are hex bytes, and values are shown in hex";
+  put->add_flag("--hex", hex, hex_help);
 
   auto* get =
       verb("get", "Print KEY's value alone on stdout; exit 1 (and a line on stderr) if absent");
   name_arg(get);
   get->add_option("KEY", key, "Key")->required();
+  get->add_flag("--hex", hex, hex_help);
 
   auto* del = verb("del", "Erase KEY; exit 1 (and a line on stderr) if it was absent");
   name_arg(del);
   del->add_option("KEY", key, "Key")->required();
+  del->add_flag("--hex", hex, hex_help);
 
   auto* add = verb("add", "Add DELTA to KEY's value and print the new value",
                    "\nThe sum is mod 2^64; an absent key counts as 0. DELTA may be negative: "
@@ -435,6 +442,7 @@ int run(int argc, char** argv) {
                     "\nKeys right-aligned; 'shmap import' reads the lines back.");
   name_arg(scan);
   scan->add_option("--limit", limit_arg, "Print at most N entries")->type_name("N");
+  scan->add_flag("--hex", hex, hex_help);
   json_flags(scan);
 
   auto* exp = verb("export", "Write the entries as KEY VALUE text lines",

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli_support.hpp"
+#include "string_verbs.hpp"
 
 namespace shmap::cli {
 
@@ -152,6 +153,7 @@ int not_found(const std::string& name, const std::string& what) {
 }  // namespace
 
 TypeInfo parse_type_arg(const std::string& flag, const std::string& text) {
+  if (text == "string") return string_type();
   for (const Spelling& s : kSpellings) {
     if (text == s.cli) return TypeInfo{s.size, s.size, s.kind, s.name};
   }
@@ -162,12 +164,13 @@ TypeInfo parse_type_arg(const std::string& flag, const std::string& text) {
     }
   }
   throw UsageError(flag + " '" + text +
-                   "' is not a type: use u64, i64, u32, i32, u16, i16, u8, i8, f64, f32 or "
-                   "bytes:N (N from 1 to " +
+                   "' is not a type: use u64, i64, u32, i32, u16, i16, u8, i8, f64, f32, "
+                   "string or bytes:N (N from 1 to " +
                    std::to_string(kMaxValueBytes) + ")");
 }
 
 std::string type_label(const TypeInfo& t) {
+  if (t.kind == TypeInfo::Kind::byte_string) return "string";
   for (const Spelling& s : kSpellings) {
     if (t.name == s.name && t.size == s.size && t.kind == s.kind) return s.cli;
   }
@@ -187,6 +190,10 @@ std::optional<DynamicMap::Layout> typed_layout(const std::string& name) {
 
 int run_typed_verb(const std::string& verb, const TypedArgs& a) {
   const std::string& name = a.name;
+  if (is_string_verb(verb)) {
+    const auto layout = typed_layout(name);
+    if (layout && layout->key.kind == TypeInfo::Kind::byte_string) return run_string_verb(verb, a);
+  }
   if (verb == "put") {
     DynamicMap m = DynamicMap::open(name);
     std::vector<unsigned char> v(m.value_type().size);
@@ -305,7 +312,8 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
       "'shmap " + verb + "' works on uint64 -> uint64 maps only for now; map '" + name +
       "' holds " +
       (layout ? type_label(layout->key) + " -> " + type_label(layout->value) : "other types") +
-      " (typed maps: put, get, del, scan, stat, check, compact, dump, load, readers, rm)");
+      " (typed maps: put, get, del, scan, stat, check, compact, dump, load, readers, rm; "
+      "string maps: put, get, del, scan, stat, check, compact, readers, rm)");
 }
 
 }  // namespace shmap::cli

@@ -51,7 +51,8 @@ struct TypeInfo {
     unsigned_integer = 1,
     signed_integer = 2,
     floating_point = 3,
-    other = 4,  // a struct, array, enum, pointer-free aggregate: compared by size and name
+    other = 4,        // a struct, array, enum, pointer-free aggregate: compared by size and name
+    byte_string = 5,  // a string of any length (shmap::StringMap): size 0, align 1
   };
   std::uint32_t size = 0;
   std::uint32_t align = 0;
@@ -102,6 +103,10 @@ TypeInfo type_info() {
   return t;
 }
 
+/// The type of a StringMap's keys and values: byte strings of any length, recorded as
+/// "string" (size 0: the length is each string's own).
+inline TypeInfo string_type() { return {0, 1, TypeInfo::Kind::byte_string, "string"}; }
+
 /// What the records of a typed map hold (TypedMap::check computes it; exact only while no
 /// writer runs, which check arranges).
 struct RecordStats {
@@ -117,6 +122,8 @@ struct RecordStats {
 /// core under every TypedMap: keys are 64-bit words (a key's bytes, zero-padded), values are
 /// byte blocks of the size the segment records (src/typed_map.cpp). Templates stay thin: they
 /// only convert.
+class StringMap;
+
 class DynamicMap {
  public:
   struct Layout {
@@ -134,6 +141,10 @@ class DynamicMap {
   DynamicMap& operator=(DynamicMap&&) noexcept;
   ~DynamicMap();
 
+  /// True for a map of strings (made by StringMap): then the value operations below (find,
+  /// insert, ..., for_each, dump) throw layout_mismatch; open it with shmap::StringMap. The
+  /// others (size, stats, readers, check, compact) work on every map.
+  bool holds_strings() const { return strings_; }
   const TypeInfo& key_type() const { return layout_.key; }
   const TypeInfo& value_type() const { return layout_.value; }
   /// "uint64 -> Quote (24 bytes)".
@@ -178,7 +189,10 @@ class DynamicMap {
 
  private:
   friend struct detail::SnapshotAccess;
+  friend class StringMap;
   explicit DynamicMap(Map map);
+  /// Throws layout_mismatch for a map of strings (value operations take fixed sizes).
+  void need_fixed_size(const char* what) const;
   /// create() with the types exactly as a segment records them (a loaded snapshot's).
   static DynamicMap create_recorded(const std::string& name, const Options& options,
                                     const detail::SegmentTypes& types);
@@ -187,6 +201,7 @@ class DynamicMap {
   Layout layout_;
   std::size_t value_size_ = 0;
   bool inline_ = true;
+  bool strings_ = false;
 };
 
 namespace detail {

@@ -16,6 +16,7 @@
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
+#include "shmap/string_map.hpp"
 #include "shmap/typed_map.hpp"
 #include "test_util.hpp"
 
@@ -249,6 +250,63 @@ TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
   }
   expect_fails({"create", "x", "--value", "bytes:0"}, 2, "--value 'bytes:0'");
   expect_fails({"create", "x", "--key", "bytes:9"}, 2, "keys are at most 8 bytes");
+}
+
+TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
+  ScopedName name("strings");
+  ASSERT_EQ(run({"create", name, "--key", "string", "--value", "string"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "user:42", "{\"cart\": 3}"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "", "empty key"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "--hex", "00ff", "c3a9"}).rc, 0);    // binary key, UTF-8 value
+  EXPECT_EQ(run({"put", name, "--hex", "62696e", "fe0a"}).rc, 0);  // "bin": a value not UTF-8
+  Result r = run({"get", name, "user:42"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "{\"cart\": 3}\n") << "get prints the value's bytes as they are";
+  EXPECT_EQ(run({"get", name, ""}).out, "empty key\n");
+  EXPECT_EQ(run({"get", name, "--hex", "00ff"}).out, "c3a9\n");
+  expect_fails({"get", name, "absent"}, 1, "key absent not found");
+  expect_fails({"put", name, "--hex", "0g", "x"}, 2, "not hex bytes");
+  expect_fails({"add", name, "user:42", "1"}, 2, "string -> string");
+  {
+    auto m = StringMap::open(name);
+    EXPECT_EQ(m.find(std::string("\0\xff", 2)), "\xc3\xa9");
+    EXPECT_EQ(m.find("bin"), "\xfe\n");
+    EXPECT_EQ(m.size(), 4u);
+  }
+  r = run({"scan", name});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("user:42  {\"cart\": 3}\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bin  \\xfe\\n\n"), std::string::npos)
+      << "escaped for a terminal: " << r.out;
+  r = run({"scan", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_EQ(j["count"], 4);
+  std::map<std::string, json> by_key;
+  for (const auto& e : j["entries"]) {
+    by_key[e.contains("key") ? e["key"].get<std::string>()
+                             : "hex:" + e["key_hex"].get<std::string>()] = e;
+  }
+  EXPECT_EQ(by_key["user:42"]["value"], "{\"cart\": 3}");
+  EXPECT_EQ(by_key["hex:00ff"]["value"], "\xc3\xa9") << "UTF-8 goes out as a JSON string";
+  EXPECT_EQ(by_key["bin"]["value_hex"], "fe0a") << "other bytes as hex";
+  r = run({"stat", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json s = json::parse(r.out);
+  EXPECT_EQ(s["key_type"], "string");
+  EXPECT_EQ(s["value_type"], "string");
+  EXPECT_EQ(s["entries"], 4);
+  r = run({"check", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_EQ(json::parse(r.out)["records"]["live"], 4);
+  EXPECT_EQ(run({"del", name, "bin"}).rc, 0);
+  EXPECT_EQ(run({"del", name, "bin"}).rc, 1);
+  EXPECT_EQ(run({"compact", name}).rc, 0);
+  expect_fails({"dump", name, dir_ + "/s.shmap"}, 3, "not supported yet");
+  r = run({"ls"});
+  EXPECT_NE(r.out.find("typed: string -> string"), std::string::npos) << r.out;
+  expect_fails({"create", "x", "--key", "string"}, 3, "string keys take string values");
+  EXPECT_EQ(run({"rm", name}).rc, 0);
 }
 
 TEST_F(Cli, NumbersAreStrict) {

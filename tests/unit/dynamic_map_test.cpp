@@ -121,6 +121,34 @@ TEST(DynamicMap, AReadOnlyAttachmentCopiesWholeValuesWhileWritersReplaceThem) {
   EXPECT_TRUE(rep.ok);
 }
 
+TEST(DynamicMap, WritesThroughAReadOnlyAttachmentAreRefusedNotACrash) {
+  // Every write of the untyped core, inline values and record values: permission_denied, the
+  // map unchanged (the mapping is read-only: a write that reached it would be a SIGSEGV).
+  ScopedName a("ro-inline"), b("ro-record");
+  auto mi = TypedMap<std::uint64_t, std::int32_t>::create(a);
+  auto mr = TypedMap<std::uint64_t, Block>::create(b);
+  ASSERT_TRUE(mi.insert(1, 7));
+  ASSERT_TRUE(mr.insert(1, block(1, 0)));
+  for (const std::string* n : {&a.str(), &b.str()}) {
+    DynamicMap ro = DynamicMap::open(*n, OpenOptions{.read_only = true});
+    std::vector<unsigned char> v(ro.value_type().size);
+    ASSERT_TRUE(ro.find(1, v.data()));
+    EXPECT_EQ(code_of([&] { ro.insert(2, v.data()); }), Errc::permission_denied) << *n;
+    EXPECT_EQ(code_of([&] { ro.insert_or_assign(1, v.data()); }), Errc::permission_denied);
+    EXPECT_EQ(code_of([&] { ro.erase(1); }), Errc::permission_denied);
+    EXPECT_EQ(code_of([&] { ro.compare_exchange(1, v.data(), v.data()); }),
+              Errc::permission_denied);
+    EXPECT_EQ(code_of([&] {
+                ro.update(
+                    1, [](void*, void*) { return true; }, nullptr);
+              }),
+              Errc::permission_denied);
+    EXPECT_EQ(ro.size(), 1u);
+  }
+  EXPECT_EQ(mi.find(1), 7);
+  EXPECT_FALSE(mr.contains(2));
+}
+
 TEST(DynamicMap, ImpossibleTypeSizesInTheHeaderAreDamageNotACrash) {
   ScopedName n("bad");
   { TypedMap<std::uint64_t, Block>::create(n); }

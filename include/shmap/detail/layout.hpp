@@ -398,7 +398,10 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> limbo_batch_epoch;  // free once every pin is at this or later
   // Per record class, the free records (RecordHeap).
   alignas(kCacheLine) StackHead record_free[kRecordClasses];
-  std::uint8_t reserved2[kPage - 1776];
+  // A string map (StringMap): entries beyond one per bucket, in the records that hold two or
+  // more keys of one 64-bit hash (size() adds it; string_map.cpp says when it can be off).
+  alignas(kCacheLine) std::atomic<std::int64_t> extra_entries;
+  std::uint8_t reserved2[kPage - 1800];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
 static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
@@ -422,6 +425,7 @@ static_assert(offsetof(SegmentHeader, slab_head) == 1280 &&
                   offsetof(SegmentHeader, limbo) == 1296 &&
                   offsetof(SegmentHeader, record_free) == 1344,
               "format 3: record heap pinned");
+static_assert(offsetof(SegmentHeader, extra_entries) == 1792, "format 3: string maps' count");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");

@@ -1,0 +1,129 @@
+// shmap — string maps: byte-string keys and values (std::string_view in, std::string out).
+//
+//   auto m = shmap::StringMap::open_or_create("sessions");
+//   m.insert_or_assign("user:42", R"({"cart": 3})");
+//   if (auto v = m.find("user:42")) use(*v);
+//   m.update("user:42", [](std::string& v) { v += "!"; });  // atomic read-modify-write
+//
+// A key is hashed to 64 bits (XXH3 with the segment's own random seed); the table holds that
+// hash as its key and, as the value, the offset of an immutable record in the arena with the
+// key and value bytes (docs/DESIGN.md §5; the record's layout in detail/entry_list.hpp). A
+// write fills a new record and publishes it with the bucket's one CAS, so a reader sees the
+// whole old value or the whole new one, never a torn mix, under concurrent writers and across
+// a SIGKILL. Two keys with the same 64-bit hash share one record.
+//
+// Sizes: a key and its value take up to kMaxStringEntryBytes together (empty strings too).
+// Longer entries are refused with invalid_argument, nothing written.
+//
+// The segment records its types as string -> string: TypedMap, DynamicMap's value operations
+// and shmap::Map refuse it (layout_mismatch), and StringMap refuses every other map.
+// Not yet: snapshots (dump refuses with invalid_argument), other key or value types beside a
+// string, the multimap.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shmap/typed_map.hpp"
+
+namespace shmap {
+
+/// The most bytes a string map's key and value take together (one record of the largest
+/// class: its 16-byte header, the entry list's 8-byte header and the entry's 8-byte lengths).
+inline constexpr std::size_t kMaxStringEntryBytes = kMaxValueBytes - 16;
+
+class StringMap {
+ public:
+  static StringMap create(const std::string& name, const Options& options = {});
+  /// options.read_only: find, contains, for_each, size and stats only (values are copied
+  /// under a validated read, as Map's read-only attachments do).
+  static StringMap open(const std::string& name, const OpenOptions& options = {});
+  static StringMap open_or_create(const std::string& name, const Options& options = {},
+                                  bool* created = nullptr);
+  static bool remove(const std::string& name) { return Map::remove(name); }
+  static DynamicMap::Layout layout() { return {string_type(), string_type()}; }
+
+  std::optional<std::string> find(std::string_view key) const;
+  /// As find(), into *out (its capacity reused); false if absent.
+  bool find(std::string_view key, std::string* out) const;
+  bool contains(std::string_view key) const;
+  /// Inserts key -> value if key is absent; returns whether it did.
+  bool insert(std::string_view key, std::string_view value);
+  /// Returns true if key was inserted, false if its value was replaced.
+  bool insert_or_assign(std::string_view key, std::string_view value);
+  bool erase(std::string_view key);
+  /// Replaces key's value by `desired` if it equals `expected`.
+  bool compare_exchange(std::string_view key, std::string_view expected, std::string_view desired);
+  /// Atomic read-modify-write: f(std::string&) edits a copy of key's value, which replaces
+  /// the value if no other write came in between (else f runs again on the newer value: f must
+  /// depend on its argument only and must not use this map). f may return bool: false leaves
+  /// the value as it is. Returns false if key is absent. An exception from f propagates and
+  /// changes nothing.
+  template <class F>
+  bool update(std::string_view key, F&& f) {
+    return edit(key, nullptr, &call_edit<F>, &f);
+  }
+  /// As update if key is present (returns false); else installs make() (returns true).
+  template <class Make, class F>
+  bool upsert(std::string_view key, Make&& make, F&& f) {
+    struct Ctx {
+      Make& make;
+      F& f;
+    } ctx{make, f};
+    return edit(
+        key, [](void* c, std::string& out) { out = std::string(static_cast<Ctx*>(c)->make()); },
+        [](void* c, std::string& v) { return call_edit<F>(&static_cast<Ctx*>(c)->f, v); }, &ctx);
+  }
+  /// Visits every entry, f(std::string_view key, std::string_view value) (weakly consistent,
+  /// as Map::for_each; the views are valid during the call only); f must not use this map.
+  template <class F>
+  void for_each(F&& f) const {
+    visit([](void* c, std::string_view k,
+             std::string_view v) { (*static_cast<std::remove_reference_t<F>*>(c))(k, v); },
+          const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  std::size_t size() const;
+  bool empty() const { return size() == 0; }
+  /// Map::stats, with size as size() counts it (entries, not buckets).
+  Stats stats() const;
+  std::vector<ReaderInfo> readers() const { return core_.readers(); }
+  std::size_t clear_stale_handles() { return core_.clear_stale_handles(); }
+  /// Map::check, plus an audit of the records (TypedMap::check).
+  CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
+  /// Map::compact, plus: records leaked by killed writers are given back.
+  void compact() { core_.compact(); }
+  const std::string& name() const { return core_.name(); }
+  bool read_only() const { return core_.read_only(); }
+
+  /// The 64-bit hash a key is stored under (for tests that make keys collide).
+  static inline std::uint64_t (*hash_for_test)(std::string_view key) = nullptr;
+
+ private:
+  explicit StringMap(DynamicMap core);
+  using MakeFn = void (*)(void* ctx, std::string& out);
+  using EditFn = bool (*)(void* ctx, std::string& value);
+  bool edit(std::string_view key, MakeFn make, EditFn f, void* ctx);
+  void visit(void (*fn)(void*, std::string_view, std::string_view), void* ctx) const;
+  std::uint64_t hash(std::string_view key) const;
+  bool find_read_only(std::string_view key, std::string* out) const;
+  template <class F>
+  static bool call_edit(void* c, std::string& v) {
+    auto& f = *static_cast<std::remove_reference_t<F>*>(c);
+    if constexpr (std::is_same_v<std::invoke_result_t<decltype(f), std::string&>, bool>) {
+      return f(v);
+    } else {
+      f(v);
+      return true;
+    }
+  }
+
+  DynamicMap core_;
+};
+
+}  // namespace shmap

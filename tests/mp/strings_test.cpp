@@ -1,0 +1,219 @@
+// StringMap across real processes: the SIGKILL loop of the typed maps (kill_loop.hpp) on
+// string keys of 1..60 bytes and checksummed string values of 40..1600 bytes, and exact
+// update() counters from several processes while another process grows and shrinks the map
+// from capacity 8 -- once with real hashes and once with every key hashed to one of a few
+// values, so that records holding several keys are replaced under contention.
+//
+// Every value names its key and version and ends with a checksum of the bytes before it: a
+// torn value, a record reused while a reader still read it, or another key's value is caught
+// by whoever reads it. Seeds are printed; replay with SHMAP_TEST_SEED=<n>. SHMAP_SOAK=N runs N
+// times more rounds.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cinttypes>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kill_loop.hpp"
+#include "mp_util.hpp"
+#include "shmap/string_map.hpp"
+
+namespace shmap::test::mp {
+namespace {
+
+using victims::fnv;
+using victims::mix;
+using victims::Report;
+
+/// The string key of the kill loop's uint64 key k: its digits, then k % 50 filler bytes.
+std::string skey(std::uint64_t k) { return std::to_string(k) + std::string(k % 50, '/'); }
+std::uint64_t key_of(std::string_view s) {
+  std::uint64_t k = 0;
+  for (const char c : s) {
+    if (c < '0' || c > '9') break;
+    k = k * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return k;
+}
+
+/// A string value that names its key and version: "k=<key> v=<version> " + filler of a length
+/// that depends on both + " sum=<16 hex digits>" (FNV-1a of everything before " sum=").
+struct SVal {
+  std::string s;
+
+  static SVal make(std::uint64_t k, std::uint64_t ver) {
+    std::string s = "k=" + std::to_string(k) + " v=" + std::to_string(ver) + " ";
+    std::uint64_t x = mix(k * 131 + ver);
+    const std::size_t fill = 8 + x % 1560;
+    for (std::size_t i = 0; i < fill; ++i) {
+      if (i % 8 == 0) x = mix(x);
+      s += static_cast<char>('a' + (x >> (8 * (i % 8))) % 26);
+    }
+    char sum[32];
+    std::snprintf(sum, sizeof sum, " sum=%016" PRIx64, fnv(s.data(), s.size()));
+    return SVal{s + sum};
+  }
+  std::uint64_t field(const char* name) const {
+    const std::size_t at = s.find(name);
+    return at == std::string::npos ? UINT64_MAX : key_of(std::string_view(s).substr(at + 2));
+  }
+  std::uint64_t key() const { return s.rfind("k=", 0) == 0 ? field("k=") : UINT64_MAX; }
+  std::uint64_t version() const {
+    return field(" v=") == UINT64_MAX ? 0 : key_of(s.substr(s.find(" v=") + 3));
+  }
+  std::string verify(std::uint64_t k) const {
+    const std::size_t at = s.rfind(" sum=");
+    char want[32];
+    if (at != std::string::npos)
+      std::snprintf(want, sizeof want, " sum=%016" PRIx64, fnv(s.data(), at));
+    if (at == std::string::npos || s.compare(at, std::string::npos, want) != 0) {
+      return "torn value under key " + std::to_string(k) + " (" + std::to_string(s.size()) +
+             " bytes, checksum mismatch)";
+    }
+    if (key() != k)
+      return "the value of key " + std::to_string(key()) + " under key " + std::to_string(k);
+    if (s != make(k, version()).s) return "fill mismatch under key " + std::to_string(k);
+    return {};
+  }
+};
+
+/// A StringMap seen as uint64 -> SVal (the kill loop's interface).
+class Strings {
+ public:
+  static Strings create(const std::string& n, const Options& o) {
+    return Strings(StringMap::create(n, o));
+  }
+  static Strings open(const std::string& n) { return Strings(StringMap::open(n)); }
+  std::optional<SVal> find(std::uint64_t k) const {
+    auto v = m_.find(skey(k));
+    if (!v) return std::nullopt;
+    return SVal{std::move(*v)};
+  }
+  bool insert(std::uint64_t k, const SVal& v) { return m_.insert(skey(k), v.s); }
+  bool insert_or_assign(std::uint64_t k, const SVal& v) {
+    return m_.insert_or_assign(skey(k), v.s);
+  }
+  bool erase(std::uint64_t k) { return m_.erase(skey(k)); }
+  bool compare_exchange(std::uint64_t k, const SVal& e, const SVal& d) {
+    return m_.compare_exchange(skey(k), e.s, d.s);
+  }
+  template <class F>
+  bool update(std::uint64_t k, F&& f) {
+    return m_.update(skey(k), [&f](std::string& s) {
+      SVal v{s};
+      f(v);
+      s = std::move(v.s);
+    });
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    m_.for_each([&f](std::string_view k, std::string_view v) {
+      // A key no one wrote passes as key UINT64_MAX, whose check then fails.
+      const std::uint64_t key = skey(key_of(k)) == k ? key_of(k) : UINT64_MAX;
+      f(key, SVal{std::string(v)});
+    });
+  }
+  std::size_t size() const { return m_.size(); }
+  Stats stats() const { return m_.stats(); }
+  CheckReport check(RecordStats* rs) const { return m_.check(rs); }
+  void compact() { m_.compact(); }
+
+ private:
+  explicit Strings(StringMap m) : m_(std::move(m)) {}
+  StringMap m_;
+};
+
+class StringKillTest : public MpTest {
+ protected:
+  unsigned watchdog_seconds() const override { return 200; }
+};
+
+TEST_F(StringKillTest, KilledWritersOfStringValuesLoseNothingAndTearNothing) {
+  victims::kill_loop<SVal, Strings>((kSanitized ? 4 : 12) * soak(), "strings");
+}
+
+/// Makes every key hash to one of `n` values in this process and the children it forks.
+struct Colliding {
+  explicit Colliding(std::uint64_t n) {
+    buckets = n;
+    StringMap::hash_for_test = [](std::string_view k) { return fnv(k.data(), k.size()) % buckets; };
+  }
+  ~Colliding() { StringMap::hash_for_test = nullptr; }
+  static inline std::uint64_t buckets = 1;
+};
+
+void counters_across_processes(bool collide) {
+  std::optional<Colliding> c;
+  if (collide) c.emplace(128);  // ~12 keys a record; the table still resizes
+  const std::uint64_t seed = test_seed();
+  ScopedName name(collide ? "scount-coll" : "scount");
+  auto m = StringMap::create(name, {.initial_capacity = 8});
+  constexpr int kProcs = 4, kCounters = 5;
+  for (int i = 0; i < kCounters; ++i) ASSERT_TRUE(m.insert("counter:" + std::to_string(i), "0"));
+  const std::uint64_t per = 20000 * soak() / kScale;
+  Shared<Report> rep;
+  Shared<std::atomic<bool>> stop(false);
+  Gate gate;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < kProcs; ++p) {
+    pids.push_back(fork_child([&, p] {
+      auto s = StringMap::open(name);
+      if (!gate.wait()) return false;
+      Rng rng(seed + p);
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const std::string k = "counter:" + std::to_string(rng.below(kCounters));
+        const bool ok = s.update(k, [](std::string& v) { v = std::to_string(std::stoull(v) + 1); });
+        CHILD_CHECK(ok, "update found %s absent", k.c_str());
+      }
+      return true;
+    }));
+  }
+  const pid_t churner = fork_child([&] {
+    auto s = StringMap::open(name);
+    if (!gate.wait()) return false;
+    while (!stop->load()) {
+      for (int i = 0; i < 1500; ++i)
+        CHILD_CHECK(s.insert("churn:" + std::to_string(i), std::string(i % 90, 'c')),
+                    "churn insert");
+      for (int i = 0; i < 1500; ++i)
+        CHILD_CHECK(s.erase("churn:" + std::to_string(i)), "churn erase");
+    }
+    return true;
+  });
+  const std::uint64_t resizes0 = m.stats().resizes;
+  gate.release();
+  for (int p = 0; p < kProcs; ++p) {
+    const auto r = wait_for(pids[p], seconds(90 * kSlow * soak()));
+    EXPECT_TRUE(r.ok()) << "counter process " << p << " " << r.describe() << " (seed " << seed
+                        << ")";
+  }
+  stop->store(true);
+  const auto rc = wait_for(churner, seconds(30 * kSlow));
+  EXPECT_TRUE(rc.ok()) << "churner " << rc.describe();
+  std::uint64_t total = 0;
+  for (int i = 0; i < kCounters; ++i)
+    total += std::stoull(m.find("counter:" + std::to_string(i)).value_or("0"));
+  EXPECT_EQ(total, kProcs * per) << "lost or doubled increments (seed " << seed << ")";
+  EXPECT_GT(m.stats().resizes, resizes0 + 2) << "the churner did not resize the map";
+  EXPECT_EQ(m.size(), std::size_t{kCounters});
+  RecordStats rs;
+  const auto report = m.check(&rs);
+  EXPECT_TRUE(report.ok) << (report.problems.empty() ? "" : report.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+}
+
+class StringMpTest : public MpTest {
+ protected:
+  unsigned watchdog_seconds() const override { return 150; }
+};
+
+TEST_F(StringMpTest, UpdateCountersAreExactAcrossProcesses) { counters_across_processes(false); }
+TEST_F(StringMpTest, UpdateCountersOnCollidingKeysAreExactAcrossProcesses) {
+  counters_across_processes(true);
+}
+
+}  // namespace
+}  // namespace shmap::test::mp

@@ -1,0 +1,396 @@
+// StringMap: round trips of keys and values of every length up to the entry limit (empty and
+// binary ones too), the limit refused cleanly, the return values of every write, update and
+// upsert, keys that share a 64-bit hash (a test hash makes them collide: one record holds
+// several entries, size() stays exact), growth and shrink from capacity 8 with records given
+// back, the type records (layout_mismatch both ways), read-only attachments, and threads:
+// exact counters from many threads through update(), on colliding keys too, while another
+// thread churns the table through resizes.
+//
+// SHMAP_SOAK=N multiplies the iteration counts; SHMAP_SANITIZED divides them.
+#include "shmap/string_map.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace shmap {
+namespace {
+
+using test::code_of;
+using test::ScopedName;
+
+bool sanitized() { return std::getenv("SHMAP_SANITIZED") != nullptr; }
+std::uint64_t scaled(std::uint64_t n) {
+  const char* e = std::getenv("SHMAP_SOAK");
+  const std::uint64_t soak = e != nullptr ? std::max(1, std::atoi(e)) : 1;
+  return std::max<std::uint64_t>(1, n * soak / (sanitized() ? 4 : 1));
+}
+
+std::uint64_t mix(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/// Bytes of every value 0..255, from a seed.
+std::string bytes_of(std::uint64_t seed, std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i % 8 == 0) seed = mix(seed);
+    s[i] = static_cast<char>(seed >> (8 * (i % 8)));
+  }
+  return s;
+}
+
+/// Makes keys collide while alive: every key hashes to one of `buckets` values.
+class CollidingHash {
+ public:
+  explicit CollidingHash(std::uint64_t buckets) {
+    buckets_ = buckets;
+    StringMap::hash_for_test = [](std::string_view k) {
+      std::uint64_t h = 0xcbf29ce484222325ULL;
+      for (const char c : k) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+      return h % buckets_;
+    };
+  }
+  ~CollidingHash() { StringMap::hash_for_test = nullptr; }
+  CollidingHash(const CollidingHash&) = delete;
+  CollidingHash& operator=(const CollidingHash&) = delete;
+
+ private:
+  static inline std::uint64_t buckets_ = 1;
+};
+
+std::map<std::string, std::string> contents(const StringMap& m) {
+  std::map<std::string, std::string> out;
+  m.for_each([&](std::string_view k, std::string_view v) {
+    EXPECT_TRUE(out.emplace(std::string(k), std::string(v)).second) << "visited twice: " << k;
+  });
+  return out;
+}
+
+TEST(StringMap, BasicOperationsAndReturnValues) {
+  ScopedName n("basic");
+  auto m = StringMap::create(n);
+  EXPECT_TRUE(m.empty());
+  EXPECT_TRUE(m.insert("apple", "red"));
+  EXPECT_FALSE(m.insert("apple", "green")) << "insert must not overwrite";
+  EXPECT_EQ(m.find("apple"), "red");
+  EXPECT_FALSE(m.insert_or_assign("apple", "green")) << "an existing key is replaced: false";
+  EXPECT_EQ(m.find("apple"), "green");
+  EXPECT_TRUE(m.insert_or_assign("pear", "yellow"));
+  EXPECT_EQ(m.size(), 2u);
+  EXPECT_TRUE(m.contains("pear"));
+  EXPECT_FALSE(m.contains("plum"));
+  EXPECT_FALSE(m.find("plum").has_value());
+  EXPECT_FALSE(m.compare_exchange("apple", "red", "blue"));
+  EXPECT_EQ(m.find("apple"), "green");
+  EXPECT_TRUE(m.compare_exchange("apple", "green", "blue"));
+  EXPECT_EQ(m.find("apple"), "blue");
+  EXPECT_FALSE(m.compare_exchange("plum", "", "x")) << "compare_exchange never inserts";
+  EXPECT_TRUE(m.erase("apple"));
+  EXPECT_FALSE(m.erase("apple"));
+  EXPECT_EQ(m.size(), 1u);
+  // Empty key and empty value are ordinary entries.
+  EXPECT_TRUE(m.insert("", ""));
+  EXPECT_EQ(m.find(""), "");
+  EXPECT_TRUE(m.insert("empty", ""));
+  EXPECT_EQ(m.find("empty"), "");
+  EXPECT_EQ(m.size(), 3u);
+  // Binary bytes, NULs included; a key that is a prefix of another is another key.
+  const std::string bin("a\0b\xff", 4);
+  EXPECT_TRUE(m.insert(bin, std::string("\0\0", 2)));
+  EXPECT_TRUE(m.insert(std::string("a\0b", 3), "prefix"));
+  EXPECT_EQ(m.find(bin), std::string("\0\0", 2));
+  EXPECT_EQ(m.find(std::string("a\0b", 3)), "prefix");
+  EXPECT_EQ(m.find(std::string("a", 1)), std::nullopt);
+  const auto all = contents(m);
+  EXPECT_EQ(all.size(), m.size());
+  EXPECT_EQ(all.at("pear"), "yellow");
+}
+
+TEST(StringMap, EveryLengthUpToTheLimitRoundTripsAndPastItNothingIsWritten) {
+  ScopedName n("lengths");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  std::map<std::string, std::string> model;
+  // Keys of 0..300 bytes with values of lengths that cover every record class.
+  for (std::size_t kl = 0; kl <= 300; kl += 7) {
+    for (std::size_t vl :
+         {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{9},
+          std::size_t{100}, std::size_t{1000}, kMaxStringEntryBytes - kl}) {
+      std::string k = bytes_of(kl * 1000 + vl, kl);
+      k += std::to_string(vl);  // distinct per value length
+      if (k.size() + vl > kMaxStringEntryBytes) vl = kMaxStringEntryBytes - k.size();
+      const std::string v = bytes_of(kl ^ (vl << 20), vl);
+      ASSERT_TRUE(m.insert(k, v)) << kl << "/" << vl;
+      model[k] = v;
+    }
+  }
+  for (const auto& [k, v] : model) {
+    const auto got = m.find(k);
+    ASSERT_TRUE(got.has_value()) << k.size();
+    ASSERT_EQ(*got, v) << "key of " << k.size() << " bytes, value of " << v.size();
+  }
+  EXPECT_EQ(contents(m), model);
+  EXPECT_EQ(m.size(), model.size());
+  // One byte past the limit: refused, nothing written, the old value kept.
+  const std::string k = "limit";
+  const std::string at_limit(kMaxStringEntryBytes - k.size(), 'x');
+  ASSERT_TRUE(m.insert_or_assign(k, at_limit));
+  EXPECT_EQ(code_of([&] { m.insert_or_assign(k, at_limit + "y"); }), Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] { m.insert("other", std::string(kMaxStringEntryBytes, 'z')); }),
+            Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] { m.update(k, [](std::string& v) { v += "more"; }); }),
+            Errc::invalid_argument);
+  EXPECT_EQ(m.find(k), at_limit);
+  EXPECT_FALSE(m.contains("other"));
+  EXPECT_EQ(m.size(), model.size() + 1);
+  RecordStats rs;
+  const auto rep = m.check(&rs);
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  EXPECT_EQ(rs.leaked, 0u) << "a refused write kept its record";
+  EXPECT_EQ(rs.live, model.size() + 1);
+}
+
+TEST(StringMap, UpdateAndUpsert) {
+  ScopedName n("update");
+  auto m = StringMap::create(n);
+  EXPECT_FALSE(m.update("n", [](std::string& v) { v += "1"; })) << "absent: update is false";
+  EXPECT_FALSE(m.contains("n"));
+  EXPECT_TRUE(m.upsert(
+      "n", [] { return "a"; }, [](std::string& v) { v += "b"; }));
+  EXPECT_FALSE(m.upsert(
+      "n", [] { return "a"; }, [](std::string& v) { v += "b"; }));
+  EXPECT_EQ(m.find("n"), "ab");
+  EXPECT_TRUE(m.update("n", [](std::string& v) { v = "longer value " + v; }));
+  EXPECT_EQ(m.find("n"), "longer value ab");
+  // f returns false: nothing written, but the key was present.
+  EXPECT_TRUE(m.update("n", [](std::string& v) {
+    v = "discarded";
+    return false;
+  }));
+  EXPECT_EQ(m.find("n"), "longer value ab");
+  // f throws: the exception comes out, nothing changes, no record is left behind.
+  EXPECT_THROW(m.update("n", [](std::string&) -> void { throw std::runtime_error("f"); }),
+               std::runtime_error);
+  EXPECT_EQ(m.find("n"), "longer value ab");
+  RecordStats rs;
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live, 1u);
+}
+
+TEST(StringMap, KeysOfOneHashShareARecordAndStayApart) {
+  CollidingHash collide(3);  // every key in one of 3 records
+  ScopedName n("collide");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  std::map<std::string, std::string> model;
+  for (int i = 0; i < 40; ++i) {
+    const std::string k = "key" + std::to_string(i);
+    ASSERT_TRUE(m.insert(k, "v" + std::to_string(i)));
+    model[k] = "v" + std::to_string(i);
+    ASSERT_EQ(m.size(), model.size());
+  }
+  EXPECT_EQ(DynamicMap::open(n).size(), 3u) << "the table holds one bucket per hash";
+  EXPECT_EQ(m.stats().size, model.size());
+  EXPECT_EQ(contents(m), model);
+  for (int i = 0; i < 40; i += 2) {
+    const std::string k = "key" + std::to_string(i);
+    EXPECT_FALSE(m.insert_or_assign(k, "w"));
+    model[k] = "w";
+  }
+  for (int i = 0; i < 40; i += 3) {
+    const std::string k = "key" + std::to_string(i);
+    EXPECT_TRUE(m.erase(k));
+    EXPECT_FALSE(m.erase(k));
+    model.erase(k);
+    EXPECT_EQ(m.size(), model.size());
+  }
+  EXPECT_FALSE(m.contains("key0"));
+  EXPECT_EQ(m.find("key2"), "w");
+  EXPECT_EQ(m.find("key1"), "v1");
+  EXPECT_TRUE(m.compare_exchange("key1", "v1", "cas"));
+  model["key1"] = "cas";
+  EXPECT_EQ(contents(m), model);
+  // Entries of one hash that do not fit one record together: out_of_space, nothing written.
+  const std::string big(3000, 'b');
+  std::string a, b;
+  for (int i = 0; a.empty() || b.empty(); ++i) {
+    const std::string k = "big" + std::to_string(i);
+    (a.empty() ? a : b) = k;
+    if (!b.empty() && StringMap::hash_for_test(a) != StringMap::hash_for_test(b)) b.clear();
+  }
+  // a and b share a hash that also holds some of the keys above.
+  EXPECT_TRUE(m.insert(a, big));
+  model[a] = big;
+  EXPECT_EQ(code_of([&] { m.insert(b, big); }), Errc::out_of_space);
+  EXPECT_FALSE(m.contains(b));
+  // Erase everything: every hash's record goes, the count comes back to 0.
+  for (const auto& [k, v] : model) EXPECT_TRUE(m.erase(k)) << k;
+  EXPECT_EQ(m.size(), 0u);
+  EXPECT_EQ(DynamicMap::open(n).size(), 0u);
+  RecordStats rs;
+  const auto rep = m.check(&rs);
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live, 0u);
+}
+
+TEST(StringMap, GrowsAndShrinksFromCapacity8AndGivesRecordsBack) {
+  ScopedName n("grow");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  const std::uint64_t keys = scaled(20000);
+  std::size_t peak = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    for (std::uint64_t i = 0; i < keys; ++i) {
+      ASSERT_TRUE(m.insert("k" + std::to_string(i), bytes_of(i + pass, i % 200)));
+    }
+    ASSERT_EQ(m.size(), keys);
+    for (std::uint64_t i = 0; i < keys; i += 97) {
+      ASSERT_EQ(m.find("k" + std::to_string(i)), bytes_of(i + pass, i % 200));
+    }
+    peak = std::max(peak, m.stats().allocated_bytes);
+    for (std::uint64_t i = 0; i < keys; ++i) ASSERT_TRUE(m.erase("k" + std::to_string(i)));
+    ASSERT_EQ(m.size(), 0u);
+    m.compact();
+    // The third pass needs no more memory than the first: records were reused.
+    if (pass == 2) {
+      EXPECT_LE(m.stats().allocated_bytes, peak);
+    }
+  }
+  RecordStats rs;
+  const auto rep = m.check(&rs);
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live, 0u);
+  EXPECT_GT(rs.free, 0u);
+}
+
+TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {
+  ScopedName n("types");
+  {
+    auto m = StringMap::create(n);
+    ASSERT_TRUE(m.insert("a", "b"));
+  }
+  EXPECT_EQ(code_of([&] { (void)Map::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)TypedMap<std::uint64_t, std::uint64_t>::open(n); }),
+            Errc::layout_mismatch);
+  auto d = DynamicMap::open(n);
+  EXPECT_TRUE(d.holds_strings());
+  EXPECT_EQ(d.describe(), "string -> string");
+  EXPECT_EQ(d.size(), 1u);
+  std::uint64_t out = 0;
+  EXPECT_EQ(code_of([&] { (void)d.find(1, &out); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)d.insert(1, &out); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { d.dump("/tmp/never-written.shmap"); }), Errc::invalid_argument);
+  try {
+    (void)Map::open(n);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("string -> string"), std::string::npos) << e.what();
+  }
+  // A StringMap on a uint64 map and on a typed map: refused, naming both.
+  ScopedName u("types-u64");
+  { auto mu = Map::create(u); }
+  try {
+    (void)StringMap::open(u);
+    ADD_FAILURE() << "opened a uint64 map as strings";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::layout_mismatch);
+    EXPECT_NE(std::string(e.what()).find("uint64 -> uint64"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(code_of([&] { (void)StringMap::open(u, {.read_only = true}); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] {
+              (void)DynamicMap::create("x", {}, {string_type(), type_info<std::uint64_t>()});
+            }),
+            Errc::invalid_argument);
+  // open_or_create: opens the existing one.
+  bool created = true;
+  auto again = StringMap::open_or_create(n, {}, &created);
+  EXPECT_FALSE(created);
+  EXPECT_EQ(again.find("a"), "b");
+}
+
+TEST(StringMap, ReadOnlyAttachmentReadsAndRefusesWrites) {
+  ScopedName n("ro");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  for (int i = 0; i < 500; ++i) m.insert("k" + std::to_string(i), std::string(i % 50, 'v'));
+  auto ro = StringMap::open(n, {.read_only = true});
+  EXPECT_TRUE(ro.read_only());
+  EXPECT_EQ(ro.size(), 500u);
+  EXPECT_EQ(ro.find("k7"), std::string(7, 'v'));
+  EXPECT_FALSE(ro.contains("nope"));
+  EXPECT_EQ(contents(ro), contents(m));
+  EXPECT_EQ(code_of([&] { ro.insert("x", "y"); }), Errc::permission_denied);
+  EXPECT_FALSE(m.contains("x"));
+}
+
+// Threads: counters kept as decimal strings, incremented through update() by many threads
+// (more than a handle slot's 15 lanes) on a map that another thread grows and shrinks from
+// capacity 8; with `collide`, all the counters and the churn keys share a few records.
+void counters_under_churn(bool collide) {
+  std::optional<CollidingHash> c;
+  if (collide) c.emplace(64);  // ~5 keys a record; the table still resizes
+  ScopedName n(collide ? "thr-collide" : "thr");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  constexpr int kThreads = 20, kCounters = 7;
+  const std::uint64_t per = scaled(1500);
+  for (int i = 0; i < kCounters; ++i) ASSERT_TRUE(m.insert("counter" + std::to_string(i), "0"));
+  std::atomic<bool> stop{false};
+  std::atomic<int> errors{0};
+  std::thread churn([&] {
+    for (std::uint64_t round = 0; !stop.load(std::memory_order_relaxed); ++round) {
+      for (int i = 0; i < 300; ++i) {
+        if (!m.insert("churn" + std::to_string(i), std::string(i % 40, 'c'))) errors++;
+      }
+      for (int i = 0; i < 300; ++i) {
+        if (!m.erase("churn" + std::to_string(i))) errors++;
+      }
+    }
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const std::string k = "counter" + std::to_string((t + i) % kCounters);
+        const bool ok = m.update(k, [](std::string& v) { v = std::to_string(std::stoull(v) + 1); });
+        if (!ok) errors++;
+        if (i % 16 == 0) {
+          const auto v = m.find(k);
+          if (!v || v->empty() || v->find_first_not_of("0123456789") != std::string::npos) {
+            errors++;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  stop = true;
+  churn.join();
+  EXPECT_EQ(errors.load(), 0);
+  std::uint64_t total = 0;
+  for (int i = 0; i < kCounters; ++i) total += std::stoull(*m.find("counter" + std::to_string(i)));
+  EXPECT_EQ(total, kThreads * per) << "lost or doubled increments";
+  EXPECT_EQ(m.size(), std::size_t{kCounters});
+  EXPECT_EQ(contents(m).size(), std::size_t{kCounters});
+  EXPECT_GT(m.stats().resizes, 2u) << "the churn did not resize the map";
+  RecordStats rs;
+  const auto rep = m.check(&rs);
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+}
+
+TEST(StringThreads, CountersAreExactUnderChurnWithManyThreads) { counters_under_churn(false); }
+TEST(StringThreads, CountersOnCollidingKeysAreExactUnderChurn) { counters_under_churn(true); }
+
+}  // namespace
+}  // namespace shmap

@@ -1,0 +1,194 @@
+// shmap CLI — the verbs on string maps (string_verbs.hpp).
+#include "string_verbs.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+
+#include "cli_support.hpp"
+#include "shmap/string_map.hpp"
+
+namespace shmap::cli {
+
+namespace {
+
+std::string to_hex(std::string_view s) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * s.size());
+  for (const char c : s) {
+    out += digits[static_cast<unsigned char>(c) >> 4];
+    out += digits[static_cast<unsigned char>(c) & 15];
+  }
+  return out;
+}
+
+/// The bytes an argument names: itself, or with --hex its hex digits (an optional 0x first).
+std::string from_arg(const std::string& what, const std::string& text, bool hex) {
+  if (!hex) return text;
+  const std::string h = text.rfind("0x", 0) == 0 ? text.substr(2) : text;
+  auto digit = [](char c) {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i + 1 < h.size(); i += 2) {
+    const int hi = digit(h[i]), lo = digit(h[i + 1]);
+    if (hi < 0 || lo < 0) break;
+    out += static_cast<char>(hi * 16 + lo);
+  }
+  if (out.size() * 2 != h.size()) {
+    throw UsageError(what + " '" + text +
+                     "' is not hex bytes (with --hex, give two hex digits "
+                     "per byte)");
+  }
+  return out;
+}
+
+/// Well-formed UTF-8 (lead bytes, continuation bytes, no overlong two-byte forms): a JSON
+/// string can carry it; anything else goes out as hex.
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const int n = c < 0x80                ? 0
+                  : c >= 0xc2 && c < 0xe0 ? 1
+                  : (c >> 4) == 0xe       ? 2
+                  : c >= 0xf0 && c < 0xf5 ? 3
+                                          : -1;
+    if (n < 0 || s.size() - i - 1 < static_cast<std::size_t>(n)) return false;
+    for (int j = 1; j <= n; ++j) {
+      if ((static_cast<unsigned char>(s[i + j]) >> 6) != 2) return false;
+    }
+    i += 1 + static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+/// Text for a terminal: printable ASCII as is, everything else escaped (\n, \t, \xNN).
+std::string shown(std::string_view s) {
+  std::string out;
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u >= 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+/// A JSON member: "name": "text" when the bytes are UTF-8 (and not --hex), else
+/// "name_hex": "hex digits".
+std::string json_member(const char* name, std::string_view s, bool hex) {
+  if (!hex && valid_utf8(s)) return std::string("\"") + name + "\": " + json_string(s);
+  return std::string("\"") + name + "_hex\": \"" + to_hex(s) + "\"";
+}
+
+StringMap open_for_walk(const std::string& name) {
+  try {
+    return StringMap::open(name);
+  } catch (const Error& e) {
+    if (e.code() != Errc::permission_denied && e.code() != Errc::handles_exhausted) throw;
+  }
+  return StringMap::open(name, OpenOptions{.read_only = true});
+}
+
+int not_found(const std::string& name, const std::string& what) {
+  std::fprintf(stderr, "shmap: map '%s': %s\n", name.c_str(), what.c_str());
+  return 1;
+}
+
+}  // namespace
+
+bool is_string_verb(const std::string& verb) {
+  return verb == "put" || verb == "get" || verb == "del" || verb == "scan" || verb == "stat";
+}
+
+int run_string_verb(const std::string& verb, const TypedArgs& a) {
+  const std::string& name = a.name;
+  if (verb == "put") {
+    StringMap m = StringMap::open(name);
+    m.insert_or_assign(from_arg("KEY", a.key, a.hex), from_arg("VALUE", a.value, a.hex));
+    return 0;
+  }
+  if (verb == "get") {
+    const StringMap m = StringMap::open(name, OpenOptions{.read_only = true});
+    std::string v;
+    if (!m.find(from_arg("KEY", a.key, a.hex), &v)) {
+      return not_found(name, "key " + a.key + " not found");
+    }
+    // The value's bytes as they are (a script gets exactly them), or hex.
+    if (a.hex) v = to_hex(v);
+    std::fwrite(v.data(), 1, v.size(), stdout);
+    std::fputc('\n', stdout);
+    return 0;
+  }
+  if (verb == "del") {
+    StringMap m = StringMap::open(name);
+    if (!m.erase(from_arg("KEY", a.key, a.hex))) {
+      return not_found(name, "key " + a.key + " not found");
+    }
+    return 0;
+  }
+  if (verb == "scan") {
+    std::size_t limit = SIZE_MAX;
+    if (!a.limit.empty()) limit = parse_u64_arg("--limit", a.limit);
+    const StringMap m = open_for_walk(name);
+    std::size_t n = 0;
+    if (a.json) std::printf("{\"map\": %s, \"entries\": [", json_string(name).c_str());
+    m.for_each([&](std::string_view k, std::string_view v) {
+      if (n >= limit) return;
+      if (a.json) {
+        std::printf("%s\n  {%s, %s}", n == 0 ? "" : ",", json_member("key", k, a.hex).c_str(),
+                    json_member("value", v, a.hex).c_str());
+      } else if (a.hex) {
+        std::printf("%s  %s\n", to_hex(k).c_str(), to_hex(v).c_str());
+      } else {
+        std::printf("%s  %s\n", shown(k).c_str(), shown(v).c_str());
+      }
+      ++n;
+    });
+    if (a.json) std::printf("%s], \"count\": %zu}\n", n == 0 ? "" : "\n", n);
+    return 0;
+  }
+  if (verb == "stat") {
+    const StringMap m = StringMap::open(name, OpenOptions{.read_only = true});
+    const Stats s = m.stats();
+    if (a.json) {
+      std::printf(
+          "{\"map\": %s, \"key_type\": \"string\", \"value_type\": \"string\", "
+          "\"values_in\": \"records\", \"entries\": %zu, \"capacity\": %zu, \"tables\": %zu, "
+          "\"segment_bytes\": %zu, \"allocated_bytes\": %zu, \"handles_in_use\": %zu}\n",
+          json_string(name).c_str(), s.size, s.capacity, s.tables, s.segment_bytes,
+          s.allocated_bytes, s.handles_in_use);
+      return 0;
+    }
+    Columns c;
+    c.row({"map", name});
+    c.row({"types", "string -> string"});
+    c.row({"values", "keys and values in records of the arena ('shmap check' counts them)"});
+    c.row({"entries", "about " + std::to_string(s.size)});
+    c.row({"capacity", std::to_string(s.capacity) + " buckets, " + std::to_string(s.tables) +
+                           (s.tables == 1 ? " table" : " tables (migrating)")});
+    c.row({"segment bytes",
+           human_bytes(s.segment_bytes) + " (allocated " + human_bytes(s.allocated_bytes) + ")"});
+    c.row({"handles", std::to_string(s.handles_in_use) + " of " + std::to_string(s.max_handles)});
+    c.print();
+    return 0;
+  }
+  throw UsageError("'shmap " + verb + "' is not a string-map verb");
+}
+
+}  // namespace shmap::cli
