@@ -65,6 +65,39 @@ void check_entry(const MapImpl& m, std::string_view key, std::string_view value)
   }
 }
 
+/// A read-only attachment's read of the entry list under hash h: copied into *copy under a
+/// validated read (read_only.cpp), a valid list, or false if h is absent. A read-only pin
+/// protects nothing, but a record is reused only after a reclaimer advanced the global epoch
+/// past its unlink, so a copy made while the epoch stood still is of a record nobody reused.
+/// Throws corrupt for a damaged record.
+bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
+  const RecordHeap heap(m);
+  std::uint64_t at = 0;
+  bool found = false, outside = false;
+  m.read_validated("read", [&] {
+    found = outside = false;
+    const std::optional<std::uint64_t> w = m.ro_lookup(h);
+    if (!w) return;
+    found = true;
+    at = *w;
+    const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
+    std::uint32_t bytes = 0;
+    if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
+    if (p == nullptr || bytes < 8 || bytes > kMaxValueBytes ||
+        (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
+      outside = true;  // a stale word (read again) or damage (reported below)
+      return;
+    }
+    copy->assign(reinterpret_cast<const char*>(p), bytes);
+  });
+  if (!found) return false;
+  if (outside) damaged(m, at);
+  if (!EntryList(reinterpret_cast<const unsigned char*>(copy->data()), copy->size()).valid()) {
+    damaged(m, at);
+  }
+  return true;
+}
+
 /// What a write does with its key, given the key's current value (nullopt: absent).
 struct Action {
   enum Kind { keep, put, remove } kind = keep;
@@ -195,38 +228,12 @@ bool StringMap::contains(std::string_view key) const {
 }
 
 bool StringMap::find_read_only(std::string_view key, std::string* out) const {
-  // A read-only attachment's pin protects nothing: copy the record under a validated read
-  // (read_only.cpp), then parse the copy. A record is reused only after a reclaimer advanced
-  // the global epoch past its unlink, so a copy made while the epoch stood still is of a
-  // record nobody reused.
-  const MapImpl& m = core_.map_.impl();
-  const RecordHeap heap(m);
-  const std::uint64_t h = hash(key);
   std::string copy;
-  std::uint64_t at = 0;
-  bool found = false, outside = false;
-  m.read_validated("find", [&] {
-    found = outside = false;
-    const std::optional<std::uint64_t> w = m.ro_lookup(h);
-    if (!w) return;
-    found = true;
-    at = *w;
-    const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
-    std::uint32_t bytes = 0;
-    if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
-    if (p == nullptr || bytes < 8 || bytes > kMaxValueBytes ||
-        (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
-      outside = true;  // a stale word (retried) or damage (reported below)
-      return;
-    }
-    copy.assign(reinterpret_cast<const char*>(p), bytes);
-  });
-  if (!found) return false;
-  if (outside) damaged(m, at);
-  const EntryList list(reinterpret_cast<const unsigned char*>(copy.data()), copy.size());
-  if (!list.valid()) damaged(m, at);
+  if (!copy_list(core_.map_.impl(), hash(key), &copy)) return false;
   std::string_view v;
-  if (!list.find(key, &v)) return false;
+  if (!EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size()).find(key, &v)) {
+    return false;
+  }
   out->assign(v);
   return true;
 }
@@ -310,35 +317,14 @@ void StringMap::visit(void (*fn)(void*, std::string_view, std::string_view), voi
     // The hashes from a walk, then each record by a validated read (see find_read_only).
     std::vector<std::uint64_t> hashes;
     core_.map_.for_each([&](std::uint64_t h, std::uint64_t) { hashes.push_back(h); });
-    const RecordHeap heap(m);
     std::string copy;
     for (const std::uint64_t h : hashes) {
-      bool found = false, outside = false;
-      std::uint64_t at = 0;
-      m.read_validated("for_each", [&] {
-        found = outside = false;
-        const std::optional<std::uint64_t> w = m.ro_lookup(h);
-        if (!w) return;
-        found = true;
-        at = *w;
-        const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
-        std::uint32_t bytes = 0;
-        if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
-        if (p == nullptr || bytes < 8 || bytes > kMaxValueBytes ||
-            (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
-          outside = true;
-          return;
-        }
-        copy.assign(reinterpret_cast<const char*>(p), bytes);
-      });
-      if (!found) continue;
-      if (outside) damaged(m, at);
-      const EntryList list(reinterpret_cast<const unsigned char*>(copy.data()), copy.size());
-      if (!list.valid()) damaged(m, at);
-      list.each([&](std::string_view k, std::string_view v) {
-        fn(ctx, k, v);
-        return true;
-      });
+      if (!copy_list(m, h, &copy)) continue;  // erased since the walk
+      EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size())
+          .each([&](std::string_view k, std::string_view v) {
+            fn(ctx, k, v);
+            return true;
+          });
     }
     return;
   }

@@ -334,6 +334,65 @@ TEST(StringMap, ReadOnlyAttachmentReadsAndRefusesWrites) {
   EXPECT_FALSE(m.contains("x"));
 }
 
+/// A value that names its key and version and repeats them to a length of its own: a torn,
+/// reused or misplaced value does not verify.
+std::string checked_value(const std::string& k, std::uint64_t ver) {
+  const std::string unit = k + "#" + std::to_string(ver) + ";";
+  std::string v;
+  for (std::uint64_t i = 0; i < 1 + (mix(ver) % 40); ++i) v += unit;
+  return v;
+}
+bool verifies(const std::string& k, const std::string& v) {
+  const std::size_t hash = v.find('#');
+  if (hash == std::string::npos || v.compare(0, hash, k) != 0) return false;
+  const std::uint64_t ver = std::strtoull(v.c_str() + hash + 1, nullptr, 10);
+  return v == checked_value(k, ver);
+}
+
+TEST(StringMap, ReadOnlyAttachmentReadsWholeValuesWhileWritersReplaceThem) {
+  // The read-only path copies a record under a validated read while a writer replaces every
+  // value again and again (records retired and reused) and grows and shrinks the map.
+  ScopedName n("ro-live");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  constexpr int kKeys = 64;
+  auto key = [](int i) { return "key-" + std::to_string(i); };
+  for (int i = 0; i < kKeys; ++i) m.insert_or_assign(key(i), checked_value(key(i), 0));
+  auto ro = StringMap::open(n, {.read_only = true});
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (std::uint64_t g = 1; !stop.load(std::memory_order_relaxed); ++g) {
+      for (int i = 0; i < kKeys; ++i) m.insert_or_assign(key(i), checked_value(key(i), g));
+      for (std::uint64_t j = 0; j < (g % 5) * 300; ++j) m.insert("tmp" + std::to_string(j), "t");
+      for (std::uint64_t j = 0; j < 1500; ++j) m.erase("tmp" + std::to_string(j));
+    }
+  });
+  std::size_t reads = 0, bad = 0, walks = 0;
+  const std::uint64_t rounds = scaled(300);
+  for (std::uint64_t r = 0; r < rounds; ++r) {
+    for (int i = 0; i < kKeys; ++i) {
+      const auto v = ro.find(key(i));
+      ++reads;
+      if (!v || !verifies(key(i), *v)) ++bad;
+    }
+    if (r % 30 == 0) {
+      // A walk may time out against a map that never stops resizing (documented: Errc::timeout);
+      // whatever it visits must verify.
+      try {
+        ro.for_each([&](std::string_view k, std::string_view v) {
+          if (k.rfind("key-", 0) == 0 && !verifies(std::string(k), std::string(v))) ++bad;
+        });
+        ++walks;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), Errc::timeout) << e.what();
+      }
+    }
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(bad, 0u) << "of " << reads << " reads and " << walks << " walks";
+  EXPECT_GT(m.stats().resizes, 2u) << "the writer did not resize the map";
+}
+
 // Threads: counters kept as decimal strings, incremented through update() by many threads
 // (more than a handle slot's 15 lanes) on a map that another thread grows and shrinks from
 // capacity 8; with `collide`, all the counters and the churn keys share a few records.
