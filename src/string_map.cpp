@@ -177,11 +177,32 @@ StringWrite<Op> write(MapImpl& m, std::uint64_t h, std::string_view key, bool ma
 }  // namespace
 
 StringMap::StringMap(DynamicMap core) : core_(std::move(core)) {
-  if (!core_.holds_strings()) {
+  if (!core_.holds_strings() || core_.value_type().kind != TypeInfo::Kind::byte_string) {
     fail(Errc::layout_mismatch, core_.name(),
          "holds " + core_.describe() +
              ", opened as string -> string; open it with the types it "
              "was created with");
+  }
+}
+
+StringMap::StringMap(Checked, DynamicMap core) : core_(std::move(core)) {
+  if (!core_.holds_strings()) {
+    fail(Errc::layout_mismatch, core_.name(),
+         "holds " + core_.describe() + ", opened as a map with string keys");
+  }
+  if (core_.value_type().kind != TypeInfo::Kind::byte_string) fixed_ = core_.value_type().size;
+}
+
+StringMap StringMap::open_any(const std::string& name, const OpenOptions& options) {
+  return StringMap(Checked{}, DynamicMap::open(name, options));
+}
+
+void StringMap::check_value(std::string_view value) const {
+  if (fixed_ != 0 && value.size() != fixed_) {
+    fail(Errc::invalid_argument, name(),
+         "a value of " + std::to_string(value.size()) + " bytes; this map's values (" +
+             core_.value_type().name + ") have " + std::to_string(fixed_) +
+             "; nothing was written");
   }
 }
 
@@ -241,6 +262,7 @@ bool StringMap::find_read_only(std::string_view key, std::string* out) const {
 bool StringMap::insert(std::string_view key, std::string_view value) {
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, value);
+  check_value(value);
   bool committed = false;
   write(
       m, hash(key), key, true,
@@ -254,6 +276,7 @@ bool StringMap::insert(std::string_view key, std::string_view value) {
 bool StringMap::insert_or_assign(std::string_view key, std::string_view value) {
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, value);
+  check_value(value);
   bool committed = false;
   const auto sw = write(
       m, hash(key), key, true,
@@ -280,6 +303,7 @@ bool StringMap::compare_exchange(std::string_view key, std::string_view expected
                                  std::string_view desired) {
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, desired);
+  check_value(desired);
   bool committed = false;
   write(
       m, hash(key), key, false,
@@ -301,10 +325,12 @@ bool StringMap::edit(std::string_view key, MakeFn make, EditFn f, void* ctx) {
           if (make == nullptr) return Action{};
           buf.clear();
           make(ctx, buf);
+          check_value(buf);
           return Action{Action::put, buf};
         }
         buf.assign(*now);
         if (!f(ctx, buf)) return Action{};
+        check_value(buf);
         return Action{Action::put, buf};
       },
       &committed);
@@ -355,6 +381,12 @@ Stats StringMap::stats() const {
   Stats s = core_.stats();
   s.size = size();
   return s;
+}
+
+void StringMap::bad_value_size(std::size_t got, std::size_t want) const {
+  fail(Errc::corrupt, name(),
+       "a stored value has " + std::to_string(got) + " bytes where the map's values have " +
+           std::to_string(want) + "; the segment is damaged: run 'shmap check " + name() + "'");
 }
 
 }  // namespace shmap

@@ -15,6 +15,7 @@
 #include "record_write.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
+#include "shmap/string_map.hpp"
 
 namespace shmap {
 
@@ -39,10 +40,14 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
   const bool skey = l.key.kind == TypeInfo::Kind::byte_string;
   const bool sval = l.value.kind == TypeInfo::Kind::byte_string;
   if (skey || sval) {
-    if (!(skey && sval && l.key == string_type() && l.value == string_type())) {
+    // String keys take string values (StringMap) or values of one size up to the entry limit
+    // (TypedMap<std::string, V>); string values need string keys, for now.
+    const bool fixed_value = !sval && l.value.size != 0 && l.value.size <= kMaxStringEntryBytes;
+    if (!skey || l.key != string_type() || (sval ? l.value != string_type() : !fixed_value)) {
       fail(Errc::invalid_argument, name,
-           "string keys take string values (shmap::StringMap), and string values string keys, "
-           "for now");
+           "string keys take string values or values of 1.." +
+               std::to_string(kMaxStringEntryBytes) +
+               " bytes; string values take string keys, for now");
     }
     return {to_record(l.key), to_record(l.value)};
   }
@@ -76,13 +81,15 @@ DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
   const SegmentTypes& t = map_.impl().types();
   const auto string_kind = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
   if (t.key.kind == string_kind || t.value.kind == string_kind) {
-    if (t.key.kind != string_kind || t.value.kind != string_kind || t.key.size != 0 ||
-        t.value.size != 0) {
+    const bool sval = t.value.kind == string_kind;
+    if (t.key.kind != string_kind || t.key.size != 0 || (sval && t.value.size != 0) ||
+        (!sval && (t.value.size == 0 || t.value.size > kMaxStringEntryBytes))) {
       fail(Errc::corrupt, map_.name(),
-           "the segment header records a string type beside another, or a string with a size; "
-           "the segment is damaged");
+           "the segment header records string types no map has (a string value beside a "
+           "fixed key, a string with a size, or a value too large); the segment is damaged");
     }
     layout_ = {from_record(t.key), from_record(t.value)};
+    value_size_ = sval ? 0 : t.value.size;  // 0: values of any length
     strings_ = true;
     inline_ = false;
     return;
@@ -102,8 +109,9 @@ DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
 void DynamicMap::need_fixed_size(const char* what) const {
   if (strings_) {
     fail(Errc::layout_mismatch, map_.name(),
-         std::string("holds string -> string: ") + what +
-             " takes values of one size here; open it with shmap::StringMap");
+         "holds " + describe() + ": " + what +
+             " takes keys of up to 8 bytes here; open it with shmap::StringMap (string values) "
+             "or shmap::TypedMap<std::string, V>");
   }
 }
 

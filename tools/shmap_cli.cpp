@@ -355,15 +355,16 @@ int run(int argc, char** argv) {
                       "\nuint64 -> uint64 unless --key or --value says otherwise. A typed map "
                       "(what shmap::TypedMap<K, V> makes) takes put, get, del, scan, stat, check, "
                       "compact, readers and rm; values are numbers, or hex bytes for bytes:N. A "
-                      "string map (--key string --value string, what shmap::StringMap makes) "
-                      "takes put, get, del, scan, stat, check, compact, readers and rm; keys and "
-                      "values are the arguments' bytes, or hex with --hex.");
+                      "map with string keys (--key string, what shmap::StringMap and "
+                      "TypedMap<std::string, V> make) takes put, get, del, scan, stat, check, "
+                      "compact, readers and rm; keys (and string values) are the arguments' "
+                      "bytes, or hex with --hex.");
   name_arg(create);
   create_args.add_to(create);
   create
       ->add_option("--key", key_type_arg,
                    "Key type: u64 (default), i64, u32, i32, u16, i16, "
-                   "u8, i8, f64, f32, bytes:N (N <= 8), string (with --value string)")
+                   "u8, i8, f64, f32, bytes:N (N <= 8), string")
       ->type_name("TYPE");
   create
       ->add_option("--value", value_type_arg,

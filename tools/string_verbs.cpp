@@ -98,11 +98,26 @@ std::string json_member(const char* name, std::string_view s, bool hex) {
 
 StringMap open_for_walk(const std::string& name) {
   try {
-    return StringMap::open(name);
+    return StringMap::open_any(name);
   } catch (const Error& e) {
     if (e.code() != Errc::permission_denied && e.code() != Errc::handles_exhausted) throw;
   }
-  return StringMap::open(name, OpenOptions{.read_only = true});
+  return StringMap::open_any(name, OpenOptions{.read_only = true});
+}
+
+/// A value argument as the map stores it: the bytes (string values, or hex with --hex), or a
+/// number / hex bytes parsed for the map's fixed-size value type.
+std::string value_arg(const StringMap& m, const std::string& text, bool hex) {
+  if (m.value_bytes() == 0) return from_arg("VALUE", text, hex);
+  std::string out(m.value_bytes(), '\0');
+  parse(m.value_type(), "VALUE", text, out.data());
+  return out;
+}
+
+/// A value as text: fixed-size types as `shmap get` prints a typed map's; strings as given.
+std::string value_text(const StringMap& m, std::string_view v, bool hex) {
+  if (m.value_bytes() == 0 || v.size() != m.value_bytes()) return std::string(v);
+  return format(m.value_type(), v.data(), hex);
 }
 
 int not_found(const std::string& name, const std::string& what) {
@@ -119,24 +134,29 @@ bool is_string_verb(const std::string& verb) {
 int run_string_verb(const std::string& verb, const TypedArgs& a) {
   const std::string& name = a.name;
   if (verb == "put") {
-    StringMap m = StringMap::open(name);
-    m.insert_or_assign(from_arg("KEY", a.key, a.hex), from_arg("VALUE", a.value, a.hex));
+    StringMap m = StringMap::open_any(name);
+    m.insert_or_assign(from_arg("KEY", a.key, a.hex), value_arg(m, a.value, a.hex));
     return 0;
   }
   if (verb == "get") {
-    const StringMap m = StringMap::open(name, OpenOptions{.read_only = true});
+    const StringMap m = StringMap::open_any(name, OpenOptions{.read_only = true});
     std::string v;
     if (!m.find(from_arg("KEY", a.key, a.hex), &v)) {
       return not_found(name, "key " + a.key + " not found");
     }
-    // The value's bytes as they are (a script gets exactly them), or hex.
-    if (a.hex) v = to_hex(v);
+    // A string value's bytes as they are (a script gets exactly them), or hex; a fixed-size
+    // value as a typed map's.
+    if (m.value_bytes() != 0) {
+      v = value_text(m, v, a.hex);
+    } else if (a.hex) {
+      v = to_hex(v);
+    }
     std::fwrite(v.data(), 1, v.size(), stdout);
     std::fputc('\n', stdout);
     return 0;
   }
   if (verb == "del") {
-    StringMap m = StringMap::open(name);
+    StringMap m = StringMap::open_any(name);
     if (!m.erase(from_arg("KEY", a.key, a.hex))) {
       return not_found(name, "key " + a.key + " not found");
     }
@@ -150,13 +170,16 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     if (a.json) std::printf("{\"map\": %s, \"entries\": [", json_string(name).c_str());
     m.for_each([&](std::string_view k, std::string_view v) {
       if (n >= limit) return;
+      const bool fixed = m.value_bytes() != 0;
       if (a.json) {
         std::printf("%s\n  {%s, %s}", n == 0 ? "" : ",", json_member("key", k, a.hex).c_str(),
-                    json_member("value", v, a.hex).c_str());
+                    fixed ? ("\"value\": " + json_string(value_text(m, v, a.hex))).c_str()
+                          : json_member("value", v, a.hex).c_str());
       } else if (a.hex) {
         std::printf("%s  %s\n", to_hex(k).c_str(), to_hex(v).c_str());
       } else {
-        std::printf("%s  %s\n", shown(k).c_str(), shown(v).c_str());
+        std::printf("%s  %s\n", shown(k).c_str(),
+                    fixed ? value_text(m, v, false).c_str() : shown(v).c_str());
       }
       ++n;
     });
@@ -164,20 +187,21 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     return 0;
   }
   if (verb == "stat") {
-    const StringMap m = StringMap::open(name, OpenOptions{.read_only = true});
+    const StringMap m = StringMap::open_any(name, OpenOptions{.read_only = true});
     const Stats s = m.stats();
+    const std::string vt = type_label(m.value_type());
     if (a.json) {
       std::printf(
-          "{\"map\": %s, \"key_type\": \"string\", \"value_type\": \"string\", "
+          "{\"map\": %s, \"key_type\": \"string\", \"value_type\": %s, "
           "\"values_in\": \"records\", \"entries\": %zu, \"capacity\": %zu, \"tables\": %zu, "
           "\"segment_bytes\": %zu, \"allocated_bytes\": %zu, \"handles_in_use\": %zu}\n",
-          json_string(name).c_str(), s.size, s.capacity, s.tables, s.segment_bytes,
-          s.allocated_bytes, s.handles_in_use);
+          json_string(name).c_str(), json_string(vt).c_str(), s.size, s.capacity, s.tables,
+          s.segment_bytes, s.allocated_bytes, s.handles_in_use);
       return 0;
     }
     Columns c;
     c.row({"map", name});
-    c.row({"types", "string -> string"});
+    c.row({"types", "string -> " + vt});
     c.row({"values", "keys and values in records of the arena ('shmap check' counts them)"});
     c.row({"entries", "about " + std::to_string(s.size)});
     c.row({"capacity", std::to_string(s.capacity) + " buckets, " + std::to_string(s.tables) +

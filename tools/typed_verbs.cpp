@@ -50,7 +50,8 @@ std::string hex(const unsigned char* p, std::size_t n) {
   return s;
 }
 
-/// The text of one key or value of type t (its bytes at p, little-endian).
+}  // namespace
+
 std::string format(const TypeInfo& t, const void* p, bool as_hex) {
   const auto* b = static_cast<const unsigned char*>(p);
   if (as_hex || t.kind == TypeInfo::Kind::other) return hex(b, t.size);
@@ -76,7 +77,6 @@ std::string format(const TypeInfo& t, const void* p, bool as_hex) {
                                                   : std::to_string(u);
 }
 
-/// Parses `text` as a value of type t into out (t.size bytes); UsageError naming `what`.
 void parse(const TypeInfo& t, const std::string& what, const std::string& text, void* out) {
   auto bad = [&](const std::string& why) {
     throw UsageError(what + " '" + text + "' is not " + why);
@@ -129,6 +129,8 @@ void parse(const TypeInfo& t, const std::string& what, const std::string& text, 
   }
   std::memcpy(out, &u, t.size);  // little-endian: the low bytes
 }
+
+namespace {
 
 std::uint64_t key_word(const DynamicMap& m, const std::string& text) {
   std::uint64_t w = 0;

@@ -17,6 +17,13 @@ TypeInfo parse_type_arg(const std::string& flag, const std::string& text);
 /// The CLI spelling of a type ("u64", "bytes:24"), or its recorded name if it has none.
 std::string type_label(const TypeInfo& t);
 
+/// The text of one key or value of fixed-size type t (its bytes at p, little-endian): numbers
+/// as numbers, other types (and everything with as_hex) as hex bytes.
+std::string format(const TypeInfo& t, const void* p, bool as_hex);
+/// Parses `text` as a value of fixed-size type t into out (t.size bytes); UsageError naming
+/// `what`.
+void parse(const TypeInfo& t, const std::string& what, const std::string& text, void* out);
+
 /// The map's types if it holds anything but uint64 -> uint64; nullopt for a uint64 map, and
 /// for anything open() cannot read (the uint64 verbs then report that error as usual).
 std::optional<DynamicMap::Layout> typed_layout(const std::string& name);

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,6 +47,14 @@ class StringMap {
   static StringMap open(const std::string& name, const OpenOptions& options = {});
   static StringMap open_or_create(const std::string& name, const Options& options = {},
                                   bool* created = nullptr);
+  /// Opens any map with string keys (tools, bindings): a string -> string map as open() does,
+  /// and a TypedMap<std::string, V>'s with values as V's bytes -- every value written must
+  /// then have value_bytes() bytes (else invalid_argument, nothing written).
+  static StringMap open_any(const std::string& name, const OpenOptions& options = {});
+  /// The value type the segment records (string_type(), or V's for TypedMap<std::string, V>).
+  const TypeInfo& value_type() const { return core_.value_type(); }
+  /// 0: values of any length; else every value has exactly this many bytes.
+  std::size_t value_bytes() const { return fixed_; }
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), string_type()}; }
 
@@ -105,7 +114,15 @@ class StringMap {
   static inline std::uint64_t (*hash_for_test)(std::string_view key) = nullptr;
 
  private:
+  template <class K, class V>
+  friend class TypedMap;
+  /// A string -> string map (else layout_mismatch, naming both).
   explicit StringMap(DynamicMap core);
+  /// Any string-keyed map whose types the caller has checked (TypedMap<std::string, V>).
+  struct Checked {};
+  StringMap(Checked, DynamicMap core);
+  /// Throws corrupt: a stored value of `got` bytes where the map's values have `want`.
+  [[noreturn]] void bad_value_size(std::size_t got, std::size_t want) const;
   using MakeFn = void (*)(void* ctx, std::string& out);
   using EditFn = bool (*)(void* ctx, std::string& value);
   bool edit(std::string_view key, MakeFn make, EditFn f, void* ctx);
@@ -123,7 +140,116 @@ class StringMap {
     }
   }
 
+  /// invalid_argument unless `value` has the size this map's values have.
+  void check_value(std::string_view value) const;
+
   DynamicMap core_;
+  std::size_t fixed_ = 0;  // value_bytes()
+};
+
+/// A map from byte-string keys to any trivially copyable value (structs, numbers, arrays):
+/// StringMap's core with values of sizeof(V) bytes, recorded as string -> V (opening it with
+/// other types is layout_mismatch, naming both). A key and its value take up to
+/// kMaxStringEntryBytes together.
+///
+///   struct Quote { double bid, ask; std::uint64_t ts; };
+///   auto q = shmap::TypedMap<std::string, Quote>::open_or_create("quotes");
+///   q.insert_or_assign("EURUSD", Quote{1.08, 1.09, now});
+///   q.update("EURUSD", [](Quote& v) { v.ts = now; });
+template <class V>
+class TypedMap<std::string, V> {
+  static_assert(std::is_trivially_copyable_v<V>,
+                "shmap::TypedMap<std::string, V>: V must be trivially copyable (values are "
+                "copied as bytes between processes; for string values use shmap::StringMap)");
+  static_assert(sizeof(V) < kMaxStringEntryBytes,
+                "shmap::TypedMap<std::string, V>: V leaves no room for a key in one entry");
+
+ public:
+  using key_type = std::string;
+  using mapped_type = V;
+
+  static TypedMap create(const std::string& name, const Options& options = {}) {
+    return TypedMap(DynamicMap::create(name, options, layout()));
+  }
+  static TypedMap open(const std::string& name) {
+    return TypedMap(DynamicMap::open(name, layout()));
+  }
+  static TypedMap open_or_create(const std::string& name, const Options& options = {},
+                                 bool* created = nullptr) {
+    return TypedMap(DynamicMap::open_or_create(name, options, layout(), created));
+  }
+  static bool remove(const std::string& name) { return Map::remove(name); }
+  static DynamicMap::Layout layout() { return {string_type(), type_info<V>()}; }
+
+  std::optional<V> find(std::string_view k) const {
+    std::string b;
+    if (!core_.find(k, &b)) return std::nullopt;
+    return to_value(b);
+  }
+  bool contains(std::string_view k) const { return core_.contains(k); }
+  bool insert(std::string_view k, const V& v) { return core_.insert(k, bytes(v)); }
+  /// Returns true if k was inserted, false if its value was replaced.
+  bool insert_or_assign(std::string_view k, const V& v) {
+    return core_.insert_or_assign(k, bytes(v));
+  }
+  bool erase(std::string_view k) { return core_.erase(k); }
+  /// Replaces k's value by `desired` if its bytes equal `expected`'s.
+  bool compare_exchange(std::string_view k, const V& expected, const V& desired) {
+    return core_.compare_exchange(k, bytes(expected), bytes(desired));
+  }
+  /// As TypedMap<K, V>::update: f(V&) edits a copy (may run more than once); f may return
+  /// bool (false: leave the value). Returns false if k is absent.
+  template <class F>
+  bool update(std::string_view k, F&& f) {
+    return core_.update(k, [&f](std::string& b) { return edit(b, f); });
+  }
+  /// As update if k is present (returns false); else installs make() (returns true).
+  template <class Make, class F>
+  bool upsert(std::string_view k, Make&& make, F&& f) {
+    return core_.upsert(
+        k, [&make] { return std::string(bytes(make())); },
+        [&f](std::string& b) { return edit(b, f); });
+  }
+  /// Visits every entry, f(std::string_view key, const V& value) (weakly consistent).
+  template <class F>
+  void for_each(F&& f) const {
+    core_.for_each([this, &f](std::string_view k, std::string_view b) {
+      const V v = to_value(b);
+      f(k, v);
+    });
+  }
+  std::size_t size() const { return core_.size(); }
+  bool empty() const { return size() == 0; }
+  Stats stats() const { return core_.stats(); }
+  CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
+  void compact() { core_.compact(); }
+  const std::string& name() const { return core_.name(); }
+
+ private:
+  explicit TypedMap(DynamicMap core) : core_(StringMap::Checked{}, std::move(core)) {}
+  static std::string_view bytes(const V& v) {
+    return std::string_view(reinterpret_cast<const char*>(&v), sizeof(V));
+  }
+  V to_value(std::string_view b) const {
+    if (b.size() != sizeof(V)) core_.bad_value_size(b.size(), sizeof(V));
+    V v;
+    std::memcpy(&v, b.data(), sizeof(V));
+    return v;
+  }
+  template <class F>
+  static bool edit(std::string& b, F& f) {
+    if (b.size() != sizeof(V)) return false;  // damage: leave it (check() reports it)
+    V v;
+    std::memcpy(&v, b.data(), sizeof(V));
+    if constexpr (std::is_same_v<std::invoke_result_t<F&, V&>, bool>) {
+      if (!f(v)) return false;
+    } else {
+      f(v);
+    }
+    b.assign(reinterpret_cast<const char*>(&v), sizeof(V));
+    return true;
+  }
+  StringMap core_;
 };
 
 }  // namespace shmap

@@ -141,9 +141,10 @@ class DynamicMap {
   DynamicMap& operator=(DynamicMap&&) noexcept;
   ~DynamicMap();
 
-  /// True for a map of strings (made by StringMap): then the value operations below (find,
-  /// insert, ..., for_each, dump) throw layout_mismatch; open it with shmap::StringMap. The
-  /// others (size, stats, readers, check, compact) work on every map.
+  /// True for a map with string keys (StringMap, TypedMap<std::string, V>): then the value
+  /// operations below (find, insert, ..., for_each, dump) throw layout_mismatch; open it with
+  /// those. The others (stats, readers, check, compact) work on every map; size() counts the
+  /// table's buckets (one per key hash: the string map's size() is exact).
   bool holds_strings() const { return strings_; }
   const TypeInfo& key_type() const { return layout_.key; }
   const TypeInfo& value_type() const { return layout_.value; }
@@ -228,7 +229,8 @@ T from_word(std::uint64_t w) {
 template <class K, class V>
 class TypedMap {
   static_assert(std::is_trivially_copyable_v<K>,
-                "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key)");
+                "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key); "
+                "for std::string keys include <shmap/string_map.hpp>");
   static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
                 "shmap::TypedMap<K, V>: K has padding bytes (or another representation of "
                 "equal values), so equal keys could differ in their bytes; use a key without "

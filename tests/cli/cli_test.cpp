@@ -305,8 +305,29 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
   expect_fails({"dump", name, dir_ + "/s.shmap"}, 3, "not supported yet");
   r = run({"ls"});
   EXPECT_NE(r.out.find("typed: string -> string"), std::string::npos) << r.out;
-  expect_fails({"create", "x", "--key", "string"}, 3, "string keys take string values");
+  expect_fails({"create", "x", "--value", "string"}, 3, "string values take string keys");
   EXPECT_EQ(run({"rm", name}).rc, 0);
+
+  // String keys, number values: numbers in and out; C++ opens it as TypedMap<std::string, V>.
+  ScopedName counts("string-counts");
+  ASSERT_EQ(run({"create", counts, "--key", "string", "--value", "i64"}).rc, 0);
+  EXPECT_EQ(run({"put", counts, "apples", "-12"}).rc, 0);
+  EXPECT_EQ(run({"get", counts, "apples"}).out, "-12\n");
+  expect_fails({"put", counts, "pears", "1.5"}, 2, "VALUE '1.5'");
+  EXPECT_EQ((TypedMap<std::string, std::int64_t>::open(counts).find("apples")), -12);
+  TypedMap<std::string, std::int64_t>::open(counts).insert("pears", 7);
+  r = run({"scan", counts});
+  EXPECT_NE(r.out.find("pears  7\n"), std::string::npos) << r.out;
+  r = run({"stat", counts, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["value_type"], "i64");
+  EXPECT_EQ(json::parse(r.out)["entries"], 2);
+  try {
+    (void)StringMap::open(counts);
+    ADD_FAILURE() << "a string -> string StringMap opened a string -> i64 map";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Errc::layout_mismatch) << e.what();
+  }
 }
 
 TEST_F(Cli, NumbersAreStrict) {

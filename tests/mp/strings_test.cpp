@@ -1,8 +1,9 @@
 // StringMap across real processes: the SIGKILL loop of the typed maps (kill_loop.hpp) on
-// string keys of 1..60 bytes and checksummed string values of 40..1600 bytes, and exact
-// update() counters from several processes while another process grows and shrinks the map
-// from capacity 8 -- once with real hashes and once with every key hashed to one of a few
-// values, so that records holding several keys are replaced under contention.
+// string keys of 1..60 bytes and checksummed string values of 40..1600 bytes; exact update()
+// counters from several processes while another process grows and shrinks the map from
+// capacity 8, once with real hashes and once with every key hashed to one of a few values (so
+// that records holding several keys are replaced under contention); and the same with struct
+// values under string keys (TypedMap<std::string, V>).
 //
 // Every value names its key and version and ends with a checksum of the bytes before it: a
 // torn value, a record reused while a reader still read it, or another key's value is caught
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <cinttypes>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -205,6 +207,87 @@ void counters_across_processes(bool collide) {
   EXPECT_EQ(rs.leaked, 0u);
 }
 
+/// A struct value for TypedMap<std::string, Tally>: per-process counts and their checksum.
+struct Tally {
+  std::uint64_t total;
+  std::uint64_t by_proc[4];
+  std::uint64_t sum;
+  std::uint64_t compute() const { return fnv(this, offsetof(Tally, sum)); }
+};
+
+void struct_counters_across_processes() {
+  const std::uint64_t seed = test_seed();
+  ScopedName name("stally");
+  using M = TypedMap<std::string, Tally>;
+  auto m = M::create(name, {.initial_capacity = 8});
+  constexpr int kProcs = 4, kKeys = 6;
+  auto key = [](std::uint64_t i) {
+    return "instrument/" + std::string(i * 7, '.') + std::to_string(i);
+  };
+  Tally zero{};
+  zero.sum = zero.compute();
+  for (int i = 0; i < kKeys; ++i) ASSERT_TRUE(m.insert(key(i), zero));
+  const std::uint64_t per = 20000 * soak() / kScale;
+  Shared<std::atomic<bool>> stop(false);
+  Gate gate;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < kProcs; ++p) {
+    pids.push_back(fork_child([&, p] {
+      auto c = M::open(name);
+      if (!gate.wait()) return false;
+      Rng rng(seed + p);
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const bool ok = c.update(key(rng.below(kKeys)), [p](Tally& v) {
+          ++v.total;
+          ++v.by_proc[p];
+          v.sum = v.compute();
+        });
+        CHILD_CHECK(ok, "update found a tally absent");
+        if (i % 64 == 0) {
+          const auto v = c.find(key(rng.below(kKeys)));
+          CHILD_CHECK(v && v->sum == v->compute(), "a torn or missing tally");
+        }
+      }
+      return true;
+    }));
+  }
+  const pid_t churner = fork_child([&] {
+    auto c = M::open(name);
+    if (!gate.wait()) return false;
+    while (!stop->load()) {
+      for (int i = 0; i < 1000; ++i)
+        CHILD_CHECK(c.insert("tmp/" + std::to_string(i), zero), "churn insert");
+      for (int i = 0; i < 1000; ++i)
+        CHILD_CHECK(c.erase("tmp/" + std::to_string(i)), "churn erase");
+    }
+    return true;
+  });
+  const std::uint64_t resizes0 = m.stats().resizes;
+  gate.release();
+  for (int p = 0; p < kProcs; ++p) {
+    const auto r = wait_for(pids[p], seconds(90 * kSlow * soak()));
+    EXPECT_TRUE(r.ok()) << "process " << p << " " << r.describe() << " (seed " << seed << ")";
+  }
+  stop->store(true);
+  EXPECT_TRUE(wait_for(churner, seconds(30 * kSlow)).ok());
+  std::uint64_t total = 0, by[kProcs] = {};
+  for (int i = 0; i < kKeys; ++i) {
+    const auto v = m.find(key(i));
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(v->sum, v->compute()) << "torn tally " << i;
+    total += v->total;
+    for (int p = 0; p < kProcs; ++p) by[p] += v->by_proc[p];
+  }
+  EXPECT_EQ(total, kProcs * per) << "lost or doubled updates (seed " << seed << ")";
+  for (int p = 0; p < kProcs; ++p) EXPECT_EQ(by[p], per) << p;
+  EXPECT_GT(m.stats().resizes, resizes0 + 2) << "the churner did not resize the map";
+  EXPECT_EQ(m.size(), std::size_t{kKeys});
+  RecordStats rs;
+  const auto report = m.check(&rs);
+  EXPECT_TRUE(report.ok) << (report.problems.empty() ? "" : report.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+}
+
 class StringMpTest : public MpTest {
  protected:
   unsigned watchdog_seconds() const override { return 150; }
@@ -213,6 +296,9 @@ class StringMpTest : public MpTest {
 TEST_F(StringMpTest, UpdateCountersAreExactAcrossProcesses) { counters_across_processes(false); }
 TEST_F(StringMpTest, UpdateCountersOnCollidingKeysAreExactAcrossProcesses) {
   counters_across_processes(true);
+}
+TEST_F(StringMpTest, StructValuesUnderStringKeysAreExactAcrossProcesses) {
+  struct_counters_across_processes();
 }
 
 }  // namespace

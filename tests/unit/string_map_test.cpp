@@ -309,10 +309,11 @@ TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {
     EXPECT_NE(std::string(e.what()).find("uint64 -> uint64"), std::string::npos) << e.what();
   }
   EXPECT_EQ(code_of([&] { (void)StringMap::open(u, {.read_only = true}); }), Errc::layout_mismatch);
-  EXPECT_EQ(code_of([&] {
-              (void)DynamicMap::create("x", {}, {string_type(), type_info<std::uint64_t>()});
-            }),
-            Errc::invalid_argument);
+  EXPECT_EQ(
+      code_of([&] {
+        (void)DynamicMap::create(n.str() + "-x", {}, {type_info<std::uint64_t>(), string_type()});
+      }),
+      Errc::invalid_argument);
   // open_or_create: opens the existing one.
   bool created = true;
   auto again = StringMap::open_or_create(n, {}, &created);
@@ -391,6 +392,134 @@ TEST(StringMap, ReadOnlyAttachmentReadsWholeValuesWhileWritersReplaceThem) {
   writer.join();
   EXPECT_EQ(bad, 0u) << "of " << reads << " reads and " << walks << " walks";
   EXPECT_GT(m.stats().resizes, 2u) << "the writer did not resize the map";
+}
+
+}  // namespace
+}  // namespace shmap
+
+namespace string_test_types {
+struct Quote {
+  double bid, ask;
+  std::uint64_t ts;
+};
+struct Tally {
+  std::uint64_t n;
+  std::uint64_t by[4];
+};
+}  // namespace string_test_types
+
+namespace shmap {
+namespace {
+
+using string_test_types::Quote;
+using string_test_types::Tally;
+
+TEST(StringKeyedTypedMap, StructValuesRoundTripAndTheTypesAreRecorded) {
+  ScopedName n("skey");
+  auto q = TypedMap<std::string, Quote>::create(n, {.initial_capacity = 8});
+  EXPECT_TRUE(q.insert("EURUSD", Quote{1.08, 1.09, 1}));
+  EXPECT_FALSE(q.insert("EURUSD", Quote{0, 0, 0}));
+  EXPECT_FALSE(q.insert_or_assign("EURUSD", Quote{1.1, 1.2, 2}));
+  EXPECT_TRUE(q.insert_or_assign("", Quote{0, 0, 3})) << "an empty key is a key";
+  EXPECT_EQ(q.find("EURUSD")->ts, 2u);
+  EXPECT_EQ(q.find("EURUSD")->ask, 1.2);
+  EXPECT_FALSE(q.find("GBPUSD").has_value());
+  EXPECT_TRUE(q.update("EURUSD", [](Quote& v) { v.ts += 40; }));
+  EXPECT_EQ(q.find("EURUSD")->ts, 42u);
+  EXPECT_FALSE(q.update("GBPUSD", [](Quote& v) { v.ts = 1; }));
+  EXPECT_TRUE(q.upsert(
+      "GBPUSD",
+      [] {
+        return Quote{1.3, 1.4, 7};
+      },
+      [](Quote& v) { ++v.ts; }));
+  EXPECT_FALSE(q.upsert(
+      "GBPUSD", [] { return Quote{}; }, [](Quote& v) { ++v.ts; }));
+  EXPECT_EQ(q.find("GBPUSD")->ts, 8u);
+  const Quote now = *q.find("GBPUSD");
+  EXPECT_FALSE(q.compare_exchange("GBPUSD", Quote{0, 0, 0}, Quote{9, 9, 9}));
+  EXPECT_TRUE(q.compare_exchange("GBPUSD", now, Quote{9, 9, 9}));
+  EXPECT_EQ(q.find("GBPUSD")->bid, 9.0);
+  // Many keys of many lengths, through growth; then every one back.
+  for (int i = 0; i < 3000; ++i) {
+    const std::string k = std::string(i % 300, 'k') + std::to_string(i);
+    ASSERT_TRUE(q.insert(k, Quote{double(i), double(-i), std::uint64_t(i)}));
+  }
+  for (int i = 0; i < 3000; i += 7) {
+    const auto v = q.find(std::string(i % 300, 'k') + std::to_string(i));
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(v->ts, std::uint64_t(i));
+  }
+  std::size_t walked = 0;
+  q.for_each([&](std::string_view, const Quote&) { ++walked; });
+  EXPECT_EQ(walked, q.size());
+  EXPECT_EQ(q.size(), 3003u);
+  EXPECT_TRUE(q.erase("EURUSD"));
+  EXPECT_FALSE(q.erase("EURUSD"));
+  // A key too long for one entry beside the value: refused, nothing written.
+  EXPECT_EQ(code_of([&] { q.insert(std::string(kMaxStringEntryBytes, 'x'), Quote{}); }),
+            Errc::invalid_argument);
+  RecordStats rs;
+  const auto rep = q.check(&rs);
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live, q.size());
+
+  // The types are recorded: every other view of the segment is refused, naming both.
+  EXPECT_EQ(code_of([&] { (void)StringMap::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)TypedMap<std::string, Tally>::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)TypedMap<std::uint64_t, Quote>::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)Map::open(n); }), Errc::layout_mismatch);
+  auto d = DynamicMap::open(n);
+  EXPECT_TRUE(d.holds_strings());
+  EXPECT_NE(d.describe().find("string -> "), std::string::npos) << d.describe();
+  EXPECT_NE(d.describe().find("Quote (24 bytes)"), std::string::npos) << d.describe();
+  auto again = TypedMap<std::string, Quote>::open(n);
+  EXPECT_EQ(again.find("GBPUSD")->bid, 9.0);
+  // And a string -> string map is not a string -> Quote map.
+  ScopedName ss("skey-ss");
+  { auto m = StringMap::create(ss); }
+  EXPECT_EQ(code_of([&] { (void)TypedMap<std::string, Quote>::open(ss); }), Errc::layout_mismatch);
+}
+
+TEST(StringKeyedTypedMap, StructCountersFromManyThreadsAreExact) {
+  ScopedName n("skey-thr");
+  auto m = TypedMap<std::string, Tally>::create(n, {.initial_capacity = 8});
+  constexpr int kThreads = 4, kKeys = 5;
+  const std::uint64_t per = scaled(3000);
+  for (int i = 0; i < kKeys; ++i) ASSERT_TRUE(m.insert("tally/" + std::to_string(i), Tally{}));
+  std::vector<std::thread> ts;
+  std::atomic<int> errors{0};
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const std::string k = "tally/" + std::to_string((i + t) % kKeys);
+        if (!m.update(k, [t](Tally& v) {
+              ++v.n;
+              ++v.by[t];
+            })) {
+          errors++;
+        }
+        if (i % 97 == 0) {  // churn: the table grows and shrinks under the tallies
+          for (int j = 0; j < 50; ++j)
+            m.insert_or_assign("tmp/" + std::to_string(t * 100 + j), Tally{});
+          for (int j = 0; j < 50; ++j) m.erase("tmp/" + std::to_string(t * 100 + j));
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  std::uint64_t total = 0;
+  std::uint64_t by[kThreads] = {};
+  m.for_each([&](std::string_view k, const Tally& v) {
+    EXPECT_EQ(k.rfind("tally/", 0), 0u) << k;
+    total += v.n;
+    for (int t = 0; t < kThreads; ++t) by[t] += v.by[t];
+  });
+  EXPECT_EQ(total, kThreads * per) << "lost or doubled updates";
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(by[t], per) << t;
+  EXPECT_EQ(m.size(), std::size_t{kKeys});
 }
 
 // Threads: counters kept as decimal strings, incremented through update() by many threads
