@@ -109,9 +109,14 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
         // whole (its blocks hold user bytes, which must never be read as a table header).
         ensure_mapped(x + kPage);
         const auto* slab = at<SlabHeader>(x);
+        // The magic first (acquire): carve() stores it after the size and class.
+        const bool magic =
+            std::atomic_ref<const std::uint64_t>(slab->magic).load(std::memory_order_acquire) ==
+            kSlabMagic;
         const std::uint64_t bytes = field(slab->extent_bytes);
-        if (field(slab->magic) == kSlabMagic && bytes >= kSlabBytes && bytes <= 2 * kSlabBytes &&
-            bytes % kPage == 0 && bytes <= arena_top - x) {
+        const std::uint32_t cls =
+            std::atomic_ref<const std::uint32_t>(slab->cls).load(std::memory_order_relaxed);
+        if (magic && slab_shape_ok(cls, bytes) && bytes <= arena_top - x) {
           x += bytes;
           continue;
         }

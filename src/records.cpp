@@ -37,6 +37,8 @@
 #include <string>
 #include <vector>
 
+#include "shmap/string_map.hpp"
+
 namespace shmap::detail {
 
 namespace {
@@ -57,6 +59,11 @@ constexpr bool classes_hold_whole_words() {
   return true;
 }
 static_assert(classes_hold_whole_words(), "fill() writes the value rounded up to 8 bytes");
+static_assert(kRecordClassBytes[kRecordClasses - 1] - kRecordHeaderBytes - 16 ==
+                  kMaxStringEntryBytes,
+              "the largest string entry fills the largest class (entry list and entry headers: "
+              "16 bytes)");
+constexpr bool large(std::size_t cls) { return cls >= kSmallRecordClasses; }
 constexpr std::uint64_t kMaxBlocks = std::uint64_t{1} << 42;  // bound for list walks
 
 }  // namespace
@@ -89,24 +96,20 @@ const SlabHeader* RecordHeap::check_block(std::uint64_t off, std::size_t cls) co
   };
   if (!mapped(off + kRecordHeaderBytes)) return nullptr;
   const std::uint64_t slab = load_word(block(off)->slab);
-  if (slab < arena || slab % kPage != 0 || slab > off - sizeof(SlabHeader) ||
-      slab > limit - kSlabBytes) {
-    return nullptr;
-  }
-  if (!mapped(slab + sizeof(SlabHeader))) return nullptr;
+  if (slab < arena || slab % kPage != 0 || slab > off - sizeof(SlabHeader)) return nullptr;
+  // slab + its header <= off <= limit: mapped (checked above).
   const auto* s = m_.at<SlabHeader>(slab);
   const std::uint64_t extent = load_word(s->extent_bytes);
   const std::uint32_t c =
       std::atomic_ref<const std::uint32_t>(s->cls).load(std::memory_order_relaxed);
   const std::uint32_t bb =
       std::atomic_ref<const std::uint32_t>(s->block_bytes).load(std::memory_order_relaxed);
-  if (load_word(s->magic) != kSlabMagic || extent < kSlabBytes || extent > 2 * kSlabBytes ||
-      extent % kPage != 0 || extent > limit - slab || c >= kRecordClasses ||
+  if (load_word(s->magic) != kSlabMagic || !slab_shape_ok(c, extent) || extent > limit - slab ||
       bb != kRecordClassBytes[c] || (cls != SIZE_MAX && c != cls)) {
     return nullptr;
   }
   const std::uint64_t rel = off - slab - sizeof(SlabHeader);
-  if (rel % bb != 0 || rel / bb >= (extent - sizeof(SlabHeader)) / bb) return nullptr;
+  if (rel % bb != 0 || rel / bb >= slab_blocks(c, extent)) return nullptr;
   if (!mapped(slab + extent)) return nullptr;
   return s;
 }
@@ -133,17 +136,41 @@ std::uint64_t RecordHeap::allocate(std::size_t cls) const {
                " is damaged; run 'shmap check " + m_.name() + "'");
     }
     const std::uint64_t next = load_word(block(h.top)->word0);
-    if (cas128(&head.top, h.top, h.tag, next, h.tag + 1)) return h.top;
+    if (!cas128(&head.top, h.top, h.tag, next, h.tag + 1)) continue;
+    if (large(cls)) {
+      // Its pages past the first were given back when it was freed: reserve them again, so a
+      // full /dev/shm is out_of_space here and never a SIGBUS in fill().
+      const std::uint64_t slab = h.top - sizeof(SlabHeader);
+      try {
+        m_.reserve_pages(slab + kPage, class_extent(cls) - kPage);
+      } catch (...) {
+        push_chain(head, h.top, block(h.top));  // back for when space returns
+        throw;
+      }
+    }
+    return h.top;
   }
+}
+
+void RecordHeap::give_back_pages(std::uint64_t blk, const SlabHeader* s) const noexcept {
+  // A large block's pages past the slab's first (which holds the slab header and the block's
+  // links) go back to the system while it is free: the whole extent's, which may be larger than
+  // the class needs (a reused extent). Nobody reads them: no bucket refers to a free block, and
+  // the leak sweep steps over a slab by its header. (s passed check_block: its extent lies in
+  // the arena.)
+  const std::uint32_t c =
+      std::atomic_ref<const std::uint32_t>(s->cls).load(std::memory_order_relaxed);
+  if (large(c))
+    m_.release_pages(blk - sizeof(SlabHeader) + kPage, load_word(s->extent_bytes) - kPage);
 }
 
 std::uint64_t RecordHeap::carve(std::size_t cls) const {
   std::uint64_t got = 0;
-  const std::uint64_t slab = m_.allocate(kSlabBytes, &got);  // zeroed, page aligned
+  const std::uint64_t slab = m_.allocate(class_extent(cls), &got);  // zeroed, page aligned
   SegmentHeader& h = m_.header();
   auto* s = m_.at<SlabHeader>(slab);
   const std::uint32_t bb = kRecordClassBytes[cls];
-  const std::uint64_t n = (got - sizeof(SlabHeader)) / bb;
+  const std::uint64_t n = slab_blocks(cls, got);
   // Atomic stores: the leak sweep (leaks.cpp) reads the first words of every arena extent, this
   // one too while we fill it, and judges it by its magic, which comes last.
   store_word(s->extent_bytes, got);
@@ -227,8 +254,8 @@ const void* RecordHeap::value(std::uint64_t off, std::size_t bytes) const {
 void RecordHeap::free_unpublished(std::uint64_t blk) const {
   const SlabHeader* s = check_block(blk, SIZE_MAX);
   if (s == nullptr) return;  // cannot happen for a block allocate() handed out; leak it
-  RecordHeader* r = block(blk);
-  push_chain(m_.header().record_free[s->cls], blk, r);
+  give_back_pages(blk, s);
+  push_chain(m_.header().record_free[s->cls], blk, block(blk));
 }
 
 bool RecordHeap::retire(std::uint64_t off) const noexcept {
@@ -268,6 +295,7 @@ void RecordHeap::reclaim(bool patient) const noexcept {
                 const std::uint64_t next = load_word(r->word0);
                 h.limbo_batch.store(next, std::memory_order_release);
                 if (in_batch_free_for_test != nullptr) in_batch_free_for_test();
+                heap.give_back_pages(batch, s);
                 push_chain(h.record_free[s->cls], batch, r);
                 batch = next;
               }
@@ -346,7 +374,7 @@ RecordHeap::Audit RecordHeap::audit(bool recover) const {
           }
           const std::uint64_t bb = sh->block_bytes;
           const std::uint64_t extent = load_word(sh->extent_bytes);
-          const std::uint64_t n = (extent - sizeof(SlabHeader)) / bb;
+          const std::uint64_t n = slab_blocks(sh->cls, extent);
           slabs.push_back(
               {s, extent, static_cast<std::uint32_t>(bb), n, std::vector<std::uint8_t>(n)});
           s = load_word(sh->next);

@@ -327,6 +327,28 @@ void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   h.leaked_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
+void MapImpl::release_pages(std::uint64_t offset, std::uint64_t bytes) const noexcept {
+  if (offset < arena_offset_ || offset % kPage != 0 || bytes == 0 || bytes % kPage != 0 ||
+      bytes > reserved_ - offset) {
+    return;
+  }
+  // A failure keeps the pages: harmless (reserve_pages finds them there).
+  (void)::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(bytes));
+}
+
+void MapImpl::reserve_pages(std::uint64_t offset, std::uint64_t bytes) const {
+  const int rc = may_fit(fd_, bytes)
+                     ? ::posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes))
+                     : ENOSPC;
+  if (rc == ENOSPC) {
+    fail(Errc::out_of_space, name_,
+         "/dev/shm is full (needed " + std::to_string(bytes >> 10) +
+             " KiB); free space there or erase entries");
+  }
+  if (rc != 0) fail_errno(Errc::io_error, name_, "cannot reserve the pages of a record", rc);
+}
+
 std::vector<std::pair<std::uint64_t, std::uint64_t>> MapImpl::free_extents() const {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
   for (const auto& entry : header().free_list) {

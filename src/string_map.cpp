@@ -34,6 +34,9 @@ using namespace detail;  // NOLINT(google-build-using-namespace): one .cpp, no h
 
 namespace {
 
+/// The largest entry list: the largest entry, the list header and the entry's lengths.
+constexpr std::size_t kMaxListBytes = kMaxStringEntryBytes + 16;
+
 [[noreturn]] void damaged(const MapImpl& m, std::uint64_t w) {
   fail(Errc::corrupt, m.name(),
        "the string record at offset " + std::to_string(w) + " is damaged; run 'shmap check " +
@@ -48,7 +51,7 @@ EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w) {
   const auto* p = static_cast<const unsigned char*>(heap.value(w, EntryList::kHeaderBytes));
   std::uint32_t bytes = 0;
   std::memcpy(&bytes, p + 4, 4);
-  if (bytes < EntryList::kHeaderBytes || bytes > kMaxValueBytes) damaged(m, w);
+  if (bytes < EntryList::kHeaderBytes || bytes > kMaxListBytes) damaged(m, w);
   p = static_cast<const unsigned char*>(heap.value(w, bytes));
   EntryList list(p, bytes);
   if (!list.valid()) damaged(m, w);
@@ -61,7 +64,7 @@ void check_entry(const MapImpl& m, std::string_view key, std::string_view value)
          "a key of " + std::to_string(key.size()) + " bytes and a value of " +
              std::to_string(value.size()) + " bytes take " +
              std::to_string(key.size() + value.size()) + " bytes; a string map holds up to " +
-             std::to_string(kMaxStringEntryBytes) + " per entry for now; nothing was written");
+             std::to_string(kMaxStringEntryBytes) + " per entry; nothing was written");
   }
 }
 
@@ -83,7 +86,7 @@ bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
     const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
     std::uint32_t bytes = 0;
     if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
-    if (p == nullptr || bytes < 8 || bytes > kMaxValueBytes ||
+    if (p == nullptr || bytes < 8 || bytes > kMaxListBytes ||
         (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
       outside = true;  // a stale word (read again) or damage (reported below)
       return;
@@ -150,7 +153,7 @@ struct StringWrite {
     const auto extra_of = [](std::uint32_t n) { return n > 1 ? std::int64_t{n} - 1 : 0; };
     extra = extra_of(b.count()) - extra_of(old_count);
     if (b.count() == 0) return x.erase();
-    if (b.size() > kMaxValueBytes) {
+    if (b.size() > kMaxListBytes) {
       x.keep();
       fail(Errc::out_of_space, m.name(),
            "keys of one 64-bit hash do not fit in one record together (" +

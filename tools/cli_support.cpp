@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -137,6 +138,11 @@ std::string read_all(const std::string& path) {
     text.append(buf, static_cast<std::size_t>(n));
   }
   if (!stdin_) ::close(fd);
+  return text;
+}
+
+std::string text_of(std::string text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
   return text;
 }
 

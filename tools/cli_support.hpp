@@ -50,6 +50,8 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> parse_pairs(std::string_vie
                                                                  const std::string& source);
 /// Reads all of a file ("-": standard input). InputError when it cannot be read.
 std::string read_all(const std::string& path);
+/// A file's text as one argument: without its trailing blanks and newline.
+std::string text_of(std::string text);
 
 std::string json_string(std::string_view s);
 std::string human_bytes(std::uint64_t bytes);

@@ -324,7 +324,7 @@ int run(int argc, char** argv) {
   app.require_subcommand(0, 1);
   app.fallthrough(false);
 
-  std::string name, file, key, value;
+  std::string name, file, key, value, value_file;
   std::vector<std::string> rest;  // KEY... or KEY VALUE ... of the multi-key verbs
   std::string limit_arg, help_verb;
   bool json = false, json_strings = false, pit = false, replace = false, merge = false,
@@ -375,7 +375,11 @@ int run(int argc, char** argv) {
   auto* put = verb("put", "Set KEY to VALUE (inserting or overwriting)");
   name_arg(put);
   put->add_option("KEY", key, "Key")->required();
-  put->add_option("VALUE", value, "Value")->required();
+  CLI::Option* put_value = put->add_option("VALUE", value, "Value");
+  put->add_option("--value-file", value_file,
+                  "String maps: the value is this file's bytes ('-': stdin), for values too big "
+                  "or too binary for an argument; other maps: its text, as VALUE")
+      ->excludes(put_value);
   const char* hex_help = "String maps: KEY and VALUE are hex bytes, and values are shown in hex";
   put->add_flag("--hex", hex, hex_help);
 
@@ -615,6 +619,15 @@ int run(int argc, char** argv) {
     }
     return kExitOk;
   }
+  bool value_raw = false;
+  if (used == put) {
+    if (!value_file.empty()) {
+      value = read_all(value_file);
+      value_raw = true;
+    } else if (put_value->count() == 0) {
+      throw UsageError("put needs a VALUE (or --value-file FILE, '-' for stdin)");
+    }
+  }
   // A typed map: the verbs that know its types (typed_verbs.cpp); the others say they do not.
   if (used != readers && used != rm && used != ls && used != load && used != imp) {
     if (typed_layout(name)) {
@@ -625,7 +638,8 @@ int run(int argc, char** argv) {
                                                  .json = json,
                                                  .hex = hex,
                                                  .file = file,
-                                                 .point_in_time = pit});
+                                                 .point_in_time = pit,
+                                                 .value_raw = value_raw});
     }
   }
   if (used == compact) {
@@ -634,7 +648,7 @@ int run(int argc, char** argv) {
   }
   if (used == put) {
     const auto k = parse_u64_arg("KEY", key);
-    const auto v = parse_u64_arg("VALUE", value);
+    const auto v = parse_u64_arg("VALUE", value_raw ? text_of(value) : value);
     Map::open(name).insert_or_assign(k, v);
     return kExitOk;
   }

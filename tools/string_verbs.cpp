@@ -135,7 +135,11 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
   const std::string& name = a.name;
   if (verb == "put") {
     StringMap m = StringMap::open_any(name);
-    m.insert_or_assign(from_arg("KEY", a.key, a.hex), value_arg(m, a.value, a.hex));
+    // A --value-file's bytes are a string value as they are; as text, a fixed-size value's.
+    const std::string v = !a.value_raw           ? value_arg(m, a.value, a.hex)
+                          : m.value_bytes() == 0 ? a.value
+                                                 : value_arg(m, text_of(a.value), a.hex);
+    m.insert_or_assign(from_arg("KEY", a.key, a.hex), v);
     return 0;
   }
   if (verb == "get") {

@@ -200,7 +200,7 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
     DynamicMap m = DynamicMap::open(name);
     std::vector<unsigned char> v(m.value_type().size);
     const std::uint64_t k = key_word(m, a.key);
-    parse(m.value_type(), "VALUE", a.value, v.data());
+    parse(m.value_type(), "VALUE", a.value_raw ? text_of(a.value) : a.value, v.data());
     m.insert_or_assign(k, v.data());
     return 0;
   }

@@ -35,6 +35,7 @@ struct TypedArgs {
   bool hex = false;  // scan/get: values of integer and float types in hex bytes too
   std::string file;  // dump
   bool point_in_time = false;
+  bool value_raw = false;  // put: `value` holds a --value-file's bytes, not an argument
 };
 
 /// Runs `verb` on the typed map `name`. Returns the exit code; throws UsageError for a verb

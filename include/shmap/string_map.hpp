@@ -35,9 +35,11 @@
 
 namespace shmap {
 
-/// The most bytes a string map's key and value take together (one record of the largest
-/// class: its 16-byte header, the entry list's 8-byte header and the entry's 8-byte lengths).
-inline constexpr std::size_t kMaxStringEntryBytes = kMaxValueBytes - 16;
+/// The most bytes a string map's key and value take together, 2 MiB less 96 bytes (a record of
+/// the largest class: 2 MiB less the slab header's 64 bytes and the record header's 16, then
+/// the entry list's 8-byte header and the entry's 8-byte lengths). So keys of 64 KiB with
+/// values of 1 MiB, or any split of the total.
+inline constexpr std::size_t kMaxStringEntryBytes = (std::size_t{2} << 20) - 96;
 
 class StringMap {
  public:

@@ -110,7 +110,7 @@ inline TypeInfo string_type() { return {0, 1, TypeInfo::Kind::byte_string, "stri
 /// What the records of a typed map hold (TypedMap::check computes it; exact only while no
 /// writer runs, which check arranges).
 struct RecordStats {
-  std::size_t slabs = 0;         // 64 KiB extents carved into records
+  std::size_t slabs = 0;         // arena extents carved into records (one per large record)
   std::size_t live = 0;          // records a bucket refers to
   std::size_t free = 0;          // on the free lists, ready for reuse
   std::size_t retired = 0;       // replaced or erased, waiting for readers to move on

@@ -299,6 +299,26 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
   r = run({"check", name, "--json"});
   ASSERT_EQ(r.rc, 0) << r.out << r.err;
   EXPECT_EQ(json::parse(r.out)["records"]["live"], 4);
+  // A value too big for an argument, and binary, from a file: 1 MiB and 3 bytes, every byte.
+  std::string big((1u << 20) + 3, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131 + (i >> 9));
+  {
+    std::FILE* f = std::fopen((dir_ + "/big.bin").c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(big.data(), 1, big.size(), f), big.size());
+    std::fclose(f);
+  }
+  r = run({"put", name, "big", "--value-file", dir_ + "/big.bin"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(StringMap::open(name).find("big"), big);
+  r = run({"get", name, "big"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, big + "\n");
+  expect_fails({"put", name, "big", "x", "--value-file", dir_ + "/big.bin"}, 2, "excludes");
+  expect_fails({"put", name, "big"}, 2, "put needs a VALUE");
+  expect_fails({"put", name, "big", "--value-file", dir_ + "/absent"}, 3, "absent");
+  EXPECT_EQ(StringMap::open(name).find("big"), big) << "a failed put changed nothing";
+  EXPECT_EQ(run({"del", name, "big"}).rc, 0);
   EXPECT_EQ(run({"del", name, "bin"}).rc, 0);
   EXPECT_EQ(run({"del", name, "bin"}).rc, 1);
   EXPECT_EQ(run({"compact", name}).rc, 0);
@@ -314,6 +334,14 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
   EXPECT_EQ(run({"put", counts, "apples", "-12"}).rc, 0);
   EXPECT_EQ(run({"get", counts, "apples"}).out, "-12\n");
   expect_fails({"put", counts, "pears", "1.5"}, 2, "VALUE '1.5'");
+  {
+    std::FILE* f = std::fopen((dir_ + "/n.txt").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("-5\n", f);
+    std::fclose(f);
+  }
+  EXPECT_EQ(run({"put", counts, "plums", "--value-file", dir_ + "/n.txt"}).rc, 0);
+  EXPECT_EQ(run({"get", counts, "plums"}).out, "-5\n") << "a file's text, as VALUE";
   EXPECT_EQ((TypedMap<std::string, std::int64_t>::open(counts).find("apples")), -12);
   TypedMap<std::string, std::int64_t>::open(counts).insert("pears", 7);
   r = run({"scan", counts});
@@ -321,7 +349,7 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
   r = run({"stat", counts, "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["value_type"], "i64");
-  EXPECT_EQ(json::parse(r.out)["entries"], 2);
+  EXPECT_EQ(json::parse(r.out)["entries"], 3);
   try {
     (void)StringMap::open(counts);
     ADD_FAILURE() << "a string -> string StringMap opened a string -> i64 map";
@@ -389,7 +417,7 @@ TEST_F(Cli, StatJsonAndHuman) {
   EXPECT_TRUE(j["entries_estimated"].get<bool>());
   EXPECT_EQ(j["max_handles"], 32);
   EXPECT_EQ(j["options"]["initial_capacity"], 128);
-  EXPECT_EQ(j["format_version"], 3);
+  EXPECT_EQ(j["format_version"], 4);
   EXPECT_GT(j["segment_bytes"].get<std::uint64_t>(), 0u);
   EXPECT_TRUE(j["migration"].is_object());
   r = run({"stat", name});

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mp_util.hpp"
+#include "shmap/string_map.hpp"
 
 namespace shmap::test::mp {
 namespace {
@@ -189,6 +190,71 @@ TEST_F(SpaceTest, ReusedExtentsAreReservedAgainOnAFullDevShm) {
   if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
   EXPECT_TRUE(r.ok()) << "the child " << r.describe()
                       << (r.signal == SIGBUS ? ": SIGBUS writing into a reused extent" : "");
+}
+
+// A freed large record gave its pages back to the system (records.cpp). Free 16 MiB of them,
+// fill the file system to the last page, then write large values again: reusing a freed large
+// record must reserve its pages anew -- out_of_space with nothing written, never a SIGBUS in
+// the copy of the value -- and works again once space returns.
+TEST_F(SpaceTest, FreedLargeRecordsAreReservedAgainOnAFullDevShm) {
+  Shared<std::array<char, 512>> skip_reason;
+  const auto r = run_child(
+      [&]() -> bool {
+        auto skip = [&](const char* what) {
+          std::snprintf(skip_reason->data(), skip_reason->size(), "%s: %s", what,
+                        std::strerror(errno));
+          ::_exit(kSkipCode);
+        };
+        if (::unshare(CLONE_NEWNS) != 0) skip("unshare(CLONE_NEWNS) not permitted");
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+          skip("cannot make mounts private");
+        }
+        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=32m") != 0) {
+          skip("cannot mount a tmpfs on /dev/shm");
+        }
+        const std::string name = "shmap-test-large";
+        StringMap m = StringMap::create(name, {.initial_capacity = 8});
+        auto value = [](int i) { return std::string((1u << 20) + i, static_cast<char>('a' + i)); };
+        for (int i = 0; i < 16; ++i) {
+          CHILD_CHECK(m.insert("v" + std::to_string(i), value(i)), "insert %d", i);
+        }
+        for (int i = 0; i < 16; ++i) CHILD_CHECK(m.erase("v" + std::to_string(i)), "erase %d", i);
+        m.compact();
+        CHILD_CHECK(m.insert("small", "s"), "insert small");
+        const std::uint64_t taken = fill_fs("/dev/shm/filler");
+        std::fprintf(stderr, "[ info     ] filler took %llu bytes\n", (unsigned long long)taken);
+        int put = 0;
+        for (;; ++put) {
+          try {
+            CHILD_CHECK(m.insert("w" + std::to_string(put), value(put)), "insert w%d", put);
+          } catch (const Error& e) {
+            CHILD_CHECK(e.code() == Errc::out_of_space, "insert w%d: %s", put, e.what());
+            break;
+          }
+          CHILD_CHECK(put < 16, "16 MiB of values fit in a full /dev/shm");
+        }
+        CHILD_CHECK(!m.contains("w" + std::to_string(put)), "the failed write left its key");
+        for (int i = 0; i < put; ++i) {
+          CHILD_CHECK(m.find("w" + std::to_string(i)) == value(i), "w%d is wrong", i);
+        }
+        ::unlink("/dev/shm/filler");
+        for (int i = put; i < 16; ++i) {
+          CHILD_CHECK(m.insert("w" + std::to_string(i), value(i)), "insert w%d", i);
+        }
+        for (int i = 0; i < 16; ++i) {
+          CHILD_CHECK(m.find("w" + std::to_string(i)) == value(i), "w%d is wrong", i);
+        }
+        RecordStats rs;
+        const auto report = m.check(&rs);
+        CHILD_CHECK(report.ok && rs.leaked == 0, "check: %s",
+                    report.problems.empty() ? "" : report.problems.front().c_str());
+        StringMap::remove(name);
+        return true;
+      },
+      seconds(120 * kSlow));
+  if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
+  EXPECT_TRUE(r.ok()) << "the child " << r.describe()
+                      << (r.signal == SIGBUS ? ": SIGBUS writing into a reused record" : "");
 }
 
 TEST_F(SpaceTest, MaxBytesIsOutOfSpace) {

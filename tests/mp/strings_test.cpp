@@ -49,7 +49,8 @@ struct SVal {
   static SVal make(std::uint64_t k, std::uint64_t ver) {
     std::string s = "k=" + std::to_string(k) + " v=" + std::to_string(ver) + " ";
     std::uint64_t x = mix(k * 131 + ver);
-    const std::size_t fill = 8 + x % 1560;
+    // One value in 16 takes a large record (4 KiB .. 196 KiB), the rest small ones.
+    const std::size_t fill = x % 16 == 0 ? 4000 + (x >> 8) % 196000 : 8 + x % 1560;
     for (std::size_t i = 0; i < fill; ++i) {
       if (i % 8 == 0) x = mix(x);
       s += static_cast<char>('a' + (x >> (8 * (i % 8))) % 26);

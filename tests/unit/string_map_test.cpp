@@ -123,11 +123,13 @@ TEST(StringMap, EveryLengthUpToTheLimitRoundTripsAndPastItNothingIsWritten) {
   ScopedName n("lengths");
   auto m = StringMap::create(n, {.initial_capacity = 8});
   std::map<std::string, std::string> model;
-  // Keys of 0..300 bytes with values of lengths that cover every record class.
+  // Keys of 0..300 bytes with values of lengths that cover the small and large record
+  // classes, up to the limit.
   for (std::size_t kl = 0; kl <= 300; kl += 7) {
     for (std::size_t vl :
          {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{9},
-          std::size_t{100}, std::size_t{1000}, kMaxStringEntryBytes - kl}) {
+          std::size_t{100}, std::size_t{1000}, std::size_t{4070}, std::size_t{4100},
+          std::size_t{70000}, std::size_t{1} << 20, kMaxStringEntryBytes - kl}) {
       std::string k = bytes_of(kl * 1000 + vl, kl);
       k += std::to_string(vl);  // distinct per value length
       if (k.size() + vl > kMaxStringEntryBytes) vl = kMaxStringEntryBytes - k.size();
@@ -223,7 +225,7 @@ TEST(StringMap, KeysOfOneHashShareARecordAndStayApart) {
   model["key1"] = "cas";
   EXPECT_EQ(contents(m), model);
   // Entries of one hash that do not fit one record together: out_of_space, nothing written.
-  const std::string big(3000, 'b');
+  const std::string big(kMaxStringEntryBytes / 2 + 100, 'b');
   std::string a, b;
   for (int i = 0; a.empty() || b.empty(); ++i) {
     const std::string k = "big" + std::to_string(i);
@@ -274,6 +276,45 @@ TEST(StringMap, GrowsAndShrinksFromCapacity8AndGivesRecordsBack) {
   EXPECT_EQ(rs.leaked, 0u);
   EXPECT_EQ(rs.live, 0u);
   EXPECT_GT(rs.free, 0u);
+}
+
+TEST(StringMap, LargeValuesGiveTheirPagesBackWhenFreedAndAreReused) {
+  ScopedName n("large");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  constexpr int kValues = 24;
+  const std::size_t mib = std::size_t{1} << 20;
+  auto value = [&](int i, int pass) { return bytes_of(std::uint64_t(i) * 7 + pass, mib + i); };
+  const std::size_t before = m.stats().allocated_bytes;
+  std::size_t first_arena = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    for (int i = 0; i < kValues; ++i) {
+      ASSERT_TRUE(m.insert("big" + std::to_string(i), value(i, pass)));
+    }
+    for (int i = 0; i < kValues; ++i) {
+      ASSERT_EQ(m.find("big" + std::to_string(i)), value(i, pass)) << i;
+    }
+    EXPECT_GE(m.stats().allocated_bytes - before, kValues * mib);
+    // Passes 2 and 3 reuse the first pass's records: the segment does not grow.
+    if (pass == 0) first_arena = m.stats().segment_bytes;
+    EXPECT_LE(m.stats().segment_bytes, first_arena + mib) << "pass " << pass;
+    for (int i = 0; i < kValues; ++i) ASSERT_TRUE(m.erase("big" + std::to_string(i)));
+    m.compact();  // reclaims the retired records: their pages go back to the system
+    RecordStats rs;
+    ASSERT_TRUE(m.check(&rs).ok);
+    EXPECT_EQ(rs.live, 0u);
+    EXPECT_EQ(rs.leaked, 0u);
+    EXPECT_EQ(rs.retired, 0u);
+    EXPECT_GE(rs.free, static_cast<std::size_t>(kValues));
+    // Freed large records keep one page each: at most 1/8 of their bytes stays occupied.
+    EXPECT_LT(m.stats().allocated_bytes - before, kValues * mib / 8) << "pass " << pass;
+  }
+  // Overwriting a large value in place many times keeps one or two records' worth of memory.
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(m.insert_or_assign("again", value(i % 3, i)), i == 0);
+  }
+  m.compact();
+  EXPECT_EQ(m.find("again"), value(199 % 3, 199));
+  EXPECT_LT(m.stats().allocated_bytes - before, 8 * mib);
 }
 
 TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {

@@ -93,6 +93,7 @@
 // stop there. The full argument is in table.cpp ("Fingerprints").
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -100,8 +101,9 @@
 namespace shmap::detail {
 
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
-/// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). Format 1 is refused.
-inline constexpr std::uint32_t kFormatVersion = 3;
+/// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). 3: typed maps' types and
+/// record heap. 4: large record classes (string entries up to 2 MiB). Others are refused.
+inline constexpr std::uint32_t kFormatVersion = 4;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
@@ -307,27 +309,59 @@ struct alignas(16) StackHead {
 static_assert(sizeof(StackHead) == 16, "one cmpxchg16b unit");
 
 /// Record classes: block sizes in bytes (a 16-byte record header, then the value).
-inline constexpr std::size_t kRecordClasses = 27;
-inline constexpr std::uint32_t kRecordClassBytes[kRecordClasses] = {
-    32,  48,  64,  80,  96,   112,  128,  160,  192,  224,  256,  320,  384, 448,
-    512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096};
+///   small (0 .. kSmallRecordClasses-1): many blocks to a slab of kSlabBytes;
+///   large (the rest): one block to an extent of kLargeClassPages pages, the block filling it
+///   after the 64-byte slab header. While a large block is free, its pages beyond the first are
+///   given back to the system (hole punch), and reserved again when it is reused.
+inline constexpr std::size_t kSmallRecordClasses = 27;
+inline constexpr std::size_t kLargeRecordClasses = 31;
+inline constexpr std::size_t kRecordClasses = kSmallRecordClasses + kLargeRecordClasses;
+inline constexpr std::uint32_t kLargeClassPages[kLargeRecordClasses] = {
+    2,  3,  4,  5,  6,  7,   8,   10,  12,  14,  16,  20,  24,  28,  32, 40,
+    48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512};
+inline constexpr std::uint32_t kSlabHeaderBytes = 64;  // sizeof(SlabHeader), pinned below
+inline constexpr std::array<std::uint32_t, kRecordClasses> kRecordClassBytes = [] {
+  std::array<std::uint32_t, kRecordClasses> b{32,   48,   64,   80,   96,   112,  128,  160,  192,
+                                              224,  256,  320,  384,  448,  512,  640,  768,  896,
+                                              1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096};
+  for (std::size_t c = 0; c < kLargeRecordClasses; ++c) {
+    b[kSmallRecordClasses + c] = kLargeClassPages[c] * 4096 - kSlabHeaderBytes;
+  }
+  return b;
+}();
 inline constexpr std::size_t kRecordHeaderBytes = 16;
 
-/// A slab: one arena extent of kSlabBytes carved into records of one class. Its first words can
-/// never pass as a table header (kSlabMagic is not a power of two), so the leak sweep, which
-/// walks the arena extent by extent, recognises it and steps over it (leaks.cpp).
+/// A slab: one arena extent carved into records of one class: kSlabBytes for a small class,
+/// kLargeClassPages pages for a large one (one block). Its first words can never pass as a
+/// table header (kSlabMagic is not a power of two), so the leak sweep, which walks the arena
+/// extent by extent, recognises it and steps over it (leaks.cpp).
 inline constexpr std::uint64_t kSlabBytes = std::uint64_t{64} << 10;
 inline constexpr std::uint64_t kSlabMagic = 0x62616c7370616d73ULL;  // "smapslab"
+/// The extent a slab of class cls asks for (the allocator may hand out up to twice that).
+constexpr std::uint64_t class_extent(std::size_t cls) {
+  return cls < kSmallRecordClasses
+             ? kSlabBytes
+             : std::uint64_t{kLargeClassPages[cls - kSmallRecordClasses]} * 4096;
+}
+/// Whether a slab header's class and extent size agree (read from shared memory: validated).
+constexpr bool slab_shape_ok(std::uint64_t cls, std::uint64_t extent) {
+  return cls < kRecordClasses && extent % 4096 == 0 && extent >= class_extent(cls) &&
+         extent <= 2 * class_extent(cls);
+}
+/// The blocks of a slab of class cls and `extent` bytes (slab_shape_ok).
+constexpr std::uint64_t slab_blocks(std::size_t cls, std::uint64_t extent) {
+  return cls < kSmallRecordClasses ? (extent - kSlabHeaderBytes) / kRecordClassBytes[cls] : 1;
+}
 struct SlabHeader {
   std::uint64_t magic;         // kSlabMagic, written last (release): the slab is complete
-  std::uint64_t extent_bytes;  // kSlabBytes
+  std::uint64_t extent_bytes;  // class_extent(cls) .. twice that
   std::uint32_t cls;           // its record class
   std::uint32_t block_bytes;   // kRecordClassBytes[cls]
-  std::uint64_t blocks;        // (kSlabBytes - sizeof(SlabHeader)) / block_bytes
+  std::uint64_t blocks;        // slab_blocks(cls, extent_bytes)
   std::uint64_t next;          // the slab directory: the slab pushed before this one
   std::uint64_t reserved[3];
 };
-static_assert(sizeof(SlabHeader) == 64, "records start one line into the slab");
+static_assert(sizeof(SlabHeader) == kSlabHeaderBytes, "records start one line into the slab");
 static_assert(offsetof(SlabHeader, extent_bytes) == 8, "slab size where a table keeps bits");
 
 /// The first 16 bytes of every record block; the value follows.
@@ -401,7 +435,7 @@ struct SegmentHeader {
   // A string map (StringMap): entries beyond one per bucket, in the records that hold two or
   // more keys of one 64-bit hash (size() adds it; string_map.cpp says when it can be off).
   alignas(kCacheLine) std::atomic<std::int64_t> extra_entries;
-  std::uint8_t reserved2[kPage - 1800];
+  std::uint8_t reserved2[kPage - 2312];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
 static_assert(offsetof(SegmentHeader, current_table) == 128, "hot read-mostly line");
@@ -425,7 +459,7 @@ static_assert(offsetof(SegmentHeader, slab_head) == 1280 &&
                   offsetof(SegmentHeader, limbo) == 1296 &&
                   offsetof(SegmentHeader, record_free) == 1344,
               "format 3: record heap pinned");
-static_assert(offsetof(SegmentHeader, extra_entries) == 1792, "format 3: string maps' count");
+static_assert(offsetof(SegmentHeader, extra_entries) == 2304, "format 4: string maps' count");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");

@@ -227,6 +227,12 @@ class MapImpl {
   std::uint64_t allocate(std::uint64_t bytes, std::uint64_t* got) const;
   /// Gives an extent back: its pages to the system (hole punch), its range to the free list.
   void free_extent(std::uint64_t offset, std::uint64_t bytes) const;
+  /// Gives the pages of [offset, offset + bytes) back to the system (they read as zeros after);
+  /// the range stays allocated. Page-aligned ranges inside the arena only; never throws.
+  void release_pages(std::uint64_t offset, std::uint64_t bytes) const noexcept;
+  /// Reserves the pages of an allocated range again (after release_pages), so that stores into
+  /// it cannot SIGBUS on a full /dev/shm. Throws out_of_space, io_error.
+  void reserve_pages(std::uint64_t offset, std::uint64_t bytes) const;
   std::uint64_t allocated_bytes() const;
 
   // ---- handles.cpp ------------------------------------------------------------------------

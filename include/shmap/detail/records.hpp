@@ -6,10 +6,10 @@
 // it retires it to the limbo stack, stamped with the global epoch; reclaim() gives it back to
 // its class's free stack once no pinned reader can still hold it (the tables' epoch rule).
 //
-// Layout (layout.hpp): slabs of kSlabBytes from the extent allocator, each carved into blocks
-// of one class; per class a free stack, and one limbo stack, all Treiber stacks with tagged
-// heads in the segment header; a slab directory (push-only list) so that check() can walk
-// every block.
+// Layout (layout.hpp): slabs from the extent allocator, each carved into blocks of one class
+// (a large class: one block to a slab, its pages given back to the system while it is free); per
+// class a free stack, and one limbo stack, all Treiber stacks with tagged heads in the segment
+// header; a slab directory (push-only list) so that check() can walk every block.
 #pragma once
 
 #include <cstddef>
@@ -74,6 +74,8 @@ class RecordHeap {
   /// cls == SIZE_MAX) inside this process's mapping; nullptr otherwise.
   const SlabHeader* check_block(std::uint64_t off, std::size_t cls) const noexcept;
   std::uint64_t carve(std::size_t cls) const;
+  /// A large block being freed: its pages past the slab's first go back to the system.
+  void give_back_pages(std::uint64_t blk, const SlabHeader* s) const noexcept;
   /// Pushes the chain first..last (linked through word0, last's link is set here) onto a stack.
   /// Returns the head's new tag.
   static std::uint64_t push_chain(StackHead& head, std::uint64_t first, RecordHeader* last);
