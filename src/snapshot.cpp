@@ -75,6 +75,7 @@
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
 #include "shmap/detail/temporaries.hpp"
+#include "shmap/string_map.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace shmap {
@@ -184,6 +185,11 @@ constexpr std::uint32_t kSnapshotVersion = 1;
 // Version 2: a typed map's snapshot (DynamicMap::dump): the header adds both types, and an
 // entry is a key word then the value's bytes. A uint64 map still writes version 1.
 constexpr std::uint32_t kSnapshotVersionTyped = 2;
+// Version 3: a map with string keys (StringMap, TypedMap<std::string, V>): version 2's header;
+// the chunks carry a byte stream (a chunk's count is its bytes) of entries {u32 key length,
+// u32 value length, key, value}, an entry possibly spanning chunks (docs/FORMAT.md).
+constexpr std::uint32_t kSnapshotVersionStrings = 3;
+constexpr std::uint32_t kStringChunkBytes = 64 << 10;
 constexpr std::uint32_t kChunkTag = 0x4b4e4843;   // "CHNK" little-endian
 constexpr std::uint32_t kFooterTag = 0x544f4f46;  // "FOOT" little-endian
 constexpr std::uint32_t kChunkEntries = 4096;     // 64 KiB of entries per chunk
@@ -1058,10 +1064,11 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               std::to_string(kLeadBytes));
   }
   const std::uint32_t version = get32(lead + 8);
-  if (version != kSnapshotVersion && version != kSnapshotVersionTyped) {
-    w.fail(Errc::version_mismatch,
-           "format version " + std::to_string(version) + " at byte 8; this build reads versions " +
-               std::to_string(kSnapshotVersion) + " and " + std::to_string(kSnapshotVersionTyped));
+  if (version != kSnapshotVersion && version != kSnapshotVersionTyped &&
+      version != kSnapshotVersionStrings) {
+    w.fail(Errc::version_mismatch, "format version " + std::to_string(version) +
+                                       " at byte 8; this build reads versions 1 to " +
+                                       std::to_string(kSnapshotVersionStrings));
   }
   res.version = version;
   const std::uint32_t body_bytes = get32(lead + 12);
@@ -1077,7 +1084,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                               " bytes, the file has " + std::to_string(size));
   }
   head.insert(head.end(), body, body + body_bytes);
-  check_header_lengths(body, body_bytes, w, version == kSnapshotVersionTyped);
+  check_header_lengths(body, body_bytes, w, version != kSnapshotVersion);
   {
     const std::uint64_t stored = get64(body + body_bytes);
     const std::uint64_t computed = XXH3_64bits(head.data(), head.size());
@@ -1094,7 +1101,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
         std::string(reinterpret_cast<const char *>(head.data() + kLeadBytes), body_bytes));
     cereal::PortableBinaryInputArchive ar(is);
     ar(res.header);
-    if (version == kSnapshotVersionTyped) ar(res.types);
+    if (version != kSnapshotVersion) ar(res.types);
   } catch (const std::exception &e) {
     w.fail(Errc::corrupt, std::string("header body does not decode: ") + e.what());
   }
@@ -1113,6 +1120,20 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                                 std::to_string(kMaxValueBytes) + " bytes)");
     }
     res.entry_bytes = 8 + std::size_t{t.value_size};
+  }
+  if (version == kSnapshotVersionStrings) {
+    const TypedFields &t = res.types;
+    const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
+    const bool string_values = t.value_kind == strings && t.value_size == 0;
+    if (t.key_kind != strings || t.key_size != 0 ||
+        (!string_values && (t.value_size == 0 || t.value_size > kMaxStringEntryBytes)) ||
+        t.key_name.size() > 4096 || t.value_name.size() > 4096) {
+      w.fail(Errc::corrupt, "header records types (key kind " + std::to_string(t.key_kind) +
+                                ", value kind " + std::to_string(t.value_kind) + " of " +
+                                std::to_string(t.value_size) +
+                                " bytes) that no map with string keys has");
+    }
+    res.entry_bytes = 1;  // the chunks carry bytes
   }
   if (h.chunk_entries == 0 || h.chunk_entries > kMaxChunkEntries) {
     w.fail(Errc::corrupt, "header says " + std::to_string(h.chunk_entries) +
@@ -1677,7 +1698,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
     };
   } else {
     const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
-    if (res.version == kSnapshotVersionTyped) {
+    if (res.version != kSnapshotVersion) {
       w.fail(Errc::layout_mismatch,
              "holds a typed map's entries (" + res.header.key_type + " -> " +
                  res.header.value_type +
@@ -1795,8 +1816,16 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
 // ---- typed maps (snapshot version 2) -----------------------------------------------------------
 
 /// The uint64 map under a DynamicMap (a friend of it): the snapshot code walks and holds it.
+/// (And the core of a StringMap, which it walks with the StringMap's own visit.)
 struct SnapshotAccess {
   static const Map &map(const DynamicMap &d) { return d.map_; }
+  static const DynamicMap &core(const StringMap &s) { return s.core_; }
+  static void visit(const StringMap &s, void (*fn)(void *, std::string_view, std::string_view),
+                    void *ctx) {
+    s.visit(fn, ctx);
+  }
+  /// The string-keyed map under a DynamicMap whose types were checked (a loaded snapshot's).
+  static StringMap strings(DynamicMap d) { return StringMap(StringMap::Checked{}, std::move(d)); }
   /// A typed map whose segment records exactly `types` (a loaded snapshot's).
   static DynamicMap create(const std::string &name, const Options &o, const SegmentTypes &types) {
     return DynamicMap::create_recorded(name, o, types);
@@ -1903,16 +1932,204 @@ void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
   out.commit();
 }
 
-/// True if the file at `path` starts like a version-2 (typed) binary snapshot.
-bool is_typed_snapshot(const std::string &path) {
-  if (path == "-") return false;  // standard input cannot be peeked at: Map::load reads it
+/// What the file at `path` starts like: the version of a binary snapshot (its magic, then the
+/// version word), kJsonKind for text that opens with '{', 0 for anything else (too short, bad
+/// magic, unreadable, or standard input, which cannot be peeked at: Map::load reads it).
+constexpr std::uint32_t kJsonKind = UINT32_MAX;
+std::uint32_t snapshot_kind(const std::string &path) {
+  if (path == "-") return 0;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return false;  // Map::load reports why
-  unsigned char lead[kLeadBytes];
-  const bool typed = ::pread(fd, lead, sizeof lead, 0) == static_cast<ssize_t>(sizeof lead) &&
-                     std::memcmp(lead, kMagic, 8) == 0 && get32(lead + 8) == kSnapshotVersionTyped;
+  if (fd < 0) return 0;  // Map::load reports why
+  unsigned char lead[256];
+  const ssize_t n = ::pread(fd, lead, sizeof lead, 0);
   ::close(fd);
-  return typed;
+  if (n >= static_cast<ssize_t>(kLeadBytes) && std::memcmp(lead, kMagic, 8) == 0) {
+    return get32(lead + 8);
+  }
+  for (ssize_t i = 0; i < n; ++i) {
+    if (lead[i] == '{') return kJsonKind;
+    if (lead[i] != ' ' && lead[i] != '\n' && lead[i] != '\r' && lead[i] != '\t') break;
+  }
+  return 0;
+}
+
+// ---- maps with string keys (snapshot version 3) ----------------------------------------------
+
+/// Version 3's entries, {u32 key length, u32 value length, key, value} back to back, as the
+/// chunks carry them: bytes in, whole entries out, each checked before it is used.
+class EntryStream {
+ public:
+  /// fixed: every value has this many bytes (a TypedMap<std::string, V>'s), 0: any.
+  EntryStream(const Where &w, std::size_t fixed) : w_(w), fixed_(fixed) {}
+  /// Takes the next n bytes of the stream; emit(key, value) for each entry they complete.
+  template <class F>
+  void feed(const unsigned char *p, std::size_t n, F &&emit) {
+    buf_.append(reinterpret_cast<const char *>(p), n);
+    for (;;) {
+      const std::size_t have = buf_.size() - at_;
+      if (have < 8) break;
+      const auto *e = reinterpret_cast<const unsigned char *>(buf_.data() + at_);
+      const std::uint64_t klen = get32(e), vlen = get32(e + 4);
+      if (klen + vlen > kMaxStringEntryBytes || (fixed_ != 0 && vlen != fixed_)) {
+        w_.fail(
+            Errc::corrupt,
+            "entry " + std::to_string(entries_) + " at byte " + std::to_string(offset_) +
+                " of the entry stream has a key of " + std::to_string(klen) +
+                " bytes and a value of " + std::to_string(vlen) +
+                (fixed_ != 0 ? " (this map's values have " + std::to_string(fixed_) + ")"
+                             : " (together at most " + std::to_string(kMaxStringEntryBytes) + ")"));
+      }
+      if (have < 8 + klen + vlen) break;
+      const std::string_view all(buf_);
+      emit(all.substr(at_ + 8, klen), all.substr(at_ + 8 + klen, vlen));
+      min_value_ = std::min<std::uint64_t>(min_value_, vlen);
+      max_value_ = std::max<std::uint64_t>(max_value_, vlen);
+      at_ += 8 + klen + vlen;
+      offset_ += 8 + klen + vlen;
+      ++entries_;
+    }
+    // Keep only the unfinished entry's bytes.
+    if (at_ > (64 << 10) || at_ == buf_.size()) {
+      buf_.erase(0, at_);
+      at_ = 0;
+    }
+  }
+  /// The stream ended: no entry may be left half.
+  void finish() const {
+    if (buf_.size() != at_) {
+      w_.fail(Errc::corrupt, "the entry stream ends inside entry " + std::to_string(entries_) +
+                                 " (at byte " + std::to_string(offset_) + ")");
+    }
+  }
+  std::uint64_t entries() const { return entries_; }
+  /// Whether every value had exactly `bytes` bytes.
+  bool values_all(std::uint64_t bytes) const {
+    return entries_ == 0 || (min_value_ == bytes && max_value_ == bytes);
+  }
+
+ private:
+  const Where &w_;
+  std::size_t fixed_;
+  std::string buf_;
+  std::size_t at_ = 0;
+  std::uint64_t offset_ = 0, entries_ = 0;
+  std::uint64_t min_value_ = UINT64_MAX, max_value_ = 0;
+};
+
+void append_entry(std::string &to, std::string_view k, std::string_view v) {
+  unsigned char lens[8];
+  put32(lens, static_cast<std::uint32_t>(k.size()));
+  put32(lens + 4, static_cast<std::uint32_t>(v.size()));
+  to.append(reinterpret_cast<const char *>(lens), 8);
+  to.append(k);
+  to.append(v);
+}
+
+void dump_strings(const StringMap &s, const Where &w, bool point_in_time) {
+  const DynamicMap &d = SnapshotAccess::core(s);
+  const Map &m = SnapshotAccess::map(d);
+  AtomicFile out(w, m.stats().options.mode);
+  std::string copy;  // point in time: the entry stream, copied under the hold
+  std::uint64_t hint = 0;
+  SnapshotHeader h;
+  auto header = [&](bool pit) {
+    h = header_for(m, pit, hint);
+    h.key_type = d.key_type().name;
+    h.value_type = d.value_type().name;
+    h.chunk_entries = kStringChunkBytes;
+  };
+  if (point_in_time) {
+    WriterHold hold(m.impl(), true);
+    hint = s.size();
+    header(true);
+    report("dump", 0, hint);
+    std::uint64_t n = 0;
+    s.for_each([&](std::string_view k, std::string_view v) {
+      append_entry(copy, k, v);
+      ++n;
+    });
+    require_hold(m, true);
+    h.entry_count = n;
+  } else {
+    hint = s.size();
+    header(false);
+  }
+  std::ostringstream body_stream;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+    ar(typed_fields(d));
+  }
+  if (!point_in_time) report("dump", 0, hint);
+  BinaryWriter bw(out, kSnapshotVersionStrings, body_stream.str(), 1, kStringChunkBytes,
+                  copy.size());
+  auto add = [&](std::string_view bytes) {
+    for (const char c : bytes) {
+      if (bw.failed()) return;
+      *bw.next() = static_cast<unsigned char>(c);
+      bw.added();
+    }
+  };
+  if (point_in_time) {
+    add(copy);
+  } else {
+    std::string one;
+    s.for_each([&](std::string_view k, std::string_view v) {
+      one.clear();
+      append_entry(one, k, v);
+      add(one);
+    });
+  }
+  bw.finish();
+  report("sync", 0, 0);
+  out.commit();
+}
+
+void load_strings(const std::string &path, const std::string &name, const LoadOptions &options,
+                  const Where &w, const DynamicMap::Layout *expect) {
+  validate_name(name);
+  if (options.mode != LoadOptions::Mode::create) {
+    w.fail(Errc::invalid_argument,
+           "--replace and --merge of a string map's snapshot are not supported yet; load it "
+           "into a new map (remove the old one first, or load under another name)");
+  }
+  std::uint64_t size = 0;
+  Fd fd = open_input(w, &size);
+  const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
+  // The verify pass checks every entry too, before anything is made.
+  EntryStream verify(w, 0);
+  const ScanResult res =
+      scan_binary(fd.get(), size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
+        verify.feed(e, n, [](std::string_view, std::string_view) {});
+      });
+  verify.finish();
+  const SegmentTypes types = res.types.records();
+  const std::size_t fixed = res.types.value_kind == strings ? 0 : res.types.value_size;
+  if (fixed != 0 && !verify.values_all(fixed)) {
+    w.fail(Errc::corrupt,
+           "holds values of other sizes than its value type's " + std::to_string(fixed) + " bytes");
+  }
+  const std::uint64_t entries = verify.entries();
+  if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {
+    w.fail(Errc::layout_mismatch, "the snapshot holds " + describe_types(types) +
+                                      ", the map wanted holds " +
+                                      describe_types(layout_types(name, *expect)));
+  }
+  build_staged(
+      name, path, "remove it first (a snapshot loads into a new map)", [&](const std::string &tmp) {
+        Options o = creation_options(res.header, options.options);
+        o.initial_capacity = std::max<std::size_t>(o.initial_capacity, entries * 2 + 2);
+        StringMap staging = SnapshotAccess::strings(SnapshotAccess::create(tmp, o, types));
+        EntryStream feed(w, fixed);
+        // The second pass verifies again as it feeds (a file changed in between fails).
+        scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+          feed.feed(e, n, [&](std::string_view k, std::string_view v) {
+            staging.insert_or_assign(k, v);
+          });
+        });
+        feed.finish();
+      });
 }
 
 DynamicMap load_typed(const std::string &path, const std::string &name, const LoadOptions &options,
@@ -1964,8 +2181,9 @@ void DynamicMap::dump(const std::string &path, const DumpOptions &options) const
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
     if (holds_strings()) {
-      w.fail(Errc::invalid_argument,
-             "snapshots of string maps are not supported yet; nothing was written");
+      // Through a StringMap view of the same segment (its walk knows the entry lists).
+      StringMap::open_any(name(), OpenOptions{.read_only = read_only()}).dump(path, options);
+      return;
     }
     if (options.json) {
       w.fail(Errc::invalid_argument,
@@ -1985,10 +2203,16 @@ DynamicMap load_any(const std::string &path, const std::string &name, const Load
                     const DynamicMap::Layout *expect) {
   const detail::Where w{name, path};
   return detail::only_shmap_errors(w, [&] {
-    if (!detail::is_typed_snapshot(path)) {
-      // Version 1 or JSON: a uint64 map.
+    const std::uint32_t version = detail::snapshot_kind(path);
+    if (version != 2 && version != 3) {
+      // Version 1 or JSON: a uint64 map (or not a snapshot: Map::load says what is wrong).
       const TypeInfo u64 = type_info<std::uint64_t>();
-      if (expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
+      const bool v1 = version == 1 || version == detail::kJsonKind;
+      if (path == "-" && expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
+        w.fail(Errc::invalid_argument,
+               "a typed map's snapshot is not read from standard input yet; give a file");
+      }
+      if (v1 && expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
         w.fail(Errc::layout_mismatch,
                "the snapshot holds uint64 -> uint64, the map wanted holds " +
                    detail::describe_types(detail::layout_types(name, *expect)));
@@ -1996,10 +2220,38 @@ DynamicMap load_any(const std::string &path, const std::string &name, const Load
       Map::load(path, name, options);
       return DynamicMap::open(name);
     }
+    if (version == 3) {
+      detail::load_strings(path, name, options, w, expect);
+      return DynamicMap::open(name);
+    }
     return detail::load_typed(path, name, options, w, expect);
   });
 }
 }  // namespace
+
+void StringMap::dump(const std::string &path, const DumpOptions &options) const {
+  const detail::Where w{name(), path};
+  detail::only_shmap_errors(w, [&] {
+    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (options.json) {
+      w.fail(Errc::invalid_argument,
+             "the JSON form of a string map's snapshot is not supported yet; dump the binary "
+             "form");
+    }
+    if (options.point_in_time && read_only()) {
+      w.fail(Errc::permission_denied,
+             "a point-in-time dump holds writers back, which a read-only attachment may not do; "
+             "attach read-write, or dump without --point-in-time");
+    }
+    detail::dump_strings(*this, w, options.point_in_time);
+  });
+}
+
+StringMap StringMap::load(const std::string &path, const std::string &name,
+                          const LoadOptions &options) {
+  DynamicMap::load(path, name, options, layout());
+  return open(name);
+}
 
 DynamicMap DynamicMap::load(const std::string &path, const std::string &name,
                             const LoadOptions &options) {

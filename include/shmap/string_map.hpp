@@ -17,8 +17,8 @@
 //
 // The segment records its types as string -> string: TypedMap, DynamicMap's value operations
 // and shmap::Map refuse it (layout_mismatch), and StringMap refuses every other map.
-// Not yet: snapshots (dump refuses with invalid_argument), other key or value types beside a
-// string, the multimap.
+// Snapshots: dump()/load() (binary, version 3; not yet JSON, replace or merge). Not yet: other
+// key types beside a string, the multimap.
 #pragma once
 
 #include <cstddef>
@@ -59,6 +59,13 @@ class StringMap {
   std::size_t value_bytes() const { return fixed_; }
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), string_type()}; }
+  /// Writes a binary snapshot of the map (version 3: its types, then every entry; "-":
+  /// standard output), as Map::dump. Not yet: options.json (invalid_argument).
+  void dump(const std::string& path, const DumpOptions& options = {}) const;
+  /// Makes map `name` from a snapshot of a string -> string map (layout_mismatch for other
+  /// types), complete or not at all, as Map::load. Not yet: Mode::replace and Mode::merge.
+  static StringMap load(const std::string& path, const std::string& name,
+                        const LoadOptions& options = {});
 
   std::optional<std::string> find(std::string_view key) const;
   /// As find(), into *out (its capacity reused); false if absent.
@@ -118,6 +125,7 @@ class StringMap {
  private:
   template <class K, class V>
   friend class TypedMap;
+  friend struct detail::SnapshotAccess;
   /// A string -> string map (else layout_mismatch, naming both).
   explicit StringMap(DynamicMap core);
   /// Any string-keyed map whose types the caller has checked (TypedMap<std::string, V>).
@@ -182,6 +190,15 @@ class TypedMap<std::string, V> {
   }
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), type_info<V>()}; }
+  /// As StringMap::dump.
+  void dump(const std::string& path, const DumpOptions& options = {}) const {
+    core_.dump(path, options);
+  }
+  /// As StringMap::load, for a snapshot of a map of exactly these types.
+  static TypedMap load(const std::string& path, const std::string& name,
+                       const LoadOptions& options = {}) {
+    return TypedMap(DynamicMap::load(path, name, options, layout()));
+  }
 
   std::optional<V> find(std::string_view k) const {
     std::string b;

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "shmap/typed_map.hpp"
@@ -37,6 +38,26 @@ inline GoldenValue golden_value(std::int64_t k) {
   for (std::size_t i = 0; i < v.tag.size(); ++i) {
     v.tag[i] = static_cast<unsigned char>((static_cast<std::uint64_t>(k) >> (8 * i)) ^ 0x5a);
   }
+  return v;
+}
+
+/// tests/golden/v3-strings.shmap: a StringMap (string -> string) of kGoldenStringEntries
+/// entries. Keys: the empty one, binary bytes, short text, and one of 70,000 bytes; values:
+/// empty, text, binary, and one of 100,000 bytes (it spans two chunks of the entry stream).
+inline constexpr std::int64_t kGoldenStringEntries = 200;
+
+inline std::string golden_skey(std::int64_t i) {
+  if (i == 0) return "";
+  if (i == 1) return std::string(70000, 'K');
+  if (i == 2) return std::string("\0\xff\x01binary", 9);
+  return "key-" + std::to_string(i * 7919);
+}
+
+inline std::string golden_svalue(std::int64_t i) {
+  if (i == 3) return "";
+  if (i == 4) return std::string(100000, 'v') + "end";
+  std::string v = "value " + std::to_string(i) + " ";
+  for (std::int64_t j = 0; j < i % 37; ++j) v += static_cast<char>((i * 131 + j * 7) & 0xff);
   return v;
 }
 

@@ -6,6 +6,7 @@
 // failure means today's code no longer reads files people already have):
 //   build/tests/snapshot/shmap_make_golden tests/golden        the version-1 files
 //   build/tests/snapshot/shmap_make_golden tests/golden v2     the version-2 (typed) file
+//   build/tests/snapshot/shmap_make_golden tests/golden v3     the version-3 (string map) file
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +16,7 @@
 
 #include "golden_typed.hpp"
 #include "shmap/shmap.hpp"
+#include "shmap/string_map.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace {
@@ -76,8 +78,31 @@ void write_typed(const std::string& dir) {
   shmap::Map::remove(name);
 }
 
+/// v3-strings.shmap: a StringMap of kGoldenStringEntries entries.
+void write_strings(const std::string& dir) {
+  const std::string name = "shmap-make-golden-v3-strings";
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::StringMap::create(name, {.initial_capacity = 64, .max_handles = 8});
+    for (std::int64_t i = 0; i < shmap::golden::kGoldenStringEntries; ++i) {
+      m.insert_or_assign(shmap::golden::golden_skey(i), shmap::golden::golden_svalue(i));
+    }
+    m.dump(dir + "/v3-strings.shmap");
+  }
+  shmap::Map::remove(name);
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
+  if (argc > 2 && std::string(argv[2]) == "v3") {
+    try {
+      write_strings(dir);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (argc > 2 && std::string(argv[2]) == "v2") {
     try {
       write_typed(dir);

@@ -161,14 +161,17 @@ TEST_F(Damage, WrongMagic) {
 
 TEST_F(Damage, WrongVersion) {
   std::string b = bytes_;
-  b[8] = 3;  // a version no build has written
+  b[8] = 4;  // a version no build has written
   reseal(b);
-  const std::string msg = expect_rejected(b, Errc::version_mismatch, "version 3");
-  EXPECT_NE(msg.find("version 3"), std::string::npos) << msg;
-  // Version 2 (a typed map's) over a version-1 header: its type fields are missing.
-  b[8] = 2;
-  reseal(b);
-  expect_rejected(b, Errc::corrupt, "version 2 header without types");
+  const std::string msg = expect_rejected(b, Errc::version_mismatch, "version 4");
+  EXPECT_NE(msg.find("version 4"), std::string::npos) << msg;
+  // Version 2 (a typed map's) or 3 (a string map's) over a version-1 header: its type fields
+  // are missing.
+  for (const char v : {2, 3}) {
+    b[8] = v;
+    reseal(b);
+    expect_rejected(b, Errc::corrupt, "a typed version over a header without types");
+  }
 }
 
 TEST_F(Damage, WrongTypes) {

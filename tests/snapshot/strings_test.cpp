@@ -1,0 +1,218 @@
+// Snapshots of maps with string keys (version 3): round trips of every key and value length up
+// to 1 MiB, struct values under string keys, the types checked on load, damaged and truncated
+// files (nothing created), a point-in-time dump beside a writer, the golden file.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "golden_typed.hpp"
+#include "shmap/string_map.hpp"
+#include "snapshot/snapshot_util.hpp"
+#include "test_util.hpp"
+
+namespace shmap::test {
+namespace {
+
+bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
+
+/// n bytes computed from a seed: every byte value occurs.
+std::string bytes_of(std::uint64_t seed, std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((seed * 131 + i * 7 + (i >> 8)));
+  return s;
+}
+
+std::map<std::string, std::string> contents(const StringMap& m) {
+  std::map<std::string, std::string> c;
+  m.for_each([&](std::string_view k, std::string_view v) { c[std::string(k)] = std::string(v); });
+  return c;
+}
+
+void round_trip(bool point_in_time) {
+  TempDir dir;
+  ScopedName from("from"), to("to");
+  std::map<std::string, std::string> want;
+  {
+    auto m = StringMap::create(from, {.initial_capacity = 8});
+    std::uint64_t seed = 0;
+    for (std::size_t kl : {0, 1, 7, 8, 9, 64, 300, 70000}) {
+      for (std::size_t vl : {0, 1, 8, 100, 4070, 4100, 70000, 1 << 20}) {
+        if (kl + vl > kMaxStringEntryBytes) continue;
+        const std::string k = bytes_of(++seed, kl) + std::to_string(vl);
+        want[k] = bytes_of(seed * 3, vl);
+        m.insert_or_assign(k, want[k]);
+      }
+    }
+    for (int i = 0; i < 2000; ++i) {
+      want["n" + std::to_string(i)] = std::to_string(i);
+      m.insert_or_assign("n" + std::to_string(i), std::to_string(i));
+    }
+    for (int i = 0; i < 2000; i += 3) {  // some erased, some replaced
+      const std::string k = "n" + std::to_string(i);
+      if (i % 2 == 0) {
+        ASSERT_TRUE(m.erase(k));
+        want.erase(k);
+      } else {
+        want[k] = "again " + k;
+        m.insert_or_assign(k, want[k]);
+      }
+    }
+    m.dump(dir.path("s.shmap"), {.point_in_time = point_in_time});
+  }
+  StringMap back = StringMap::load(dir.path("s.shmap"), to);
+  EXPECT_EQ(back.size(), want.size());
+  EXPECT_TRUE(contents(back) == want) << "point in time: " << point_in_time;
+  RecordStats rs;
+  EXPECT_TRUE(back.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  // The loaded map is a string map like any other.
+  EXPECT_TRUE(back.insert("after", "load"));
+  EXPECT_EQ(StringMap::open(to).find("after"), "load");
+}
+
+TEST(StringSnapshot, RoundTripsEveryKeyAndValueLength) {
+  round_trip(false);
+  round_trip(true);
+}
+
+struct Quote {
+  double bid, ask;
+  std::uint32_t size;
+  bool operator==(const Quote&) const = default;
+};
+
+TEST(StringSnapshot, StructValuesRoundTripAndTheTypesAreCheckedBeforeAnythingIsCreated) {
+  using Q = TypedMap<std::string, Quote>;
+  TempDir dir;
+  ScopedName q("q"), s("s"), dst("dst");
+  {
+    Q m = Q::create(q);
+    for (std::uint32_t i = 0; i < 500; ++i) {
+      m.insert_or_assign("sym" + std::to_string(i), Quote{i * 0.5, i * 0.5 + 1, i});
+    }
+    m.dump(dir.path("q.shmap"));
+    auto t = StringMap::create(s);
+    t.insert_or_assign("a", "b");
+    t.dump(dir.path("s.shmap"));
+  }
+  Q back = Q::load(dir.path("q.shmap"), dst);
+  EXPECT_EQ(back.size(), 500u);
+  EXPECT_EQ(back.find("sym7"), (Quote{3.5, 4.5, 7}));
+  Map::remove(dst);
+  // Another view of either snapshot is refused, and no map appears.
+  EXPECT_EQ(code_of([&] { StringMap::load(dir.path("q.shmap"), dst); }), Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  EXPECT_EQ(code_of([&] { Q::load(dir.path("s.shmap"), dst); }), Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  EXPECT_EQ(code_of([&] { Map::load(dir.path("s.shmap"), dst); }), Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  EXPECT_EQ(code_of([&] { TypedMap<std::uint64_t, Quote>::load(dir.path("q.shmap"), dst); }),
+            Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  // DynamicMap dumps and loads every kind: a string map's dump through it reads back.
+  DynamicMap any = DynamicMap::load(dir.path("s.shmap"), dst);
+  EXPECT_TRUE(any.holds_strings());
+  any.dump(dir.path("s2.shmap"));
+  Map::remove(dst);
+  EXPECT_EQ(StringMap::load(dir.path("s2.shmap"), dst).find("a"), "b");
+  // Not yet: JSON, replace, merge. Each says so, and changes nothing.
+  auto t = StringMap::open(s);
+  EXPECT_EQ(code_of([&] { t.dump(dir.path("s.json"), {.json = true}); }), Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] {
+              StringMap::load(dir.path("s.shmap"), s, load_mode(LoadOptions::Mode::merge));
+            }),
+            Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] { StringMap::load(dir.path("s.shmap"), s); }), Errc::already_exists);
+  EXPECT_EQ(t.size(), 1u);
+}
+
+TEST(StringSnapshot, EveryDamagedOrTruncatedFileIsRefusedAndCreatesNothing) {
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  {
+    auto m = StringMap::create(src);
+    for (std::uint64_t k = 0; k < 3000; ++k) {
+      m.insert_or_assign("key" + std::to_string(k), bytes_of(k, k % 90));
+    }
+    m.insert_or_assign("big", bytes_of(1, 200000));  // an entry across chunks
+    m.dump(dir.path("t.shmap"));
+  }
+  const std::string good = read_file(dir.path("t.shmap"));
+  auto write = [&](const std::string& bytes) {
+    std::ofstream(dir.path("bad.shmap"), std::ios::binary | std::ios::trunc) << bytes;
+  };
+  // One flipped bit at a spread of places: the header, chunk headers, entries, the footer.
+  std::size_t refused = 0, tried = 0;
+  for (std::size_t at = 0; at < good.size(); at += good.size() / 97 + 1) {
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 0x10);
+    write(bad);
+    ++tried;
+    const Errc c = code_of([&] { DynamicMap::load(dir.path("bad.shmap"), dst); });
+    refused += c == Errc::corrupt || c == Errc::version_mismatch;
+    EXPECT_FALSE(exists(dst.str())) << "flipped byte " << at << " made a map";
+    if (exists(dst.str())) Map::remove(dst);
+  }
+  EXPECT_EQ(refused, tried);
+  for (const std::size_t len :
+       {std::size_t{0}, std::size_t{10}, std::size_t{40}, good.size() / 2, good.size() - 1}) {
+    write(good.substr(0, len));
+    const Errc c = code_of([&] { StringMap::load(dir.path("bad.shmap"), dst); });
+    EXPECT_EQ(c, Errc::corrupt) << "truncated to " << len;
+    EXPECT_FALSE(exists(dst.str()));
+  }
+  // The control: the undamaged file loads.
+  write(good);
+  EXPECT_EQ(StringMap::load(dir.path("bad.shmap"), dst).size(), 3001u);
+}
+
+TEST(StringSnapshot, TheGoldenFileOfAnEarlierBuildLoads) {
+  ScopedName n("golden-strings");
+  const std::string path = std::string(SHMAP_GOLDEN_DIR) + "/v3-strings.shmap";
+  auto m = StringMap::load(path, n);
+  EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenStringEntries));
+  for (std::int64_t i = 0; i < golden::kGoldenStringEntries; ++i) {
+    EXPECT_EQ(m.find(golden::golden_skey(i)), golden::golden_svalue(i)) << i;
+  }
+  const std::string b = read_file(path);
+  EXPECT_EQ(b.substr(0, 8), "SHMAPSNP");
+  EXPECT_EQ(b.substr(8, 4), std::string("\x03\x00\x00\x00", 4)) << "format version 3";
+}
+
+// One writer inserts k0, k1, k2, ... in order; a point-in-time dump taken meanwhile holds
+// exactly a prefix k0..k(n-1): no later key without every earlier one, no torn value.
+TEST(ConcurrentDump, AStringMapPointInTimeDumpBesideAWriterIsAPrefix) {
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  auto m = StringMap::create(src, {.initial_capacity = 8});
+  std::atomic<std::uint64_t> written{0};
+  std::atomic<bool> stop{false};
+  auto value = [](std::uint64_t i) { return "v" + std::to_string(i) + std::string(i % 300, 'x'); };
+  std::thread writer([&] {
+    auto w = StringMap::open(src);
+    for (std::uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+      w.insert("k" + std::to_string(i), value(i));
+      written.store(i + 1, std::memory_order_release);
+    }
+  });
+  while (written.load(std::memory_order_acquire) < 2000) std::this_thread::yield();
+  m.dump(dir.path("p.shmap"), {.point_in_time = true});
+  const std::uint64_t after = written.load(std::memory_order_acquire);
+  stop.store(true, std::memory_order_relaxed);
+  writer.join();
+  const auto got = contents(StringMap::load(dir.path("p.shmap"), dst));
+  ASSERT_GE(got.size(), 2000u);
+  EXPECT_LE(got.size(), after + 1);
+  for (std::uint64_t i = 0; i < got.size(); ++i) {
+    const auto it = got.find("k" + std::to_string(i));
+    ASSERT_TRUE(it != got.end()) << "k" << i << " missing from a dump of " << got.size();
+    ASSERT_EQ(it->second, value(i)) << "k" << i;
+  }
+}
+
+}  // namespace
+}  // namespace shmap::test
