@@ -74,6 +74,10 @@ class RecordWrite {
     give_back();
     return {WriteIntent::erase, 0};
   }
+  /// A string map's write: the change of SegmentHeader::extra_entries if it lands (decide sets
+  /// it on every try). commit() applies it, inside the write, so that a recount that holds
+  /// writers back (StringMap::compact) never sees a write's CAS without its count.
+  void set_extra(std::int64_t d) { extra_ = d; }
   void commit(std::optional<std::uint64_t> replaced);
   /// After the write, unpinned: a reclaim pass now and then, so that retired records return.
   void after();
@@ -96,6 +100,7 @@ class RecordWrite {
   std::uint64_t block_ = 0;  // allocated here, not published yet
   std::size_t block_cls_ = 0;
   bool committed_ = false;
+  std::int64_t extra_ = 0;
 };
 
 /// Runs a write: decide(RecordWrite&, current) -> intent, inside MapImpl::mutate. A full

@@ -462,7 +462,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     h.global_epoch.store(1, std::memory_order_relaxed);
     h.key_type = types.key;
     h.value_type = types.value;
-    h.kind = kKindMap;
+    h.kind = types.kind;
     m->types_ = types;
     m->seed_ = h.hash_seed;
     const std::uint64_t first = m->create_table(capacity, 0);
@@ -583,7 +583,8 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   std::memcpy(&held.value, &h.value_type, sizeof(TypeRecord));
   held.key.name[sizeof(held.key.name) - 1] = 0;
   held.value.name[sizeof(held.value.name) - 1] = 0;
-  if (h.kind != kKindMap) {
+  held.kind = std::atomic_ref<const std::uint64_t>(h.kind).load(std::memory_order_relaxed);
+  if (held.kind != kKindMap && held.kind != kKindMultimap) {
     fail(Errc::corrupt, name,
          "the segment header names an unknown kind of map (damaged); remove it with 'shmap rm " +
              name + "'");
@@ -684,7 +685,7 @@ bool same_types(const SegmentTypes& a, const SegmentTypes& b) {
     return x.size == y.size && x.align == y.align && x.kind == y.kind &&
            x.name_hash == y.name_hash && std::strncmp(x.name, y.name, sizeof(x.name)) == 0;
   };
-  return same(a.key, b.key) && same(a.value, b.value);
+  return a.kind == b.kind && same(a.key, b.key) && same(a.value, b.value);
 }
 
 std::string describe_types(const SegmentTypes& t) {
@@ -697,7 +698,7 @@ std::string describe_types(const SegmentTypes& t) {
     }
     return s;
   };
-  return one(t.key) + " -> " + one(t.value);
+  return (t.kind == kKindMultimap ? "a multimap " : "") + one(t.key) + " -> " + one(t.value);
 }
 
 std::uint64_t layout_signature() noexcept {

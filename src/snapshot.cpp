@@ -2180,6 +2180,10 @@ void DynamicMap::dump(const std::string &path, const DumpOptions &options) const
   const detail::Where w{name(), path};
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    if (is_multimap()) {
+      w.fail(Errc::invalid_argument,
+             "snapshots of multimaps are not supported yet; nothing was written");
+    }
     if (holds_strings()) {
       // Through a StringMap view of the same segment (its walk knows the entry lists).
       StringMap::open_any(name(), OpenOptions{.read_only = read_only()}).dump(path, options);

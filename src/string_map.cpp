@@ -13,11 +13,6 @@
 // (about 1 pair in 2^64 per pair of keys).
 #include "shmap/string_map.hpp"
 
-// xxHash compiled into this file (inline, header-only), as in snapshot.cpp: libshmap.a
-// needs no -lxxhash.
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -27,6 +22,7 @@
 #include "shmap/detail/entry_list.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
+#include "string_write.hpp"
 
 namespace shmap {
 
@@ -34,132 +30,39 @@ using namespace detail;  // NOLINT(google-build-using-namespace): one .cpp, no h
 
 namespace {
 
-/// The largest entry list: the largest entry, the list header and the entry's lengths.
-constexpr std::size_t kMaxListBytes = kMaxStringEntryBytes + 16;
-
-[[noreturn]] void damaged(const MapImpl& m, std::uint64_t w) {
-  fail(Errc::corrupt, m.name(),
-       "the string record at offset " + std::to_string(w) + " is damaged; run 'shmap check " +
-           m.name() + "'");
-}
-
-/// The published record at w (pinned: it is not reused while we are), validated.
-EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w) {
-  // The record's bytes were written before the CAS that published w (a full barrier); this
-  // orders our reads after our read of w in the C++ model too.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  const auto* p = static_cast<const unsigned char*>(heap.value(w, EntryList::kHeaderBytes));
-  std::uint32_t bytes = 0;
-  std::memcpy(&bytes, p + 4, 4);
-  if (bytes < EntryList::kHeaderBytes || bytes > kMaxListBytes) damaged(m, w);
-  p = static_cast<const unsigned char*>(heap.value(w, bytes));
-  EntryList list(p, bytes);
-  if (!list.valid()) damaged(m, w);
-  return list;
-}
-
-void check_entry(const MapImpl& m, std::string_view key, std::string_view value) {
-  if (key.size() + value.size() > kMaxStringEntryBytes) {
-    fail(Errc::invalid_argument, m.name(),
-         "a key of " + std::to_string(key.size()) + " bytes and a value of " +
-             std::to_string(value.size()) + " bytes take " +
-             std::to_string(key.size() + value.size()) + " bytes; a string map holds up to " +
-             std::to_string(kMaxStringEntryBytes) + " per entry; nothing was written");
-  }
-}
-
-/// A read-only attachment's read of the entry list under hash h: copied into *copy under a
-/// validated read (read_only.cpp), a valid list, or false if h is absent. A read-only pin
-/// protects nothing, but a record is reused only after a reclaimer advanced the global epoch
-/// past its unlink, so a copy made while the epoch stood still is of a record nobody reused.
-/// Throws corrupt for a damaged record.
-bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
-  const RecordHeap heap(m);
-  std::uint64_t at = 0;
-  bool found = false, outside = false;
-  m.read_validated("read", [&] {
-    found = outside = false;
-    const std::optional<std::uint64_t> w = m.ro_lookup(h);
-    if (!w) return;
-    found = true;
-    at = *w;
-    const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
-    std::uint32_t bytes = 0;
-    if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
-    if (p == nullptr || bytes < 8 || bytes > kMaxListBytes ||
-        (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
-      outside = true;  // a stale word (read again) or damage (reported below)
-      return;
-    }
-    copy->assign(reinterpret_cast<const char*>(p), bytes);
-  });
-  if (!found) return false;
-  if (outside) damaged(m, at);
-  if (!EntryList(reinterpret_cast<const unsigned char*>(copy->data()), copy->size()).valid()) {
-    damaged(m, at);
-  }
-  return true;
-}
-
 /// What a write does with its key, given the key's current value (nullopt: absent).
 struct Action {
   enum Kind { keep, put, remove } kind = keep;
   std::string_view value;  // put: the new value (valid until the decide returns)
 };
 
-/// One write on one key: decide() builds the record of the key's hash with the key's entry
-/// changed as op says. op(std::optional<std::string_view> current) -> Action.
+/// One write on one key: builds the list of the key's hash with the key's entry changed as op
+/// says. op(std::optional<std::string_view> current) -> Action.
 template <class Op>
 struct StringWrite {
   const MapImpl& m;
   std::string_view key;
   Op& op;
-  bool found = false;      // the key was present (as the last decide saw it)
-  std::int64_t extra = 0;  // change of extra_entries if this write lands
+  bool found = false;  // the key was present (as the last try saw it)
 
-  WriteIntent operator()(RecordWrite& x, std::optional<std::uint64_t> cur) {
+  bool operator()(const EntryList* list, EntryList::Builder& b) {
     std::optional<std::string_view> now;
-    std::uint32_t old_count = 0;
-    std::optional<EntryList> list;
-    if (cur) {
-      list.emplace(list_at(m, x.heap(), *cur));
-      old_count = list->count();
-      std::string_view v;
-      if (list->find(key, &v)) now = v;
-    }
+    std::string_view v;
+    if (list != nullptr && list->find(key, &v)) now = v;
     found = now.has_value();
-    Action a;
-    try {
-      a = op(now);
-    } catch (...) {
-      x.keep();  // the block of an earlier try, never published, goes back
-      throw;
-    }
-    if (a.kind == Action::keep || (a.kind == Action::remove && !now)) return x.keep();
-    EntryList::Builder b;
-    if (list) {
+    const Action a = op(now);
+    if (a.kind == Action::keep || (a.kind == Action::remove && !now)) return false;
+    if (list != nullptr) {
       list->each([&](std::string_view k, std::string_view v) {
         if (k != key) b.add(k, v);
         return true;
       });
     }
     if (a.kind == Action::put) {
-      if (key.size() + a.value.size() > kMaxStringEntryBytes) {
-        x.keep();
-        check_entry(m, key, a.value);
-      }
+      check_entry(m, key, a.value);
       b.add(key, a.value);
     }
-    const auto extra_of = [](std::uint32_t n) { return n > 1 ? std::int64_t{n} - 1 : 0; };
-    extra = extra_of(b.count()) - extra_of(old_count);
-    if (b.count() == 0) return x.erase();
-    if (b.size() > kMaxListBytes) {
-      x.keep();
-      fail(Errc::out_of_space, m.name(),
-           "keys of one 64-bit hash do not fit in one record together (" +
-               std::to_string(b.size()) + " bytes); nothing was written");
-    }
-    return x.set(x.word_for(b.data(), b.size()));
+    return true;
   }
 };
 
@@ -167,20 +70,15 @@ template <class Op>
 StringWrite<Op> write(MapImpl& m, std::uint64_t h, std::string_view key, bool may_insert, Op&& op,
                       bool* committed) {
   StringWrite<Op> sw{m, key, op};
-  RecordWrite w(m, 0);
-  run_write(m, w, h, may_insert, sw);
-  *committed = w.committed();
-  if (*committed && sw.extra != 0) {
-    // Relaxed: a count, read by size() only (never exact under concurrent writes anyway).
-    m.header().extra_entries.fetch_add(sw.extra, std::memory_order_relaxed);
-  }
+  *committed = write_list(m, h, may_insert, sw);
   return sw;
 }
 
 }  // namespace
 
 StringMap::StringMap(DynamicMap core) : core_(std::move(core)) {
-  if (!core_.holds_strings() || core_.value_type().kind != TypeInfo::Kind::byte_string) {
+  if (!core_.holds_strings() || core_.value_type().kind != TypeInfo::Kind::byte_string ||
+      core_.is_multimap()) {
     fail(Errc::layout_mismatch, core_.name(),
          "holds " + core_.describe() +
              ", opened as string -> string; open it with the types it "
@@ -189,7 +87,7 @@ StringMap::StringMap(DynamicMap core) : core_(std::move(core)) {
 }
 
 StringMap::StringMap(Checked, DynamicMap core) : core_(std::move(core)) {
-  if (!core_.holds_strings()) {
+  if (!core_.holds_strings() || core_.is_multimap()) {
     fail(Errc::layout_mismatch, core_.name(),
          "holds " + core_.describe() + ", opened as a map with string keys");
   }
@@ -224,8 +122,7 @@ StringMap StringMap::open_or_create(const std::string& name, const Options& opti
 }
 
 std::uint64_t StringMap::hash(std::string_view key) const {
-  if (hash_for_test != nullptr) return hash_for_test(key);
-  return XXH3_64bits_withSeed(key.data(), key.size(), core_.map_.impl().seed());
+  return key_hash(core_.map_.impl(), key);
 }
 
 bool StringMap::find(std::string_view key, std::string* out) const {
@@ -341,37 +238,12 @@ bool StringMap::edit(std::string_view key, MakeFn make, EditFn f, void* ctx) {
 }
 
 void StringMap::visit(void (*fn)(void*, std::string_view, std::string_view), void* ctx) const {
-  const MapImpl& m = core_.map_.impl();
-  if (m.read_only()) {
-    // The hashes from a walk, then each record by a validated read (see find_read_only).
-    std::vector<std::uint64_t> hashes;
-    core_.map_.for_each([&](std::uint64_t h, std::uint64_t) { hashes.push_back(h); });
-    std::string copy;
-    for (const std::uint64_t h : hashes) {
-      if (!copy_list(m, h, &copy)) continue;  // erased since the walk
-      EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size())
-          .each([&](std::string_view k, std::string_view v) {
-            fn(ctx, k, v);
-            return true;
-          });
-    }
-    return;
-  }
-  struct Ctx {
-    void (*fn)(void*, std::string_view, std::string_view);
-    void* ctx;
-    const MapImpl& m;
-  } c{fn, ctx, m};
-  // MapImpl::for_each calls back pinned: a record stays put while fn reads it.
-  m.for_each(
-      [](void* p, std::uint64_t, std::uint64_t w) {
-        auto& x = *static_cast<Ctx*>(p);
-        list_at(x.m, RecordHeap(x.m), w).each([&](std::string_view k, std::string_view v) {
-          x.fn(x.ctx, k, v);
-          return true;
-        });
-      },
-      &c);
+  visit_entries(core_.map_, fn, ctx);
+}
+
+void StringMap::compact() {
+  core_.compact();
+  recount_extra(core_.map_.impl());
 }
 
 std::size_t StringMap::size() const {

@@ -49,7 +49,13 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
                std::to_string(kMaxStringEntryBytes) +
                " bytes; string values take string keys, for now");
     }
-    return {to_record(l.key), to_record(l.value)};
+    if (l.multimap && !sval) {
+      fail(Errc::invalid_argument, name, "a multimap holds string keys and string values");
+    }
+    return {to_record(l.key), to_record(l.value), l.multimap ? kKindMultimap : kKindMap};
+  }
+  if (l.multimap) {
+    fail(Errc::invalid_argument, name, "a multimap holds string keys and string values");
   }
   if (l.key.size == 0 || l.key.size > 8 || l.value.size == 0 || l.value.size > kMaxValueBytes) {
     fail(Errc::invalid_argument, name,
@@ -88,7 +94,12 @@ DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
            "the segment header records string types no map has (a string value beside a "
            "fixed key, a string with a size, or a value too large); the segment is damaged");
     }
-    layout_ = {from_record(t.key), from_record(t.value)};
+    if (t.kind == kKindMultimap && !sval) {
+      fail(Errc::corrupt, map_.name(),
+           "the segment header records a multimap of fixed-size values, which no map has; the "
+           "segment is damaged");
+    }
+    layout_ = {from_record(t.key), from_record(t.value), t.kind == kKindMultimap};
     value_size_ = sval ? 0 : t.value.size;  // 0: values of any length
     strings_ = true;
     inline_ = false;

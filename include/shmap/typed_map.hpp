@@ -123,11 +123,13 @@ struct RecordStats {
 /// byte blocks of the size the segment records (src/typed_map.cpp). Templates stay thin: they
 /// only convert.
 class StringMap;
+class StringMultimap;
 
 class DynamicMap {
  public:
   struct Layout {
     TypeInfo key, value;
+    bool multimap = false;  // several values per key (StringMultimap): string -> string only
   };
   static DynamicMap create(const std::string& name, const Options& options, const Layout& layout);
   /// Opens a map of exactly these types (else layout_mismatch, naming both).
@@ -146,6 +148,8 @@ class DynamicMap {
   /// those. The others (stats, readers, check, compact) work on every map; size() counts the
   /// table's buckets (one per key hash: the string map's size() is exact).
   bool holds_strings() const { return strings_; }
+  /// True for a StringMultimap's segment (several values per key; kind "multimap").
+  bool is_multimap() const { return layout_.multimap; }
   const TypeInfo& key_type() const { return layout_.key; }
   const TypeInfo& value_type() const { return layout_.value; }
   /// "uint64 -> Quote (24 bytes)".
@@ -191,6 +195,7 @@ class DynamicMap {
  private:
   friend struct detail::SnapshotAccess;
   friend class StringMap;
+  friend class StringMultimap;
   explicit DynamicMap(Map map);
   /// Throws layout_mismatch for a map of strings (value operations take fixed sizes).
   void need_fixed_size(const char* what) const;

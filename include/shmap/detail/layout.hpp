@@ -298,6 +298,7 @@ struct TypeRecord {
 };
 static_assert(sizeof(TypeRecord) == 64, "a type record is one line");
 inline constexpr std::uint64_t kKindMap = 1;
+inline constexpr std::uint64_t kKindMultimap = 2;  // StringMultimap: several values per key
 
 /// The head of a Treiber stack in shared memory: {offset of the top entry (0: empty), a tag
 /// that every change bumps}. One 16-byte CAS unit, so a pop that read a head which was popped
@@ -420,7 +421,7 @@ struct SegmentHeader {
   // and the record heap of a typed map whose values do not fit in a bucket (records.hpp).
   alignas(kCacheLine) TypeRecord key_type;
   TypeRecord value_type;
-  std::uint64_t kind;  // kKindMap (a multimap will be another kind)
+  std::uint64_t kind;  // kKindMap or kKindMultimap
   // Slab directory: the newest slab; each slab links the one pushed before it (push only).
   alignas(kCacheLine) std::atomic<std::uint64_t> slab_head;
   std::atomic<std::uint64_t> slabs;  // how many were pushed (a bound for walks)

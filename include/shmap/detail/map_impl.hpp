@@ -141,6 +141,7 @@ struct WriteIntent {
 struct SegmentTypes {
   TypeRecord key{};
   TypeRecord value{};
+  std::uint64_t kind = kKindMap;  // SegmentHeader::kind
 };
 /// TypeRecord::name_hash of a type name.
 std::uint32_t type_name_hash(std::string_view name);

@@ -1,0 +1,149 @@
+// shmap — reading a string map's entry lists (string_write.hpp).
+#include "string_write.hpp"
+
+// xxHash compiled into this file (inline, header-only), as in snapshot.cpp: libshmap.a
+// needs no -lxxhash.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+namespace shmap::detail {
+
+[[noreturn]] void damaged(const MapImpl& m, std::uint64_t w) {
+  fail(Errc::corrupt, m.name(),
+       "the string record at offset " + std::to_string(w) + " is damaged; run 'shmap check " +
+           m.name() + "'");
+}
+
+/// The published record at w (pinned: it is not reused while we are), validated.
+EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w) {
+  // The record's bytes were written before the CAS that published w (a full barrier); this
+  // orders our reads after our read of w in the C++ model too.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  const auto* p = static_cast<const unsigned char*>(heap.value(w, EntryList::kHeaderBytes));
+  std::uint32_t bytes = 0;
+  std::memcpy(&bytes, p + 4, 4);
+  if (bytes < EntryList::kHeaderBytes || bytes > kMaxListBytes) damaged(m, w);
+  p = static_cast<const unsigned char*>(heap.value(w, bytes));
+  EntryList list(p, bytes);
+  if (!list.valid()) damaged(m, w);
+  return list;
+}
+
+void check_entry(const MapImpl& m, std::string_view key, std::string_view value) {
+  if (key.size() + value.size() > kMaxStringEntryBytes) {
+    fail(Errc::invalid_argument, m.name(),
+         "a key of " + std::to_string(key.size()) + " bytes and a value of " +
+             std::to_string(value.size()) + " bytes take " +
+             std::to_string(key.size() + value.size()) + " bytes; a string map holds up to " +
+             std::to_string(kMaxStringEntryBytes) + " per entry; nothing was written");
+  }
+}
+
+/// A read-only attachment's read of the entry list under hash h: copied into *copy under a
+/// validated read (read_only.cpp), a valid list, or false if h is absent. A read-only pin
+/// protects nothing, but a record is reused only after a reclaimer advanced the global epoch
+/// past its unlink, so a copy made while the epoch stood still is of a record nobody reused.
+/// Throws corrupt for a damaged record.
+bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
+  const RecordHeap heap(m);
+  std::uint64_t at = 0;
+  bool found = false, outside = false;
+  m.read_validated("read", [&] {
+    found = outside = false;
+    const std::optional<std::uint64_t> w = m.ro_lookup(h);
+    if (!w) return;
+    found = true;
+    at = *w;
+    const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
+    std::uint32_t bytes = 0;
+    if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
+    if (p == nullptr || bytes < 8 || bytes > kMaxListBytes ||
+        (p = static_cast<const unsigned char*>(heap.value_or_null(*w, bytes))) == nullptr) {
+      outside = true;  // a stale word (read again) or damage (reported below)
+      return;
+    }
+    copy->assign(reinterpret_cast<const char*>(p), bytes);
+  });
+  if (!found) return false;
+  if (outside) damaged(m, at);
+  if (!EntryList(reinterpret_cast<const unsigned char*>(copy->data()), copy->size()).valid()) {
+    damaged(m, at);
+  }
+  return true;
+}
+
+void recount_extra(const MapImpl& m) {
+  try {
+    m.hold_writers();
+  } catch (const Error& e) {
+    if (e.code() == Errc::timeout) return;  // a writer stopped inside a write: not now
+    throw;
+  }
+  struct Release {
+    const MapImpl& m;
+    ~Release() { (void)m.release_writers(); }
+  } release{m};
+  struct Ctx {
+    const MapImpl& m;
+    RecordHeap heap;
+    std::int64_t extra = 0;
+  } c{m, RecordHeap(m)};
+  m.for_each(
+      [](void* p, std::uint64_t, std::uint64_t w) {
+        auto& x = *static_cast<Ctx*>(p);
+        const std::uint32_t n = list_at(x.m, x.heap, w).count();
+        x.extra += n > 1 ? n - 1 : 0;
+      },
+      &c);
+  // Only if no writer ran during the walk (a hold broken past its lease lets them in).
+  if (m.still_holding_writers()) {
+    // Relaxed: writers are held; they read the count only to add to it.
+    m.header().extra_entries.store(c.extra, std::memory_order_relaxed);
+  }
+}
+
+std::uint64_t key_hash(const MapImpl& m, std::string_view key) {
+  if (StringMap::hash_for_test != nullptr) return StringMap::hash_for_test(key);
+  return XXH3_64bits_withSeed(key.data(), key.size(), m.seed());
+}
+
+void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::string_view),
+                   void* ctx) {
+  const MapImpl& m = table.impl();
+  if (m.read_only()) {
+    // The hashes from a walk, then each record by a validated read (see copy_list).
+    std::vector<std::uint64_t> hashes;
+    table.for_each([&](std::uint64_t h, std::uint64_t) { hashes.push_back(h); });
+    std::string copy;
+    for (const std::uint64_t h : hashes) {
+      if (!copy_list(m, h, &copy)) continue;  // erased since the walk
+      EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size())
+          .each([&](std::string_view k, std::string_view v) {
+            fn(ctx, k, v);
+            return true;
+          });
+    }
+    return;
+  }
+  struct Ctx {
+    void (*fn)(void*, std::string_view, std::string_view);
+    void* ctx;
+    const MapImpl& m;
+  } c{fn, ctx, m};
+  // MapImpl::for_each calls back pinned: a record stays put while fn reads it.
+  m.for_each(
+      [](void* p, std::uint64_t, std::uint64_t w) {
+        auto& x = *static_cast<Ctx*>(p);
+        list_at(x.m, RecordHeap(x.m), w).each([&](std::string_view k, std::string_view v) {
+          x.fn(x.ctx, k, v);
+          return true;
+        });
+      },
+      &c);
+}
+
+}  // namespace shmap::detail

@@ -1,0 +1,104 @@
+// shmap — what the string maps (string_map.cpp) and the multimap (string_multimap.cpp) share:
+// reading a hash's entry list, and one write that replaces it. Internal to src/.
+//
+// A write on a hash builds the hash's new entry list from its current one (the edit callback)
+// and publishes it with the bucket's one CAS (RecordWrite, record_write.hpp): a reader sees
+// the whole old list or the whole new one. SegmentHeader::extra_entries (the entries beyond
+// one per bucket, which size() adds to the table's count) changes in the write's commit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "record_write.hpp"
+#include "shmap/detail/entry_list.hpp"
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/records.hpp"
+#include "shmap/string_map.hpp"
+
+namespace shmap::detail {
+
+/// The largest entry list: the largest entry, the list header and the entry's lengths.
+inline constexpr std::size_t kMaxListBytes = kMaxStringEntryBytes + 16;
+
+/// Throws corrupt: the record at w is damaged.
+[[noreturn]] void damaged(const MapImpl& m, std::uint64_t w);
+/// The published record at w (pinned: it is not reused while we are), validated.
+EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w);
+/// invalid_argument unless a key and a value fit in one entry.
+void check_entry(const MapImpl& m, std::string_view key, std::string_view value);
+/// A read-only attachment's copy of the entry list under hash h (see string_write.cpp); false
+/// if h is absent. Throws corrupt for a damaged record.
+bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy);
+/// Sets SegmentHeader::extra_entries to what the records hold, with writers held back (each
+/// write changes it inside the write, so a held walk sees every write's list and count, or
+/// neither): after a writer was killed between its CAS and its count, size() is exact again.
+/// Does nothing if writers cannot be held now (a writer stopped inside a write). Call unpinned.
+void recount_extra(const MapImpl& m);
+/// The 64-bit hash a key is stored under: XXH3 with the segment's seed (or the test hook,
+/// StringMap::hash_for_test).
+std::uint64_t key_hash(const MapImpl& m, std::string_view key);
+/// f(const EntryList&) on the list of hash h, read pinned (or copied under a validated read on
+/// a read-only attachment); false if h is absent.
+template <class F>
+bool with_list(const MapImpl& m, std::uint64_t h, F&& f) {
+  if (m.read_only()) {
+    std::string copy;
+    if (!copy_list(m, h, &copy)) return false;
+    f(EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size()));
+    return true;
+  }
+  PinGuard pin(m);  // the record cannot be reused while we read it
+  std::uint64_t w = 0;
+  if (!m.find(h, &w)) return false;
+  f(list_at(m, RecordHeap(m), w));
+  return true;
+}
+/// fn(ctx, key, value) for every entry of every list (weakly consistent, as Map::for_each).
+void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::string_view),
+                   void* ctx);
+
+/// One write on the entry list of hash h: edit(const EntryList* current or nullptr,
+/// EntryList::Builder& next) -> bool builds the new list (false: leave it as it is; a list
+/// built empty erases the hash). edit may run more than once (a retry after a conflict) and
+/// may throw (nothing is written). Returns whether the write landed.
+template <class Edit>
+bool write_list(MapImpl& m, std::uint64_t h, bool may_insert, Edit& edit) {
+  RecordWrite w(m, 0);
+  run_write(m, w, h, may_insert, [&](RecordWrite& x, std::optional<std::uint64_t> cur) {
+    x.set_extra(0);  // this try's, set below if it writes
+    std::optional<EntryList> list;
+    std::uint32_t old_count = 0;
+    if (cur) {
+      list.emplace(list_at(m, x.heap(), *cur));
+      old_count = list->count();
+    }
+    EntryList::Builder b;
+    bool change = false;
+    try {
+      change = edit(list ? &*list : nullptr, b);
+    } catch (...) {
+      x.keep();  // the block of an earlier try, never published, goes back
+      throw;
+    }
+    if (!change) return x.keep();
+    const auto extra_of = [](std::uint32_t n) { return n > 1 ? std::int64_t{n} - 1 : 0; };
+    x.set_extra(extra_of(b.count()) - extra_of(old_count));
+    if (b.count() == 0) return x.erase();
+    if (b.size() > kMaxListBytes) {
+      x.keep();
+      fail(Errc::out_of_space, m.name(),
+           "the entries of one 64-bit hash (one key's values, or colliding keys) do not fit in "
+           "one record together (" +
+               std::to_string(b.size()) + " bytes, at most " + std::to_string(kMaxListBytes) +
+               "); nothing was written");
+    }
+    return x.set(x.word_for(b.data(), b.size()));
+  });
+  return w.committed();
+}
+
+}  // namespace shmap::detail
