@@ -241,10 +241,7 @@ void StringMap::visit(void (*fn)(void*, std::string_view, std::string_view), voi
   visit_entries(core_.map_, fn, ctx);
 }
 
-void StringMap::compact() {
-  core_.compact();
-  recount_extra(core_.map_.impl());
-}
+void StringMap::compact() { core_.compact(); }  // recounts extra_entries too
 
 std::size_t StringMap::size() const {
   const std::int64_t extra =

@@ -170,9 +170,6 @@ Stats StringMultimap::stats() const {
   return s;
 }
 
-void StringMultimap::compact() {
-  core_.compact();
-  recount_extra(core_.map_.impl());
-}
+void StringMultimap::compact() { core_.compact(); }  // recounts extra_entries too
 
 }  // namespace shmap

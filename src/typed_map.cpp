@@ -16,6 +16,7 @@
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
 #include "shmap/string_map.hpp"
+#include "string_write.hpp"
 
 namespace shmap {
 
@@ -376,6 +377,8 @@ void DynamicMap::compact() {
   const RecordHeap heap(map_.impl());
   heap.audit(true);
   heap.reclaim(true);
+  // A map with string keys: the count of entries beyond one per hash, again exact.
+  if (strings_) recount_extra(map_.impl());
 }
 
 }  // namespace shmap

@@ -328,7 +328,7 @@ int run(int argc, char** argv) {
   std::vector<std::string> rest;  // KEY... or KEY VALUE ... of the multi-key verbs
   std::string limit_arg, help_verb;
   bool json = false, json_strings = false, pit = false, replace = false, merge = false,
-       clear = false, force = false, hex = false;
+       clear = false, force = false, hex = false, multimap = false;
   CreateArgs create_args;
   std::vector<Verb> verbs;
 
@@ -358,7 +358,10 @@ int run(int argc, char** argv) {
                       "map with string keys (--key string, what shmap::StringMap and "
                       "TypedMap<std::string, V> make) takes put, get, del, scan, stat, check, "
                       "compact, readers and rm; keys (and string values) are the arguments' "
-                      "bytes, or hex with --hex.");
+                      "bytes, or hex with --hex. --multimap makes a multimap (string -> string, "
+                      "several values per key; what shmap::StringMultimap makes): put adds a "
+                      "value, get prints them all, del erases them all or one (del NAME KEY "
+                      "VALUE).");
   name_arg(create);
   create_args.add_to(create);
   create
@@ -371,6 +374,8 @@ int run(int argc, char** argv) {
                    "Value type: u64 (default), i64, u32, i32, u16, "
                    "i16, u8, i8, f64, f32, bytes:N (N <= 4080), string (with --key string)")
       ->type_name("TYPE");
+  create->add_flag("--multimap", multimap,
+                   "Several values per key (string keys and values: the default then)");
 
   auto* put = verb("put", "Set KEY to VALUE (inserting or overwriting)");
   name_arg(put);
@@ -392,6 +397,8 @@ int run(int argc, char** argv) {
   auto* del = verb("del", "Erase KEY; exit 1 (and a line on stderr) if it was absent");
   name_arg(del);
   del->add_option("KEY", key, "Key")->required();
+  CLI::Option* del_value =
+      del->add_option("VALUE", value, "Multimaps: erase this one value of KEY's (else all)");
   del->add_flag("--hex", hex, hex_help);
 
   auto* add = verb("add", "Add DELTA to KEY's value and print the new value",
@@ -608,14 +615,16 @@ int run(int argc, char** argv) {
   remove_temporaries_on_signals();
   if (used == create) {
     const shmap::Options o = create_args.options();
-    const shmap::TypeInfo k = parse_type_arg("--key", key_type_arg.empty() ? "u64" : key_type_arg);
+    const char* fallback = multimap ? "string" : "u64";
+    const shmap::TypeInfo k =
+        parse_type_arg("--key", key_type_arg.empty() ? fallback : key_type_arg);
     const shmap::TypeInfo v =
-        parse_type_arg("--value", value_type_arg.empty() ? "u64" : value_type_arg);
+        parse_type_arg("--value", value_type_arg.empty() ? fallback : value_type_arg);
     if (k.size > 8) throw UsageError("--key '" + key_type_arg + "': keys are at most 8 bytes");
-    if (type_label(k) == "u64" && type_label(v) == "u64") {
+    if (type_label(k) == "u64" && type_label(v) == "u64" && !multimap) {
       Map::create(name, o);
     } else {
-      shmap::DynamicMap::create(name, o, {k, v});
+      shmap::DynamicMap::create(name, o, {k, v, multimap});
     }
     return kExitOk;
   }
@@ -631,15 +640,17 @@ int run(int argc, char** argv) {
   // A typed map: the verbs that know its types (typed_verbs.cpp); the others say they do not.
   if (used != readers && used != rm && used != ls && used != load && used != imp) {
     if (typed_layout(name)) {
-      return run_typed_verb(verb_name, TypedArgs{.name = name,
-                                                 .key = key,
-                                                 .value = value,
-                                                 .limit = limit_arg,
-                                                 .json = json,
-                                                 .hex = hex,
-                                                 .file = file,
-                                                 .point_in_time = pit,
-                                                 .value_raw = value_raw});
+      return run_typed_verb(verb_name,
+                            TypedArgs{.name = name,
+                                      .key = key,
+                                      .value = value,
+                                      .limit = limit_arg,
+                                      .json = json,
+                                      .hex = hex,
+                                      .file = file,
+                                      .point_in_time = pit,
+                                      .value_raw = value_raw,
+                                      .value_given = used == del && del_value->count() > 0});
     }
   }
   if (used == compact) {
@@ -660,6 +671,9 @@ int run(int argc, char** argv) {
     return kExitOk;
   }
   if (used == del) {
+    if (del_value->count() > 0) {
+      throw UsageError("del takes a VALUE on a multimap only; map '" + name + "' is not one");
+    }
     const auto k = parse_u64_arg("KEY", key);
     if (!Map::open(name).erase(k)) return not_found(name, "key " + key + " not found");
     return kExitOk;
@@ -944,7 +958,8 @@ int run(int argc, char** argv) {
           const auto m = shmap::DynamicMap::open(n, shmap::OpenOptions{.read_only = true});
           r.entries = m.size();
           if (type_label(m.key_type()) != "u64" || type_label(m.value_type()) != "u64") {
-            r.note = "typed: " + type_label(m.key_type()) + " -> " + type_label(m.value_type());
+            r.note = std::string(m.is_multimap() ? "multimap: " : "typed: ") +
+                     type_label(m.key_type()) + " -> " + type_label(m.value_type());
           }
         } catch (const shmap::Error& e) {
           r.note = std::string("cannot read: ") + std::string(shmap::errc_name(e.code()));

@@ -7,6 +7,7 @@
 
 #include "cli_support.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 
 namespace shmap::cli {
 
@@ -217,6 +218,93 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     return 0;
   }
   throw UsageError("'shmap " + verb + "' is not a string-map verb");
+}
+
+int run_multimap_verb(const std::string& verb, const TypedArgs& a) {
+  const std::string& name = a.name;
+  if (verb == "put") {
+    StringMultimap m = StringMultimap::open(name);
+    m.insert(from_arg("KEY", a.key, a.hex),
+             a.value_raw ? a.value : from_arg("VALUE", a.value, a.hex));
+    return 0;
+  }
+  if (verb == "get") {
+    const StringMultimap m = StringMultimap::open(name, OpenOptions{.read_only = true});
+    const std::size_t n = m.for_each_value(from_arg("KEY", a.key, a.hex), [&](std::string_view v) {
+      const std::string out = a.hex ? to_hex(v) : std::string(v);
+      std::fwrite(out.data(), 1, out.size(), stdout);
+      std::fputc('\n', stdout);
+    });
+    if (n == 0) return not_found(name, "key " + a.key + " not found");
+    return 0;
+  }
+  if (verb == "del") {
+    StringMultimap m = StringMultimap::open(name);
+    const std::string k = from_arg("KEY", a.key, a.hex);
+    if (a.value_given) {
+      if (!m.erase(k, from_arg("VALUE", a.value, a.hex))) {
+        return not_found(name, "key " + a.key + " has no value " + a.value);
+      }
+    } else if (m.erase(k) == 0) {
+      return not_found(name, "key " + a.key + " not found");
+    }
+    return 0;
+  }
+  if (verb == "scan") {
+    std::size_t limit = SIZE_MAX;
+    if (!a.limit.empty()) limit = parse_u64_arg("--limit", a.limit);
+    StringMultimap m = [&] {
+      try {
+        return StringMultimap::open(name);
+      } catch (const Error& e) {
+        if (e.code() != Errc::permission_denied && e.code() != Errc::handles_exhausted) throw;
+      }
+      return StringMultimap::open(name, OpenOptions{.read_only = true});
+    }();
+    std::size_t n = 0;
+    if (a.json) std::printf("{\"map\": %s, \"entries\": [", json_string(name).c_str());
+    m.for_each([&](std::string_view k, std::string_view v) {
+      if (n >= limit) return;
+      if (a.json) {
+        std::printf("%s\n  {%s, %s}", n == 0 ? "" : ",", json_member("key", k, a.hex).c_str(),
+                    json_member("value", v, a.hex).c_str());
+      } else if (a.hex) {
+        std::printf("%s  %s\n", to_hex(k).c_str(), to_hex(v).c_str());
+      } else {
+        std::printf("%s  %s\n", shown(k).c_str(), shown(v).c_str());
+      }
+      ++n;
+    });
+    if (a.json) std::printf("%s], \"count\": %zu}\n", n == 0 ? "" : "\n", n);
+    return 0;
+  }
+  if (verb == "stat") {
+    const StringMultimap m = StringMultimap::open(name, OpenOptions{.read_only = true});
+    const Stats s = m.stats();
+    if (a.json) {
+      std::printf(
+          "{\"map\": %s, \"kind\": \"multimap\", \"key_type\": \"string\", "
+          "\"value_type\": \"string\", \"values_in\": \"records\", \"entries\": %zu, "
+          "\"capacity\": %zu, \"tables\": %zu, \"segment_bytes\": %zu, "
+          "\"allocated_bytes\": %zu, \"handles_in_use\": %zu}\n",
+          json_string(name).c_str(), s.size, s.capacity, s.tables, s.segment_bytes,
+          s.allocated_bytes, s.handles_in_use);
+      return 0;
+    }
+    Columns c;
+    c.row({"map", name});
+    c.row({"kind", "multimap (several values per key)"});
+    c.row({"types", "string -> string"});
+    c.row({"values", std::to_string(s.size) + " (all keys' values)"});
+    c.row({"capacity", std::to_string(s.capacity) + " buckets, " + std::to_string(s.tables) +
+                           (s.tables == 1 ? " table" : " tables (migrating)")});
+    c.row({"segment bytes",
+           human_bytes(s.segment_bytes) + " (allocated " + human_bytes(s.allocated_bytes) + ")"});
+    c.row({"handles", std::to_string(s.handles_in_use) + " of " + std::to_string(s.max_handles)});
+    c.print();
+    return 0;
+  }
+  throw UsageError("'shmap " + verb + "' is not a multimap verb");
 }
 
 }  // namespace shmap::cli

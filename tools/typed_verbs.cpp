@@ -184,7 +184,7 @@ std::optional<DynamicMap::Layout> typed_layout(const std::string& name) {
   try {
     const DynamicMap m = DynamicMap::open(name, OpenOptions{.read_only = true});
     if (is_u64(m.key_type()) && is_u64(m.value_type())) return std::nullopt;
-    return DynamicMap::Layout{m.key_type(), m.value_type()};
+    return DynamicMap::Layout{m.key_type(), m.value_type(), m.is_multimap()};
   } catch (const Error&) {
     return std::nullopt;  // the uint64 verb reports it
   }
@@ -194,7 +194,11 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
   const std::string& name = a.name;
   if (is_string_verb(verb)) {
     const auto layout = typed_layout(name);
+    if (layout && layout->multimap) return run_multimap_verb(verb, a);
     if (layout && layout->key.kind == TypeInfo::Kind::byte_string) return run_string_verb(verb, a);
+  }
+  if (verb == "del" && a.value_given) {
+    throw UsageError("del takes a VALUE on a multimap only; map '" + name + "' is not one");
   }
   if (verb == "put") {
     DynamicMap m = DynamicMap::open(name);

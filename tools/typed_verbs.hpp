@@ -35,7 +35,8 @@ struct TypedArgs {
   bool hex = false;  // scan/get: values of integer and float types in hex bytes too
   std::string file;  // dump
   bool point_in_time = false;
-  bool value_raw = false;  // put: `value` holds a --value-file's bytes, not an argument
+  bool value_raw = false;    // put: `value` holds a --value-file's bytes, not an argument
+  bool value_given = false;  // del: a VALUE was given (multimaps: erase that one value)
 };
 
 /// Runs `verb` on the typed map `name`. Returns the exit code; throws UsageError for a verb

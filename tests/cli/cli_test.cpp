@@ -17,6 +17,7 @@
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/progress.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "shmap/typed_map.hpp"
 #include "test_util.hpp"
 
@@ -250,6 +251,48 @@ TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
   }
   expect_fails({"create", "x", "--value", "bytes:0"}, 2, "--value 'bytes:0'");
   expect_fails({"create", "x", "--key", "bytes:9"}, 2, "keys are at most 8 bytes");
+}
+
+TEST_F(Cli, MultimapsTheirVerbs) {
+  ScopedName name("multi");
+  ASSERT_EQ(run({"create", name, "--multimap"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "order:42", "urgent"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "order:42", "export"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "order:42", "urgent"}).rc, 0);
+  EXPECT_EQ(run({"put", name, "--hex", "00", "ff00"}).rc, 0);
+  Result r = run({"get", name, "order:42"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, "urgent\nexport\nurgent\n") << "every value, in the order added";
+  EXPECT_EQ(run({"get", name, "--hex", "00"}).out, "ff00\n");
+  {
+    auto m = StringMultimap::open(name);
+    EXPECT_EQ(m.count("order:42"), 3u);
+    EXPECT_EQ(m.find(std::string("\0", 1)), (std::vector<std::string>{std::string("\xff\0", 2)}));
+  }
+  r = run({"stat", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["kind"], "multimap");
+  EXPECT_EQ(json::parse(r.out)["entries"], 4);
+  r = run({"scan", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["count"], 4);
+  EXPECT_EQ(run({"del", name, "order:42", "urgent"}).rc, 0);  // one value
+  EXPECT_EQ(run({"get", name, "order:42"}).out, "export\nurgent\n");
+  expect_fails({"del", name, "order:42", "nope"}, 1, "has no value nope");
+  EXPECT_EQ(run({"del", name, "order:42"}).rc, 0);  // all of them
+  expect_fails({"get", name, "order:42"}, 1, "not found");
+  r = run({"check", name, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_EQ(run({"compact", name}).rc, 0);
+  r = run({"ls"});
+  EXPECT_NE(r.out.find("multimap"), std::string::npos) << r.out;
+  expect_fails({"dump", name, dir_ + "/m.shmap"}, 3, "not supported yet");
+  // A VALUE to del is for multimaps only; a multimap of numbers does not exist.
+  ScopedName plain("plain");
+  ASSERT_EQ(run({"create", plain}).rc, 0);
+  expect_fails({"del", plain, "1", "2"}, 2, "multimap only");
+  expect_fails({"create", "x", "--multimap", "--value", "i64"}, 3, "string keys and string values");
+  EXPECT_EQ(run({"rm", name}).rc, 0);
 }
 
 TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {

@@ -13,6 +13,7 @@
 #include "mp_util.hpp"
 #include "records_util.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace shmap::test::mp {
@@ -160,6 +161,30 @@ TEST_F(Records, LargeRecordsOfKilledWritersAndReclaimersAreFoundAndGivenBackOnce
   EXPECT_TRUE(m.check(&rs).ok);
   EXPECT_EQ(rs.live, 80u);
   EXPECT_EQ(rs.leaked, 0u);
+}
+
+// A multimap writer killed after its CAS, before it counted its value: the value is there,
+// size() is one short, and compact() recounts it (with writers held) and frees the old record.
+TEST_F(Records, AMultimapWriterKilledAfterItsCasLeavesSizeShortUntilCompact) {
+  ScopedName n("multi");
+  StringMultimap m = StringMultimap::create(n.str(), {.initial_capacity = 8});
+  m.insert("k", "first");
+  for (int i = 0; i < 50; ++i) m.insert("other", std::to_string(i));
+  ASSERT_TRUE(die_in(RecordHeap::before_retire_for_test, [&] {
+    StringMultimap c = StringMultimap::open(n.str());
+    c.insert("k", "second");
+  }));
+  EXPECT_EQ(m.find("k"), (std::vector<std::string>{"first", "second"})) << "the CAS landed";
+  EXPECT_EQ(m.size(), 51u) << "the count the dead writer never made";
+  RecordStats rs;
+  EXPECT_FALSE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 1u) << "the replaced list, never retired";
+  m.compact();
+  EXPECT_EQ(m.size(), 52u);
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  m.insert("k", "third");
+  EXPECT_EQ(m.size(), 53u);
 }
 
 TEST_F(Records, ARecordOutlivesItsReplacementWhileAReaderIsPinned) {
