@@ -1125,13 +1125,15 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
     const TypedFields &t = res.types;
     const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
     const bool string_values = t.value_kind == strings && t.value_size == 0;
-    if (t.key_kind != strings || t.key_size != 0 ||
-        (!string_values && (t.value_size == 0 || t.value_size > kMaxStringEntryBytes)) ||
-        t.key_name.size() > 4096 || t.value_name.size() > 4096) {
+    const bool string_keys = t.key_kind == strings && t.key_size == 0;
+    const bool ok =
+        string_keys ? string_values || (t.value_size != 0 && t.value_size <= kMaxStringEntryBytes)
+                    : string_values && t.key_kind != strings && t.key_size != 0 && t.key_size <= 8;
+    if (!ok || t.key_name.size() > 4096 || t.value_name.size() > 4096) {
       w.fail(Errc::corrupt, "header records types (key kind " + std::to_string(t.key_kind) +
                                 ", value kind " + std::to_string(t.value_kind) + " of " +
                                 std::to_string(t.value_size) +
-                                " bytes) that no map with string keys has");
+                                " bytes) that no map with strings has");
     }
     res.entry_bytes = 1;  // the chunks carry bytes
   }
@@ -1983,6 +1985,8 @@ class EntryStream {
       const std::string_view all(buf_);
       emit(all.substr(at_ + 8, klen), all.substr(at_ + 8 + klen, vlen));
       min_value_ = std::min<std::uint64_t>(min_value_, vlen);
+      min_key_ = std::min<std::uint64_t>(min_key_, klen);
+      max_key_ = std::max<std::uint64_t>(max_key_, klen);
       max_value_ = std::max<std::uint64_t>(max_value_, vlen);
       at_ += 8 + klen + vlen;
       offset_ += 8 + klen + vlen;
@@ -2006,6 +2010,10 @@ class EntryStream {
   bool values_all(std::uint64_t bytes) const {
     return entries_ == 0 || (min_value_ == bytes && max_value_ == bytes);
   }
+  /// Whether every key had exactly `bytes` bytes.
+  bool keys_all(std::uint64_t bytes) const {
+    return entries_ == 0 || (min_key_ == bytes && max_key_ == bytes);
+  }
 
  private:
   const Where &w_;
@@ -2014,6 +2022,7 @@ class EntryStream {
   std::size_t at_ = 0;
   std::uint64_t offset_ = 0, entries_ = 0;
   std::uint64_t min_value_ = UINT64_MAX, max_value_ = 0;
+  std::uint64_t min_key_ = UINT64_MAX, max_key_ = 0;
 };
 
 void append_entry(std::string &to, std::string_view k, std::string_view v) {
@@ -2109,6 +2118,10 @@ void load_strings(const std::string &path, const std::string &name, const LoadOp
   if (fixed != 0 && !verify.values_all(fixed)) {
     w.fail(Errc::corrupt,
            "holds values of other sizes than its value type's " + std::to_string(fixed) + " bytes");
+  }
+  if (res.types.key_kind != strings && !verify.keys_all(res.types.key_size)) {
+    w.fail(Errc::corrupt, "holds keys of other sizes than its key type's " +
+                              std::to_string(res.types.key_size) + " bytes");
   }
   const std::uint64_t entries = verify.entries();
   if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {

@@ -78,7 +78,7 @@ StringWrite<Op> write(MapImpl& m, std::uint64_t h, std::string_view key, bool ma
 
 StringMap::StringMap(DynamicMap core) : core_(std::move(core)) {
   if (!core_.holds_strings() || core_.value_type().kind != TypeInfo::Kind::byte_string ||
-      core_.is_multimap()) {
+      core_.key_type().kind != TypeInfo::Kind::byte_string || core_.is_multimap()) {
     fail(Errc::layout_mismatch, core_.name(),
          "holds " + core_.describe() +
              ", opened as string -> string; open it with the types it "
@@ -92,6 +92,16 @@ StringMap::StringMap(Checked, DynamicMap core) : core_(std::move(core)) {
          "holds " + core_.describe() + ", opened as a map with string keys");
   }
   if (core_.value_type().kind != TypeInfo::Kind::byte_string) fixed_ = core_.value_type().size;
+  if (core_.key_type().kind != TypeInfo::Kind::byte_string) key_fixed_ = core_.key_type().size;
+}
+
+void StringMap::check_key(std::string_view key) const {
+  if (key_fixed_ != 0 && key.size() != key_fixed_) {
+    fail(Errc::invalid_argument, name(),
+         "a key of " + std::to_string(key.size()) + " bytes; this map's keys (" +
+             core_.key_type().name + ") have " + std::to_string(key_fixed_) +
+             "; nothing was written");
+  }
 }
 
 StringMap StringMap::open_any(const std::string& name, const OpenOptions& options) {
@@ -163,6 +173,7 @@ bool StringMap::insert(std::string_view key, std::string_view value) {
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, value);
   check_value(value);
+  check_key(key);
   bool committed = false;
   write(
       m, hash(key), key, true,
@@ -177,6 +188,7 @@ bool StringMap::insert_or_assign(std::string_view key, std::string_view value) {
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, value);
   check_value(value);
+  check_key(key);
   bool committed = false;
   const auto sw = write(
       m, hash(key), key, true,
@@ -204,6 +216,7 @@ bool StringMap::compare_exchange(std::string_view key, std::string_view expected
   MapImpl& m = core_.map_.impl();
   check_entry(m, key, desired);
   check_value(desired);
+  check_key(key);
   bool committed = false;
   write(
       m, hash(key), key, false,
@@ -216,6 +229,7 @@ bool StringMap::compare_exchange(std::string_view key, std::string_view expected
 
 bool StringMap::edit(std::string_view key, MakeFn make, EditFn f, void* ctx) {
   MapImpl& m = core_.map_.impl();
+  check_key(key);
   std::string buf;
   bool committed = false;
   const auto sw = write(

@@ -42,15 +42,19 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
   const bool sval = l.value.kind == TypeInfo::Kind::byte_string;
   if (skey || sval) {
     // String keys take string values (StringMap) or values of one size up to the entry limit
-    // (TypedMap<std::string, V>); string values need string keys, for now.
+    // (TypedMap<std::string, V>); string values take string keys or keys of 1..8 bytes
+    // (TypedMap<K, std::string>).
     const bool fixed_value = !sval && l.value.size != 0 && l.value.size <= kMaxStringEntryBytes;
-    if (!skey || l.key != string_type() || (sval ? l.value != string_type() : !fixed_value)) {
+    const bool fixed_key = !skey && l.key.size != 0 && l.key.size <= 8;
+    const bool ok = skey ? l.key == string_type() && (sval ? l.value == string_type() : fixed_value)
+                         : fixed_key && l.value == string_type();
+    if (!ok) {
       fail(Errc::invalid_argument, name,
            "string keys take string values or values of 1.." +
                std::to_string(kMaxStringEntryBytes) +
-               " bytes; string values take string keys, for now");
+               " bytes; string values take string keys or keys of 1..8 bytes");
     }
-    if (l.multimap && !sval) {
+    if (l.multimap && !(skey && sval)) {
       fail(Errc::invalid_argument, name, "a multimap holds string keys and string values");
     }
     return {to_record(l.key), to_record(l.value), l.multimap ? kKindMultimap : kKindMap};
@@ -89,13 +93,17 @@ DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
   const auto string_kind = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
   if (t.key.kind == string_kind || t.value.kind == string_kind) {
     const bool sval = t.value.kind == string_kind;
-    if (t.key.kind != string_kind || t.key.size != 0 || (sval && t.value.size != 0) ||
-        (!sval && (t.value.size == 0 || t.value.size > kMaxStringEntryBytes))) {
+    const bool skey = t.key.kind == string_kind;
+    const bool ok =
+        skey ? t.key.size == 0 && (sval ? t.value.size == 0
+                                        : t.value.size != 0 && t.value.size <= kMaxStringEntryBytes)
+             : t.key.size != 0 && t.key.size <= 8 && t.value.size == 0;
+    if (!ok) {
       fail(Errc::corrupt, map_.name(),
-           "the segment header records string types no map has (a string value beside a "
-           "fixed key, a string with a size, or a value too large); the segment is damaged");
+           "the segment header records string types no map has (a string with a size, a key or "
+           "value too large); the segment is damaged");
     }
-    if (t.kind == kKindMultimap && !sval) {
+    if (t.kind == kKindMultimap && !(sval && skey)) {
       fail(Errc::corrupt, map_.name(),
            "the segment header records a multimap of fixed-size values, which no map has; the "
            "segment is damaged");

@@ -115,6 +115,21 @@ std::string value_arg(const StringMap& m, const std::string& text, bool hex) {
   return out;
 }
 
+/// A key argument as the map stores it: the bytes (string keys, or hex with --hex), or a number
+/// / hex bytes parsed for the map's fixed-size key type (TypedMap<K, std::string>).
+std::string key_arg(const StringMap& m, const std::string& text, bool hex) {
+  if (m.key_bytes() == 0) return from_arg("KEY", text, hex);
+  std::string out(m.key_bytes(), '\0');
+  parse(m.key_type(), "KEY", text, out.data());
+  return out;
+}
+
+/// A key for a terminal: a fixed-size key type's as `shmap get` prints numbers; else shown().
+std::string key_text(const StringMap& m, std::string_view k, bool hex) {
+  if (m.key_bytes() == 0 || k.size() != m.key_bytes()) return hex ? to_hex(k) : shown(k);
+  return format(m.key_type(), k.data(), hex);
+}
+
 /// A value as text: fixed-size types as `shmap get` prints a typed map's; strings as given.
 std::string value_text(const StringMap& m, std::string_view v, bool hex) {
   if (m.value_bytes() == 0 || v.size() != m.value_bytes()) return std::string(v);
@@ -140,13 +155,13 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     const std::string v = !a.value_raw           ? value_arg(m, a.value, a.hex)
                           : m.value_bytes() == 0 ? a.value
                                                  : value_arg(m, text_of(a.value), a.hex);
-    m.insert_or_assign(from_arg("KEY", a.key, a.hex), v);
+    m.insert_or_assign(key_arg(m, a.key, a.hex), v);
     return 0;
   }
   if (verb == "get") {
     const StringMap m = StringMap::open_any(name, OpenOptions{.read_only = true});
     std::string v;
-    if (!m.find(from_arg("KEY", a.key, a.hex), &v)) {
+    if (!m.find(key_arg(m, a.key, a.hex), &v)) {
       return not_found(name, "key " + a.key + " not found");
     }
     // A string value's bytes as they are (a script gets exactly them), or hex; a fixed-size
@@ -162,7 +177,7 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
   }
   if (verb == "del") {
     StringMap m = StringMap::open_any(name);
-    if (!m.erase(from_arg("KEY", a.key, a.hex))) {
+    if (!m.erase(key_arg(m, a.key, a.hex))) {
       return not_found(name, "key " + a.key + " not found");
     }
     return 0;
@@ -176,14 +191,17 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     m.for_each([&](std::string_view k, std::string_view v) {
       if (n >= limit) return;
       const bool fixed = m.value_bytes() != 0;
+      const std::string key_json = m.key_bytes() != 0
+                                       ? "\"key\": " + json_string(key_text(m, k, a.hex))
+                                       : json_member("key", k, a.hex);
       if (a.json) {
-        std::printf("%s\n  {%s, %s}", n == 0 ? "" : ",", json_member("key", k, a.hex).c_str(),
+        std::printf("%s\n  {%s, %s}", n == 0 ? "" : ",", key_json.c_str(),
                     fixed ? ("\"value\": " + json_string(value_text(m, v, a.hex))).c_str()
                           : json_member("value", v, a.hex).c_str());
       } else if (a.hex) {
-        std::printf("%s  %s\n", to_hex(k).c_str(), to_hex(v).c_str());
+        std::printf("%s  %s\n", key_text(m, k, true).c_str(), to_hex(v).c_str());
       } else {
-        std::printf("%s  %s\n", shown(k).c_str(),
+        std::printf("%s  %s\n", key_text(m, k, false).c_str(),
                     fixed ? value_text(m, v, false).c_str() : shown(v).c_str());
       }
       ++n;
@@ -195,18 +213,19 @@ int run_string_verb(const std::string& verb, const TypedArgs& a) {
     const StringMap m = StringMap::open_any(name, OpenOptions{.read_only = true});
     const Stats s = m.stats();
     const std::string vt = type_label(m.value_type());
+    const std::string kt = type_label(m.key_type());
     if (a.json) {
       std::printf(
-          "{\"map\": %s, \"key_type\": \"string\", \"value_type\": %s, "
+          "{\"map\": %s, \"key_type\": %s, \"value_type\": %s, "
           "\"values_in\": \"records\", \"entries\": %zu, \"capacity\": %zu, \"tables\": %zu, "
           "\"segment_bytes\": %zu, \"allocated_bytes\": %zu, \"handles_in_use\": %zu}\n",
-          json_string(name).c_str(), json_string(vt).c_str(), s.size, s.capacity, s.tables,
-          s.segment_bytes, s.allocated_bytes, s.handles_in_use);
+          json_string(name).c_str(), json_string(kt).c_str(), json_string(vt).c_str(), s.size,
+          s.capacity, s.tables, s.segment_bytes, s.allocated_bytes, s.handles_in_use);
       return 0;
     }
     Columns c;
     c.row({"map", name});
-    c.row({"types", "string -> " + vt});
+    c.row({"types", kt + " -> " + vt});
     c.row({"values", "keys and values in records of the arena ('shmap check' counts them)"});
     c.row({"entries", "about " + std::to_string(s.size)});
     c.row({"capacity", std::to_string(s.capacity) + " buckets, " + std::to_string(s.tables) +

@@ -195,7 +195,10 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
   if (is_string_verb(verb)) {
     const auto layout = typed_layout(name);
     if (layout && layout->multimap) return run_multimap_verb(verb, a);
-    if (layout && layout->key.kind == TypeInfo::Kind::byte_string) return run_string_verb(verb, a);
+    if (layout && (layout->key.kind == TypeInfo::Kind::byte_string ||
+                   layout->value.kind == TypeInfo::Kind::byte_string)) {
+      return run_string_verb(verb, a);
+    }
   }
   if (verb == "del" && a.value_given) {
     throw UsageError("del takes a VALUE on a multimap only; map '" + name + "' is not one");

@@ -17,8 +17,9 @@
 //
 // The segment records its types as string -> string: TypedMap, DynamicMap's value operations
 // and shmap::Map refuse it (layout_mismatch), and StringMap refuses every other map.
-// Snapshots: dump()/load() (binary, version 3; not yet JSON, replace or merge). Not yet: other
-// key types beside a string, the multimap.
+// Snapshots: dump()/load() (binary, version 3; not yet JSON, replace or merge). Below:
+// TypedMap<std::string, V> (struct or number values) and TypedMap<K, std::string> (number
+// keys); the multimap is string_multimap.hpp.
 #pragma once
 
 #include <cstddef>
@@ -49,14 +50,20 @@ class StringMap {
   static StringMap open(const std::string& name, const OpenOptions& options = {});
   static StringMap open_or_create(const std::string& name, const Options& options = {},
                                   bool* created = nullptr);
-  /// Opens any map with string keys (tools, bindings): a string -> string map as open() does,
-  /// and a TypedMap<std::string, V>'s with values as V's bytes -- every value written must
-  /// then have value_bytes() bytes (else invalid_argument, nothing written).
+  /// Opens any map of strings (tools, bindings): a string -> string map as open() does, a
+  /// TypedMap<std::string, V>'s with values as V's bytes -- every value written must then have
+  /// value_bytes() bytes (else invalid_argument, nothing written) -- and a TypedMap<K,
+  /// std::string>'s with keys as K's bytes (key_bytes() of them).
   static StringMap open_any(const std::string& name, const OpenOptions& options = {});
   /// The value type the segment records (string_type(), or V's for TypedMap<std::string, V>).
   const TypeInfo& value_type() const { return core_.value_type(); }
   /// 0: values of any length; else every value has exactly this many bytes.
   std::size_t value_bytes() const { return fixed_; }
+  /// The key type the segment records (string_type(), or K's for TypedMap<K, std::string>).
+  const TypeInfo& key_type() const { return core_.key_type(); }
+  /// 0: keys of any length; else every key has exactly this many bytes (a write with another
+  /// is invalid_argument, a lookup finds nothing).
+  std::size_t key_bytes() const { return key_fixed_; }
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), string_type()}; }
   /// Writes a binary snapshot of the map (version 3: its types, then every entry; "-":
@@ -154,9 +161,12 @@ class StringMap {
 
   /// invalid_argument unless `value` has the size this map's values have.
   void check_value(std::string_view value) const;
+  /// invalid_argument unless `key` has the size this map's keys have.
+  void check_key(std::string_view key) const;
 
   DynamicMap core_;
-  std::size_t fixed_ = 0;  // value_bytes()
+  std::size_t fixed_ = 0;      // value_bytes()
+  std::size_t key_fixed_ = 0;  // key_bytes()
 };
 
 /// A map from byte-string keys to any trivially copyable value (structs, numbers, arrays):
@@ -269,6 +279,92 @@ class TypedMap<std::string, V> {
     }
     b.assign(reinterpret_cast<const char*>(&v), sizeof(V));
     return true;
+  }
+  StringMap core_;
+};
+
+/// A map from a key of up to 8 bytes (an integer, a double, a small struct) to a byte-string
+/// value (std::string_view in, std::string out): StringMap's core with keys of sizeof(K) bytes,
+/// recorded as K -> string (opening it with other types is layout_mismatch, naming both).
+///
+///   auto blobs = shmap::TypedMap<std::uint64_t, std::string>::open_or_create("blobs");
+///   blobs.insert_or_assign(42, payload);   // up to kMaxStringEntryBytes - 8 bytes
+///   if (auto v = blobs.find(42)) use(*v);
+template <class K>
+requires(!std::is_same_v<K, std::string>) class TypedMap<K, std::string> {
+  static_assert(std::is_trivially_copyable_v<K> && sizeof(K) <= 8,
+                "shmap::TypedMap<K, std::string>: K must be trivially copyable and at most 8 "
+                "bytes (for string keys use shmap::StringMap)");
+
+ public:
+  using key_type = K;
+  using mapped_type = std::string;
+
+  static TypedMap create(const std::string& name, const Options& options = {}) {
+    return TypedMap(DynamicMap::create(name, options, layout()));
+  }
+  static TypedMap open(const std::string& name) {
+    return TypedMap(DynamicMap::open(name, layout()));
+  }
+  static TypedMap open_or_create(const std::string& name, const Options& options = {},
+                                 bool* created = nullptr) {
+    return TypedMap(DynamicMap::open_or_create(name, options, layout(), created));
+  }
+  static bool remove(const std::string& name) { return Map::remove(name); }
+  static DynamicMap::Layout layout() { return {type_info<K>(), string_type()}; }
+  /// As StringMap::dump.
+  void dump(const std::string& path, const DumpOptions& options = {}) const {
+    core_.dump(path, options);
+  }
+  /// As StringMap::load, for a snapshot of a map of exactly these types.
+  static TypedMap load(const std::string& path, const std::string& name,
+                       const LoadOptions& options = {}) {
+    return TypedMap(DynamicMap::load(path, name, options, layout()));
+  }
+
+  std::optional<std::string> find(const K& k) const { return core_.find(bytes(k)); }
+  /// As find(), into *out (its capacity reused); false if absent.
+  bool find(const K& k, std::string* out) const { return core_.find(bytes(k), out); }
+  bool contains(const K& k) const { return core_.contains(bytes(k)); }
+  bool insert(const K& k, std::string_view v) { return core_.insert(bytes(k), v); }
+  /// Returns true if k was inserted, false if its value was replaced.
+  bool insert_or_assign(const K& k, std::string_view v) {
+    return core_.insert_or_assign(bytes(k), v);
+  }
+  bool erase(const K& k) { return core_.erase(bytes(k)); }
+  bool compare_exchange(const K& k, std::string_view expected, std::string_view desired) {
+    return core_.compare_exchange(bytes(k), expected, desired);
+  }
+  /// As StringMap::update: f(std::string&) edits a copy (may run more than once).
+  template <class F>
+  bool update(const K& k, F&& f) {
+    return core_.update(bytes(k), std::forward<F>(f));
+  }
+  template <class Make, class F>
+  bool upsert(const K& k, Make&& make, F&& f) {
+    return core_.upsert(bytes(k), std::forward<Make>(make), std::forward<F>(f));
+  }
+  /// Visits every entry, f(const K& key, std::string_view value) (weakly consistent).
+  template <class F>
+  void for_each(F&& f) const {
+    core_.for_each([&f](std::string_view kb, std::string_view v) {
+      if (kb.size() != sizeof(K)) return;  // damage: check() reports it
+      K k;
+      std::memcpy(&k, kb.data(), sizeof(K));
+      f(static_cast<const K&>(k), v);
+    });
+  }
+  std::size_t size() const { return core_.size(); }
+  bool empty() const { return size() == 0; }
+  Stats stats() const { return core_.stats(); }
+  CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
+  void compact() { core_.compact(); }
+  const std::string& name() const { return core_.name(); }
+
+ private:
+  explicit TypedMap(DynamicMap core) : core_(StringMap::Checked{}, std::move(core)) {}
+  static std::string_view bytes(const K& k) {
+    return std::string_view(reinterpret_cast<const char*>(&k), sizeof(K));
   }
   StringMap core_;
 };

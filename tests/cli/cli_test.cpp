@@ -379,7 +379,27 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
   expect_fails({"dump", name, dir_ + "/s.json", "--json"}, 3, "not supported yet");
   r = run({"ls"});
   EXPECT_NE(r.out.find("typed: string -> string"), std::string::npos) << r.out;
-  expect_fails({"create", "x", "--value", "string"}, 3, "string values take string keys");
+  // Number keys, string values: numbers in, the value's bytes out; C++ opens it as
+  // TypedMap<std::uint64_t, std::string>.
+  {
+    ScopedName blobs("u64-strings");
+    ASSERT_EQ(run({"create", blobs, "--value", "string"}).rc, 0);
+    EXPECT_EQ(run({"put", blobs, "42", "hello world"}).rc, 0);
+    EXPECT_EQ(run({"get", blobs, "42"}).out, "hello world\n");
+    expect_fails({"put", blobs, "forty", "x"}, 2, "KEY 'forty'");
+    EXPECT_EQ((TypedMap<std::uint64_t, std::string>::open(blobs).find(42)), "hello world");
+    TypedMap<std::uint64_t, std::string>::open(blobs).insert(7, std::string("\x01\x02", 2));
+    r = run({"scan", blobs});
+    EXPECT_NE(r.out.find("42  hello world\n"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("7  \\x01\\x02\n"), std::string::npos) << r.out;
+    r = run({"stat", blobs, "--json"});
+    EXPECT_EQ(json::parse(r.out)["key_type"], "u64");
+    EXPECT_EQ(json::parse(r.out)["value_type"], "string");
+    EXPECT_EQ(run({"del", blobs, "42"}).rc, 0);
+    expect_fails({"get", blobs, "42"}, 1, "not found");
+    expect_fails({"create", "x", "--key", "f64", "--value", "string", "--multimap"}, 3,
+                 "string keys and string values");
+  }
   EXPECT_EQ(run({"rm", name}).rc, 0);
 
   // String keys, number values: numbers in and out; C++ opens it as TypedMap<std::string, V>.

@@ -130,6 +130,33 @@ TEST(StringSnapshot, StructValuesRoundTripAndTheTypesAreCheckedBeforeAnythingIsC
   EXPECT_EQ(t.size(), 1u);
 }
 
+TEST(StringSnapshot, StringValuesUnderNumberKeysRoundTrip) {
+  using M = TypedMap<std::int64_t, std::string>;
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  std::map<std::int64_t, std::string> want;
+  {
+    M m = M::create(src);
+    for (std::int64_t i = -500; i < 500; ++i) {
+      want[i * 977] = bytes_of(static_cast<std::uint64_t>(i + 1000), (i + 500) % 300);
+      m.insert_or_assign(i * 977, want[i * 977]);
+    }
+    want[INT64_MIN] = std::string(200000, 'z');
+    m.insert_or_assign(INT64_MIN, want[INT64_MIN]);
+    m.dump(dir.path("n.shmap"), {.point_in_time = true});
+  }
+  M back = M::load(dir.path("n.shmap"), dst);
+  std::map<std::int64_t, std::string> got;
+  back.for_each([&](const std::int64_t& k, std::string_view v) { got[k] = std::string(v); });
+  EXPECT_TRUE(got == want);
+  Map::remove(dst);
+  EXPECT_EQ(code_of([&] { StringMap::load(dir.path("n.shmap"), dst); }), Errc::layout_mismatch);
+  EXPECT_EQ(
+      code_of([&] { (TypedMap<std::uint64_t, std::string>::load(dir.path("n.shmap"), dst)); }),
+      Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+}
+
 TEST(StringSnapshot, EveryDamagedOrTruncatedFileIsRefusedAndCreatesNothing) {
   TempDir dir;
   ScopedName src("src"), dst("dst");

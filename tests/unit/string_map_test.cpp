@@ -358,11 +358,14 @@ TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {
     EXPECT_NE(std::string(e.what()).find("uint64 -> uint64"), std::string::npos) << e.what();
   }
   EXPECT_EQ(code_of([&] { (void)StringMap::open(u, {.read_only = true}); }), Errc::layout_mismatch);
-  EXPECT_EQ(
-      code_of([&] {
-        (void)DynamicMap::create(n.str() + "-x", {}, {type_info<std::uint64_t>(), string_type()});
-      }),
-      Errc::invalid_argument);
+  // String values take string keys or keys of up to 8 bytes, nothing else.
+  struct Wide {
+    std::uint64_t a, b;
+  };
+  EXPECT_EQ(code_of([&] {
+              (void)DynamicMap::create(n.str() + "-x", {}, {type_info<Wide>(), string_type()});
+            }),
+            Errc::invalid_argument);
   // open_or_create: opens the existing one.
   bool created = true;
   auto again = StringMap::open_or_create(n, {}, &created);
@@ -628,6 +631,81 @@ void counters_under_churn(bool collide) {
 
 TEST(StringThreads, CountersAreExactUnderChurnWithManyThreads) { counters_under_churn(false); }
 TEST(StringThreads, CountersOnCollidingKeysAreExactUnderChurn) { counters_under_churn(true); }
+
+// ---- TypedMap<K, std::string> --------------------------------------------------------------
+
+TEST(NumberKeyedStringMap, ValuesOfEveryLengthUnderNumberKeysAndTheTypesRecorded) {
+  ScopedName n("u64-str");
+  using M = TypedMap<std::uint64_t, std::string>;
+  auto m = M::create(n, {.initial_capacity = 8});
+  std::map<std::uint64_t, std::string> model;
+  const std::uint64_t keys[] = {0, 1, 42, std::uint64_t{1} << 63, UINT64_MAX};
+  std::size_t i = 0;
+  for (const std::uint64_t k : keys) {
+    for (const std::size_t len :
+         {std::size_t{0}, std::size_t{5}, std::size_t{5000}, std::size_t{1} << 20}) {
+      const std::uint64_t key = k ^ (len * 0x9e37);
+      model[key] = bytes_of(++i, len);
+      EXPECT_TRUE(m.insert(key, model[key]));
+    }
+  }
+  for (const auto& [k, v] : model) ASSERT_EQ(m.find(k), v) << k;
+  EXPECT_EQ(m.size(), model.size());
+  std::map<std::uint64_t, std::string> seen;
+  m.for_each([&](const std::uint64_t& k, std::string_view v) { seen[k] = std::string(v); });
+  EXPECT_EQ(seen, model);
+  const std::uint64_t k0 = model.begin()->first;
+  EXPECT_FALSE(m.insert_or_assign(k0, "replaced"));
+  EXPECT_TRUE(m.update(k0, [](std::string& v) { v += "!"; }));
+  EXPECT_EQ(m.find(k0), "replaced!");
+  EXPECT_TRUE(m.compare_exchange(k0, "replaced!", "cas"));
+  EXPECT_TRUE(m.erase(k0));
+  EXPECT_FALSE(m.contains(k0));
+  EXPECT_FALSE(m.find(12345).has_value());
+  // The types: u64 -> string. Other views refuse it, naming both.
+  auto d = DynamicMap::open(n);
+  EXPECT_EQ(d.describe(), "uint64 -> string");
+  EXPECT_TRUE(d.holds_strings());
+  EXPECT_EQ(code_of([&] { (void)StringMap::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)Map::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (void)(TypedMap<std::int64_t, std::string>::open(n)); }),
+            Errc::layout_mismatch);
+  // open_any sees keys as 8 bytes: other sizes are refused (writes) or absent (reads).
+  auto any = StringMap::open_any(n);
+  EXPECT_EQ(any.key_bytes(), 8u);
+  EXPECT_EQ(code_of([&] { any.insert("short", "x"); }), Errc::invalid_argument);
+  EXPECT_FALSE(any.contains("short"));
+  RecordStats rs;
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+}
+
+TEST(NumberKeyedStringMap, SmallKeyTypesAndConcurrentWriters) {
+  ScopedName n("i32-str");
+  using M = TypedMap<std::int32_t, std::string>;
+  auto m = M::create(n, {.initial_capacity = 8});
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&, t] {
+      auto h = M::open(n);
+      for (int i = 0; i < 2000; ++i) {
+        const std::int32_t k = -(t * 10000 + i);
+        ASSERT_TRUE(h.insert(k, std::to_string(k)));
+        if (i % 3 == 0) {
+          ASSERT_TRUE(h.erase(k));
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::size_t n_left = 0;
+  m.for_each([&](const std::int32_t& k, std::string_view v) {
+    EXPECT_EQ(v, std::to_string(k));
+    ++n_left;
+  });
+  EXPECT_EQ(n_left, 4u * (2000 - 667));
+  EXPECT_EQ(m.size(), n_left);
+}
 
 // ---- StringMultimap ------------------------------------------------------------------------
 
