@@ -76,7 +76,9 @@
 #include "shmap/detail/progress.hpp"
 #include "shmap/detail/temporaries.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "shmap/typed_map.hpp"
+#include "string_write.hpp"
 
 namespace shmap {
 namespace detail {
@@ -1035,6 +1037,7 @@ struct ScanResult {
   std::uint32_t version = kSnapshotVersion;
   std::size_t entry_bytes = kEntryBytes;  // version 2: 8 + the value's size
   TypedFields types;                      // version 2
+  std::uint64_t kind = kKindMap;          // version 3: kKindMultimap for a multimap's
   SnapshotHeader header;
   std::uint64_t entries = 0;
   std::uint64_t chunks = 0;
@@ -1102,6 +1105,9 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
     cereal::PortableBinaryInputArchive ar(is);
     ar(res.header);
     if (version != kSnapshotVersion) ar(res.types);
+    if (version == kSnapshotVersionStrings && is.peek() != std::char_traits<char>::eof()) {
+      ar(res.kind);
+    }
   } catch (const std::exception &e) {
     w.fail(Errc::corrupt, std::string("header body does not decode: ") + e.what());
   }
@@ -1134,6 +1140,11 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
                                 ", value kind " + std::to_string(t.value_kind) + " of " +
                                 std::to_string(t.value_size) +
                                 " bytes) that no map with strings has");
+    }
+    if (res.kind != kKindMap && (res.kind != kKindMultimap || !string_keys || !string_values)) {
+      w.fail(Errc::corrupt, "header records a kind of map (" + std::to_string(res.kind) +
+                                ") that is not one of these types' (1: map, 2: a multimap of "
+                                "strings)");
     }
     res.entry_bytes = 1;  // the chunks carry bytes
   }
@@ -1828,6 +1839,7 @@ struct SnapshotAccess {
   }
   /// The string-keyed map under a DynamicMap whose types were checked (a loaded snapshot's).
   static StringMap strings(DynamicMap d) { return StringMap(StringMap::Checked{}, std::move(d)); }
+  static StringMultimap multimap(DynamicMap d) { return StringMultimap(std::move(d)); }
   /// A typed map whose segment records exactly `types` (a loaded snapshot's).
   static DynamicMap create(const std::string &name, const Options &o, const SegmentTypes &types) {
     return DynamicMap::create_recorded(name, o, types);
@@ -2034,8 +2046,19 @@ void append_entry(std::string &to, std::string_view k, std::string_view v) {
   to.append(v);
 }
 
-void dump_strings(const StringMap &s, const Where &w, bool point_in_time) {
-  const DynamicMap &d = SnapshotAccess::core(s);
+/// Every entry of a map of strings (a multimap's values in their order), weakly consistent.
+template <class F>
+void walk_strings(const DynamicMap &d, F &&f) {
+  visit_entries(
+      SnapshotAccess::map(d),
+      [](void *c, std::string_view k, std::string_view v) {
+        (*static_cast<std::remove_reference_t<F> *>(c))(k, v);
+      },
+      &f);
+}
+
+/// A map of strings' binary snapshot (version 3); `size`: its entries now (a hint).
+void dump_strings(const DynamicMap &d, std::size_t size, const Where &w, bool point_in_time) {
   const Map &m = SnapshotAccess::map(d);
   AtomicFile out(w, m.stats().options.mode);
   std::string copy;  // point in time: the entry stream, copied under the hold
@@ -2049,18 +2072,18 @@ void dump_strings(const StringMap &s, const Where &w, bool point_in_time) {
   };
   if (point_in_time) {
     WriterHold hold(m.impl(), true);
-    hint = s.size();
+    hint = size;
     header(true);
     report("dump", 0, hint);
     std::uint64_t n = 0;
-    s.for_each([&](std::string_view k, std::string_view v) {
+    walk_strings(d, [&](std::string_view k, std::string_view v) {
       append_entry(copy, k, v);
       ++n;
     });
     require_hold(m, true);
     h.entry_count = n;
   } else {
-    hint = s.size();
+    hint = size;
     header(false);
   }
   std::ostringstream body_stream;
@@ -2069,6 +2092,8 @@ void dump_strings(const StringMap &s, const Where &w, bool point_in_time) {
         body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
     ar(h);
     ar(typed_fields(d));
+    // A multimap says so after the types (a map's snapshot may end there: kind 1).
+    if (d.is_multimap()) ar(kKindMultimap);
   }
   if (!point_in_time) report("dump", 0, hint);
   BinaryWriter bw(out, kSnapshotVersionStrings, body_stream.str(), 1, kStringChunkBytes,
@@ -2084,7 +2109,7 @@ void dump_strings(const StringMap &s, const Where &w, bool point_in_time) {
     add(copy);
   } else {
     std::string one;
-    s.for_each([&](std::string_view k, std::string_view v) {
+    walk_strings(d, [&](std::string_view k, std::string_view v) {
       one.clear();
       append_entry(one, k, v);
       add(one);
@@ -2113,7 +2138,8 @@ void load_strings(const std::string &path, const std::string &name, const LoadOp
         verify.feed(e, n, [](std::string_view, std::string_view) {});
       });
   verify.finish();
-  const SegmentTypes types = res.types.records();
+  SegmentTypes types = res.types.records();
+  types.kind = res.kind;
   const std::size_t fixed = res.types.value_kind == strings ? 0 : res.types.value_size;
   if (fixed != 0 && !verify.values_all(fixed)) {
     w.fail(Errc::corrupt,
@@ -2133,12 +2159,24 @@ void load_strings(const std::string &path, const std::string &name, const LoadOp
       name, path, "remove it first (a snapshot loads into a new map)", [&](const std::string &tmp) {
         Options o = creation_options(res.header, options.options);
         o.initial_capacity = std::max<std::size_t>(o.initial_capacity, entries * 2 + 2);
-        StringMap staging = SnapshotAccess::strings(SnapshotAccess::create(tmp, o, types));
+        DynamicMap core = SnapshotAccess::create(tmp, o, types);
+        std::optional<StringMap> map;
+        std::optional<StringMultimap> multi;
+        if (types.kind == kKindMultimap) {
+          multi.emplace(SnapshotAccess::multimap(std::move(core)));
+        } else {
+          map.emplace(SnapshotAccess::strings(std::move(core)));
+        }
         EntryStream feed(w, fixed);
-        // The second pass verifies again as it feeds (a file changed in between fails).
+        // The second pass verifies again as it feeds (a file changed in between fails). A
+        // multimap's values come in their order, and are added in it.
         scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
           feed.feed(e, n, [&](std::string_view k, std::string_view v) {
-            staging.insert_or_assign(k, v);
+            if (multi) {
+              multi->insert(k, v);
+            } else {
+              map->insert_or_assign(k, v);
+            }
           });
         });
         feed.finish();
@@ -2193,13 +2231,19 @@ void DynamicMap::dump(const std::string &path, const DumpOptions &options) const
   const detail::Where w{name(), path};
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
-    if (is_multimap()) {
-      w.fail(Errc::invalid_argument,
-             "snapshots of multimaps are not supported yet; nothing was written");
-    }
     if (holds_strings()) {
-      // Through a StringMap view of the same segment (its walk knows the entry lists).
-      StringMap::open_any(name(), OpenOptions{.read_only = read_only()}).dump(path, options);
+      if (options.json) {
+        w.fail(Errc::invalid_argument,
+               "the JSON form of a snapshot of strings is not supported yet; dump the binary "
+               "form");
+      }
+      if (options.point_in_time && read_only()) {
+        w.fail(Errc::permission_denied,
+               "a point-in-time dump holds writers back, which a read-only attachment may not "
+               "do; attach read-write, or dump without --point-in-time");
+      }
+      // The size hint: buckets (the point-in-time form counts the entries it writes).
+      detail::dump_strings(*this, size(), w, options.point_in_time);
       return;
     }
     if (options.json) {
@@ -2260,7 +2304,7 @@ void StringMap::dump(const std::string &path, const DumpOptions &options) const 
              "a point-in-time dump holds writers back, which a read-only attachment may not do; "
              "attach read-write, or dump without --point-in-time");
     }
-    detail::dump_strings(*this, w, options.point_in_time);
+    detail::dump_strings(detail::SnapshotAccess::core(*this), size(), w, options.point_in_time);
   });
 }
 

@@ -19,7 +19,7 @@
 //
 // The segment records its kind as a multimap (string -> string): StringMap, TypedMap and
 // shmap::Map refuse it (layout_mismatch, naming it), and StringMultimap refuses every map.
-// Not yet: snapshots (dump), values of other types than strings.
+// Snapshots: dump()/load() (binary, version 3). Not yet: values of other types than strings.
 #pragma once
 
 #include <cstddef>
@@ -42,6 +42,17 @@ class StringMultimap {
                                        bool* created = nullptr);
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), string_type(), true}; }
+  /// A binary snapshot (version 3, marked as a multimap's; every key's values in their order),
+  /// as StringMap::dump.
+  void dump(const std::string& path, const DumpOptions& options = {}) const {
+    core_.dump(path, options);
+  }
+  /// Makes multimap `name` from a multimap's snapshot (others: layout_mismatch), as
+  /// StringMap::load.
+  static StringMultimap load(const std::string& path, const std::string& name,
+                             const LoadOptions& options = {}) {
+    return StringMultimap(DynamicMap::load(path, name, options, layout()));
+  }
 
   /// Adds `value` to key's values, after the ones it has (a value may occur more than once).
   /// A key and one value take up to kMaxStringEntryBytes (invalid_argument, nothing written);
@@ -91,6 +102,7 @@ class StringMultimap {
   bool read_only() const { return core_.read_only(); }
 
  private:
+  friend struct detail::SnapshotAccess;
   explicit StringMultimap(DynamicMap core);
   std::size_t visit_key(std::string_view key, void (*fn)(void*, std::string_view), void* ctx) const;
   void visit(void (*fn)(void*, std::string_view, std::string_view), void* ctx) const;

@@ -11,6 +11,7 @@
 
 #include "golden_typed.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "snapshot/snapshot_util.hpp"
 #include "test_util.hpp"
 
@@ -155,6 +156,46 @@ TEST(StringSnapshot, StringValuesUnderNumberKeysRoundTrip) {
       code_of([&] { (TypedMap<std::uint64_t, std::string>::load(dir.path("n.shmap"), dst)); }),
       Errc::layout_mismatch);
   EXPECT_FALSE(exists(dst.str()));
+}
+
+TEST(StringSnapshot, AMultimapComesBackAMultimapWithEveryValueInOrder) {
+  TempDir dir;
+  ScopedName src("src"), dst("dst"), single("single");
+  std::map<std::string, std::vector<std::string>> want;
+  {
+    auto m = StringMultimap::create(src, {.initial_capacity = 8});
+    for (int i = 0; i < 3000; ++i) {
+      const std::string k = "k" + std::to_string(i % 97);
+      const std::string v = i % 500 == 0 ? std::string(100000, 'v') : std::to_string(i);
+      m.insert(k, v);
+      want[k].push_back(v);
+    }
+    m.insert("dup", "same");
+    m.insert("dup", "same");
+    want["dup"] = {"same", "same"};
+    m.dump(dir.path("m.shmap"), {.point_in_time = true});
+    m.dump(dir.path("m2.shmap"));
+    StringMap::create(single).insert("a", "b");
+    StringMap::open(single).dump(dir.path("s.shmap"));
+  }
+  for (const char* file : {"m.shmap", "m2.shmap"}) {
+    auto back = StringMultimap::load(dir.path(file), dst);
+    std::size_t total = 0;
+    for (const auto& [k, vs] : want) {
+      EXPECT_EQ(back.find(k), vs) << file << " " << k;
+      total += vs.size();
+    }
+    EXPECT_EQ(back.size(), total);
+    EXPECT_TRUE(DynamicMap::open(dst).is_multimap());
+    Map::remove(dst);
+  }
+  // A multimap's snapshot is not a map's, nor the other way round.
+  EXPECT_EQ(code_of([&] { StringMap::load(dir.path("m.shmap"), dst); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { StringMultimap::load(dir.path("s.shmap"), dst); }),
+            Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  // DynamicMap loads it as what it is.
+  EXPECT_TRUE(DynamicMap::load(dir.path("m.shmap"), dst).is_multimap());
 }
 
 TEST(StringSnapshot, EveryDamagedOrTruncatedFileIsRefusedAndCreatesNothing) {
