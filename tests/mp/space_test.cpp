@@ -69,23 +69,38 @@ std::uint64_t fill_fs(const std::string& path) {
   return size;
 }
 
-// Item 9: /dev/shm is a private 8 MiB tmpfs in a child's own mount namespace.
-TEST_F(SpaceTest, FullDevShmIsOutOfSpaceNeverSigbus) {
-  Shared<std::array<char, 512>> skip_reason;
-  const auto r = run_child(
+/// Runs body in a child whose /dev/shm is a private tmpfs of `size` (its own mount namespace),
+/// waiting at most `timeout`. Where the machine does not allow that, *skipped says why.
+ChildResult in_private_shm(const char* size, std::string* skipped,
+                           const std::function<bool()>& body, milliseconds timeout) {
+  Shared<std::array<char, 512>> reason;
+  const ChildResult r = run_child(
       [&]() -> bool {
         auto skip = [&](const char* what) {
-          std::snprintf(skip_reason->data(), skip_reason->size(), "%s: %s", what,
-                        std::strerror(errno));
+          std::snprintf(reason->data(), reason->size(), "%s: %s", what, std::strerror(errno));
           ::_exit(kSkipCode);
         };
         if (::unshare(CLONE_NEWNS) != 0) skip("unshare(CLONE_NEWNS) not permitted");
         if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
           skip("cannot make mounts private");
         }
-        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=8m") != 0) {
+        const std::string options = std::string("size=") + size;
+        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, options.c_str()) != 0) {
           skip("cannot mount a tmpfs on /dev/shm");
         }
+        return body();
+      },
+      timeout);
+  if (r.exited && r.code == kSkipCode) *skipped = reason->data();
+  return r;
+}
+
+// Item 9: /dev/shm is a private 8 MiB tmpfs in a child's own mount namespace.
+TEST_F(SpaceTest, FullDevShmIsOutOfSpaceNeverSigbus) {
+  std::string skipped;
+  const auto r = in_private_shm(
+      "8m", &skipped,
+      [&]() -> bool {
         const std::string name = "shmap-test-full";
         Map m = Map::create(name, {.initial_capacity = 8});
         std::uint64_t next = 0;
@@ -133,7 +148,7 @@ TEST_F(SpaceTest, FullDevShmIsOutOfSpaceNeverSigbus) {
         return true;
       },
       seconds(120 * kSlow));
-  if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
+  if (!skipped.empty()) GTEST_SKIP() << skipped;
   EXPECT_TRUE(r.ok()) << "the child " << r.describe()
                       << (r.signal == SIGBUS ? ": SIGBUS on a full /dev/shm" : "");
 }
@@ -144,21 +159,10 @@ TEST_F(SpaceTest, FullDevShmIsOutOfSpaceNeverSigbus) {
 // those punched extents, and each must be reserved anew -- out_of_space, never a SIGBUS on the
 // first store into a table whose pages are not there.
 TEST_F(SpaceTest, ReusedExtentsAreReservedAgainOnAFullDevShm) {
-  Shared<std::array<char, 512>> skip_reason;
-  const auto r = run_child(
+  std::string skipped;
+  const auto r = in_private_shm(
+      "32m", &skipped,
       [&]() -> bool {
-        auto skip = [&](const char* what) {
-          std::snprintf(skip_reason->data(), skip_reason->size(), "%s: %s", what,
-                        std::strerror(errno));
-          ::_exit(kSkipCode);
-        };
-        if (::unshare(CLONE_NEWNS) != 0) skip("unshare(CLONE_NEWNS) not permitted");
-        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-          skip("cannot make mounts private");
-        }
-        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=32m") != 0) {
-          skip("cannot mount a tmpfs on /dev/shm");
-        }
         const std::string name = "shmap-test-reuse";
         Map m = Map::create(name, {.initial_capacity = 8});
         constexpr std::uint64_t kKeys = 150'000;  // a 16 MiB table at the end
@@ -187,7 +191,7 @@ TEST_F(SpaceTest, ReusedExtentsAreReservedAgainOnAFullDevShm) {
         return true;
       },
       seconds(120 * kSlow));
-  if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
+  if (!skipped.empty()) GTEST_SKIP() << skipped;
   EXPECT_TRUE(r.ok()) << "the child " << r.describe()
                       << (r.signal == SIGBUS ? ": SIGBUS writing into a reused extent" : "");
 }
@@ -197,21 +201,10 @@ TEST_F(SpaceTest, ReusedExtentsAreReservedAgainOnAFullDevShm) {
 // record must reserve its pages anew -- out_of_space with nothing written, never a SIGBUS in
 // the copy of the value -- and works again once space returns.
 TEST_F(SpaceTest, FreedLargeRecordsAreReservedAgainOnAFullDevShm) {
-  Shared<std::array<char, 512>> skip_reason;
-  const auto r = run_child(
+  std::string skipped;
+  const auto r = in_private_shm(
+      "32m", &skipped,
       [&]() -> bool {
-        auto skip = [&](const char* what) {
-          std::snprintf(skip_reason->data(), skip_reason->size(), "%s: %s", what,
-                        std::strerror(errno));
-          ::_exit(kSkipCode);
-        };
-        if (::unshare(CLONE_NEWNS) != 0) skip("unshare(CLONE_NEWNS) not permitted");
-        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-          skip("cannot make mounts private");
-        }
-        if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=32m") != 0) {
-          skip("cannot mount a tmpfs on /dev/shm");
-        }
         const std::string name = "shmap-test-large";
         StringMap m = StringMap::create(name, {.initial_capacity = 8});
         auto value = [](int i) { return std::string((1u << 20) + i, static_cast<char>('a' + i)); };
@@ -252,7 +245,7 @@ TEST_F(SpaceTest, FreedLargeRecordsAreReservedAgainOnAFullDevShm) {
         return true;
       },
       seconds(120 * kSlow));
-  if (r.exited && r.code == kSkipCode) GTEST_SKIP() << skip_reason->data();
+  if (!skipped.empty()) GTEST_SKIP() << skipped;
   EXPECT_TRUE(r.ok()) << "the child " << r.describe()
                       << (r.signal == SIGBUS ? ": SIGBUS writing into a reused record" : "");
 }

@@ -13,6 +13,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "test_util.hpp"
+
 namespace shmap::test {
 
 namespace {
@@ -114,6 +116,33 @@ std::vector<std::string> staging_segments() {
     ::closedir(d);
   }
   return out;
+}
+
+void expect_damage_refused(const std::string& good, const std::string& path,
+                           const std::string& made, const std::function<void()>& load) {
+  auto write = [&](const std::string& bytes) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  auto exists = [&] { return ::access(("/dev/shm/" + made).c_str(), F_OK) == 0; };
+  std::size_t refused = 0, tried = 0;
+  for (std::size_t at = 0; at < good.size(); at += good.size() / 97 + 1) {
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 0x10);
+    write(bad);
+    ++tried;
+    const Errc c = code_of(load);
+    refused += c == Errc::corrupt || c == Errc::version_mismatch;
+    EXPECT_FALSE(exists()) << "flipped byte " << at << " made a map";
+    if (exists()) Map::remove(made);
+  }
+  EXPECT_EQ(refused, tried);
+  for (const std::size_t len :
+       {std::size_t{0}, std::size_t{10}, std::size_t{40}, good.size() / 2, good.size() - 1}) {
+    write(good.substr(0, len));
+    EXPECT_EQ(code_of(load), Errc::corrupt) << "truncated to " << len;
+    EXPECT_FALSE(exists());
+  }
+  write(good);
 }
 
 }  // namespace shmap::test

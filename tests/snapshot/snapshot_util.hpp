@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -12,6 +13,14 @@
 #include "shmap/shmap.hpp"
 
 namespace shmap::test {
+
+/// Writes damaged copies of the snapshot `good` to `path` -- one flipped bit at a spread of
+/// about 100 places (header, chunk headers, entries, footer), and truncations to 0, 10, 40
+/// bytes, half, and all but one -- and expects load() to refuse each (corrupt or
+/// version_mismatch; corrupt for a truncation) and to leave no map `made` behind. Finally
+/// writes `good` back to `path`.
+void expect_damage_refused(const std::string& good, const std::string& path,
+                           const std::string& made, const std::function<void()>& load);
 
 inline LoadOptions load_mode(LoadOptions::Mode mode) {
   LoadOptions o;

@@ -154,31 +154,9 @@ TEST(TypedSnapshot, EveryDamagedOrTruncatedFileIsRefusedAndCreatesNothing) {
   }
   const std::string good = read_file(dir.path("t.shmap"));
   ASSERT_GT(good.size(), 5000u * 48);
-  auto write = [&](const std::string& bytes) {
-    std::ofstream(dir.path("bad.shmap"), std::ios::binary | std::ios::trunc) << bytes;
-  };
-  // One flipped bit at a spread of places: the header, chunk headers, entries, the footer.
-  std::size_t refused = 0, tried = 0;
-  for (std::size_t at = 0; at < good.size(); at += good.size() / 97 + 1) {
-    std::string bad = good;
-    bad[at] = static_cast<char>(bad[at] ^ 0x10);
-    write(bad);
-    ++tried;
-    const Errc c = code_of([&] { DynamicMap::load(dir.path("bad.shmap"), dst); });
-    refused += c == Errc::corrupt || c == Errc::version_mismatch;
-    EXPECT_FALSE(exists(dst.str())) << "flipped byte " << at << " made a map";
-    if (exists(dst.str())) Map::remove(dst);
-  }
-  EXPECT_EQ(refused, tried);
-  for (const std::size_t len :
-       {std::size_t{0}, std::size_t{10}, std::size_t{40}, good.size() / 2, good.size() - 1}) {
-    write(good.substr(0, len));
-    const Errc c = code_of([&] { DynamicMap::load(dir.path("bad.shmap"), dst); });
-    EXPECT_EQ(c, Errc::corrupt) << "truncated to " << len;
-    EXPECT_FALSE(exists(dst.str()));
-  }
+  expect_damage_refused(good, dir.path("bad.shmap"), dst.str(),
+                        [&] { DynamicMap::load(dir.path("bad.shmap"), dst); });
   // The control: the undamaged file loads.
-  write(good);
   EXPECT_EQ(DynamicMap::load(dir.path("bad.shmap"), dst).size(), 5000u);
 }
 
