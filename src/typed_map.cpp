@@ -44,10 +44,13 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
     // String keys take string values (StringMap) or values of one size up to the entry limit
     // (TypedMap<std::string, V>); string values take string keys or keys of 1..8 bytes
     // (TypedMap<K, std::string>).
+    // A string type may carry another name than "string" (a language binding records "utf8"
+    // or "pickle" so that it reopens a map as it wrote it); size 0 and alignment 1 it must have.
+    const auto string_like = [](const TypeInfo& t) { return t.size == 0 && t.align == 1; };
     const bool fixed_value = !sval && l.value.size != 0 && l.value.size <= kMaxStringEntryBytes;
     const bool fixed_key = !skey && l.key.size != 0 && l.key.size <= 8;
-    const bool ok = skey ? l.key == string_type() && (sval ? l.value == string_type() : fixed_value)
-                         : fixed_key && l.value == string_type();
+    const bool ok = skey ? string_like(l.key) && (sval ? string_like(l.value) : fixed_value)
+                         : fixed_key && string_like(l.value);
     if (!ok) {
       fail(Errc::invalid_argument, name,
            "string keys take string values or values of 1.." +

@@ -104,7 +104,9 @@ TypeInfo type_info() {
 }
 
 /// The type of a StringMap's keys and values: byte strings of any length, recorded as
-/// "string" (size 0: the length is each string's own).
+/// "string" (size 0: the length is each string's own). A DynamicMap::Layout may give a string
+/// type another name (the Python binding records "utf8" and "pickle"): kind byte_string, size 0
+/// and alignment 1 make it a string; the name is compared like any type's.
 inline TypeInfo string_type() { return {0, 1, TypeInfo::Kind::byte_string, "string"}; }
 
 /// What the records of a typed map hold (TypedMap::check computes it; exact only while no

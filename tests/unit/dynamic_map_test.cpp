@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "shmap/detail/layout.hpp"
+#include "shmap/string_map.hpp"
 #include "shmap/typed_map.hpp"
 #include "test_util.hpp"
 
@@ -182,6 +183,45 @@ TEST(DynamicMap, BadArgumentsAreInvalidArgument) {
   huge.size = kMaxValueBytes + 1;
   EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {u64, huge}); }), Errc::invalid_argument);
   EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::not_found);
+}
+
+// A binding records what its strings hold under another name ("utf8", "pickle"): such a map is
+// created, reopened with exactly those types, read by StringMap as strings, and refused by a
+// layout that names them otherwise. Sizes stay checked: a "string" with a size is refused.
+TEST(DynamicMap, StringTypesMayCarryAnotherName) {
+  ScopedName n("named-strings");
+  const TypeInfo utf8{0, 1, TypeInfo::Kind::byte_string, "utf8"};
+  const TypeInfo pickle{0, 1, TypeInfo::Kind::byte_string, "pickle"};
+  {
+    auto d = DynamicMap::create(n, {}, {utf8, pickle});
+    EXPECT_TRUE(d.holds_strings());
+    EXPECT_EQ(d.describe(), "utf8 -> pickle");
+  }
+  {
+    auto s = StringMap::open_any(n);
+    EXPECT_EQ(s.value_type(), pickle);
+    EXPECT_EQ(s.value_bytes(), 0u);
+    ASSERT_TRUE(s.insert("k", std::string("\x80\x04", 2)));
+  }
+  EXPECT_EQ(StringMap::open(n).find("k"), std::string("\x80\x04", 2));
+  EXPECT_EQ(DynamicMap::open(n, {utf8, pickle}).key_type(), utf8);
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n, {utf8, string_type()}); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { DynamicMap::open(n, StringMap::layout()); }), Errc::layout_mismatch);
+  // A number value beside a named string key (what TypedMap<std::string, V> holds).
+  ScopedName f("named-strings-f64");
+  { auto d = DynamicMap::create(f, {}, {utf8, type_info<double>()}); }
+  EXPECT_EQ(StringMap::open_any(f).value_bytes(), sizeof(double));
+  EXPECT_EQ(code_of([&] { (void)TypedMap<std::string, double>::open(f); }), Errc::layout_mismatch);
+  // Still refused: a string type with a size, and a string value beside a fixed key.
+  const TypeInfo sized{8, 1, TypeInfo::Kind::byte_string, "utf8"};
+  EXPECT_EQ(code_of([&] {
+              DynamicMap::create(n.str() + "-x", {}, {sized, pickle});
+            }),
+            Errc::invalid_argument);
+  EXPECT_EQ(code_of([&] {
+              DynamicMap::create(n.str() + "-x", {}, {type_info<int>(), utf8});
+            }),
+            Errc::invalid_argument);
 }
 
 }  // namespace
