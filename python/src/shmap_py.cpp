@@ -740,7 +740,7 @@ class Core {
 
   /// Sets keys[i] -> values[i] (overwrite) or inserts where absent; returns how many keys were
   /// absent before.
-  std::size_t insert_many(py::array keys_in, py::array values_in, bool overwrite) {
+  std::size_t insert_many(py::object keys_in, py::object values_in, bool overwrite) {
     auto hold = shared_backend();
     if (read_only_) raise_error(shmap::Errc::permission_denied, "map '" + name_ + "' is read-only");
     auto keys =
