@@ -7,9 +7,13 @@
 set -euo pipefail
 PKGS=(g++ cmake make libboost1.81-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
       liblmdb-dev lmdb-utils libtbb-dev libcereal-dev rapidjson-dev libcli11-dev libxxhash-dev
-      nlohmann-json3-dev tmux pkg-config)
+      nlohmann-json3-dev tmux pkg-config
+      # The Python binding (python/) and its tests: Debian's python3, no package index.
+      python3-dev pybind11-dev python3-pytest python3-numpy python3-setuptools python3-pip
+      python3-wheel python3-venv)
 if [[ ${1:-} == bench ]]; then
   PKGS+=(python3-matplotlib)  # bench/plot.py renders docs/bench-ratios.png
+  PKGS+=(python3-lmdb)        # bench/python_bench.py compares against it
 fi
 missing=()
 for p in "${PKGS[@]}"; do

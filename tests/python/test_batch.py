@@ -1,0 +1,76 @@
+# Batched calls on maps with int keys: find_many and insert_many on NumPy arrays (and any
+# array-like), int and float values, absent keys, shapes refused, and the GIL given up while
+# they run (another thread's Python code advances during one long find_many).
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import shmap
+
+
+def test_find_many_and_insert_many_on_int_maps(name):
+    m = shmap.Map(name, create=True, initial_capacity=8)
+    keys = np.arange(0, 200_000, 2, dtype=np.uint64)
+    assert m.insert_many(keys, keys * 3) == len(keys)
+    assert m.insert_many(keys[:10], keys[:10], overwrite=False) == 0
+    assert m[2] == 6 and len(m) == len(keys)
+    probe = np.arange(0, 200_000, dtype=np.uint64)
+    values, found = m.find_many(probe)
+    assert values.dtype == np.uint64 and found.dtype == np.bool_
+    assert found.tolist() == [i % 2 == 0 for i in range(200_000)]
+    assert (values[found] == probe[found] * 3).all() and (values[~found] == 0).all()
+    big = np.array([2**64 - 1], dtype=np.uint64)
+    m.insert_many(big, big)
+    assert m[2**64 - 1] == 2**64 - 1
+    values, found = m.find_many([4, 5])  # a list will do
+    assert values.tolist() == [12, 0] and found.tolist() == [True, False]
+    assert m.find_many(np.array([], dtype=np.uint64))[0].shape == (0,)
+
+
+def test_float_maps_and_refusals(name, names):
+    f = shmap.Map(name, create=True, key=int, value=float)
+    assert f.insert_many([1, 2, 3], [0.5, 1.5, 2.5]) == 3
+    values, found = f.find_many([1, 3, 9])
+    assert values.dtype == np.float64 and values.tolist() == [0.5, 2.5, 0.0]
+    assert found.tolist() == [True, True, False]
+    with pytest.raises(ValueError):
+        f.insert_many([1, 2], [1.0])
+    with pytest.raises(ValueError):
+        f.find_many(np.zeros((2, 2), dtype=np.uint64))
+    s = shmap.Map(names("s"), create=True, key=str, value=int)
+    with pytest.raises(TypeError):
+        s.find_many([1])
+    with pytest.raises(TypeError):
+        s.insert_many([1], [1])
+
+
+def test_find_many_releases_the_gil(name):
+    m = shmap.Map(name, create=True)
+    keys = np.arange(1_000_000, dtype=np.uint64)
+    m.insert_many(keys, keys)
+    probe = np.tile(keys, 8)
+    # Another thread notes the time at every step of a Python loop while the main thread is
+    # inside one long find_many. Holding the GIL, find_many would let it run at most at the
+    # edges of the call (a switch interval after the call started, or before it returned);
+    # with the GIL given up, the other thread runs through the middle of the call.
+    started, done = threading.Event(), threading.Event()
+    stamps = []
+
+    def spin():
+        started.set()
+        while not done.is_set():
+            stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=spin)
+    t.start()
+    started.wait()
+    t0 = time.perf_counter()
+    values, found = m.find_many(probe)
+    t1 = time.perf_counter()
+    done.set()
+    t.join()
+    assert found.all()
+    third = (t1 - t0) / 3
+    assert any(t0 + third < s < t1 - third for s in stamps), (t1 - t0, len(stamps))
