@@ -23,5 +23,6 @@ setup(
             extra_link_args=["-pthread"],
         )
     ],
-    options={"build_ext": {"parallel": 2}},
+    # build-pip: the CMake build uses build/ (scripts/test.sh).
+    options={"build": {"build_base": "build-pip"}, "build_ext": {"parallel": 2}},
 )
