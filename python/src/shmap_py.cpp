@@ -634,10 +634,10 @@ class Core {
       }
     };
     std::string initial;  // fn(default), computed ahead: fn may run more than once anyway
+    py::object initial_object;
     if (has_default) {
-      py::object n = fn(dflt);
-      value_bytes(value_, n, &initial);
-      result = std::move(n);
+      initial_object = fn(dflt);
+      value_bytes(value_, initial_object, &initial);
     }
     bool inserted = false, present = false;
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) {
@@ -681,8 +681,7 @@ class Core {
     }
     if (failure) std::rethrow_exception(failure);
     if (!present) key_error(k);
-    (void)inserted;
-    return result;
+    return inserted ? initial_object : result;  // what the write that stuck wrote
   }
 
   std::size_t len() {
