@@ -1039,6 +1039,125 @@ class Core {
   std::shared_ptr<Backend> backend_;
 };
 
+// ---- The fast path -------------------------------------------------------------------------
+//
+// pybind11's dispatcher costs a few hundred nanoseconds per call, as much as the lookup itself.
+// The hottest methods are therefore also plain CPython methods (PyMethodDef) put into the
+// class's dict in place of pybind11's: the interpreter calls them directly. They reach the
+// Core through pybind11's instance layout (a Python subclass of one pybind11 class keeps the
+// simple layout: the value pointer first), and a method descriptor only ever passes instances
+// of its class as self.
+
+/// Sets the Python error for the exception being handled (as pybind11's translators would).
+void set_python_error() {
+  try {
+    throw;
+  } catch (const shmap::Error& e) {
+    translate(e);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    PyErr_SetString(PyExc_RuntimeError, "shmap: unknown C++ exception");
+  }
+}
+
+Core* core_of(PyObject* self) {
+  auto* inst = reinterpret_cast<py::detail::instance*>(self);
+  if (inst->simple_layout && inst->simple_value_holder[0] != nullptr) {
+    return static_cast<Core*>(inst->simple_value_holder[0]);
+  }
+  return py::handle(self).cast<Core*>();  // not initialised: pybind11 says so
+}
+
+template <class F>
+PyObject* guarded(F&& f) noexcept {
+  try {
+    return f();
+  } catch (...) {
+    set_python_error();
+    return nullptr;
+  }
+}
+
+PyObject* to_bool(bool b) { return PyBool_FromLong(b ? 1 : 0); }
+
+bool want_args(const char* name, Py_ssize_t n, Py_ssize_t lo, Py_ssize_t hi) {
+  if (n >= lo && n <= hi) return true;
+  PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd arguments (%zd given)", name, lo, hi, n);
+  return false;
+}
+
+PyObject* fast_getitem(PyObject* self, PyObject* k) {
+  return guarded([&] { return core_of(self)->getitem(k).release().ptr(); });
+}
+PyObject* fast_contains(PyObject* self, PyObject* k) {
+  return guarded([&] { return to_bool(core_of(self)->contains(k)); });
+}
+PyObject* fast_delitem(PyObject* self, PyObject* k) {
+  return guarded([&] {
+    core_of(self)->delitem(k);
+    Py_RETURN_NONE;
+  });
+}
+PyObject* fast_discard(PyObject* self, PyObject* k) {
+  return guarded([&] { return to_bool(core_of(self)->erase(k)); });
+}
+PyObject* fast_setitem(PyObject* self, PyObject* const* a, Py_ssize_t n) {
+  if (!want_args("__setitem__", n, 2, 2)) return nullptr;
+  return guarded([&] {
+    core_of(self)->setitem(a[0], a[1]);
+    Py_RETURN_NONE;
+  });
+}
+PyObject* fast_insert(PyObject* self, PyObject* const* a, Py_ssize_t n) {
+  if (!want_args("insert", n, 2, 2)) return nullptr;
+  return guarded([&] { return to_bool(core_of(self)->insert(a[0], a[1])); });
+}
+PyObject* fast_get(PyObject* self, PyObject* const* a, Py_ssize_t n) {
+  if (!want_args("get", n, 1, 2)) return nullptr;
+  return guarded([&] {
+    return core_of(self)
+        ->get(a[0], py::reinterpret_borrow<py::object>(n == 2 ? a[1] : Py_None))
+        .release()
+        .ptr();
+  });
+}
+PyObject* fast_fetch_add(PyObject* self, PyObject* const* a, Py_ssize_t n) {
+  if (!want_args("fetch_add", n, 1, 2)) return nullptr;
+  return guarded([&] {
+    py::int_ one(1);
+    return core_of(self)->fetch_add(a[0], n == 2 ? a[1] : one.ptr()).release().ptr();
+  });
+}
+
+// Cast through void(*)(): the CPython calling conventions differ from PyCFunction's type.
+template <class F>
+PyCFunction cfunc(F* f) {
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(f));
+}
+
+PyMethodDef g_fast_methods[] = {
+    {"__getitem__", cfunc(fast_getitem), METH_O, "m[key]: key's value; KeyError if absent."},
+    {"__contains__", cfunc(fast_contains), METH_O, "key in m."},
+    {"__delitem__", cfunc(fast_delitem), METH_O, "del m[key]; KeyError if absent."},
+    {"__setitem__", cfunc(fast_setitem), METH_FASTCALL, "m[key] = value."},
+    {"discard", cfunc(fast_discard), METH_O,
+     "discard(key): removes key; returns whether it was present."},
+    {"insert", cfunc(fast_insert), METH_FASTCALL,
+     "insert(key, value): inserts key -> value if key is absent; returns whether it did (never "
+     "overwrites)."},
+    {"get", cfunc(fast_get), METH_FASTCALL, "get(key, default=None): key's value, or default."},
+    {"fetch_add", cfunc(fast_fetch_add), METH_FASTCALL,
+     "fetch_add(key, delta=1): adds delta to key's value (int: mod 2**64; an absent key counts "
+     "as 0) and returns the previous value."},
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_shmap, mod) {
@@ -1089,8 +1208,8 @@ PYBIND11_MODULE(_shmap, mod) {
       "Creates map `name` from the snapshot at `path` (binary or JSON).");
   mod.def("_fork_generation", [] { return g_fork_generation.load(std::memory_order_relaxed); });
 
-  py::class_<Core>(mod, "_Core")
-      .def(py::init<const std::string&, const std::string&, std::optional<std::string>,
+  py::class_<Core> core(mod, "_Core");
+  core.def(py::init<const std::string&, const std::string&, std::optional<std::string>,
                     std::optional<std::string>, bool, std::size_t, std::size_t, unsigned,
                     std::size_t>(),
            py::arg("name"), py::arg("mode"), py::arg("key"), py::arg("value"), py::arg("readonly"),
@@ -1104,26 +1223,14 @@ PYBIND11_MODULE(_shmap, mod) {
       .def_property_readonly("created", &Core::created, "True if this call created the map.")
       .def_property_readonly("closed", &Core::closed, "True once close() was called.")
       .def("close", &Core::close, "Detaches from the map (the map stays).")
-      .def("__getitem__", &Core::getitem)
-      .def("__setitem__", &Core::setitem)
-      .def("__delitem__", &Core::delitem)
-      .def("__contains__", &Core::contains)
       .def("__len__", &Core::len)
-      .def("get", &Core::get, py::arg("key"), py::arg("default") = py::none(),
-           "The value of key, or default.")
       .def("_pop", &Core::pop)
       .def("setdefault", &Core::setdefault, py::arg("key"), py::arg("default"),
            "Inserts key -> default if key is absent (atomically); returns the value key has.")
-      .def("insert", &Core::insert, py::arg("key"), py::arg("value"),
-           "Inserts key -> value if key is absent; returns whether it did (never overwrites).")
-      .def("discard", &Core::erase, py::arg("key"), "Removes key; returns whether it was present.")
       .def("compare_exchange", &Core::compare_exchange, py::arg("key"), py::arg("expected"),
            py::arg("desired"),
            "Sets key -> desired only if key is present with value `expected`; returns whether "
            "it did.")
-      .def("fetch_add", &Core::fetch_add, py::arg("key"), py::arg("delta") = 1,
-           "Adds delta to key's value (int: mod 2**64; an absent key counts as 0) and returns "
-           "the previous value.")
       .def("_update", &Core::update)
       .def("_keys", &Core::keys)
       .def("_values", &Core::values)
@@ -1143,4 +1250,10 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("dump", &Core::dump, py::arg("path"), py::arg("json") = false,
            py::arg("point_in_time") = false,
            "Writes a snapshot to path (maps with int keys; not yet string maps).");
+  for (PyMethodDef& def : g_fast_methods) {
+    py::object method = py::reinterpret_steal<py::object>(
+        PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(core.ptr()), &def));
+    if (!method) throw py::error_already_set();
+    core.attr(def.ml_name) = method;
+  }
 }
