@@ -781,6 +781,31 @@ class Core {
     throw py::type_error("insert_many takes maps with int keys and int or float values");
   }
 
+  /// Adds deltas[i] to keys[i]'s value (mod 2**64; absent counts as 0), in order, without the
+  /// GIL; returns the previous values. Each addition is atomic on its own (int -> int maps).
+  py::array_t<std::uint64_t> fetch_add_many(py::object keys_in, py::object deltas_in) {
+    auto hold = shared_backend();
+    auto* m = std::get_if<shmap::Map>(hold.get());
+    if (m == nullptr) throw py::type_error("fetch_add_many takes maps of int -> int");
+    using U64s = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
+    auto keys = U64s::ensure(keys_in);
+    auto deltas = U64s::ensure(deltas_in);
+    if (!keys || !deltas) throw py::type_error("keys and deltas must be arrays of integers");
+    if (keys.ndim() != 1 || deltas.ndim() != 1 || keys.shape(0) != deltas.shape(0)) {
+      throw py::value_error("keys and deltas must be one-dimensional arrays of one length");
+    }
+    const auto n = static_cast<std::size_t>(keys.shape(0));
+    py::array_t<std::uint64_t> before(static_cast<py::ssize_t>(n));
+    const std::uint64_t* k = keys.data();
+    const std::uint64_t* d = deltas.data();
+    std::uint64_t* out = before.mutable_data();
+    {
+      py::gil_scoped_release release;
+      for (std::size_t i = 0; i < n; ++i) out[i] = m->fetch_add(k[i], d[i]);
+    }
+    return before;
+  }
+
   // -- the map as a whole
 
   py::dict stats() {
@@ -1242,6 +1267,9 @@ PYBIND11_MODULE(_shmap, mod) {
            py::arg("overwrite") = true,
            "Sets keys[i] -> values[i] without the GIL (overwrite=False: only where absent); "
            "returns how many keys were absent.")
+      .def("fetch_add_many", &Core::fetch_add_many, py::arg("keys"), py::arg("deltas"),
+           "Adds deltas[i] to keys[i]'s value (mod 2**64; absent counts as 0) without the GIL; "
+           "returns the previous values (int -> int maps).")
       .def("stats", &Core::stats, "The map's statistics (a dict).")
       .def("readers", &Core::readers, "The handle slots in use (a list of dicts).")
       .def("check", &Core::check, "Verifies the map's invariants (a dict: ok, problems, ...).")

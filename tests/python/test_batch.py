@@ -29,6 +29,22 @@ def test_find_many_and_insert_many_on_int_maps(name):
     assert m.find_many(np.array([], dtype=np.uint64))[0].shape == (0,)
 
 
+def test_fetch_add_many_counts_every_delta(name):
+    m = shmap.Map(name, create=True)
+    keys = np.array([1, 2, 1, 3, 1], dtype=np.uint64)
+    before = m.fetch_add_many(keys, np.array([1, 10, 2, 5, 4], dtype=np.uint64))
+    assert before.tolist() == [0, 0, 1, 0, 3]
+    assert (m[1], m[2], m[3]) == (7, 10, 5)
+    m.fetch_add_many([1], np.array([-7], dtype=np.int64).astype(np.uint64))  # mod 2**64
+    assert m[1] == 0
+    with pytest.raises(ValueError):
+        m.fetch_add_many([1, 2], [1])
+    f = shmap.Map(name + "-f", create=True, key=int, value=float)
+    with pytest.raises(TypeError):
+        f.fetch_add_many([1], [1])
+    f.remove()
+
+
 def test_float_maps_and_refusals(name, names):
     f = shmap.Map(name, create=True, key=int, value=float)
     assert f.insert_many([1, 2, 3], [0.5, 1.5, 2.5]) == 3
