@@ -37,7 +37,10 @@ on first use, by name: the parent's attachment is never used by the child.
 
 from __future__ import annotations
 
+import atexit as _atexit
 import collections.abc as _abc
+import multiprocessing.util as _mp_util
+import weakref as _weakref
 
 from . import _shmap
 from ._shmap import MAX_STRING_ENTRY_BYTES, Error, InvalidArgument, list_maps, remove
@@ -94,6 +97,7 @@ class Map(_shmap._Core):
         super().__init__(name, how, _type_name(key, _KEY_TYPES, "key"),
                          _type_name(value, _VALUE_TYPES, "value"), readonly,
                          initial_capacity, max_handles, mode, max_bytes)
+        _live[id(self)] = self
 
     # -- constructors like the C++ API
 
@@ -206,6 +210,34 @@ class _ItemsView(_abc.ItemsView):
 
 
 _abc.MutableMapping.register(Map)
+
+# Every open Map of this process, closed at exit so that its handle slot is given back at once
+# (not when some later open() finds the process dead). multiprocessing's forked workers leave
+# through os._exit, which skips atexit, after running multiprocessing's finalizers: each of
+# them registers one (a worker clears the registry it inherited, then runs the after-fork
+# hooks). A child of a bare os.fork() must close its maps itself.
+_live = _weakref.WeakValueDictionary()  # id -> Map (a Map is unhashable, like a dict)
+
+
+def _close_all():
+    for m in list(_live.values()):
+        try:
+            m.close()
+        except Exception:  # noqa: BLE001 - closing at exit must not fail the exit
+            pass
+
+
+class _AfterFork:
+    """A weak-referenceable anchor for multiprocessing.util.register_after_fork."""
+
+    @staticmethod
+    def hook(_):
+        _mp_util.Finalize(None, _close_all, exitpriority=-100)
+
+
+_after_fork_anchor = _AfterFork()
+_mp_util.register_after_fork(_after_fork_anchor, _AfterFork.hook)
+_atexit.register(_close_all)
 
 
 def _reopen(name, key, value, readonly):

@@ -47,6 +47,24 @@ def test_workers_add_up_exactly(name, method):
     assert [r["pid"] for r in m.readers()] == [os.getpid()]
 
 
+def _write_and_leave(m, i):
+    m[i] = i  # no close(): the worker's exit must give its handle slot back
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_that_do_not_close_give_their_slots_back(name, method):
+    ctx = multiprocessing.get_context(method)
+    m = shmap.Map(name, create=True)
+    for i in range(3):
+        p = ctx.Process(target=_write_and_leave, args=(m, i))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        # Read without opening anything (an open would free dead processes' slots itself).
+        assert [r["pid"] for r in m.readers()] == [os.getpid()]
+    assert sorted(m.items()) == [(0, 0), (1, 1), (2, 2)]
+
+
 def _count_words(args):
     m, text = args
     for word in text.split():
