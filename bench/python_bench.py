@@ -3,8 +3,8 @@
 
     PYTHONPATH=build/python python3 bench/python_bench.py [--keys 100000] [--ops 200000]
 
-Contenders, each holding int keys -> int values (LMDB and the bytes maps: the keys' and values'
-decimal text):
+Contenders, each holding int keys -> int values (LMDB and the bytes map: the keys' and values'
+decimal text; a value is written as its key):
   dict          a plain dict in one process: the in-process ceiling (1 process only)
   shmap         shmap.Map int -> int (C++'s shmap::Map)
   shmap-bytes   shmap.Map bytes -> bytes (a StringMap), the like of LMDB's bytes
@@ -13,6 +13,7 @@ decimal text):
                 map must be used for each process to see the others' writes
   manager       multiprocessing.Manager().dict() (a server process; fewer operations)
 Workloads: get (hits), set (overwrites), mixed (90% get, 10% set), with uniform random keys,
+as `m[k]` and `m[k] = v` on the mappings and a function call per operation on LMDB,
 from 1 process and from 2 processes at once on one map (throughput summed over both; the
 workers start together at a barrier and each times its own loop). Then find_many: a 1M-key
 int map looked up in batches of 1M random keys from one process (GIL released), against a
@@ -45,11 +46,19 @@ class Contender:
     def __init__(self, keys):
         self.keys = keys
 
+    conv = None  # keys and values as this contender stores them (None: the ints)
+
     def fill(self):
-        get, put, close = self.handle()
+        m, get, put, close = self.handle()
         for k in range(self.keys):
-            put(k, k)
+            if m is not None:
+                m[self.item(k)] = self.item(k)
+            else:
+                put(self.item(k), self.item(k))
         close()
+
+    def item(self, i):
+        return i if self.conv is None else self.conv[i]
 
     def remove(self):
         pass
@@ -64,8 +73,7 @@ class DictC(Contender):
         self.d = {}
 
     def handle(self):
-        d = self.d
-        return d.__getitem__, d.__setitem__, lambda: None
+        return self.d, None, None, lambda: None
 
 
 class ShmapC(Contender):
@@ -82,13 +90,7 @@ class ShmapC(Contender):
 
     def handle(self):
         m = shmap.Map.open(self.map_name)
-        conv = self.conv
-        if conv is None:
-            return m.__getitem__, m.__setitem__, m.close
-        getitem, setitem = m.__getitem__, m.__setitem__
-        return (lambda k: getitem(conv[k])), (lambda k, v: setitem(conv[k], conv[v])), m.close
-
-    conv = None
+        return m, None, None, m.close
 
     def remove(self):
         self.m.remove()
@@ -123,20 +125,19 @@ class LmdbC(Contender):
         import lmdb
         env = lmdb.open(self.dir, map_size=1 << 30, writemap=True, sync=False, metasync=False,
                         max_readers=16, lock=True)
-        conv = self.conv
 
         def get(k):
             with env.begin(buffers=False) as txn:
-                v = txn.get(conv[k])
+                v = txn.get(k)
                 if v is None:
                     raise KeyError(k)
                 return v
 
         def put(k, v):
             with env.begin(write=True) as txn:
-                txn.put(conv[k], conv[v])
+                txn.put(k, v)
 
-        return get, put, env.close
+        return None, get, put, env.close
 
     def fill(self):
         import lmdb
@@ -161,8 +162,7 @@ class ManagerC(Contender):
         self.d = self.manager.dict()
 
     def handle(self):
-        d = self.d
-        return d.__getitem__, d.__setitem__, lambda: None
+        return self.d, None, None, lambda: None
 
     def fill(self):
         self.d.update({k: k for k in range(self.keys)})
@@ -177,25 +177,40 @@ CONTENDERS = [DictC, ShmapC, ShmapBytesC, ShmapPickleC, LmdbC, ManagerC]
 # ---- the workloads -------------------------------------------------------------------------
 
 def run_loop(contender, workload, ops, seed):
-    get, put, close = contender.handle()
+    """Times `ops` operations on uniform random keys: m[k] / m[k] = v on a mapping, else the
+    contender's get/put functions. Keys and values are made before the clock starts."""
+    m, get, put, close = contender.handle()
     rng = random.Random(seed)
-    keys = [rng.randrange(contender.keys) for _ in range(ops)]
-    if workload == "get":
-        t0 = time.perf_counter()
-        for k in keys:
-            get(k)
-    elif workload == "set":
-        t0 = time.perf_counter()
-        for k in keys:
-            put(k, k)
+    keys = [contender.item(rng.randrange(contender.keys)) for _ in range(ops)]
+    writes = [workload == "set" or (workload == "mixed" and rng.random() < 0.1)
+              for _ in range(ops)]
+    t0 = time.perf_counter()
+    if m is not None:
+        if workload == "get":
+            for k in keys:
+                m[k]
+        elif workload == "set":
+            for k in keys:
+                m[k] = k
+        else:
+            for k, w in zip(keys, writes):
+                if w:
+                    m[k] = k
+                else:
+                    m[k]
     else:
-        writes = [rng.random() < 0.1 for _ in range(ops)]
-        t0 = time.perf_counter()
-        for k, w in zip(keys, writes):
-            if w:
-                put(k, k)
-            else:
+        if workload == "get":
+            for k in keys:
                 get(k)
+        elif workload == "set":
+            for k in keys:
+                put(k, k)
+        else:
+            for k, w in zip(keys, writes):
+                if w:
+                    put(k, k)
+                else:
+                    get(k)
     elapsed = time.perf_counter() - t0
     close()
     return elapsed
