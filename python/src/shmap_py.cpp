@@ -299,7 +299,11 @@ void value_bytes(ValKind v, py::handle o, std::string* out) {
       return;
     }
     case ValKind::pickle: {
-      py::object p = g_dumps(o, g_protocol);
+      // Vectorcall, not pybind11's call (which builds an argument tuple).
+      PyObject* args[] = {o.ptr(), g_protocol.ptr()};
+      py::object p =
+          py::reinterpret_steal<py::object>(PyObject_Vectorcall(g_dumps.ptr(), args, 2, nullptr));
+      if (!p) throw py::error_already_set();
       const auto b = bytes_view(p, "pickle");
       out->assign(b.data(), b.size());
       return;
@@ -323,8 +327,16 @@ py::object value_object(ValKind v, std::string_view b) {
       return py::bytes(b.data(), b.size());
     case ValKind::str:
       return py::str(b.data(), b.size());
-    case ValKind::pickle:
-      return g_loads(py::memoryview::from_memory(b.data(), static_cast<py::ssize_t>(b.size())));
+    case ValKind::pickle: {
+      // A bytes copy, not a view of b: nothing the unpickling keeps can outlive b's memory.
+      py::object view = py::reinterpret_steal<py::object>(
+          PyBytes_FromStringAndSize(b.data(), static_cast<Py_ssize_t>(b.size())));
+      if (!view) throw py::error_already_set();
+      py::object v =
+          py::reinterpret_steal<py::object>(PyObject_CallOneArg(g_loads.ptr(), view.ptr()));
+      if (!v) throw py::error_already_set();
+      return v;
+    }
   }
   return py::none();
 }
