@@ -360,10 +360,15 @@ std::string describe(const shmap::DynamicMap::Layout& l) {
 /// Opens map `name`; key/value empty: whatever types it records (they must be Python ones).
 Opened open_existing(const std::string& name, std::optional<KeyKind> key,
                      std::optional<ValKind> value, bool read_only) {
-  shmap::OpenOptions oo;
-  oo.read_only = read_only;
-  shmap::DynamicMap probe = shmap::DynamicMap::open(name, oo);
-  const shmap::DynamicMap::Layout recorded{probe.key_type(), probe.value_type()};
+  // The types first, through a read-only attachment: it takes no handle slot, so a map with
+  // max_handles = N still takes N Python attachments.
+  shmap::DynamicMap::Layout recorded;
+  {
+    shmap::OpenOptions probe_options;
+    probe_options.read_only = true;
+    const shmap::DynamicMap probe = shmap::DynamicMap::open(name, probe_options);
+    recorded = {probe.key_type(), probe.value_type()};
+  }
   Opened o;
   if (!kinds_of(recorded, &o.key, &o.value)) {
     raise_error(shmap::Errc::layout_mismatch,
@@ -378,20 +383,25 @@ Opened open_existing(const std::string& name, std::optional<KeyKind> key,
                     key_name(key.value_or(o.key)) + " -> " + value_name(value.value_or(o.value)) +
                     ": open it with the types it was created with (or leave key and value out)");
   }
-  if (!string_keyed(o.key, o.value)) {
-    if (o.value == ValKind::u64) {
-      o.backend = std::make_shared<Backend>(shmap::Map::open(name, oo));
-    } else {
-      o.backend = std::make_shared<Backend>(std::move(probe));
-    }
-    return o;
-  }
-  shmap::StringMap s = shmap::StringMap::open_any(name, oo);
-  if (!(s.value_type() == recorded.value)) {
+  shmap::OpenOptions oo;
+  oo.read_only = read_only;
+  // Then the attachment itself, checked against what the probe saw (the map may have been
+  // removed and made again with other types in between).
+  const auto replaced = [&] {
     raise_error(shmap::Errc::layout_mismatch,
                 "map '" + name + "' was replaced by another while being opened; open it again");
+  };
+  if (o.key == KeyKind::u64 && o.value == ValKind::u64) {
+    o.backend = std::make_shared<Backend>(shmap::Map::open(name, oo));  // checks uint64 itself
+  } else if (!string_keyed(o.key, o.value)) {
+    shmap::DynamicMap d = shmap::DynamicMap::open(name, oo);
+    if (!(d.key_type() == recorded.key && d.value_type() == recorded.value)) replaced();
+    o.backend = std::make_shared<Backend>(std::move(d));
+  } else {
+    shmap::StringMap sm = shmap::StringMap::open_any(name, oo);
+    if (!(sm.value_type() == recorded.value)) replaced();
+    o.backend = std::make_shared<Backend>(std::move(sm));
   }
-  o.backend = std::make_shared<Backend>(std::move(s));
   return o;
 }
 
@@ -404,10 +414,15 @@ Opened create_new(const std::string& name, KeyKind key, ValKind value,
   } else if (!string_keyed(key, value)) {
     o.backend = std::make_shared<Backend>(shmap::DynamicMap::create(name, options, layout));
   } else {
-    // StringMap::create records string -> string; another layout is made through DynamicMap
-    // and attached as a StringMap (open_any) while the first attachment keeps it alive.
-    shmap::DynamicMap made = shmap::DynamicMap::create(name, options, layout);
-    o.backend = std::make_shared<Backend>(shmap::StringMap::open_any(name));
+    // StringMap::create records string -> string; another layout is made through DynamicMap,
+    // closed (a map with max_handles = 1 has one slot), and attached again as a StringMap.
+    (void)shmap::DynamicMap::create(name, options, layout);
+    shmap::StringMap sm = shmap::StringMap::open_any(name);
+    if (!(sm.value_type() == layout.value)) {
+      raise_error(shmap::Errc::layout_mismatch,
+                  "map '" + name + "' was replaced by another while being created");
+    }
+    o.backend = std::make_shared<Backend>(std::move(sm));
   }
   return o;
 }
@@ -435,8 +450,6 @@ Opened open_map(const std::string& name, Mode mode, std::optional<KeyKind> key,
 }
 
 // ---- _Core ---------------------------------------------------------------------------------
-
-struct NoValue {};
 
 class Core {
  public:

@@ -46,6 +46,24 @@ def test_open_create_and_open_or_create(name):
     assert m.remove() is True and shmap.remove(name) is False
 
 
+@pytest.mark.parametrize("key,value", [(int, int), (int, float), (str, str)])
+def test_every_handle_slot_is_an_attachment(name, key, value):
+    # Opening reads the types without taking a slot: max_handles = N gives N attachments.
+    first = shmap.Map(name, create="new", key=key, value=value, max_handles=2)
+    second = shmap.Map(name)
+    with pytest.raises(shmap.Error) as e:
+        shmap.Map(name)
+    assert e.value.code == "handles_exhausted"
+    second.close()
+    third = shmap.Map(name, key=key, value=value)
+    assert third.stats()["handles_in_use"] == 2
+    assert shmap.Map(name, readonly=True).key_type == first.key_type  # takes no slot
+    solo = shmap.Map(name + "-solo", create="new", key=str, value="pickle", max_handles=1)
+    solo["k"] = 1
+    assert solo["k"] == 1
+    solo.remove()
+
+
 def test_pickles_hold_any_picklable_object(name):
     import datetime
     import fractions
