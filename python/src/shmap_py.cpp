@@ -916,10 +916,7 @@ class Core {
     } else if (auto* d = std::get_if<shmap::DynamicMap>(hold.get())) {
       d->dump(path, o);
     } else {
-      // No StringMap::dump yet: DynamicMap's says what is missing (the error surfaces as is).
-      shmap::OpenOptions ro;
-      ro.read_only = true;
-      shmap::DynamicMap::open(name_, ro).dump(path, o);
+      std::get<shmap::StringMap>(*hold).dump(path, o);  // binary only for now (else says so)
     }
   }
 
@@ -1302,7 +1299,7 @@ PYBIND11_MODULE(_shmap, mod) {
            "Finishes a migration, frees retired tables and records leaked by killed writers.")
       .def("dump", &Core::dump, py::arg("path"), py::arg("json") = false,
            py::arg("point_in_time") = false,
-           "Writes a snapshot to path (maps with int keys; not yet string maps).");
+           "Writes a snapshot to path (binary; json=True: the JSON form, int -> int maps only).");
   for (PyMethodDef& def : g_fast_methods) {
     py::object method = py::reinterpret_steal<py::object>(
         PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(core.ptr()), &def));
