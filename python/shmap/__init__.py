@@ -45,7 +45,7 @@ import weakref as _weakref
 from . import _shmap
 from ._shmap import MAX_STRING_ENTRY_BYTES, Error, InvalidArgument, list_maps, remove
 
-__all__ = ["Map", "Error", "InvalidArgument", "MAX_STRING_ENTRY_BYTES", "remove", "list_maps",
+__all__ = ["Map", "Multimap", "Error", "InvalidArgument", "MAX_STRING_ENTRY_BYTES", "remove", "list_maps",
            "load", "open", "create", "open_or_create"]
 
 _MISSING = object()
@@ -193,6 +193,88 @@ class Map(_shmap._Core):
         if self.closed:
             return f"<shmap.Map {self.name!r} (closed)>"
         return f"<shmap.Map {self.name!r} {self.key_type} -> {self.value_type}>"
+
+
+class Multimap(_shmap._MultiCore):
+    """A shared-memory multimap: each key has any number of values, in the order they were
+    added (C++'s ``shmap::StringMultimap``).
+
+    ``Multimap(name, create=False, key=None, value=None, readonly=False, ...)`` as ``Map``;
+    keys ``int``, ``bytes`` or ``str``, values ``bytes``, ``str`` or ``"pickle"`` (a new one
+    defaults to ``bytes -> bytes``). Every change to a key's values is atomic: a reader sees
+    all of a key's values before a write or all after it. ``len(mm)`` counts values; iteration
+    gives each key once; ``mm[key]`` is key's list of values (KeyError when it has none).
+    """
+
+    def __init__(self, name, create=False, key=None, value=None, *, readonly=False,
+                 initial_capacity=1024, max_handles=128, mode=0o600, max_bytes=64 << 30):
+        how = {False: "open", True: "open_or_create", "new": "create"}.get(create)
+        if how is None or isinstance(create, int) and not isinstance(create, bool):
+            raise ValueError(f"create must be False, True or 'new', not {create!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        super().__init__(name, how, _type_name(key, _KEY_TYPES, "key"),
+                         _type_name(value, _VALUE_TYPES, "value"), readonly,
+                         initial_capacity, max_handles, mode, max_bytes)
+        _live[id(self)] = self
+
+    @classmethod
+    def open(cls, name, key=None, value=None, *, readonly=False):
+        """Opens the existing multimap ``name``."""
+        return cls(name, False, key, value, readonly=readonly)
+
+    @classmethod
+    def create(cls, name, key=bytes, value=bytes, **options):
+        """Creates multimap ``name``; ``Error`` with code ``"already_exists"`` if there is one."""
+        return cls(name, "new", key, value, **options)
+
+    @classmethod
+    def open_or_create(cls, name, key=None, value=None, **options):
+        """Opens multimap ``name``, creating it if absent."""
+        return cls(name, True, key, value, **options)
+
+    def __getitem__(self, key):
+        values = self.get(key)
+        if not values:
+            raise KeyError(key)
+        return values
+
+    def __delitem__(self, key):
+        if not self.discard_all(key):
+            raise KeyError(key)
+
+    def __iter__(self):
+        """Each key once (weakly consistent)."""
+        return iter(self._keys())
+
+    def keys(self):
+        return self._keys()
+
+    def items(self):
+        """(key, value) pairs, a key's values together and in order (weakly consistent)."""
+        return self._items()
+
+    def remove(self):
+        """Unlinks this multimap's segment."""
+        return remove(self.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __reduce__(self):
+        return (_reopen_multimap, (self.name, self.key_type, self.value_type, self.readonly))
+
+    def __repr__(self):
+        if self.closed:
+            return f"<shmap.Multimap {self.name!r} (closed)>"
+        return f"<shmap.Multimap {self.name!r} {self.key_type} -> [{self.value_type}]>"
+
+
+def _reopen_multimap(name, key, value, readonly):
+    return Multimap(name, False, key, value, readonly=readonly)
 
 
 class _ValuesView(_abc.ValuesView):

@@ -47,6 +47,7 @@
 
 #include "shmap/shmap.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace py = pybind11;
@@ -368,6 +369,11 @@ Opened open_existing(const std::string& name, std::optional<KeyKind> key,
     probe_options.read_only = true;
     const shmap::DynamicMap probe = shmap::DynamicMap::open(name, probe_options);
     recorded = {probe.key_type(), probe.value_type()};
+    if (probe.is_multimap()) {
+      raise_error(shmap::Errc::layout_mismatch, "map '" + name + "' is a multimap (" +
+                                                    describe(recorded) +
+                                                    "); open it with shmap.Multimap");
+    }
   }
   Opened o;
   if (!kinds_of(recorded, &o.key, &o.value)) {
@@ -1086,6 +1092,245 @@ class Core {
   std::shared_ptr<Backend> backend_;
 };
 
+// ---- _MultiCore: a StringMultimap ------------------------------------------------------------
+//
+// Keys int/bytes/str and values bytes/str/pickle, recorded as for a string map (layout_for),
+// with the segment's multimap kind. Forks are handled as _Core's.
+
+class MultiCore {
+ public:
+  MultiCore(const std::string& name, const std::string& mode, std::optional<std::string> key,
+            std::optional<std::string> value, bool read_only, std::size_t initial_capacity,
+            std::size_t max_handles, unsigned permissions, std::size_t max_bytes)
+      : name_(name), read_only_(read_only) {
+    std::optional<KeyKind> k;
+    std::optional<ValKind> v;
+    if (key) k = parse_key(*key);
+    if (value) v = parse_value(*value);
+    if (v && (*v == ValKind::u64 || *v == ValKind::f64)) {
+      throw py::value_error("a Multimap's values are bytes, str or \"pickle\"");
+    }
+    shmap::Options o;
+    o.initial_capacity = initial_capacity;
+    o.max_handles = max_handles;
+    o.mode = permissions;
+    o.max_bytes = max_bytes;
+    if (mode != "open" && read_only) {
+      throw py::value_error("readonly=True opens an existing map only");
+    }
+    if (mode == "open") {
+      open_existing(k, v);
+    } else if (mode == "create") {
+      create_new(k.value_or(KeyKind::bytes), v.value_or(ValKind::bytes), o);
+    } else if (mode == "open_or_create") {
+      for (int attempt = 0;; ++attempt) {
+        try {
+          open_existing(k, v);
+          break;
+        } catch (const shmap::Error& e) {
+          if (e.code() != shmap::Errc::not_found || attempt == 3) throw;
+        }
+        try {
+          create_new(k.value_or(KeyKind::bytes), v.value_or(ValKind::bytes), o);
+          break;
+        } catch (const shmap::Error& e) {
+          if (e.code() != shmap::Errc::already_exists || attempt == 3) throw;
+        }
+      }
+    } else {
+      throw py::value_error("mode must be open, create or open_or_create");
+    }
+    generation_ = g_fork_generation.load(std::memory_order_relaxed);
+  }
+
+  const std::string& name() const { return name_; }
+  std::string key_type() const { return key_name(key_); }
+  std::string value_type() const { return value_name(value_); }
+  bool read_only() const { return read_only_; }
+  bool created() const { return created_; }
+  bool closed() const { return m_ == nullptr; }
+  void close() { m_.reset(); }
+
+  void add(py::handle k, py::handle v) {
+    auto m = get();
+    std::uint64_t w = 0;
+    const auto key = key_bytes(key_, k, &w);
+    std::string value;
+    value_bytes(value_, v, &value);
+    m->insert(key, value);
+  }
+  bool add_unique(py::handle k, py::handle v) {
+    auto m = get();
+    std::uint64_t w = 0;
+    const auto key = key_bytes(key_, k, &w);
+    std::string value;
+    value_bytes(value_, v, &value);
+    return m->insert_unique(key, value);
+  }
+  py::list values_of(py::handle k) {
+    auto m = get();
+    std::uint64_t w = 0;
+    const std::vector<std::string> all = m->find(key_bytes(key_, k, &w));
+    py::list out;
+    for (const auto& v : all) out.append(value_object(value_, v));
+    return out;
+  }
+  std::size_t count(py::handle k) {
+    auto m = get();
+    std::uint64_t w = 0;
+    return m->count(key_bytes(key_, k, &w));
+  }
+  bool contains(py::handle k) { return count(k) != 0; }
+  bool has(py::handle k, py::handle v) {
+    auto m = get();
+    std::uint64_t w = 0;
+    const auto key = key_bytes(key_, k, &w);
+    std::string value;
+    value_bytes(value_, v, &value);
+    return m->contains(key, value);
+  }
+  bool discard(py::handle k, py::handle v) {
+    auto m = get();
+    std::uint64_t w = 0;
+    const auto key = key_bytes(key_, k, &w);
+    std::string value;
+    value_bytes(value_, v, &value);
+    return m->erase(key, value);
+  }
+  std::size_t discard_all(py::handle k) {
+    auto m = get();
+    std::uint64_t w = 0;
+    return m->erase(key_bytes(key_, k, &w));
+  }
+  std::size_t len() { return get()->size(); }
+  py::list items(bool want_values) {
+    auto m = get();
+    std::vector<std::pair<std::string, std::string>> all;
+    {
+      py::gil_scoped_release release;
+      m->for_each([&](std::string_view k, std::string_view v) {
+        all.emplace_back(std::string(k), want_values ? std::string(v) : std::string());
+      });
+    }
+    py::list out;
+    if (!want_values) {  // each key once (a key's values come together)
+      const std::string* last = nullptr;
+      for (const auto& kv : all) {
+        if (last == nullptr || *last != kv.first) out.append(key_object(key_, kv.first));
+        last = &kv.first;
+      }
+      return out;
+    }
+    for (const auto& [k, v] : all) {
+      out.append(py::make_tuple(key_object(key_, k), value_object(value_, v)));
+    }
+    return out;
+  }
+  py::dict stats() {
+    auto m = get();
+    shmap::Stats s;
+    {
+      py::gil_scoped_release release;
+      s = m->stats();
+    }
+    py::dict d;
+    d["size"] = s.size;
+    d["capacity"] = s.capacity;
+    d["handles_in_use"] = s.handles_in_use;
+    d["max_handles"] = s.max_handles;
+    d["segment_bytes"] = s.segment_bytes;
+    return d;
+  }
+  py::dict check() {
+    auto m = get();
+    shmap::CheckReport r;
+    {
+      py::gil_scoped_release release;
+      r = m->check(nullptr);
+    }
+    py::dict d;
+    d["ok"] = r.ok;
+    d["problems"] = r.problems;
+    d["notes"] = r.notes;
+    d["live_entries"] = r.live_entries;
+    return d;
+  }
+  void compact() {
+    auto m = get();
+    py::gil_scoped_release release;
+    m->compact();
+  }
+
+ private:
+  std::shared_ptr<shmap::StringMultimap> get() {
+    if (m_ == nullptr) {
+      throw py::value_error("operation on a closed shmap.Multimap ('" + name_ + "')");
+    }
+    if (generation_ != g_fork_generation.load(std::memory_order_relaxed)) [[unlikely]] {
+      m_.reset();  // the parent's attachment: closed here, its slot left alone
+      try {
+        open_existing(key_, value_);
+      } catch (const shmap::Error& e) {
+        raise_error(e.code(), std::string("shmap.Multimap '") + name_ +
+                                  "' was opened before fork(); reopening it in the child "
+                                  "failed: " +
+                                  e.what());
+      }
+      generation_ = g_fork_generation.load(std::memory_order_relaxed);
+    }
+    return m_;
+  }
+
+  void open_existing(std::optional<KeyKind> key, std::optional<ValKind> value) {
+    shmap::DynamicMap::Layout recorded;
+    bool multi = false;
+    {
+      shmap::OpenOptions probe_options;
+      probe_options.read_only = true;
+      const shmap::DynamicMap probe = shmap::DynamicMap::open(name_, probe_options);
+      recorded = {probe.key_type(), probe.value_type()};
+      multi = probe.is_multimap();
+    }
+    KeyKind k{};
+    ValKind v{};
+    if (!multi || !kinds_of(recorded, &k, &v)) {
+      raise_error(shmap::Errc::layout_mismatch,
+                  "map '" + name_ + "' holds " + describe(recorded) +
+                      (multi ? ", which no Python multimap holds"
+                             : ", not a multimap: open it with shmap.Map"));
+    }
+    if ((key && *key != k) || (value && *value != v)) {
+      raise_error(shmap::Errc::layout_mismatch, "multimap '" + name_ + "' holds " + key_name(k) +
+                                                    " -> " + value_name(v) + "; opened as " +
+                                                    key_name(key.value_or(k)) + " -> " +
+                                                    value_name(value.value_or(v)));
+    }
+    shmap::OpenOptions oo;
+    oo.read_only = read_only_;
+    m_ = std::make_shared<shmap::StringMultimap>(shmap::StringMultimap::open(name_, oo));
+    key_ = k;
+    value_ = v;
+  }
+
+  void create_new(KeyKind k, ValKind v, const shmap::Options& o) {
+    auto layout = layout_for(k, v);
+    layout.multimap = true;
+    (void)shmap::DynamicMap::create(name_, o, layout);  // closed: max_handles may be 1
+    m_ = std::make_shared<shmap::StringMultimap>(shmap::StringMultimap::open(name_));
+    key_ = k;
+    value_ = v;
+    created_ = true;
+  }
+
+  std::string name_;
+  bool read_only_ = false;
+  bool created_ = false;
+  KeyKind key_ = KeyKind::bytes;
+  ValKind value_ = ValKind::bytes;
+  std::uint64_t generation_ = 0;
+  std::shared_ptr<shmap::StringMultimap> m_;
+};
+
 // ---- The fast path -------------------------------------------------------------------------
 //
 // pybind11's dispatcher costs a few hundred nanoseconds per call, as much as the lookup itself.
@@ -1300,6 +1545,43 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("dump", &Core::dump, py::arg("path"), py::arg("json") = false,
            py::arg("point_in_time") = false,
            "Writes a snapshot to path (binary; json=True: the JSON form, int -> int maps only).");
+  py::class_<MultiCore>(mod, "_MultiCore")
+      .def(py::init<const std::string&, const std::string&, std::optional<std::string>,
+                    std::optional<std::string>, bool, std::size_t, std::size_t, unsigned,
+                    std::size_t>(),
+           py::arg("name"), py::arg("mode"), py::arg("key"), py::arg("value"), py::arg("readonly"),
+           py::arg("initial_capacity"), py::arg("max_handles"), py::arg("permissions"),
+           py::arg("max_bytes"))
+      .def_property_readonly("name", &MultiCore::name, "The multimap's name.")
+      .def_property_readonly("key_type", &MultiCore::key_type, "\"int\", \"bytes\" or \"str\".")
+      .def_property_readonly("value_type", &MultiCore::value_type,
+                             "\"bytes\", \"str\" or \"pickle\".")
+      .def_property_readonly("readonly", &MultiCore::read_only)
+      .def_property_readonly("created", &MultiCore::created)
+      .def_property_readonly("closed", &MultiCore::closed)
+      .def("close", &MultiCore::close, "Detaches from the multimap (it stays).")
+      .def("add", &MultiCore::add, py::arg("key"), py::arg("value"),
+           "Adds value to key's values, after the ones it has (a value may occur twice).")
+      .def("add_unique", &MultiCore::add_unique, py::arg("key"), py::arg("value"),
+           "Adds value unless key has it already (compared as stored bytes); returns whether it "
+           "did.")
+      .def("get", &MultiCore::values_of, py::arg("key"),
+           "Key's values in the order they were added (a list; empty when absent).")
+      .def("count", &MultiCore::count, py::arg("key"), "How many values key has.")
+      .def("__contains__", &MultiCore::contains)
+      .def("has", &MultiCore::has, py::arg("key"), py::arg("value"),
+           "Whether value is one of key's values (compared as stored bytes).")
+      .def("discard", &MultiCore::discard, py::arg("key"), py::arg("value"),
+           "Removes one occurrence of value from key's values; returns whether there was one.")
+      .def("discard_all", &MultiCore::discard_all, py::arg("key"),
+           "Removes all of key's values; returns how many there were.")
+      .def("__len__", &MultiCore::len, "The number of values (every key's count, summed).")
+      .def("_items", [](MultiCore& m) { return m.items(true); })
+      .def("_keys", [](MultiCore& m) { return m.items(false); })
+      .def("stats", &MultiCore::stats)
+      .def("check", &MultiCore::check)
+      .def("compact", &MultiCore::compact);
+
   for (PyMethodDef& def : g_fast_methods) {
     py::object method = py::reinterpret_steal<py::object>(
         PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(core.ptr()), &def));
