@@ -30,6 +30,9 @@ Consistency: every single operation is atomic. ``len``, iteration, ``keys()``, `
 written meanwhile may or may not be). ``update(key, fn)`` is an atomic read-modify-write: ``fn``
 may run more than once (when another write came in between) and must not use the map.
 
+Multimaps: ``shmap.Multimap`` gives each key any number of values (bytes, str or pickles), kept
+in the order they were added.
+
 Processes: pass the map (it pickles as its name and types) or its name to other processes.
 After ``os.fork()`` (multiprocessing's "fork" start method) a child reopens a map it inherited
 on first use, by name: the parent's attachment is never used by the child.
