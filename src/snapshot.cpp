@@ -44,17 +44,23 @@
 #define XXH_INLINE_ALL
 #include <rapidjson/document.h>  // after cereal/archives/json.hpp: its RAPIDJSON_ASSERT throws
 #include <rapidjson/error/en.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cctype>
 #include <cereal/archives/json.hpp>
 #include <cereal/archives/portable_binary.hpp>
+#include <cereal/external/base64.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -64,6 +70,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -302,6 +309,20 @@ struct TypedFields {
   }
 };
 
+/// The binary form's header body (cereal portable binary, little-endian): the header, then for
+/// versions 2 and 3 the types, then a multimap's kind (a map's body may end before it: kind 1).
+std::string header_body(const SnapshotHeader &h, const TypedFields *types, std::uint64_t kind) {
+  std::ostringstream body;
+  {
+    cereal::PortableBinaryOutputArchive ar(
+        body, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
+    ar(h);
+    if (types != nullptr) ar(*types);
+    if (kind == kKindMultimap) ar(kKindMultimap);
+  }
+  return body.str();
+}
+
 /// The JSON form's preamble: the binary lead's fields by name, an optional checksum of the
 /// content (absent in files written before it existed; load verifies it when present), then
 /// the same header. Written with cereal; read by parse_json.
@@ -329,13 +350,7 @@ struct JsonEntry {
 /// form's header body, then every entry as key u64, value u64 (little-endian), in file order.
 /// It covers what a load applies, not the text, so reformatting the JSON keeps it valid.
 std::uint64_t json_content_xxh3(const SnapshotHeader &h, const std::vector<JsonEntry> &entries) {
-  std::ostringstream body;
-  {
-    cereal::PortableBinaryOutputArchive ar(
-        body, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
-    ar(h);
-  }
-  const std::string b = body.str();
+  const std::string b = header_body(h, nullptr, kKindMap);
   XXH3_state_t st;
   XXH3_64bits_reset(&st);
   XXH3_64bits_update(&st, b.data(), b.size());
@@ -876,14 +891,9 @@ void dump_binary(const Map &m, const Where &w, bool point_in_time) {
     }
   };
 
-  std::ostringstream body_stream;
-  {
-    cereal::PortableBinaryOutputArchive ar(
-        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
-    ar(h);
-  }
   if (!point_in_time) report("dump", 0, hint);
-  BinaryWriter bw(out, kSnapshotVersion, body_stream.str(), kEntryBytes, kChunkEntries, hint);
+  BinaryWriter bw(out, kSnapshotVersion, header_body(h, nullptr, kKindMap), kEntryBytes,
+                  kChunkEntries, hint);
   walk([&](std::uint64_t k, std::uint64_t v) {
     if (bw.failed()) return;
     unsigned char *e = bw.next();
@@ -1031,6 +1041,47 @@ void check_header_lengths(const unsigned char *body, std::size_t n, const Where 
   }
 }
 
+/// Checks the types a version 2 or 3 header records (`kind`: map or multimap) against what a
+/// map can hold; returns the binary form's entry size (version 3's chunks carry bytes: 1).
+std::size_t check_types(std::uint32_t version, const TypedFields &t, std::uint64_t kind,
+                        const Where &w) {
+  std::size_t entry_bytes = 1;
+  if (version == kSnapshotVersionTyped) {
+    if (t.key_size == 0 || t.key_size > 8 || t.value_size == 0 || t.value_size > kMaxValueBytes ||
+        t.key_name.size() > 4096 || t.value_name.size() > 4096) {
+      w.fail(Errc::corrupt, "header records key and value sizes " + std::to_string(t.key_size) +
+                                " and " + std::to_string(t.value_size) +
+                                " that no map can have (keys 1..8, values 1.." +
+                                std::to_string(kMaxValueBytes) + " bytes)");
+    }
+    if (kind != kKindMap) {
+      w.fail(Errc::corrupt, "header records a kind of map (" + std::to_string(kind) +
+                                ") that a typed map's snapshot cannot have (1: map)");
+    }
+    entry_bytes = 8 + std::size_t{t.value_size};
+  }
+  if (version == kSnapshotVersionStrings) {
+    const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
+    const bool string_values = t.value_kind == strings && t.value_size == 0;
+    const bool string_keys = t.key_kind == strings && t.key_size == 0;
+    const bool ok =
+        string_keys ? string_values || (t.value_size != 0 && t.value_size <= kMaxStringEntryBytes)
+                    : string_values && t.key_kind != strings && t.key_size != 0 && t.key_size <= 8;
+    if (!ok || t.key_name.size() > 4096 || t.value_name.size() > 4096) {
+      w.fail(Errc::corrupt, "header records types (key kind " + std::to_string(t.key_kind) +
+                                ", value kind " + std::to_string(t.value_kind) + " of " +
+                                std::to_string(t.value_size) +
+                                " bytes) that no map with strings has");
+    }
+    if (kind != kKindMap && (kind != kKindMultimap || !string_keys || !string_values)) {
+      w.fail(Errc::corrupt, "header records a kind of map (" + std::to_string(kind) +
+                                ") that is not one of these types' (1: map, 2: a multimap of "
+                                "strings)");
+    }
+  }
+  return entry_bytes;
+}
+
 using ChunkFn = std::function<void(const unsigned char *entries, std::uint32_t n)>;
 
 struct ScanResult {
@@ -1116,38 +1167,7 @@ ScanResult scan_binary(int fd, std::uint64_t size, const Where &w, const char *p
     w.fail(Errc::version_mismatch, "holds " + h.key_type + " -> " + h.value_type +
                                        " entries; this build stores u64 -> u64");
   }
-  if (version == kSnapshotVersionTyped) {
-    const TypedFields &t = res.types;
-    if (t.key_size == 0 || t.key_size > 8 || t.value_size == 0 || t.value_size > kMaxValueBytes ||
-        t.key_name.size() > 4096 || t.value_name.size() > 4096) {
-      w.fail(Errc::corrupt, "header records key and value sizes " + std::to_string(t.key_size) +
-                                " and " + std::to_string(t.value_size) +
-                                " that no map can have (keys 1..8, values 1.." +
-                                std::to_string(kMaxValueBytes) + " bytes)");
-    }
-    res.entry_bytes = 8 + std::size_t{t.value_size};
-  }
-  if (version == kSnapshotVersionStrings) {
-    const TypedFields &t = res.types;
-    const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
-    const bool string_values = t.value_kind == strings && t.value_size == 0;
-    const bool string_keys = t.key_kind == strings && t.key_size == 0;
-    const bool ok =
-        string_keys ? string_values || (t.value_size != 0 && t.value_size <= kMaxStringEntryBytes)
-                    : string_values && t.key_kind != strings && t.key_size != 0 && t.key_size <= 8;
-    if (!ok || t.key_name.size() > 4096 || t.value_name.size() > 4096) {
-      w.fail(Errc::corrupt, "header records types (key kind " + std::to_string(t.key_kind) +
-                                ", value kind " + std::to_string(t.value_kind) + " of " +
-                                std::to_string(t.value_size) +
-                                " bytes) that no map with strings has");
-    }
-    if (res.kind != kKindMap && (res.kind != kKindMultimap || !string_keys || !string_values)) {
-      w.fail(Errc::corrupt, "header records a kind of map (" + std::to_string(res.kind) +
-                                ") that is not one of these types' (1: map, 2: a multimap of "
-                                "strings)");
-    }
-    res.entry_bytes = 1;  // the chunks carry bytes
-  }
+  if (version != kSnapshotVersion) res.entry_bytes = check_types(version, res.types, res.kind, w);
   if (h.chunk_entries == 0 || h.chunk_entries > kMaxChunkEntries) {
     w.fail(Errc::corrupt, "header says " + std::to_string(h.chunk_entries) +
                               " entries per chunk (must be 1.." + std::to_string(kMaxChunkEntries) +
@@ -1321,12 +1341,71 @@ std::string json_position(const std::string &text, std::size_t offset) {
          std::to_string(offset) + ")";
 }
 
+/// Reads a JSON document's members, naming the member and where it is in every message.
+class JsonFields {
+ public:
+  JsonFields(const Where &w, const char *expected) : w_(w), expected_(expected) {}
+  [[noreturn]] void bad(const std::string &what) const {
+    w_.fail(Errc::corrupt, "JSON snapshot: " + what + " (expected " + expected_ + ")");
+  }
+  /// An integer member from 0 to max; false when absent.
+  bool u64(const rapidjson::Value &obj, const char *field, const std::string &where,
+           std::uint64_t *out, std::uint64_t max) const {
+    const auto it = obj.FindMember(field);
+    if (it == obj.MemberEnd()) return false;
+    if (!it->value.IsUint64() || it->value.GetUint64() > max) {
+      bad(where + ": \"" + field + "\" is not an integer from 0 to " + std::to_string(max));
+    }
+    *out = it->value.GetUint64();
+    return true;
+  }
+  template <class T>
+  bool u32(const rapidjson::Value &obj, const char *field, const std::string &where, T *out) const {
+    std::uint64_t v = *out;
+    const bool found = u64(obj, field, where, &v, UINT32_MAX);
+    *out = static_cast<T>(v);
+    return found;
+  }
+  /// A string member; false when absent.
+  bool str(const rapidjson::Value &obj, const char *field, const std::string &where,
+           std::string *out) const {
+    const auto it = obj.FindMember(field);
+    if (it == obj.MemberEnd()) return false;
+    if (!it->value.IsString()) bad(where + ": \"" + field + "\" is not a string");
+    out->assign(it->value.GetString(), it->value.GetStringLength());
+    return true;
+  }
+  /// Fails unless every member of obj is one of `known`.
+  void only(const rapidjson::Value &obj, std::initializer_list<std::string_view> known,
+            const std::string &where) const {
+    for (auto m = obj.MemberBegin(); m != obj.MemberEnd(); ++m) {
+      const std::string_view n(m->name.GetString(), m->name.GetStringLength());
+      if (std::find(known.begin(), known.end(), n) == known.end()) {
+        bad("unknown member \"" + std::string(n) + "\" " + where);
+      }
+    }
+  }
+
+ private:
+  const Where &w_;
+  const char *expected_;
+};
+
+/// A JSON snapshot parsed, with its preamble and header read: what every version's reader
+/// starts from. Version 1 when the file has no "snapshot" preamble (the minimal form).
+struct JsonDocument {
+  rapidjson::Document doc;
+  JsonPreamble pre;  // content_xxh3 as stored; empty: none
+  std::uint32_t version = kSnapshotVersion;
+  bool has_header = false;
+  SnapshotHeader header;
+};
+
 /// Reads the JSON form with RapidJSON's DOM (iterative parser, exact 64-bit integers) and checks
 /// every member's type itself, so a bad file is reported with a position (a syntax error) or
-/// an entry index (a wrong member), never with a parser assertion. The minimal form
-/// {"entries": [{"key": K, "value": V}, ...]} loads too (no "snapshot" preamble, no "header":
-/// not integrity-checked, default creation options).
-JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
+/// a member's name, never with a parser assertion.
+std::unique_ptr<JsonDocument> read_json(int fd, std::uint64_t size, const Where &w,
+                                        const JsonFields &f) {
   // Bounded before anything is allocated: a 1 TiB sparse file that starts with '{' is refused
   // here, not by std::bad_alloc.
   if (size > kMaxJsonBytes) fail_json_too_big(size, w);
@@ -1344,7 +1423,8 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
   }
   text.resize(off);
   check_json_depth(text, w);
-  rapidjson::Document d;
+  auto j = std::make_unique<JsonDocument>();
+  rapidjson::Document &d = j->doc;
   d.Parse<rapidjson::kParseFullPrecisionFlag | rapidjson::kParseIterativeFlag>(text.data(),
                                                                                text.size());
   if (d.HasParseError()) {
@@ -1352,56 +1432,27 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
                               json_position(text, d.GetErrorOffset()) + ": " +
                               rapidjson::GetParseError_En(d.GetParseError()));
   }
-  auto bad = [&](const std::string &what) {
-    w.fail(Errc::corrupt, "JSON snapshot: " + what +
-                              " (expected {\"entries\": [{\"key\": K, \"value\": V}, ...]}, "
-                              "optionally with the \"snapshot\" and \"header\" that dump writes)");
-  };
-  if (!d.IsObject()) bad("the document is not an object");
-  JsonSnapshot s;
-  JsonPreamble pre;
-  bool has_header = false;
-  for (auto it = d.MemberBegin(); it != d.MemberEnd(); ++it) {
-    const std::string member(it->name.GetString(), it->name.GetStringLength());
-    if (member != "snapshot" && member != "header" && member != "entries") {
-      bad("unknown member \"" + member + "\" at the top level");
-    }
-  }
-  auto u64 = [&](const rapidjson::Value &obj, const char *field, const std::string &where,
-                 std::uint64_t *out, std::uint64_t max) {
-    const auto it = obj.FindMember(field);
-    if (it == obj.MemberEnd()) return false;
-    if (!it->value.IsUint64() || it->value.GetUint64() > max) {
-      bad(where + ": \"" + field + "\" is not an integer from 0 to " + std::to_string(max));
-    }
-    *out = it->value.GetUint64();
-    return true;
-  };
-  auto str = [&](const rapidjson::Value &obj, const char *field, const std::string &where,
-                 std::string *out) {
-    const auto it = obj.FindMember(field);
-    if (it == obj.MemberEnd()) return false;
-    if (!it->value.IsString()) bad(where + ": \"" + field + "\" is not a string");
-    out->assign(it->value.GetString(), it->value.GetStringLength());
-    return true;
-  };
+  if (!d.IsObject()) f.bad("the document is not an object");
+  f.only(d, {"snapshot", "header", "types", "entries"}, "at the top level");
   if (const auto it = d.FindMember("snapshot"); it != d.MemberEnd()) {
     const rapidjson::Value &p = it->value;
-    if (!p.IsObject()) bad("\"snapshot\" is not an object");
+    if (!p.IsObject()) f.bad("\"snapshot\" is not an object");
+    JsonPreamble &pre = j->pre;
     pre.magic.clear();
-    str(p, "magic", "\"snapshot\"", &pre.magic);
+    f.str(p, "magic", "\"snapshot\"", &pre.magic);
     if (pre.magic != kJsonMagic) {
       w.fail(Errc::corrupt, "not a shmap snapshot: JSON \"snapshot.magic\" is \"" + pre.magic +
                                 "\", expected \"" + kJsonMagic + "\"");
     }
     std::uint64_t version = 0;
-    u64(p, "format_version", "\"snapshot\"", &version, UINT32_MAX);
-    if (version != kSnapshotVersion) {
+    f.u64(p, "format_version", "\"snapshot\"", &version, UINT32_MAX);
+    if (version < kSnapshotVersion || version > kSnapshotVersionStrings) {
       w.fail(Errc::version_mismatch, "JSON format version " + std::to_string(version) +
-                                         "; this build reads version " +
-                                         std::to_string(kSnapshotVersion));
+                                         "; this build reads versions 1 to " +
+                                         std::to_string(kSnapshotVersionStrings));
     }
-    str(p, "content_xxh3", "\"snapshot\"", &pre.content_xxh3);
+    j->version = static_cast<std::uint32_t>(version);
+    f.str(p, "content_xxh3", "\"snapshot\"", &pre.content_xxh3);
     for (auto m = p.MemberBegin(); m != p.MemberEnd(); ++m) {
       const std::string n(m->name.GetString(), m->name.GetStringLength());
       // Strict: a bit flip in the checksum's name must not make the checksum disappear.
@@ -1413,59 +1464,80 @@ JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
   }
   if (const auto it = d.FindMember("header"); it != d.MemberEnd()) {
     const rapidjson::Value &hv = it->value;
-    if (!hv.IsObject()) bad("\"header\" is not an object");
-    has_header = true;
-    SnapshotHeader &h = s.header;
+    if (!hv.IsObject()) f.bad("\"header\" is not an object");
+    j->has_header = true;
+    SnapshotHeader &h = j->header;
     const std::string where = "\"header\"";
-    str(hv, "key_type", where, &h.key_type);
-    str(hv, "value_type", where, &h.value_type);
-    u64(hv, "entry_count", where, &h.entry_count, UINT64_MAX);
-    u64(hv, "created_unix_ns", where, &h.created_unix_ns, UINT64_MAX);
-    std::uint64_t v = h.chunk_entries;
-    u64(hv, "chunk_entries", where, &v, UINT32_MAX);
-    h.chunk_entries = static_cast<std::uint32_t>(v);
+    f.str(hv, "key_type", where, &h.key_type);
+    f.str(hv, "value_type", where, &h.value_type);
+    f.u64(hv, "entry_count", where, &h.entry_count, UINT64_MAX);
+    f.u64(hv, "created_unix_ns", where, &h.created_unix_ns, UINT64_MAX);
+    f.u32(hv, "chunk_entries", where, &h.chunk_entries);
     if (const auto p = hv.FindMember("point_in_time"); p != hv.MemberEnd()) {
-      if (!p->value.IsBool()) bad(where + ": \"point_in_time\" is not true or false");
+      if (!p->value.IsBool()) f.bad(where + ": \"point_in_time\" is not true or false");
       h.point_in_time = p->value.GetBool();
     }
-    str(hv, "source_map", where, &h.source_map);
-    v = h.source_format_version;
-    u64(hv, "source_format_version", where, &v, UINT32_MAX);
-    h.source_format_version = static_cast<std::uint32_t>(v);
-    u64(hv, "initial_capacity", where, &h.initial_capacity, UINT64_MAX);
-    u64(hv, "max_handles", where, &h.max_handles, UINT64_MAX);
-    u64(hv, "mode", where, &h.mode, UINT64_MAX);
-    u64(hv, "max_bytes", where, &h.max_bytes, UINT64_MAX);
+    f.str(hv, "source_map", where, &h.source_map);
+    f.u32(hv, "source_format_version", where, &h.source_format_version);
+    f.u64(hv, "initial_capacity", where, &h.initial_capacity, UINT64_MAX);
+    f.u64(hv, "max_handles", where, &h.max_handles, UINT64_MAX);
+    f.u64(hv, "mode", where, &h.mode, UINT64_MAX);
+    f.u64(hv, "max_bytes", where, &h.max_bytes, UINT64_MAX);
   }
   const auto entries = d.FindMember("entries");
-  if (entries == d.MemberEnd()) bad("no \"entries\" member");
-  if (!entries->value.IsArray()) bad("\"entries\" is not an array");
-  s.entries.reserve(entries->value.Size());
+  if (entries == d.MemberEnd()) f.bad("no \"entries\" member");
+  if (!entries->value.IsArray()) f.bad("\"entries\" is not an array");
+  return j;
+}
+
+/// A content checksum stored in a JSON file, checked against the one computed from what the
+/// load would apply.
+void check_json_checksum(const JsonPreamble &pre, std::uint64_t computed, const Where &w) {
+  if (!pre.content_xxh3.empty() && pre.content_xxh3 != hex(computed)) {
+    w.fail(Errc::corrupt, "JSON content checksum mismatch (stored \"" + pre.content_xxh3 +
+                              "\", computed " + hex(computed) +
+                              "): the header or an entry was changed; after editing by hand, "
+                              "delete \"content_xxh3\" to load the file unchecked");
+  }
+}
+
+/// The uint64 map's JSON form (version 1). The minimal form
+/// {"entries": [{"key": K, "value": V}, ...]} loads too (no "snapshot" preamble, no "header":
+/// not integrity-checked, default creation options).
+JsonSnapshot parse_json(int fd, std::uint64_t size, const Where &w) {
+  const JsonFields f(w,
+                     "{\"entries\": [{\"key\": K, \"value\": V}, ...]}, optionally with the "
+                     "\"snapshot\" and \"header\" that dump writes");
+  const auto j = read_json(fd, size, w, f);
+  if (j->version != kSnapshotVersion) {
+    w.fail(Errc::layout_mismatch,
+           "holds a typed map's or a string map's entries (JSON format version " +
+               std::to_string(j->version) +
+               "), which a uint64 map cannot take; load it with shmap::DynamicMap::load or "
+               "'shmap load FILE NAME'");
+  }
+  if (j->doc.HasMember("types")) f.bad("\"types\" in a version 1 file (a uint64 map's)");
+  JsonSnapshot s;
+  s.header = j->header;
+  const rapidjson::Value &entries = j->doc["entries"];
+  s.entries.reserve(entries.Size());
   std::size_t index = 0;
-  for (const rapidjson::Value &e : entries->value.GetArray()) {
+  for (const rapidjson::Value &e : entries.GetArray()) {
     const std::string where = "entry " + std::to_string(index);
-    if (!e.IsObject()) bad(where + " is not an object");
+    if (!e.IsObject()) f.bad(where + " is not an object");
     JsonEntry je;
-    if (!u64(e, "key", where, &je.key, UINT64_MAX)) bad(where + " has no \"key\"");
-    if (!u64(e, "value", where, &je.value, UINT64_MAX)) bad(where + " has no \"value\"");
-    if (e.MemberCount() != 2) bad(where + " has members besides \"key\" and \"value\"");
+    if (!f.u64(e, "key", where, &je.key, UINT64_MAX)) f.bad(where + " has no \"key\"");
+    if (!f.u64(e, "value", where, &je.value, UINT64_MAX)) f.bad(where + " has no \"value\"");
+    if (e.MemberCount() != 2) f.bad(where + " has members besides \"key\" and \"value\"");
     s.entries.push_back(je);
     ++index;
   }
-  if (!has_header) s.header.entry_count = s.entries.size();
+  if (!j->has_header) s.header.entry_count = s.entries.size();
   if (s.header.key_type != "u64" || s.header.value_type != "u64") {
     w.fail(Errc::version_mismatch, "holds " + s.header.key_type + " -> " + s.header.value_type +
                                        " entries; this build stores u64 -> u64");
   }
-  if (!pre.content_xxh3.empty()) {
-    const std::uint64_t computed = json_content_xxh3(s.header, s.entries);
-    if (pre.content_xxh3 != hex(computed)) {
-      w.fail(Errc::corrupt, "JSON content checksum mismatch (stored \"" + pre.content_xxh3 +
-                                "\", computed " + hex(computed) +
-                                "): the header or an entry was changed; after editing by hand, "
-                                "delete \"content_xxh3\" to load the file unchecked");
-    }
-  }
+  check_json_checksum(j->pre, json_content_xxh3(s.header, s.entries), w);
   if (s.header.entry_count != s.entries.size()) {
     w.fail(Errc::corrupt, "JSON header says " + std::to_string(s.header.entry_count) +
                               " entries, \"entries\" holds " + std::to_string(s.entries.size()));
@@ -1591,6 +1663,8 @@ auto only_shmap_errors(const Where &w, F &&f) -> decltype(f()) {
 
 Map load_impl(const std::string &path, const std::string &name, const LoadOptions &options,
               const Where &w);
+Map load_from(int fd, std::uint64_t size, const std::string &name, const LoadOptions &options,
+              const Where &w);
 
 }  // namespace
 }  // namespace detail
@@ -1680,6 +1754,12 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
   std::uint64_t size = 0;
   Fd fd = open_input(w, &size);
+  return load_from(fd.get(), size, name, options, w);
+}
+
+/// Map::load of an opened input (a file, or standard input's copy).
+Map load_from(int fd, std::uint64_t size, const std::string &name, const LoadOptions &options,
+              const Where &w) {
   if (size == 0) w.fail(Errc::corrupt, "empty file (0 bytes): not a shmap snapshot");
 
   // Detect the form: the binary form starts with its magic, the JSON form with
@@ -1687,7 +1767,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   char first = 0;
   {
     char probe[64];
-    const ssize_t n = ::pread(fd.get(), probe, sizeof probe, 0);
+    const ssize_t n = ::pread(fd, probe, sizeof probe, 0);
     for (ssize_t i = 0; i < n; ++i) {
       if (probe[i] != ' ' && probe[i] != '\n' && probe[i] != '\r' && probe[i] != '\t') {
         first = probe[i];
@@ -1702,7 +1782,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   auto json = std::make_shared<JsonSnapshot>();
   if (first == '{' || first == '[') {  // JSON (an array is reported as not the right JSON)
     report("verify", 0, size);         // parsed and checked in memory: no finer progress
-    *json = parse_json(fd.get(), size, w);
+    *json = parse_json(fd, size, w);
     report("verify", size, size);
     recorded = json->header;
     src.entries = json->entries.size();
@@ -1710,19 +1790,18 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
       for (const auto &e : json->entries) put(e.key, e.value);
     };
   } else {
-    const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
+    const ScanResult res = scan_binary(fd, size, w, "verify", nullptr);
     if (res.version != kSnapshotVersion) {
       w.fail(Errc::layout_mismatch,
              "holds a typed map's entries (" + res.header.key_type + " -> " +
                  res.header.value_type +
                  "), which a uint64 map cannot take; load it with shmap::DynamicMap::load or "
-                 "'shmap load FILE NAME' (from a file: a typed snapshot is not read from "
-                 "standard input yet)");
+                 "'shmap load FILE NAME'");
     }
     recorded = res.header;
     src.entries = res.entries;
     src.feed_reports = true;
-    const int raw_fd = fd.get();
+    const int raw_fd = fd;
     src.feed = [raw_fd, size, &w](const std::function<void(std::uint64_t, std::uint64_t)> &put) {
       scan_binary(raw_fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
         for (std::uint32_t i = 0; i < n; ++i, e += 16) put(get64(e), get64(e + 8));
@@ -1816,7 +1895,7 @@ Map load_impl(const std::string &path, const std::string &name, const LoadOption
   }
 
   // Mode::create: built under a staging name, renamed into place complete.
-  build_staged(name, path, "load with --replace or --merge, or remove it first",
+  build_staged(name, w.path, "load with --replace or --merge, or remove it first",
                [&](const std::string &tmp) {
                  Map staging = Map::create(tmp, creation_options(recorded, options.options));
                  if (src.entries > 0) build_into(staging, 0, nullptr);
@@ -1911,15 +1990,10 @@ void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
     hint = m.size();
     header(false);
   }
-  std::ostringstream body_stream;
-  {
-    cereal::PortableBinaryOutputArchive ar(
-        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
-    ar(h);
-    ar(typed_fields(d));
-  }
   if (!point_in_time) report("dump", 0, hint);
-  BinaryWriter bw(out, kSnapshotVersionTyped, body_stream.str(), ebytes, per_chunk, hint);
+  const TypedFields types = typed_fields(d);
+  BinaryWriter bw(out, kSnapshotVersionTyped, header_body(h, &types, kKindMap), ebytes, per_chunk,
+                  hint);
   auto add = [&](const unsigned char *key8, const void *v) {
     if (bw.failed()) return;
     unsigned char *e = bw.next();
@@ -1946,17 +2020,13 @@ void dump_typed(const DynamicMap &d, const Where &w, bool point_in_time) {
   out.commit();
 }
 
-/// What the file at `path` starts like: the version of a binary snapshot (its magic, then the
+/// What an opened input starts like: the version of a binary snapshot (its magic, then the
 /// version word), kJsonKind for text that opens with '{', 0 for anything else (too short, bad
-/// magic, unreadable, or standard input, which cannot be peeked at: Map::load reads it).
+/// magic, unreadable: the uint64 map's load says what is wrong).
 constexpr std::uint32_t kJsonKind = UINT32_MAX;
-std::uint32_t snapshot_kind(const std::string &path) {
-  if (path == "-") return 0;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return 0;  // Map::load reports why
+std::uint32_t snapshot_kind(int fd) {
   unsigned char lead[256];
   const ssize_t n = ::pread(fd, lead, sizeof lead, 0);
-  ::close(fd);
   if (n >= static_cast<ssize_t>(kLeadBytes) && std::memcmp(lead, kMagic, 8) == 0) {
     return get32(lead + 8);
   }
@@ -2086,18 +2156,11 @@ void dump_strings(const DynamicMap &d, std::size_t size, const Where &w, bool po
     hint = size;
     header(false);
   }
-  std::ostringstream body_stream;
-  {
-    cereal::PortableBinaryOutputArchive ar(
-        body_stream, cereal::PortableBinaryOutputArchive::Options::LittleEndian());
-    ar(h);
-    ar(typed_fields(d));
-    // A multimap says so after the types (a map's snapshot may end there: kind 1).
-    if (d.is_multimap()) ar(kKindMultimap);
-  }
   if (!point_in_time) report("dump", 0, hint);
-  BinaryWriter bw(out, kSnapshotVersionStrings, body_stream.str(), 1, kStringChunkBytes,
-                  copy.size());
+  const TypedFields types = typed_fields(d);
+  BinaryWriter bw(out, kSnapshotVersionStrings,
+                  header_body(h, &types, d.is_multimap() ? kKindMultimap : kKindMap), 1,
+                  kStringChunkBytes, copy.size());
   auto add = [&](std::string_view bytes) {
     for (const char c : bytes) {
       if (bw.failed()) return;
@@ -2120,21 +2183,46 @@ void dump_strings(const DynamicMap &d, std::size_t size, const Where &w, bool po
   out.commit();
 }
 
-void load_strings(const std::string &path, const std::string &name, const LoadOptions &options,
-                  const Where &w, const DynamicMap::Layout *expect) {
-  validate_name(name);
+/// Refuses what a load of a typed map's or a string map's snapshot does not do yet, and types
+/// other than those the caller's map wants.
+void check_typed_load(const std::string &name, const LoadOptions &options, const Where &w,
+                      const SegmentTypes &types, const DynamicMap::Layout *expect) {
   if (options.mode != LoadOptions::Mode::create) {
     w.fail(Errc::invalid_argument,
-           "--replace and --merge of a string map's snapshot are not supported yet; load it "
-           "into a new map (remove the old one first, or load under another name)");
+           "--replace and --merge of a typed map's or a string map's snapshot are not "
+           "supported yet; load it into a new map (remove the old one first, or load under "
+           "another name)");
   }
-  std::uint64_t size = 0;
-  Fd fd = open_input(w, &size);
+  if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {
+    w.fail(Errc::layout_mismatch, "the snapshot holds " + describe_types(types) +
+                                      ", the map wanted holds " +
+                                      describe_types(layout_types(name, *expect)));
+  }
+}
+
+/// Fills a new map of strings, made with `types` under the staging name `tmp`: feed(put) calls
+/// put(key, value) for every entry, a multimap's values in their order.
+void fill_strings(
+    const std::string &tmp, const Options &o, const SegmentTypes &types,
+    const std::function<void(const std::function<void(std::string_view, std::string_view)> &)>
+        &feed) {
+  DynamicMap core = SnapshotAccess::create(tmp, o, types);
+  if (types.kind == kKindMultimap) {
+    StringMultimap multi = SnapshotAccess::multimap(std::move(core));
+    feed([&](std::string_view k, std::string_view v) { multi.insert(k, v); });
+  } else {
+    StringMap map = SnapshotAccess::strings(std::move(core));
+    feed([&](std::string_view k, std::string_view v) { map.insert_or_assign(k, v); });
+  }
+}
+
+void load_strings(int fd, std::uint64_t size, const std::string &name, const LoadOptions &options,
+                  const Where &w, const DynamicMap::Layout *expect) {
   const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
   // The verify pass checks every entry too, before anything is made.
   EntryStream verify(w, 0);
   const ScanResult res =
-      scan_binary(fd.get(), size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
+      scan_binary(fd, size, w, "verify", [&](const unsigned char *e, std::uint32_t n) {
         verify.feed(e, n, [](std::string_view, std::string_view) {});
       });
   verify.finish();
@@ -2150,72 +2238,468 @@ void load_strings(const std::string &path, const std::string &name, const LoadOp
                               std::to_string(res.types.key_size) + " bytes");
   }
   const std::uint64_t entries = verify.entries();
-  if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {
-    w.fail(Errc::layout_mismatch, "the snapshot holds " + describe_types(types) +
-                                      ", the map wanted holds " +
-                                      describe_types(layout_types(name, *expect)));
-  }
-  build_staged(
-      name, path, "remove it first (a snapshot loads into a new map)", [&](const std::string &tmp) {
-        Options o = creation_options(res.header, options.options);
-        o.initial_capacity = std::max<std::size_t>(o.initial_capacity, entries * 2 + 2);
-        DynamicMap core = SnapshotAccess::create(tmp, o, types);
-        std::optional<StringMap> map;
-        std::optional<StringMultimap> multi;
-        if (types.kind == kKindMultimap) {
-          multi.emplace(SnapshotAccess::multimap(std::move(core)));
-        } else {
-          map.emplace(SnapshotAccess::strings(std::move(core)));
-        }
-        EntryStream feed(w, fixed);
-        // The second pass verifies again as it feeds (a file changed in between fails). A
-        // multimap's values come in their order, and are added in it.
-        scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-          feed.feed(e, n, [&](std::string_view k, std::string_view v) {
-            if (multi) {
-              multi->insert(k, v);
-            } else {
-              map->insert_or_assign(k, v);
-            }
-          });
-        });
-        feed.finish();
-      });
+  check_typed_load(name, options, w, types, expect);
+  build_staged(name, w.path, "remove it first (a snapshot loads into a new map)",
+               [&](const std::string &tmp) {
+                 Options o = creation_options(res.header, options.options);
+                 o.initial_capacity = std::max<std::size_t>(o.initial_capacity, entries * 2 + 2);
+                 fill_strings(tmp, o, types, [&](const auto &put) {
+                   EntryStream feed(w, fixed);
+                   // The second pass verifies again as it feeds (a file changed in between fails).
+                   // A multimap's values come in their order, and are added in it.
+                   scan_binary(fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+                     feed.feed(e, n, put);
+                   });
+                   feed.finish();
+                 });
+               });
 }
 
-DynamicMap load_typed(const std::string &path, const std::string &name, const LoadOptions &options,
-                      const Where &w, const DynamicMap::Layout *expect) {
-  validate_name(name);
-  if (options.mode != LoadOptions::Mode::create) {
-    w.fail(Errc::invalid_argument,
-           "--replace and --merge of a typed map's snapshot are not supported yet; load it "
-           "into a new map (remove the old one first, or load under another name)");
-  }
-  std::uint64_t size = 0;
-  Fd fd = open_input(w, &size);
-  const ScanResult res = scan_binary(fd.get(), size, w, "verify", nullptr);
+void load_typed(int fd, std::uint64_t size, const std::string &name, const LoadOptions &options,
+                const Where &w, const DynamicMap::Layout *expect) {
+  const ScanResult res = scan_binary(fd, size, w, "verify", nullptr);
   // The segment will record the types exactly as the snapshot does (names and their hashes).
   const SegmentTypes types = res.types.records();
-  if (expect != nullptr && !same_types(types, layout_types(name, *expect))) {
-    w.fail(Errc::layout_mismatch, "the snapshot holds " + describe_types(types) +
-                                      ", the map wanted holds " +
-                                      describe_types(layout_types(name, *expect)));
+  check_typed_load(name, options, w, types, expect);
+  build_staged(name, w.path, "remove it first (a typed snapshot loads into a new map)",
+               [&](const std::string &tmp) {
+                 Options o = creation_options(res.header, options.options);
+                 o.initial_capacity =
+                     std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
+                 DynamicMap staging = SnapshotAccess::create(tmp, o, types);
+                 const std::size_t ebytes = res.entry_bytes;
+                 // The second pass verifies again as it feeds (a file changed in between fails).
+                 scan_binary(fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
+                   for (std::uint32_t i = 0; i < n; ++i, e += ebytes) {
+                     staging.insert_or_assign(get64(e), e + 8);
+                   }
+                 });
+               });
+}
+
+// ---- the JSON form of typed maps and maps of strings (versions 2 and 3) ------------------------
+
+/// A key's or a value's type as the JSON form writes it: its kind and size (0: a string of any
+/// length) and name.
+struct FieldType {
+  std::uint32_t kind = 0;
+  std::uint32_t size = 0;
+  std::string name;
+};
+
+bool valid_utf8(std::string_view bytes) {
+  const std::string z(bytes);  // NUL-terminated: a sequence cut short at the end fails on it
+  rapidjson::StringStream in(z.c_str());
+  struct Discard {
+    void Put(char) {}
+  } out;
+  while (in.Tell() < z.size()) {
+    if (!rapidjson::UTF8<>::Validate(in, out)) return false;
   }
-  build_staged(
-      name, path, "remove it first (a typed snapshot loads into a new map)",
-      [&](const std::string &tmp) {
-        Options o = creation_options(res.header, options.options);
-        o.initial_capacity = std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
-        DynamicMap staging = SnapshotAccess::create(tmp, o, types);
-        const std::size_t ebytes = res.entry_bytes;
-        // The second pass verifies again as it feeds (a file changed in between fails).
-        scan_binary(fd.get(), size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-          for (std::uint32_t i = 0; i < n; ++i, e += ebytes) {
-            staging.insert_or_assign(get64(e), e + 8);
-          }
-        });
-      });
-  return DynamicMap::open(name, OpenOptions{});
+  return true;
+}
+
+std::string to_hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string h;
+  h.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    h += kDigits[static_cast<unsigned char>(c) >> 4];
+    h += kDigits[static_cast<unsigned char>(c) & 15];
+  }
+  return h;
+}
+
+std::optional<std::string> from_hex(std::string_view h) {
+  if (h.size() % 2 != 0) return std::nullopt;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out(h.size() / 2, '\0');
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int hi = digit(h[2 * i]), lo = digit(h[2 * i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out[i] = static_cast<char>(hi << 4 | lo);
+  }
+  return out;
+}
+
+/// Strict base64 (RFC 4648, padded): cereal's decoder skips what it does not know, so the text
+/// is checked here first.
+std::optional<std::string> from_base64(const std::string &b) {
+  if (b.size() % 4 != 0) return std::nullopt;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const char c = b[i];
+    const bool pad_ok = c == '=' && i + 2 >= b.size() && (i + 1 == b.size() || b[i + 1] == '=');
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || pad_ok)) {
+      return std::nullopt;
+    }
+  }
+  return cereal::base64::decode(b);
+}
+
+bool integer_size(std::uint32_t size) { return size == 1 || size == 2 || size == 4 || size == 8; }
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+/// Writes a key or a value (`name`: "key" or "value") as its type reads best: a string of valid
+/// UTF-8 as "name": "text", other bytes as "name_base64"; an integer or a finite floating point
+/// number as "name": number; anything else (a struct, a NaN, a key word with bytes beyond its
+/// type's) as "name_hex", its bytes in memory order.
+void write_field(JsonWriter &out, const std::string &name, const FieldType &t,
+                 std::string_view bytes) {
+  using Kind = TypeInfo::Kind;
+  const auto kind = static_cast<Kind>(t.kind);
+  if (kind == Kind::byte_string && t.size == 0) {
+    if (valid_utf8(bytes)) {
+      out.Key(name.c_str());
+      out.String(bytes.data(), static_cast<rapidjson::SizeType>(bytes.size()));
+    } else {
+      const std::string key = name + "_base64";
+      out.Key(key.c_str());
+      const std::string b = cereal::base64::encode(
+          reinterpret_cast<const unsigned char *>(bytes.data()), bytes.size());
+      out.String(b.c_str(), static_cast<rapidjson::SizeType>(b.size()));
+    }
+    return;
+  }
+  if (bytes.size() == t.size) {
+    unsigned char le[8] = {};
+    if ((kind == Kind::unsigned_integer || kind == Kind::signed_integer) && integer_size(t.size)) {
+      std::memcpy(le, bytes.data(), t.size);
+      std::uint64_t v = get64(le);
+      if (kind == Kind::signed_integer && t.size < 8 && (v >> (8 * t.size - 1)) != 0) {
+        v |= ~std::uint64_t{0} << (8 * t.size);  // sign-extend
+      }
+      out.Key(name.c_str());
+      if (kind == Kind::unsigned_integer) {
+        out.Uint64(v);
+      } else {
+        out.Int64(static_cast<std::int64_t>(v));
+      }
+      return;
+    }
+    if (kind == Kind::floating_point && (t.size == 4 || t.size == 8)) {
+      double d = 0;
+      if (t.size == 4) {
+        float fl = 0;
+        std::memcpy(&fl, bytes.data(), 4);
+        d = fl;
+      } else {
+        std::memcpy(&d, bytes.data(), 8);
+      }
+      if (std::isfinite(d)) {
+        out.Key(name.c_str());
+        out.Double(d);  // the shortest text that reads back as the same double
+        return;
+      }
+    }
+  }
+  const std::string key = name + "_hex";
+  out.Key(key.c_str());
+  const std::string h = to_hex(bytes);
+  out.String(h.c_str(), static_cast<rapidjson::SizeType>(h.size()));
+}
+
+/// Reads a key or a value written by write_field (any of its three forms, whatever the type:
+/// a hand-written file may give a struct as base64). Returns its bytes; the caller checks their
+/// number.
+std::string read_field(const rapidjson::Value &e, const std::string &name, const FieldType &t,
+                       const std::string &where, const JsonFields &f) {
+  using Kind = TypeInfo::Kind;
+  const auto kind = static_cast<Kind>(t.kind);
+  const std::string hex_name = name + "_hex", b64_name = name + "_base64";
+  const auto plain = e.FindMember(name.c_str());
+  const auto as_hex = e.FindMember(hex_name.c_str());
+  const auto as_b64 = e.FindMember(b64_name.c_str());
+  const int forms =
+      (plain != e.MemberEnd()) + (as_hex != e.MemberEnd()) + (as_b64 != e.MemberEnd());
+  if (forms != 1) {
+    f.bad(where + (forms == 0 ? " has no " : " has more than one of ") + "\"" + name + "\", \"" +
+          hex_name + "\", \"" + b64_name + "\"");
+  }
+  if (as_hex != e.MemberEnd() || as_b64 != e.MemberEnd()) {
+    const bool is_hex = as_hex != e.MemberEnd();
+    const rapidjson::Value &v = is_hex ? as_hex->value : as_b64->value;
+    const std::string &member = is_hex ? hex_name : b64_name;
+    if (!v.IsString()) f.bad(where + ": \"" + member + "\" is not a string");
+    const std::string text(v.GetString(), v.GetStringLength());
+    std::optional<std::string> bytes = is_hex ? from_hex(text) : from_base64(text);
+    if (!bytes) {
+      f.bad(where + ": \"" + member + "\" is not " +
+            (is_hex ? "hexadecimal (two digits a byte)" : "base64 (RFC 4648, padded)"));
+    }
+    return std::move(*bytes);
+  }
+  const rapidjson::Value &v = plain->value;
+  const std::string what = where + ": \"" + name + "\" (" + t.name + ")";
+  if (kind == Kind::byte_string && t.size == 0) {
+    if (!v.IsString()) f.bad(what + " is not a string");
+    return std::string(v.GetString(), v.GetStringLength());
+  }
+  unsigned char le[8] = {};
+  if (kind == Kind::unsigned_integer && integer_size(t.size)) {
+    const std::uint64_t max = t.size == 8 ? UINT64_MAX : (std::uint64_t{1} << (8 * t.size)) - 1;
+    if (!v.IsUint64() || v.GetUint64() > max) {
+      f.bad(what + " is not an integer from 0 to " + std::to_string(max));
+    }
+    put64(le, v.GetUint64());
+    return std::string(reinterpret_cast<const char *>(le), t.size);
+  }
+  if (kind == Kind::signed_integer && integer_size(t.size)) {
+    const std::int64_t max =
+        t.size == 8 ? INT64_MAX
+                    : static_cast<std::int64_t>((std::uint64_t{1} << (8 * t.size - 1)) - 1);
+    if (!v.IsInt64() || v.GetInt64() > max || v.GetInt64() < -max - 1) {
+      f.bad(what + " is not an integer from " + std::to_string(-max - 1) + " to " +
+            std::to_string(max));
+    }
+    put64(le, static_cast<std::uint64_t>(v.GetInt64()));
+    return std::string(reinterpret_cast<const char *>(le), t.size);
+  }
+  if (kind == Kind::floating_point && (t.size == 4 || t.size == 8)) {
+    if (!v.IsNumber()) f.bad(what + " is not a number");
+    const double d = v.GetDouble();
+    if (t.size == 8) return std::string(reinterpret_cast<const char *>(&d), 8);
+    const auto fl = static_cast<float>(d);
+    if (!std::isfinite(fl)) f.bad(what + " is out of the range of a 32-bit float");
+    return std::string(reinterpret_cast<const char *>(&fl), 4);
+  }
+  f.bad(what + " is written as \"" + hex_name + "\" (its bytes in hexadecimal): a " +
+        std::to_string(t.size) + "-byte " + (kind == Kind::other ? "struct" : "value") +
+        " has no plain JSON form");
+}
+
+/// The types a version 2 or 3 snapshot records, as the JSON form's "types" member: the binary
+/// header's fields by name, and "kind": "multimap" for a multimap (absent: a map).
+struct JsonTypes {
+  mutable TypedFields types;  // (TypedFields::serialize is not const)
+  std::uint64_t kind = kKindMap;
+  template <class Archive>
+  void save(Archive &ar) const {
+    types.serialize(ar);
+    if (kind == kKindMultimap) ar(cereal::make_nvp("kind", std::string("multimap")));
+  }
+};
+
+/// One entry as a typed or string map holds it: version 2, the key word (8 bytes,
+/// little-endian) and the value's bytes; version 3, the key's bytes and the value's.
+using ByteEntry = std::pair<std::string, std::string>;
+
+/// The content checksum of a version 2 or 3 JSON file: XXH3-64 of the binary form's header body
+/// (header, types, kind), then every entry as {u32 key length, u32 value length, key, value}
+/// (little-endian), in file order.
+std::uint64_t typed_content_xxh3(const std::string &body, const std::vector<ByteEntry> &entries) {
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  XXH3_64bits_update(&st, body.data(), body.size());
+  for (const auto &[k, v] : entries) {
+    unsigned char lens[8];
+    put32(lens, static_cast<std::uint32_t>(k.size()));
+    put32(lens + 4, static_cast<std::uint32_t>(v.size()));
+    XXH3_64bits_update(&st, lens, 8);
+    XXH3_64bits_update(&st, k.data(), k.size());
+    XXH3_64bits_update(&st, v.data(), v.size());
+  }
+  return XXH3_64bits_digest(&st);
+}
+
+std::pair<FieldType, FieldType> field_types(const TypedFields &t) {
+  return {{t.key_kind, t.key_size, t.key_name}, {t.value_kind, t.value_size, t.value_name}};
+}
+
+/// The JSON form of a typed map (version 2) or a map of strings (version 3).
+void dump_typed_json(const DynamicMap &d, std::size_t size, const Where &w, bool point_in_time) {
+  const Map &m = SnapshotAccess::map(d);
+  AtomicFile out(w, m.stats().options.mode);  // first: a file that cannot be made fails early
+  const bool strings = d.holds_strings();
+  const std::uint32_t version = strings ? kSnapshotVersionStrings : kSnapshotVersionTyped;
+  const std::uint64_t kind = d.is_multimap() ? kKindMultimap : kKindMap;
+  const std::size_t vbytes = d.value_type().size;
+  std::vector<ByteEntry> entries;
+  SnapshotHeader h;
+  {
+    WriterHold hold(m.impl(), point_in_time);
+    h = header_for(m, point_in_time, size);
+    entries.reserve(size);
+    report("dump", 0, size);
+    // (A failed allocation throws out of the walk: a copy into memory only, nothing written.)
+    if (strings) {
+      walk_strings(d, [&](std::string_view k, std::string_view v) { entries.emplace_back(k, v); });
+    } else {
+      struct Copy {
+        std::vector<ByteEntry> &to;
+        std::size_t vbytes;
+      } c{entries, vbytes};
+      d.for_each(
+          [](void *p, std::uint64_t k, const void *v) {
+            auto &x = *static_cast<Copy *>(p);
+            unsigned char key[8];
+            put64(key, k);
+            x.to.emplace_back(std::string(reinterpret_cast<const char *>(key), 8),
+                              std::string(static_cast<const char *>(v), x.vbytes));
+          },
+          &c);
+    }
+    require_hold(m, point_in_time);
+  }
+  h.key_type = d.key_type().name;
+  h.value_type = d.value_type().name;
+  h.entry_count = entries.size();
+  h.chunk_entries = 0;
+  const TypedFields types = typed_fields(d);
+  JsonPreamble pre;
+  pre.format_version = version;
+  pre.content_xxh3 = hex(typed_content_xxh3(header_body(h, &types, kind), entries));
+  std::ostringstream os;
+  {
+    cereal::JSONOutputArchive ar(
+        os, cereal::JSONOutputArchive::Options(
+                324, cereal::JSONOutputArchive::Options::IndentChar::space, 1));
+    ar(cereal::make_nvp("snapshot", pre), cereal::make_nvp("header", h),
+       cereal::make_nvp("types", JsonTypes{types, kind}));
+  }
+  // cereal closed the document: reopen it for the entries, one to a line.
+  std::string text = os.str();
+  text.resize(text.rfind('}'));
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  text += ",\n \"entries\": [";
+  const auto [key_t, value_t] = field_types(types);
+  rapidjson::StringBuffer line;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    std::string_view k = entries[i].first;
+    // A typed map's key word: its type's bytes when the rest are zero (as every TypedMap key).
+    if (!strings && k.find_first_not_of('\0', key_t.size) == std::string_view::npos) {
+      k = k.substr(0, key_t.size);
+    }
+    line.Clear();
+    JsonWriter jw(line);
+    jw.StartObject();
+    write_field(jw, "key", key_t, k);
+    write_field(jw, "value", value_t, entries[i].second);
+    jw.EndObject();
+    text += i == 0 ? "\n  " : ",\n  ";
+    text.append(line.GetString(), line.GetSize());
+    if (text.size() > kMaxJsonBytes) break;
+  }
+  text += entries.empty() ? "]\n}\n" : "\n ]\n}\n";
+  if (text.size() > kMaxJsonBytes) {
+    // load would refuse it: say so now rather than write it.
+    w.fail(Errc::invalid_argument, "the JSON form of this map is over the " +
+                                       std::to_string(kMaxJsonBytes >> 20) +
+                                       " MiB that load accepts; dump the binary form");
+  }
+  report("dump", entries.size(), entries.size());
+  out.write(text.data(), text.size());
+  report("sync", 0, 0);
+  out.commit();
+}
+
+/// A version 2 or 3 JSON snapshot, read and verified whole.
+struct TypedJson {
+  SnapshotHeader header;
+  TypedFields types;
+  std::uint64_t kind = kKindMap;
+  std::vector<ByteEntry> entries;
+};
+
+TypedJson parse_typed_json(const JsonDocument &j, const Where &w, const JsonFields &f) {
+  TypedJson s;
+  s.header = j.header;
+  if (!j.has_header) f.bad("no \"header\" member (a typed or string map's JSON form has one)");
+  const auto tv = j.doc.FindMember("types");
+  if (tv == j.doc.MemberEnd()) f.bad("no \"types\" member (the key and value types)");
+  if (!tv->value.IsObject()) f.bad("\"types\" is not an object");
+  const rapidjson::Value &types = tv->value;
+  TypedFields &t = s.types;
+  const std::string where = "\"types\"";
+  f.only(types,
+         {"key_size", "key_align", "key_kind", "key_name", "key_hash", "value_size", "value_align",
+          "value_kind", "value_name", "value_hash", "kind"},
+         "in \"types\"");
+  auto need = [&](bool found, const char *member) {
+    if (!found) f.bad("\"types\" has no \"" + std::string(member) + "\"");
+  };
+  need(f.u32(types, "key_size", where, &t.key_size), "key_size");
+  need(f.u32(types, "key_align", where, &t.key_align), "key_align");
+  need(f.u32(types, "key_kind", where, &t.key_kind), "key_kind");
+  need(f.str(types, "key_name", where, &t.key_name), "key_name");
+  need(f.u32(types, "key_hash", where, &t.key_hash), "key_hash");
+  need(f.u32(types, "value_size", where, &t.value_size), "value_size");
+  need(f.u32(types, "value_align", where, &t.value_align), "value_align");
+  need(f.u32(types, "value_kind", where, &t.value_kind), "value_kind");
+  need(f.str(types, "value_name", where, &t.value_name), "value_name");
+  need(f.u32(types, "value_hash", where, &t.value_hash), "value_hash");
+  std::string kind = "map";
+  f.str(types, "kind", where, &kind);
+  if (kind != "map" && kind != "multimap") {
+    f.bad("\"types\": \"kind\" is \"" + kind + "\" (\"map\" or \"multimap\")");
+  }
+  s.kind = kind == "multimap" ? kKindMultimap : kKindMap;
+  check_types(j.version, t, s.kind, w);
+  const bool strings = j.version == kSnapshotVersionStrings;
+  const auto [key_t, value_t] = field_types(t);
+  const rapidjson::Value &entries = j.doc["entries"];
+  s.entries.reserve(entries.Size());
+  std::size_t index = 0;
+  for (const rapidjson::Value &e : entries.GetArray()) {
+    const std::string at = "entry " + std::to_string(index++);
+    if (!e.IsObject()) f.bad(at + " is not an object");
+    std::string k = read_field(e, "key", key_t, at, f);
+    std::string v = read_field(e, "value", value_t, at, f);
+    if (e.MemberCount() != 2) f.bad(at + " has members besides its key and its value");
+    auto wrong = [&](const char *what, std::size_t got, const std::string &want) {
+      f.bad(at + ": its " + what + " has " + std::to_string(got) + " bytes, " + want);
+    };
+    if (key_t.size != 0 && k.size() != key_t.size && (strings || k.size() != 8)) {
+      wrong("key", k.size(), "its type (" + key_t.name + ") " + std::to_string(key_t.size));
+    }
+    if (value_t.size != 0 && v.size() != value_t.size) {
+      wrong("value", v.size(), "its type (" + value_t.name + ") " + std::to_string(value_t.size));
+    }
+    if (strings && k.size() + v.size() > kMaxStringEntryBytes) {
+      wrong("key and value together", k.size() + v.size(),
+            "at most " + std::to_string(kMaxStringEntryBytes));
+    }
+    if (!strings) k.resize(8, '\0');  // the key word
+    s.entries.emplace_back(std::move(k), std::move(v));
+  }
+  check_json_checksum(j.pre, typed_content_xxh3(header_body(s.header, &t, s.kind), s.entries), w);
+  if (s.header.entry_count != s.entries.size()) {
+    w.fail(Errc::corrupt, "JSON header says " + std::to_string(s.header.entry_count) +
+                              " entries, \"entries\" holds " + std::to_string(s.entries.size()));
+  }
+  return s;
+}
+
+/// Loads a version 2 or 3 JSON snapshot into a new map.
+void load_typed_json(const JsonDocument &j, const std::string &name, const LoadOptions &options,
+                     const Where &w, const DynamicMap::Layout *expect) {
+  const JsonFields f(w, "the \"snapshot\", \"header\", \"types\" and \"entries\" that dump writes");
+  const TypedJson s = parse_typed_json(j, w, f);
+  SegmentTypes types = s.types.records();
+  types.kind = s.kind;
+  check_typed_load(name, options, w, types, expect);
+  build_staged(name, w.path, "remove it first (a snapshot loads into a new map)",
+               [&](const std::string &tmp) {
+                 Options o = creation_options(s.header, options.options);
+                 o.initial_capacity =
+                     std::max<std::size_t>(o.initial_capacity, s.entries.size() * 2 + 2);
+                 if (j.version == kSnapshotVersionStrings) {
+                   fill_strings(tmp, o, types, [&](const auto &put) {
+                     for (const auto &[k, v] : s.entries) put(k, v);
+                   });
+                   return;
+                 }
+                 DynamicMap staging = SnapshotAccess::create(tmp, o, types);
+                 for (const auto &[k, v] : s.entries) {
+                   staging.insert_or_assign(
+                       get64(reinterpret_cast<const unsigned char *>(k.data())), v.data());
+                 }
+               });
 }
 
 }  // namespace
@@ -2231,30 +2715,14 @@ void DynamicMap::dump(const std::string &path, const DumpOptions &options) const
   const detail::Where w{name(), path};
   detail::only_shmap_errors(w, [&] {
     if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
-    if (holds_strings()) {
-      if (options.json) {
-        w.fail(Errc::invalid_argument,
-               "the JSON form of a snapshot of strings is not supported yet; dump the binary "
-               "form");
-      }
-      if (options.point_in_time && read_only()) {
-        w.fail(Errc::permission_denied,
-               "a point-in-time dump holds writers back, which a read-only attachment may not "
-               "do; attach read-write, or dump without --point-in-time");
-      }
-      // The size hint: buckets (the point-in-time form counts the entries it writes).
-      detail::dump_strings(*this, size(), w, options.point_in_time);
-      return;
-    }
-    if (options.json) {
-      w.fail(Errc::invalid_argument,
-             "the JSON form of a typed map's snapshot is not supported yet; dump the binary form");
-    }
     if (options.point_in_time && read_only()) {
       w.fail(Errc::permission_denied,
              "a point-in-time dump holds writers back, which a read-only attachment may not do; "
              "attach read-write, or dump without --point-in-time");
     }
+    // The size hint of a map of strings: its buckets (the walk counts the entries it writes).
+    if (options.json) return detail::dump_typed_json(*this, size(), w, options.point_in_time);
+    if (holds_strings()) return detail::dump_strings(*this, size(), w, options.point_in_time);
     detail::dump_typed(*this, w, options.point_in_time);
   });
 }
@@ -2264,48 +2732,48 @@ DynamicMap load_any(const std::string &path, const std::string &name, const Load
                     const DynamicMap::Layout *expect) {
   const detail::Where w{name, path};
   return detail::only_shmap_errors(w, [&] {
-    const std::uint32_t version = detail::snapshot_kind(path);
-    if (version != 2 && version != 3) {
-      // Version 1 or JSON: a uint64 map (or not a snapshot: Map::load says what is wrong).
-      const TypeInfo u64 = type_info<std::uint64_t>();
-      const bool v1 = version == 1 || version == detail::kJsonKind;
-      if (path == "-" && expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
-        w.fail(Errc::invalid_argument,
-               "a typed map's snapshot is not read from standard input yet; give a file");
+    detail::validate_name(name);
+    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
+    std::uint64_t size = 0;
+    detail::Fd fd = detail::open_input(w, &size);  // standard input: copied into a file
+    const std::uint32_t version = detail::snapshot_kind(fd.get());
+    const TypeInfo u64 = type_info<std::uint64_t>();
+    const bool want_u64 = expect == nullptr || (expect->key == u64 && expect->value == u64);
+    if (version == 2) {
+      detail::load_typed(fd.get(), size, name, options, w, expect);
+    } else if (version == 3) {
+      detail::load_strings(fd.get(), size, name, options, w, expect);
+    } else if (version == detail::kJsonKind) {
+      const detail::JsonFields f(w,
+                                 "the \"snapshot\", \"header\", \"types\" and \"entries\" "
+                                 "that dump writes");
+      const auto j = detail::read_json(fd.get(), size, w, f);
+      if (j->version != 1) {
+        detail::load_typed_json(*j, name, options, w, expect);
+        return DynamicMap::open(name);
       }
-      if (v1 && expect != nullptr && !(expect->key == u64 && expect->value == u64)) {
+      if (!want_u64) {
         w.fail(Errc::layout_mismatch,
                "the snapshot holds uint64 -> uint64, the map wanted holds " +
                    detail::describe_types(detail::layout_types(name, *expect)));
       }
-      Map::load(path, name, options);
-      return DynamicMap::open(name);
+      detail::load_from(fd.get(), size, name, options, w);
+    } else {
+      // Version 1 (or not a snapshot: Map::load says what is wrong): a uint64 map.
+      if (version == 1 && !want_u64) {
+        w.fail(Errc::layout_mismatch,
+               "the snapshot holds uint64 -> uint64, the map wanted holds " +
+                   detail::describe_types(detail::layout_types(name, *expect)));
+      }
+      detail::load_from(fd.get(), size, name, options, w);
     }
-    if (version == 3) {
-      detail::load_strings(path, name, options, w, expect);
-      return DynamicMap::open(name);
-    }
-    return detail::load_typed(path, name, options, w, expect);
+    return DynamicMap::open(name);
   });
 }
 }  // namespace
 
 void StringMap::dump(const std::string &path, const DumpOptions &options) const {
-  const detail::Where w{name(), path};
-  detail::only_shmap_errors(w, [&] {
-    if (path.empty()) w.fail(Errc::invalid_argument, "empty file name");
-    if (options.json) {
-      w.fail(Errc::invalid_argument,
-             "the JSON form of a string map's snapshot is not supported yet; dump the binary "
-             "form");
-    }
-    if (options.point_in_time && read_only()) {
-      w.fail(Errc::permission_denied,
-             "a point-in-time dump holds writers back, which a read-only attachment may not do; "
-             "attach read-write, or dump without --point-in-time");
-    }
-    detail::dump_strings(detail::SnapshotAccess::core(*this), size(), w, options.point_in_time);
-  });
+  detail::SnapshotAccess::core(*this).dump(path, options);
 }
 
 StringMap StringMap::load(const std::string &path, const std::string &name,

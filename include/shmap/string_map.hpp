@@ -17,7 +17,7 @@
 //
 // The segment records its types as string -> string: TypedMap, DynamicMap's value operations
 // and shmap::Map refuse it (layout_mismatch), and StringMap refuses every other map.
-// Snapshots: dump()/load() (binary, version 3; not yet JSON, replace or merge). Below:
+// Snapshots: dump()/load() (version 3, binary or JSON; not yet replace or merge). Below:
 // TypedMap<std::string, V> (struct or number values) and TypedMap<K, std::string> (number
 // keys); the multimap is string_multimap.hpp.
 #pragma once
@@ -66,8 +66,8 @@ class StringMap {
   std::size_t key_bytes() const { return key_fixed_; }
   static bool remove(const std::string& name) { return Map::remove(name); }
   static DynamicMap::Layout layout() { return {string_type(), string_type()}; }
-  /// Writes a binary snapshot of the map (version 3: its types, then every entry; "-":
-  /// standard output), as Map::dump. Not yet: options.json (invalid_argument).
+  /// Writes a snapshot of the map (version 3: its types, then every entry; "-": standard
+  /// output), binary or JSON (options.json), as Map::dump.
   void dump(const std::string& path, const DumpOptions& options = {}) const;
   /// Makes map `name` from a snapshot of a string -> string map (layout_mismatch for other
   /// types), complete or not at all, as Map::load. Not yet: Mode::replace and Mode::merge.

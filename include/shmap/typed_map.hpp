@@ -18,8 +18,8 @@
 // Errc::layout_mismatch naming both. Keys are compared and hashed as their bytes (zero-padded
 // to 8): for floating-point keys 0.0 and -0.0 are different keys and a NaN finds itself.
 //
-// Snapshots: dump/load (binary form, snapshot version 2; load into a new map). Not yet: the
-// JSON form, load --replace/--merge. The CLI reads a typed map's types from its segment.
+// Snapshots: dump/load (snapshot version 2, binary or JSON; load into a new map). Not yet:
+// load --replace/--merge. The CLI reads a typed map's types from its segment.
 #pragma once
 
 #include <cstdint>

@@ -221,13 +221,24 @@ TEST_F(Cli, TypedMapsTheirVerbsAndTheirTypes) {
   r = run({"dump", name, snap, "--point-in-time"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("1 entries"), std::string::npos) << r.out;
-  expect_fails({"dump", name, dir_ + "/typed.json", "--json"}, 3, "JSON form of a typed map");
   ScopedName copy("copy");
   r = run({"load", snap, copy});
   ASSERT_EQ(r.rc, 0) << r.err;
   r = run({"get", copy, "-5"});
   EXPECT_EQ(r.out, hex + "\n");
   expect_fails({"load", snap, copy, "--replace"}, 3, "not supported yet");
+  // The JSON form: the key as a number, the struct as its bytes in hex; and through a pipe.
+  ASSERT_EQ(run({"dump", name, dir_ + "/typed.json", "--json"}).rc, 0);
+  EXPECT_NE(slurp(dir_ + "/typed.json").find("{\"key\":-5,\"value_hex\":\""), std::string::npos)
+      << slurp(dir_ + "/typed.json");
+  ASSERT_EQ(run({"rm", copy}).rc, 0);
+  r = run_sh(std::string(SHMAP_CLI) + " dump " + name.str() + " - | " + SHMAP_CLI + " load - " +
+             copy.str() + " && " + SHMAP_CLI + " dump " + name.str() + " - --json | " + SHMAP_CLI +
+             " load - " + copy.str() + "-json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(run({"get", copy, "-5"}).out, hex + "\n");
+  EXPECT_EQ(run({"get", copy.str() + "-json", "-5"}).out, hex + "\n");
+  EXPECT_EQ(run({"rm", copy.str() + "-json"}).rc, 0);
   r = run({"ls"});
   EXPECT_NE(r.out.find("typed: i64 -> "), std::string::npos) << r.out;
   EXPECT_EQ(run({"rm", name}).rc, 0);
@@ -294,6 +305,16 @@ TEST_F(Cli, MultimapsTheirVerbs) {
   {
     ScopedName copy("multi-copy");
     r = run({"load", dir_ + "/m.shmap", copy});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(run({"get", copy, "k"}).out, "1\n2\n");
+    EXPECT_EQ(StringMultimap::open(copy).size(), StringMultimap::open(name).size());
+  }
+  // Its JSON form says "multimap", and loads from a pipe as one.
+  ASSERT_EQ(run({"dump", name, dir_ + "/m.json", "--json"}).rc, 0);
+  EXPECT_NE(slurp(dir_ + "/m.json").find("\"kind\": \"multimap\""), std::string::npos);
+  {
+    ScopedName copy("multi-json");
+    r = run_sh("cat " + dir_ + "/m.json | " + SHMAP_CLI + " load - " + copy.str());
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_EQ(run({"get", copy, "k"}).out, "1\n2\n");
     EXPECT_EQ(StringMultimap::open(copy).size(), StringMultimap::open(name).size());
@@ -387,7 +408,16 @@ TEST_F(Cli, StringMapsTheirVerbsTextAndHex) {
     EXPECT_EQ(StringMap::open(copy).size(), StringMap::open(name).size());
     EXPECT_EQ(run({"rm", copy}).rc, 0);
   }
-  expect_fails({"dump", name, dir_ + "/s.json", "--json"}, 3, "not supported yet");
+  // The JSON form, through a pipe into a new map: the same entries.
+  {
+    ScopedName copy("strings-json");
+    r = run_sh(std::string(SHMAP_CLI) + " dump " + name.str() + " - --json | " + SHMAP_CLI +
+               " load - " + copy.str());
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(run({"get", copy, "user:42"}).out, "{\"cart\": 3}\n");
+    EXPECT_EQ(StringMap::open(copy).size(), StringMap::open(name).size());
+    EXPECT_EQ(run({"rm", copy}).rc, 0);
+  }
   r = run({"ls"});
   EXPECT_NE(r.out.find("typed: string -> string"), std::string::npos) << r.out;
   // Number keys, string values: numbers in, the value's bytes out; C++ opens it as

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 
@@ -59,6 +60,29 @@ inline std::string golden_svalue(std::int64_t i) {
   std::string v = "value " + std::to_string(i) + " ";
   for (std::int64_t j = 0; j < i % 37; ++j) v += static_cast<char>((i * 131 + j * 7) & 0xff);
   return v;
+}
+
+/// tests/golden/v3-multimap.shmap and v3-multimap-json.json: a StringMultimap of
+/// kGoldenMultimapValues values under 13 keys, in this order (a key's values in it).
+inline constexpr std::int64_t kGoldenMultimapValues = 120;
+
+inline std::string golden_mkey(std::int64_t i) {
+  return i % 13 == 0 ? std::string("\xfe key", 5) : "k" + std::to_string(i % 13);
+}
+
+/// tests/golden/v2-numbers-json.json: a TypedMap<int32_t, double> of these entries.
+inline constexpr std::int64_t kGoldenNumberEntries = 50;
+
+inline std::int32_t golden_nkey(std::int64_t i) {
+  if (i == 0) return INT32_MIN;
+  if (i == 1) return INT32_MAX;
+  return static_cast<std::int32_t>((i % 2 == 0 ? -1 : 1) * i * 104729);
+}
+
+inline double golden_nvalue(std::int64_t i) {
+  if (i == 2) return -0.0;
+  if (i == 3) return 1e300;
+  return static_cast<double>(i) / 3.0;
 }
 
 }  // namespace shmap::golden

@@ -7,6 +7,8 @@
 //   build/tests/snapshot/shmap_make_golden tests/golden        the version-1 files
 //   build/tests/snapshot/shmap_make_golden tests/golden v2     the version-2 (typed) file
 //   build/tests/snapshot/shmap_make_golden tests/golden v3     the version-3 (string map) file
+//   build/tests/snapshot/shmap_make_golden tests/golden json23 the JSON forms of versions 2 and 3,
+//                                                              and the binary multimap file
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include "golden_typed.hpp"
 #include "shmap/shmap.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 #include "shmap/typed_map.hpp"
 
 namespace {
@@ -92,8 +95,59 @@ void write_strings(const std::string& dir) {
   shmap::Map::remove(name);
 }
 
+/// The JSON forms of versions 2 and 3 (a typed map of structs, one of numbers, a string map and
+/// a multimap), and the multimap's binary form.
+void write_json23(const std::string& dir) {
+  namespace g = shmap::golden;
+  const shmap::Options o{.initial_capacity = 64, .max_handles = 8};
+  const std::string name = "shmap-make-golden-json23";
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::TypedMap<std::int64_t, g::GoldenValue>::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenTypedEntries; ++i) {
+      m.insert_or_assign(g::golden_key(i), g::golden_value(g::golden_key(i)));
+    }
+    m.dump(dir + "/v2-typed-json.json", {.json = true});
+  }
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::TypedMap<std::int32_t, double>::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenNumberEntries; ++i) {
+      m.insert_or_assign(g::golden_nkey(i), g::golden_nvalue(i));
+    }
+    m.dump(dir + "/v2-numbers-json.json", {.json = true});
+  }
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::StringMap::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenStringEntries; ++i) {
+      m.insert_or_assign(g::golden_skey(i), g::golden_svalue(i));
+    }
+    m.dump(dir + "/v3-strings-json.json", {.json = true});
+  }
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::StringMultimap::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenMultimapValues; ++i) {
+      m.insert(g::golden_mkey(i), g::golden_svalue(i));
+    }
+    m.dump(dir + "/v3-multimap.shmap");
+    m.dump(dir + "/v3-multimap-json.json", {.json = true});
+  }
+  shmap::Map::remove(name);
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
+  if (argc > 2 && std::string(argv[2]) == "json23") {
+    try {
+      write_json23(dir);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (argc > 2 && std::string(argv[2]) == "v3") {
     try {
       write_strings(dir);

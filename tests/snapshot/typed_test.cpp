@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <bit>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -33,7 +35,7 @@ struct Bytes {
 bool exists(const std::string& name) { return ::access(("/dev/shm/" + name).c_str(), F_OK) == 0; }
 
 template <std::size_t N>
-void round_trip(bool point_in_time) {
+void round_trip(bool point_in_time, bool json = false) {
   using V = Bytes<N>;
   using M = TypedMap<std::int64_t, V>;
   TempDir dir;
@@ -56,7 +58,7 @@ void round_trip(bool point_in_time) {
         m.insert_or_assign(k, want[k]);
       }
     }
-    m.dump(dir.path("t.shmap"), {.point_in_time = point_in_time});
+    m.dump(dir.path("t.shmap"), {.json = json, .point_in_time = point_in_time});
   }
   M back = M::load(dir.path("t.shmap"), to);
   EXPECT_EQ(back.size(), want.size());
@@ -65,7 +67,7 @@ void round_trip(bool point_in_time) {
     const auto it = want.find(k);
     same += it != want.end() && it->second == v;
   });
-  EXPECT_EQ(same, want.size()) << N << "-byte values";
+  EXPECT_EQ(same, want.size()) << N << "-byte values, json " << json;
   RecordStats rs;
   EXPECT_TRUE(back.check(&rs).ok);
   EXPECT_EQ(rs.leaked, 0u);
@@ -78,6 +80,10 @@ TEST(TypedSnapshot, RoundTripsEveryValueSize) {
   round_trip<64>(false);
   round_trip<300>(true);
   round_trip<4080>(false);
+  // The JSON form.
+  round_trip<1>(false, true);
+  round_trip<9>(true, true);
+  round_trip<300>(false, true);
 }
 
 TEST(TypedSnapshot, TheTypesAreCheckedBeforeAnythingIsCreated) {
@@ -132,9 +138,17 @@ TEST(TypedSnapshot, TheTypesAreCheckedBeforeAnythingIsCreated) {
   any.dump(dir.path("u2.shmap"));
   Map::remove(dst);
   EXPECT_EQ(Map::load(dir.path("u2.shmap"), dst).find(5), 6u);
-  // Not yet: JSON, replace, merge. Each says so, and changes nothing.
+  Map::remove(dst);
+  // The JSON form records the types as the binary one does.
   auto a = TypedMap<std::uint64_t, A>::open(src);
-  EXPECT_EQ(code_of([&] { a.dump(dir.path("a.json"), {.json = true}); }), Errc::invalid_argument);
+  a.dump(dir.path("a.json"), {.json = true});
+  EXPECT_EQ(code_of([&] { TypedMap<std::uint64_t, B>::load(dir.path("a.json"), dst); }),
+            Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { Map::load(dir.path("a.json"), dst); }), Errc::layout_mismatch);
+  EXPECT_FALSE(exists(dst.str()));
+  EXPECT_EQ((TypedMap<std::uint64_t, A>::load(dir.path("a.json"), dst).find(1)->y), 3u);
+  Map::remove(dst);
+  // Not yet: replace, merge. Each says so, and changes nothing.
   EXPECT_EQ(code_of([&] {
               DynamicMap::load(dir.path("a.shmap"), src, load_mode(LoadOptions::Mode::replace));
             }),
@@ -160,6 +174,141 @@ TEST(TypedSnapshot, EveryDamagedOrTruncatedFileIsRefusedAndCreatesNothing) {
   EXPECT_EQ(DynamicMap::load(dir.path("bad.shmap"), dst).size(), 5000u);
 }
 
+template <class T>
+std::string bytes_of_value(const T& v) {
+  return std::string(reinterpret_cast<const char*>(&v), sizeof v);
+}
+
+TEST(TypedSnapshot, TheJsonFormShowsNumbersAsNumbersAndKeepsEveryBit) {
+  using M = TypedMap<std::int32_t, double>;
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  const double nan_bits = std::bit_cast<double>(std::uint64_t{0x7ff8000000abcdef});
+  const std::map<std::int32_t, double> want = {{-5, 2.5},
+                                               {7, nan_bits},
+                                               {INT32_MIN, -0.0},
+                                               {INT32_MAX, 1e300},
+                                               {0, 0.1},
+                                               {1, std::numeric_limits<double>::infinity()},
+                                               {2, std::numeric_limits<double>::denorm_min()}};
+  {
+    M m = M::create(src);
+    for (const auto& [k, v] : want) m.insert_or_assign(k, v);
+    m.dump(dir.path("n.json"), {.json = true});
+  }
+  const std::string text = read_file(dir.path("n.json"));
+  EXPECT_NE(text.find("{\"key\":-5,\"value\":2.5}"), std::string::npos) << text;
+  EXPECT_NE(text.find("{\"key\":-2147483648,\"value\":-0.0}"), std::string::npos) << text;
+  EXPECT_NE(text.find("{\"key\":0,\"value\":0.1}"), std::string::npos) << text;
+  // What JSON has no number for (a NaN, an infinity) goes as the value's bytes.
+  EXPECT_NE(text.find("{\"key\":7,\"value_hex\":\"efcdab000000f87f\"}"), std::string::npos) << text;
+  EXPECT_NE(text.find("{\"key\":1,\"value_hex\":\"000000000000f07f\"}"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"format_version\": 2"), std::string::npos) << text;
+  M back = M::load(dir.path("n.json"), dst);
+  EXPECT_EQ(back.size(), want.size());
+  for (const auto& [k, v] : want) {
+    const auto got = back.find(k);
+    ASSERT_TRUE(got.has_value()) << k;
+    EXPECT_EQ(bytes_of_value(*got), bytes_of_value(v)) << "key " << k << ": every bit back";
+  }
+  // Small unsigned keys, float values: the edges of each range.
+  using S = TypedMap<std::uint16_t, float>;
+  ScopedName s16("s16"), s16b("s16b");
+  {
+    S m = S::create(s16);
+    m.insert_or_assign(65535, std::numeric_limits<float>::max());
+    m.insert_or_assign(0, -std::numeric_limits<float>::denorm_min());
+    m.insert_or_assign(300, 1.1f);
+    m.dump(dir.path("s.json"), {.json = true});
+  }
+  EXPECT_NE(read_file(dir.path("s.json")).find("{\"key\":65535,\"value\":3.40282346638528"),
+            std::string::npos)
+      << read_file(dir.path("s.json"));
+  S b = S::load(dir.path("s.json"), s16b);
+  EXPECT_EQ(bytes_of_value(*b.find(65535)), bytes_of_value(std::numeric_limits<float>::max()));
+  EXPECT_EQ(bytes_of_value(*b.find(0)), bytes_of_value(-std::numeric_limits<float>::denorm_min()));
+  EXPECT_EQ(*b.find(300), 1.1f);
+}
+
+/// `text` with its first `from` replaced by `to` (which must be there).
+std::string edited(std::string text, const std::string& from, const std::string& to) {
+  const auto at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return text;
+}
+
+TEST(TypedSnapshot, ADamagedOrHandEditedJsonFileIsRefusedWithItsReasonAndCreatesNothing) {
+  struct Q {
+    std::uint64_t a, b;
+  };
+  using M = TypedMap<std::int32_t, Q>;
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  {
+    M m = M::create(src);
+    for (std::int32_t k = -200; k < 200; ++k) {
+      m.insert_or_assign(k, Q{static_cast<std::uint64_t>(k), 7});
+    }
+    m.dump(dir.path("t.json"), {.json = true});
+  }
+  const std::string good = read_file(dir.path("t.json"));
+  const std::string bad = dir.path("bad.json");
+  // (Without the last newline, which a truncation by one byte would only remove.)
+  ASSERT_EQ(good.back(), '\n');
+  expect_damage_refused(good.substr(0, good.size() - 1), bad, dst.str(),
+                        [&] { M::load(bad, dst); });
+  // Hand edits: each refused for what it is, and no map appears.
+  const std::string one = "{\"key\":-5,\"value_hex\":\"fbffffffffffffff0700000000000000\"}";
+  ASSERT_NE(good.find(one), std::string::npos) << good.substr(0, 2000);
+  auto refused = [&](const std::string& text, Errc code, const std::string& says) {
+    write_file(bad, text);
+    try {
+      M::load(bad, dst);
+      ADD_FAILURE() << "loaded: " << says;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(exists(dst.str())) << says;
+  };
+  const std::string changed =
+      edited(good, one, "{\"key\":-5,\"value_hex\":\"fcffffffffffffff0700000000000000\"}");
+  refused(changed, Errc::corrupt, "content checksum mismatch");
+  // Without its checksum an edited file loads (the documented way to edit by hand)...
+  const auto sum = good.find("\"content_xxh3\"");
+  ASSERT_NE(sum, std::string::npos);
+  const std::string unchecked_lead =
+      changed.substr(0, sum) + changed.substr(changed.find('\n', sum) + 1);
+  // (the member before it keeps its comma: format_version, then content_xxh3 last)
+  const std::string unchecked =
+      edited(unchecked_lead, "\"format_version\": 2,", "\"format_version\": 2");
+  write_file(bad, unchecked);
+  EXPECT_EQ(M::load(bad, dst).find(-5)->a, static_cast<std::uint64_t>(-4));
+  Map::remove(dst);
+  // ...and what it holds is still checked.
+  refused(edited(unchecked, "{\"key\":-5,", "{\"key\":2147483648,"), Errc::corrupt,
+          "is not an integer from -2147483648 to 2147483647");
+  refused(edited(unchecked, "\"value_hex\":\"fcff", "\"value_hex\":\"fcf"), Errc::corrupt,
+          "is not hexadecimal");
+  refused(edited(unchecked, "\"value_hex\":\"fcffffffffffffff0700000000000000\"",
+                 "\"value_hex\":\"fcffffffffffffff07000000000000\""),
+          Errc::corrupt, "its value has 15 bytes");
+  refused(edited(unchecked, "\"value_hex\":\"fcffffffffffffff0700000000000000\"", "\"value\":3"),
+          Errc::corrupt, "has no plain JSON form");
+  refused(edited(unchecked, "\"value_hex\":\"fcffffffffffffff0700000000000000\"",
+                 "\"value_base64\":\"not base64!\""),
+          Errc::corrupt, "is not base64");
+  refused(edited(unchecked, "{\"key\":-5,", "{\"key\":-5,\"key_hex\":\"00\","), Errc::corrupt,
+          "has more than one of");
+  refused(edited(unchecked, "\"types\"", "\"typos\""), Errc::corrupt, "unknown member \"typos\"");
+  refused(edited(unchecked, "\"value_size\": 16", "\"value_size\": 0"), Errc::corrupt,
+          "that no map can have");
+  // The control: the file as dumped loads.
+  write_file(bad, good);
+  EXPECT_EQ(M::load(bad, dst).size(), 400u);
+}
+
 TEST(TypedSnapshot, TheGoldenFileOfAnEarlierBuildLoads) {
   using golden::GoldenValue;
   ScopedName n("golden-typed");
@@ -175,6 +324,31 @@ TEST(TypedSnapshot, TheGoldenFileOfAnEarlierBuildLoads) {
   const std::string b = read_file(std::string(SHMAP_GOLDEN_DIR) + "/v2-typed.shmap");
   EXPECT_EQ(b.substr(0, 8), "SHMAPSNP");
   EXPECT_EQ(b.substr(8, 4), std::string("\x02\x00\x00\x00", 4)) << "format version 2";
+}
+
+TEST(TypedSnapshot, TheGoldenJsonFilesOfAnEarlierBuildLoad) {
+  using golden::GoldenValue;
+  ScopedName n("golden-typed-json");
+  {
+    auto m = TypedMap<std::int64_t, GoldenValue>::load(
+        std::string(SHMAP_GOLDEN_DIR) + "/v2-typed-json.json", n);
+    EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenTypedEntries));
+    for (std::int64_t i = 0; i < golden::kGoldenTypedEntries; ++i) {
+      const std::int64_t k = golden::golden_key(i);
+      const auto v = m.find(k);
+      ASSERT_TRUE(v.has_value()) << k;
+      EXPECT_TRUE(*v == golden::golden_value(k)) << k;
+    }
+  }
+  Map::remove(n);
+  auto m = TypedMap<std::int32_t, double>::load(
+      std::string(SHMAP_GOLDEN_DIR) + "/v2-numbers-json.json", n);
+  EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenNumberEntries));
+  for (std::int64_t i = 0; i < golden::kGoldenNumberEntries; ++i) {
+    const auto v = m.find(golden::golden_nkey(i));
+    ASSERT_TRUE(v.has_value()) << i;
+    EXPECT_EQ(bytes_of_value(*v), bytes_of_value(golden::golden_nvalue(i))) << i;
+  }
 }
 
 }  // namespace
