@@ -454,6 +454,11 @@ std::int64_t delta_of(std::uint64_t meta, std::uint64_t value) {
   const std::uint64_t s = state_of(meta);
   return s == kLive ? 1 : s == kBulk ? static_cast<std::int64_t>(value) : -1;
 }
+/// The size change of a record: the one it states, else the one its transition implies.
+std::int64_t delta_of(std::uint64_t meta, std::uint64_t value, std::uint64_t pending_seq) {
+  const std::int64_t stated = recorded_delta(pending_seq);
+  return stated != 0 ? stated : delta_of(meta, value);
+}
 }  // namespace
 
 MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
@@ -470,7 +475,7 @@ MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
 }
 
 std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
-                                    std::uint64_t value) {
+                                    std::uint64_t value, std::int64_t delta) {
   const std::uint64_t seq = read_size(lane).seq;
   // Seqlock write: generation odd, fields, generation even. A reader that saw any new field
   // sees the odd or a later generation and drops what it read. The parity is computed, not
@@ -485,14 +490,15 @@ std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t
   lane.pending.store(off, std::memory_order_release);
   lane.pending_meta.store(meta, std::memory_order_release);
   lane.pending_value.store(value, std::memory_order_release);
-  lane.pending_seq.store(seq, std::memory_order_release);
+  lane.pending_seq.store(pack_pending_seq(seq, delta), std::memory_order_release);
   lane.record_gen.store(base + 2, std::memory_order_release);
   return seq;
 }
 
 void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
   const SizeWords now = read_size(lane);
-  if (now.seq != seq) return;  // applied already (by the owner or another helper)
+  // Applied already (by the owner or another helper)? (A record keeps 40 bits of seq.)
+  if ((now.seq & kSeqMask) != (seq & kSeqMask)) return;
   // One winner: the owner after its CAS, a writer about to change the bucket, a recoverer.
   cas128(&lane.size_delta, now.size, now.seq, now.size + static_cast<std::uint64_t>(delta),
          now.seq + 1);
@@ -517,7 +523,7 @@ void MapImpl::help_pending(const Slot& b, const Cell& c) const {
   if (off != offset_of(&b)) return;
   // The record is for exactly the transition that produced the bucket's current content.
   if (meta != c.meta || value != c.value) return;
-  apply_pending(lane, seq, delta_of(meta, value));
+  apply_pending(lane, seq, delta_of(meta, value, seq));
 }
 
 void MapImpl::recover_lane(Lane& lane) const {
@@ -543,7 +549,7 @@ void MapImpl::recover_lane(Lane& lane) const {
   // The owner is dead. If the bucket still holds what its CAS installs, the CAS landed and
   // nobody changed the bucket since (a change would have applied the record first): apply it
   // unless the owner did. Otherwise the CAS never landed, or the change was applied.
-  if (c.meta == meta && c.value == value) apply_pending(lane, seq, delta_of(meta, value));
+  if (c.meta == meta && c.value == value) apply_pending(lane, seq, delta_of(meta, value, seq));
   lane.pending.store(0, std::memory_order_release);
 }
 

@@ -17,12 +17,6 @@ void RecordWrite::commit(std::optional<std::uint64_t> replaced) {
     if (heap_.retire(*replaced)) t_retired = kReclaimEvery;  // the stack's 64th: reclaim
     ++t_retired;
   }
-  if (extra_ != 0) {
-    // Relaxed: a count that size() reads; a recount holds writers back, and this runs inside
-    // the write, so the recount sees both the CAS and this or neither. A writer killed between
-    // the CAS and here leaves the count off until that recount.
-    m_.header().extra_entries.fetch_add(extra_, std::memory_order_relaxed);
-  }
 }
 
 void RecordWrite::after() {

@@ -29,7 +29,7 @@ class RecordWrite {
   /// value_bytes: the size of every value of this map (values of up to 8 bytes live in the
   /// bucket's word); 0 for values of any size, always in records (word_for(value, bytes)).
   RecordWrite(const MapImpl& map, std::size_t value_bytes)
-      : m_(map), heap_(map), bytes_(value_bytes), inline_(value_bytes != 0 && value_bytes <= 8) {}
+      : heap_(map), bytes_(value_bytes), inline_(value_bytes != 0 && value_bytes <= 8) {}
 
   /// The value word that stores `value` (filling this write's block).
   std::uint64_t word_for(const void* value) { return word_for(value, bytes_); }
@@ -69,14 +69,14 @@ class RecordWrite {
     give_back();
     return {WriteIntent::keep, 0};
   }
-  WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w}; }
+  WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w, extra_}; }
   WriteIntent erase() {
     give_back();
-    return {WriteIntent::erase, 0};
+    return {WriteIntent::erase, 0, extra_};
   }
-  /// A string map's write: the change of SegmentHeader::extra_entries if it lands (decide sets
-  /// it on every try). commit() applies it, inside the write, so that a recount that holds
-  /// writers back (StringMap::compact) never sees a write's CAS without its count.
+  /// A string map's write: the entries it adds beyond its bucket's own (WriteIntent::extra;
+  /// decide sets it on every try). The table counts them with the bucket's change, in the
+  /// lane record its CAS is covered by, so a kill between the CAS and the count loses none.
   void set_extra(std::int64_t d) { extra_ = d; }
   void commit(std::optional<std::uint64_t> replaced);
   /// After the write, unpinned: a reclaim pass now and then, so that retired records return.
@@ -93,7 +93,6 @@ class RecordWrite {
     block_ = 0;
   }
 
-  const MapImpl& m_;
   RecordHeap heap_;
   std::size_t bytes_;
   bool inline_;

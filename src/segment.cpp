@@ -712,7 +712,7 @@ std::uint64_t layout_signature() noexcept {
                                  offsetof(SegmentHeader, key_type),
                                  offsetof(SegmentHeader, slab_head),
                                  offsetof(SegmentHeader, record_free),
-                                 offsetof(SegmentHeader, extra_entries),
+                                 offsetof(SegmentHeader, unused_extra_entries),
                                  sizeof(SlabHeader),
                                  sizeof(RecordHeader),
                                  kRecordClasses,

@@ -7,10 +7,10 @@
 // CAS; the replaced record is retired in commit. A write on one key therefore replaces the
 // record of every key of its hash -- which is one key, bar a 64-bit collision.
 //
-// size(): the table counts buckets; the records that hold two or more entries (a collision)
-// add theirs through SegmentHeader::extra_entries, updated after the CAS. A process killed
-// between the two leaves size() off by that write's change, for maps with colliding keys only
-// (about 1 pair in 2^64 per pair of keys).
+// size(): the table's count, which for a map of strings counts entries: a write that changes a
+// list's length by more than its bucket's own change (a collision's second key) says so in
+// WriteIntent::extra, and the table counts it with the bucket's change, in the same lane
+// record that keeps the count exact when a writer is killed between its CAS and its count.
 #include "shmap/string_map.hpp"
 
 #include <algorithm>
@@ -255,13 +255,9 @@ void StringMap::visit(void (*fn)(void*, std::string_view, std::string_view), voi
   visit_entries(core_.map_, fn, ctx);
 }
 
-void StringMap::compact() { core_.compact(); }  // recounts extra_entries too
+void StringMap::compact() { core_.compact(); }
 
-std::size_t StringMap::size() const {
-  const std::int64_t extra =
-      core_.map_.impl().header().extra_entries.load(std::memory_order_relaxed);
-  return core_.size() + static_cast<std::size_t>(std::max<std::int64_t>(extra, 0));
-}
+std::size_t StringMap::size() const { return core_.size(); }  // entries (see the top)
 
 Stats StringMap::stats() const {
   Stats s = core_.stats();

@@ -8,9 +8,8 @@
 // value is lost or doubled), a reader and a writer (the reader holds one published list under
 // its pin: it sees all of a key's values before the write or all after), a migration moving
 // the bucket (the record moves by its offset; the list is immutable). size() is the table's
-// count (one per hash) plus SegmentHeader::extra_entries (the entries beyond one per hash),
-// changed inside each write's commit; a writer killed between its CAS and that change leaves
-// size() off by its write until compact() recounts under a hold on writers.
+// count, which counts entries: each write's change of its list's length goes into the count
+// with its CAS's lane record (WriteIntent::extra), exact across a SIGKILL at any instruction.
 #include "shmap/string_multimap.hpp"
 
 #include <utility>
@@ -158,11 +157,7 @@ void StringMultimap::visit(void (*fn)(void*, std::string_view, std::string_view)
   visit_entries(core_.map_, fn, ctx);
 }
 
-std::size_t StringMultimap::size() const {
-  const std::int64_t extra =
-      core_.map_.impl().header().extra_entries.load(std::memory_order_relaxed);
-  return core_.size() + static_cast<std::size_t>(std::max<std::int64_t>(extra, 0));
-}
+std::size_t StringMultimap::size() const { return core_.size(); }
 
 Stats StringMultimap::stats() const {
   Stats s = core_.stats();
@@ -170,6 +165,6 @@ Stats StringMultimap::stats() const {
   return s;
 }
 
-void StringMultimap::compact() { core_.compact(); }  // recounts extra_entries too
+void StringMultimap::compact() { core_.compact(); }
 
 }  // namespace shmap

@@ -76,36 +76,6 @@ bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
   return true;
 }
 
-void recount_extra(const MapImpl& m) {
-  try {
-    m.hold_writers();
-  } catch (const Error& e) {
-    if (e.code() == Errc::timeout) return;  // a writer stopped inside a write: not now
-    throw;
-  }
-  struct Release {
-    const MapImpl& m;
-    ~Release() { (void)m.release_writers(); }
-  } release{m};
-  struct Ctx {
-    const MapImpl& m;
-    RecordHeap heap;
-    std::int64_t extra = 0;
-  } c{m, RecordHeap(m)};
-  m.for_each(
-      [](void* p, std::uint64_t, std::uint64_t w) {
-        auto& x = *static_cast<Ctx*>(p);
-        const std::uint32_t n = list_at(x.m, x.heap, w).count();
-        x.extra += n > 1 ? n - 1 : 0;
-      },
-      &c);
-  // Only if no writer ran during the walk (a hold broken past its lease lets them in).
-  if (m.still_holding_writers()) {
-    // Relaxed: writers are held; they read the count only to add to it.
-    m.header().extra_entries.store(c.extra, std::memory_order_relaxed);
-  }
-}
-
 std::uint64_t key_hash(const MapImpl& m, std::string_view key) {
   if (StringMap::hash_for_test != nullptr) return StringMap::hash_for_test(key);
   return XXH3_64bits_withSeed(key.data(), key.size(), m.seed());

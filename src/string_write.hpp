@@ -3,8 +3,8 @@
 //
 // A write on a hash builds the hash's new entry list from its current one (the edit callback)
 // and publishes it with the bucket's one CAS (RecordWrite, record_write.hpp): a reader sees
-// the whole old list or the whole new one. SegmentHeader::extra_entries (the entries beyond
-// one per bucket, which size() adds to the table's count) changes in the write's commit.
+// the whole old list or the whole new one. The write's change of the list's length beyond its
+// bucket's own goes into the table's count with its CAS (WriteIntent::extra).
 #pragma once
 
 #include <cstddef>
@@ -33,11 +33,6 @@ void check_entry(const MapImpl& m, std::string_view key, std::string_view value)
 /// A read-only attachment's copy of the entry list under hash h (see string_write.cpp); false
 /// if h is absent. Throws corrupt for a damaged record.
 bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy);
-/// Sets SegmentHeader::extra_entries to what the records hold, with writers held back (each
-/// write changes it inside the write, so a held walk sees every write's list and count, or
-/// neither): after a writer was killed between its CAS and its count, size() is exact again.
-/// Does nothing if writers cannot be held now (a writer stopped inside a write). Call unpinned.
-void recount_extra(const MapImpl& m);
 /// The 64-bit hash a key is stored under: XXH3 with the segment's seed (or the test hook,
 /// StringMap::hash_for_test).
 std::uint64_t key_hash(const MapImpl& m, std::string_view key);
@@ -65,6 +60,11 @@ void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::st
 /// EntryList::Builder& next) -> bool builds the new list (false: leave it as it is; a list
 /// built empty erases the hash). edit may run more than once (a retry after a conflict) and
 /// may throw (nothing is written). Returns whether the write landed.
+// A write's change of a list's length is counted through a lane record, which holds 24 bits of
+// it (layout.hpp, kMaxRecordedDelta): every entry takes 8 bytes or more of its list.
+static_assert(kMaxListBytes / 8 <= static_cast<std::uint64_t>(kMaxRecordedDelta),
+              "a list's entries fit the size change a lane record can state");
+
 template <class Edit>
 bool write_list(MapImpl& m, std::uint64_t h, bool may_insert, Edit& edit) {
   RecordWrite w(m, 0);

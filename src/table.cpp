@@ -872,7 +872,8 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       if (s == kClaimed) store_key(bk, k);
       const bool set = w.kind == WriteIntent::set;
       const std::uint64_t new_value = set ? w.value : 0;
-      const std::int64_t delta = set ? (cur ? 0 : 1) : -1;
+      // The bucket's own change, and a map of strings' change of entries beyond it.
+      const std::int64_t delta = (set ? (cur ? 0 : 1) : -1) + w.extra;
       const std::size_t tn = thread_number();
       const std::uint64_t tag = delta != 0 ? my_tag(tn) : 0;
       const std::uint64_t new_meta = next_meta(c.meta, set ? kLive : kTomb, tag);
@@ -883,8 +884,12 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       // this process dies between the CAS and the count update.
       Lane* record = tag != 0 ? &lane_of(tn) : nullptr;
       std::uint64_t seq = 0;
-      if (record != nullptr) seq = write_record(*record, offset_of(&b), new_meta, new_value);
+      // (A change the state does not imply is stated in the record: a list's extra entries.)
+      if (record != nullptr) {
+        seq = write_record(*record, offset_of(&b), new_meta, new_value, w.extra != 0 ? delta : 0);
+      }
       const bool ok = cas128(&b.value, c.value, c.meta, new_value, new_meta);
+      if (ok && after_write_cas_for_test != nullptr) after_write_cas_for_test();
       if (ok && delta != 0) {
         if (record != nullptr) {
           apply_pending(*record, seq, delta);  // unless a helper was faster

@@ -341,8 +341,21 @@ std::size_t DynamicMap::size() const { return map_.size(); }
 Stats DynamicMap::stats() const { return map_.stats(); }
 const std::string& DynamicMap::name() const { return map_.name(); }
 
+static_assert(kByteStringKind == static_cast<std::uint32_t>(TypeInfo::Kind::byte_string));
+
 CheckReport DynamicMap::check(RecordStats* records) const {
   CheckReport rep = map_.check();
+  if (strings_ && !map_.read_only()) {
+    std::size_t entries = 0;
+    visit_entries(
+        map_, [](void* n, std::string_view, std::string_view) { ++*static_cast<std::size_t*>(n); },
+        &entries);
+    const std::size_t counted = map_.size();
+    if (counted != entries) {
+      rep.notes.push_back("size counter says " + std::to_string(counted) + ", the lists hold " +
+                          std::to_string(entries) + " entries (writers under way)");
+    }
+  }
   if (!inline_ && map_.read_only()) {
     rep.notes.push_back(
         "value records: not audited (the audit holds writers back: it needs write permission)");
@@ -388,8 +401,6 @@ void DynamicMap::compact() {
   const RecordHeap heap(map_.impl());
   heap.audit(true);
   heap.reclaim(true);
-  // A map with string keys: the count of entries beyond one per hash, again exact.
-  if (strings_) recount_extra(map_.impl());
 }
 
 }  // namespace shmap

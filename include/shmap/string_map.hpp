@@ -121,9 +121,7 @@ class StringMap {
   std::size_t clear_stale_handles() { return core_.clear_stale_handles(); }
   /// Map::check, plus an audit of the records (TypedMap::check).
   CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
-  /// Map::compact, plus: records leaked by killed writers are given back, and size()'s count of
-  /// entries beyond one per hash is recounted (a writer killed between its write and that
-  /// count leaves size() off by its write until then; only hashes with two or more keys).
+  /// Map::compact, plus: records leaked by killed writers are given back.
   void compact();
   const std::string& name() const { return core_.name(); }
   bool read_only() const { return core_.read_only(); }

@@ -96,7 +96,7 @@ class StringMultimap {
   std::size_t clear_stale_handles() { return core_.clear_stale_handles(); }
   /// Map::check, plus an audit of the records (TypedMap::check).
   CheckReport check(RecordStats* records = nullptr) const { return core_.check(records); }
-  /// StringMap::compact: leaked records back, size() recounted.
+  /// StringMap::compact: records leaked by killed writers are given back.
   void compact();
   const std::string& name() const { return core_.name(); }
   bool read_only() const { return core_.read_only(); }

@@ -103,7 +103,7 @@ namespace shmap::detail {
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
 /// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). 3: typed maps' types and
 /// record heap. 4: large record classes (string entries up to 2 MiB). Others are refused.
-inline constexpr std::uint32_t kFormatVersion = 4;
+inline constexpr std::uint32_t kFormatVersion = 5;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
@@ -267,13 +267,36 @@ struct alignas(kCacheLine) Lane {
   std::uint64_t size_seq;                    // /  -1 per erase; wraps) and changes applied to it
   std::atomic<std::uint64_t> pending_meta;   // the meta the recorded CAS installs
   std::atomic<std::uint64_t> pending_value;  // the value it installs
-  std::atomic<std::uint64_t> pending_seq;    // size_seq when the write was recorded
+  std::atomic<std::uint64_t> pending_seq;    // size_seq when recorded, and the change: below
   // Seqlock over the record: odd while a new record is being written, even once it is whole;
   // never reset (not even when the slot changes owner), so a reader can tell two records
   // apart. An owner killed mid-record leaves it odd; the next writer rounds it up to even.
   std::atomic<std::uint64_t> record_gen;
 };
 static_assert(offsetof(Lane, size_delta) == 16, "size_delta + size_seq: a 16-byte CAS unit");
+// Lane::pending_seq: bits 0..39 the lane's size_seq (mod 2^40) when the write was recorded;
+// bits 40..63 the size change the write makes, as a 24-bit two's complement number, or 0: the
+// change follows from the state its CAS installs (LIVE +1, BULK +value, else -1). A write of a
+// map of strings changes the size by its entry list's change of length (a multimap's value
+// added to a key's list: +1, with the bucket LIVE before and after), so it says so here.
+// size_seq changes only by applying this lane's records and its owner's own counts, and a
+// record is applied or found applied before its owner records again: 40 bits cannot wrap
+// between a record and its application.
+inline constexpr std::uint64_t kSeqBits = 40;
+inline constexpr std::uint64_t kSeqMask = (std::uint64_t{1} << kSeqBits) - 1;
+inline constexpr std::int64_t kMaxRecordedDelta = (std::int64_t{1} << 23) - 1;
+constexpr std::uint64_t pack_pending_seq(std::uint64_t seq, std::int64_t delta) {
+  return (seq & kSeqMask) | (static_cast<std::uint64_t>(delta) << kSeqBits);
+}
+/// The change a record states (0: follows from the state it installs).
+constexpr std::int64_t recorded_delta(std::uint64_t pending_seq) {
+  return static_cast<std::int64_t>(pending_seq) >> kSeqBits;  // arithmetic: sign-extends
+}
+static_assert(recorded_delta(pack_pending_seq(5, -3)) == -3 &&
+                  recorded_delta(pack_pending_seq(kSeqMask, kMaxRecordedDelta)) ==
+                      kMaxRecordedDelta &&
+                  (pack_pending_seq(kSeqMask + 7, 1) & kSeqMask) == 6,
+              "pending_seq packs a 40-bit sequence and a 24-bit signed change");
 static_assert(sizeof(Lane) == kCacheLine, "each lane on its own line: no false sharing");
 // The pin word:
 //   bits 63..16  epoch   the global epoch when the lane was pinned
@@ -433,9 +456,9 @@ struct SegmentHeader {
   std::atomic<std::uint64_t> limbo_batch_epoch;  // free once every pin is at this or later
   // Per record class, the free records (RecordHeap).
   alignas(kCacheLine) StackHead record_free[kRecordClasses];
-  // A string map (StringMap): entries beyond one per bucket, in the records that hold two or
-  // more keys of one 64-bit hash (size() adds it; string_map.cpp says when it can be off).
-  alignas(kCacheLine) std::atomic<std::int64_t> extra_entries;
+  // Format 4 counted a string map's entries beyond one per bucket here; since format 5 the
+  // lanes count every entry (Lane::pending_seq). Always 0; kept so the layout stays put.
+  alignas(kCacheLine) std::atomic<std::int64_t> unused_extra_entries;
   std::uint8_t reserved2[kPage - 2312];
 };
 static_assert(offsetof(SegmentHeader, init_state) == 24, "init_state pinned");
@@ -460,7 +483,7 @@ static_assert(offsetof(SegmentHeader, slab_head) == 1280 &&
                   offsetof(SegmentHeader, limbo) == 1296 &&
                   offsetof(SegmentHeader, record_free) == 1344,
               "format 3: record heap pinned");
-static_assert(offsetof(SegmentHeader, extra_entries) == 2304, "format 4: string maps' count");
+static_assert(offsetof(SegmentHeader, unused_extra_entries) == 2304, "format 4: pinned");
 static_assert(sizeof(SegmentHeader) == kPage, "the header is exactly one page");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
               "64-bit atomics must be lock-free to work across processes");

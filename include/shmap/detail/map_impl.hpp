@@ -135,6 +135,9 @@ struct ProbeResult {
 struct WriteIntent {
   enum Kind { keep, set, erase } kind = keep;
   std::uint64_t value = 0;
+  /// A map of strings' write: the entries it adds (removes, if negative) beyond its bucket's
+  /// own one, counted in the size with the bucket's (a multimap value added to a key: +1).
+  std::int64_t extra = 0;
 };
 
 /// The key and value types a segment holds (SegmentHeader::key_type, value_type).
@@ -143,6 +146,12 @@ struct SegmentTypes {
   TypeRecord value{};
   std::uint64_t kind = kKindMap;  // SegmentHeader::kind
 };
+/// TypeRecord::kind of a byte string (TypeInfo::Kind::byte_string).
+inline constexpr std::uint32_t kByteStringKind = 5;
+/// Whether a segment of these types is a map of strings (its count is of entries, not buckets).
+inline bool holds_strings(const SegmentTypes& t) {
+  return t.key.kind == kByteStringKind || t.value.kind == kByteStringKind;
+}
 /// TypeRecord::name_hash of a type name.
 std::uint32_t type_name_hash(std::string_view name);
 /// shmap::Map's: uint64 -> uint64.
@@ -655,9 +664,12 @@ class MapImpl {
   /// the lists that account for tables: chain, retired stack), where writers may resize.
   static inline void (*sweep_mid_walk_for_test)() = nullptr;
   /// Records (before its CAS) that this lane's next write installs {meta, value} in the
-  /// bucket at offset off, with the lane's count at change number seq. Returns seq.
+  /// bucket at offset off, with the lane's count at change number seq, and changes the size
+  /// by `delta` (0: by what the state it installs says). Returns seq.
   static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
-                                    std::uint64_t value);
+                                    std::uint64_t value, std::int64_t delta = 0);
+  /// Test hook: a write calls it right after its CAS landed, before it counts the change.
+  static inline void (*after_write_cas_for_test)() = nullptr;
   /// Adds delta to lane's count if no change was applied to it since seq (exactly once).
   static void apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta);
   struct SizeWords {
