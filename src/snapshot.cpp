@@ -1064,9 +1064,12 @@ std::size_t check_types(std::uint32_t version, const TypedFields &t, std::uint64
     const auto strings = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
     const bool string_values = t.value_kind == strings && t.value_size == 0;
     const bool string_keys = t.key_kind == strings && t.key_size == 0;
-    const bool ok =
-        string_keys ? string_values || (t.value_size != 0 && t.value_size <= kMaxStringEntryBytes)
-                    : string_values && t.key_kind != strings && t.key_size != 0 && t.key_size <= 8;
+    // String keys or values, or keys of more than 8 bytes (held by their bytes); a fixed-size
+    // key or value has a size, and a key and a value fit in one entry together.
+    const bool ok = (string_keys || (t.key_kind != strings && t.key_size != 0)) &&
+                    (string_values || (t.value_kind != strings && t.value_size != 0)) &&
+                    (string_keys || string_values || t.key_size > 8) &&
+                    std::uint64_t{t.key_size} + t.value_size <= kMaxStringEntryBytes;
     if (!ok || t.key_name.size() > 4096 || t.value_name.size() > 4096) {
       w.fail(Errc::corrupt, "header records types (key kind " + std::to_string(t.key_kind) +
                                 ", value kind " + std::to_string(t.value_kind) + " of " +

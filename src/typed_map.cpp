@@ -40,22 +40,23 @@ TypeRecord to_record(const TypeInfo& t) {
 SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Layout& l) {
   const bool skey = l.key.kind == TypeInfo::Kind::byte_string;
   const bool sval = l.value.kind == TypeInfo::Kind::byte_string;
-  if (skey || sval) {
-    // String keys take string values (StringMap) or values of one size up to the entry limit
-    // (TypedMap<std::string, V>); string values take string keys or keys of 1..8 bytes
-    // (TypedMap<K, std::string>).
+  // Keys of more than 8 bytes are held as a string map's keys are: by their bytes.
+  const bool big_key = !skey && l.key.size > 8;
+  if (skey || sval || big_key) {
+    // String keys, and keys of more than 8 bytes, take string values or values of one size;
+    // string values take keys of any size (TypedMap<K, std::string>); a key and a value fit
+    // in one entry together (kMaxStringEntryBytes).
     // A string type may carry another name than "string" (a language binding records "utf8"
     // or "pickle" so that it reopens a map as it wrote it); size 0 and alignment 1 it must have.
     const auto string_like = [](const TypeInfo& t) { return t.size == 0 && t.align == 1; };
-    const bool fixed_value = !sval && l.value.size != 0 && l.value.size <= kMaxStringEntryBytes;
-    const bool fixed_key = !skey && l.key.size != 0 && l.key.size <= 8;
-    const bool ok = skey ? string_like(l.key) && (sval ? string_like(l.value) : fixed_value)
-                         : fixed_key && string_like(l.value);
+    const bool key_ok = skey ? string_like(l.key) : l.key.size != 0;
+    const bool value_ok = sval ? string_like(l.value) : l.value.size != 0;
+    const bool ok = key_ok && value_ok && l.key.size + l.value.size <= kMaxStringEntryBytes;
     if (!ok) {
       fail(Errc::invalid_argument, name,
-           "string keys take string values or values of 1.." +
-               std::to_string(kMaxStringEntryBytes) +
-               " bytes; string values take string keys or keys of 1..8 bytes");
+           "string keys and keys of more than 8 bytes take string values or values of one "
+           "size, a key and a value " +
+               std::to_string(kMaxStringEntryBytes) + " bytes at most together");
     }
     if (l.multimap && !(skey && sval)) {
       fail(Errc::invalid_argument, name, "a multimap holds string keys and string values");
@@ -94,13 +95,12 @@ TypeInfo from_record(const TypeRecord& r) {
 DynamicMap::DynamicMap(Map map) : map_(std::move(map)) {
   const SegmentTypes& t = map_.impl().types();
   const auto string_kind = static_cast<std::uint32_t>(TypeInfo::Kind::byte_string);
-  if (t.key.kind == string_kind || t.value.kind == string_kind) {
+  if (detail::holds_strings(t)) {
     const bool sval = t.value.kind == string_kind;
     const bool skey = t.key.kind == string_kind;
-    const bool ok =
-        skey ? t.key.size == 0 && (sval ? t.value.size == 0
-                                        : t.value.size != 0 && t.value.size <= kMaxStringEntryBytes)
-             : t.key.size != 0 && t.key.size <= 8 && t.value.size == 0;
+    const bool ok = (skey ? t.key.size == 0 : t.key.size != 0) &&
+                    (sval ? t.value.size == 0 : t.value.size != 0) &&
+                    std::uint64_t{t.key.size} + t.value.size <= kMaxStringEntryBytes;
     if (!ok) {
       fail(Errc::corrupt, map_.name(),
            "the segment header records string types no map has (a string with a size, a key or "

@@ -367,7 +367,7 @@ int run(int argc, char** argv) {
   create
       ->add_option("--key", key_type_arg,
                    "Key type: u64 (default), i64, u32, i32, u16, i16, "
-                   "u8, i8, f64, f32, bytes:N (N <= 8), string")
+                   "u8, i8, f64, f32, bytes:N, string")
       ->type_name("TYPE");
   create
       ->add_option("--value", value_type_arg,
@@ -620,7 +620,6 @@ int run(int argc, char** argv) {
         parse_type_arg("--key", key_type_arg.empty() ? fallback : key_type_arg);
     const shmap::TypeInfo v =
         parse_type_arg("--value", value_type_arg.empty() ? fallback : value_type_arg);
-    if (k.size > 8) throw UsageError("--key '" + key_type_arg + "': keys are at most 8 bytes");
     if (type_label(k) == "u64" && type_label(v) == "u64" && !multimap) {
       Map::create(name, o);
     } else {

@@ -133,6 +133,10 @@ void parse(const TypeInfo& t, const std::string& what, const std::string& text, 
 namespace {
 
 std::uint64_t key_word(const DynamicMap& m, const std::string& text) {
+  if (m.key_type().size > sizeof(std::uint64_t)) {
+    throw UsageError("map '" + m.name() + "': its keys have " +
+                     std::to_string(m.key_type().size) + " bytes, more than a key word");
+  }
   std::uint64_t w = 0;
   parse(m.key_type(), "KEY", text, &w);
   return w;
@@ -195,8 +199,9 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
   if (is_string_verb(verb)) {
     const auto layout = typed_layout(name);
     if (layout && layout->multimap) return run_multimap_verb(verb, a);
+    // Maps held as string maps are: string keys or values, or keys of more than 8 bytes.
     if (layout && (layout->key.kind == TypeInfo::Kind::byte_string ||
-                   layout->value.kind == TypeInfo::Kind::byte_string)) {
+                   layout->value.kind == TypeInfo::Kind::byte_string || layout->key.size > 8)) {
       return run_string_verb(verb, a);
     }
   }

@@ -255,6 +255,8 @@ class TypedMap<std::string, V> {
   const std::string& name() const { return core_.name(); }
 
  private:
+  template <class, class>
+  friend class TypedMap;  // a map of keys of more than 8 bytes is this map, keyed by their bytes
   explicit TypedMap(DynamicMap core) : core_(StringMap::Checked{}, std::move(core)) {}
   static std::string_view bytes(const V& v) {
     return std::string_view(reinterpret_cast<const char*>(&v), sizeof(V));
@@ -290,9 +292,14 @@ class TypedMap<std::string, V> {
 ///   if (auto v = blobs.find(42)) use(*v);
 template <class K>
 requires(!std::is_same_v<K, std::string>) class TypedMap<K, std::string> {
-  static_assert(std::is_trivially_copyable_v<K> && sizeof(K) <= 8,
-                "shmap::TypedMap<K, std::string>: K must be trivially copyable and at most 8 "
-                "bytes (for string keys use shmap::StringMap)");
+  static_assert(std::is_trivially_copyable_v<K>,
+                "shmap::TypedMap<K, std::string>: K must be trivially copyable (its bytes are "
+                "the key; for string keys use shmap::StringMap)");
+  static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
+                "shmap::TypedMap<K, std::string>: K has padding bytes, so equal keys could "
+                "differ in their bytes; use a key without padding");
+  static_assert(sizeof(K) < kMaxStringEntryBytes,
+                "shmap::TypedMap<K, std::string>: K leaves no room for a value in one entry");
 
  public:
   using key_type = K;
@@ -365,6 +372,103 @@ requires(!std::is_same_v<K, std::string>) class TypedMap<K, std::string> {
     return std::string_view(reinterpret_cast<const char*>(&k), sizeof(K));
   }
   StringMap core_;
+};
+
+/// A map from a key of more than 8 bytes (a struct, an array, a pair of ids) to any trivially
+/// copyable value: held as TypedMap<std::string, V> is, keyed by the key's bytes, and recorded
+/// as K -> V (opening it with other types is layout_mismatch, naming both). The API is
+/// TypedMap<K, V>'s for small keys.
+///
+///   struct Pair { std::uint64_t account, instrument; };
+///   auto pos = shmap::TypedMap<Pair, Position>::open_or_create("positions");
+///   pos.update({7, 42}, [](Position& p) { p.qty += 100; });
+template <class K, class V>
+requires(sizeof(K) > 8 && !std::is_same_v<K, std::string> &&
+         !std::is_same_v<V, std::string>) class TypedMap<K, V> {
+  static_assert(std::is_trivially_copyable_v<K>,
+                "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key); "
+                "for std::string keys include <shmap/string_map.hpp>");
+  static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
+                "shmap::TypedMap<K, V>: K has padding bytes (or another representation of "
+                "equal values), so equal keys could differ in their bytes; use a key without "
+                "padding");
+  static_assert(std::is_trivially_copyable_v<V>,
+                "shmap::TypedMap<K, V>: V must be trivially copyable (values are copied as bytes "
+                "between processes; no pointers, no std::string)");
+  static_assert(sizeof(K) + sizeof(V) <= kMaxStringEntryBytes,
+                "shmap::TypedMap<K, V>: a key and a value take more than "
+                "shmap::kMaxStringEntryBytes together");
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+
+  static TypedMap create(const std::string& name, const Options& options = {}) {
+    return TypedMap(DynamicMap::create(name, options, layout()));
+  }
+  static TypedMap open(const std::string& name) {
+    return TypedMap(DynamicMap::open(name, layout()));
+  }
+  static TypedMap open_or_create(const std::string& name, const Options& options = {},
+                                 bool* created = nullptr) {
+    return TypedMap(DynamicMap::open_or_create(name, options, layout(), created));
+  }
+  static bool remove(const std::string& name) { return Map::remove(name); }
+  static DynamicMap::Layout layout() { return {type_info<K>(), type_info<V>()}; }
+  /// As StringMap::dump (snapshot version 3: the keys' bytes, the values' bytes).
+  void dump(const std::string& path, const DumpOptions& options = {}) const {
+    by_bytes_.dump(path, options);
+  }
+  /// As StringMap::load, for a snapshot of a map of exactly these types.
+  static TypedMap load(const std::string& path, const std::string& name,
+                       const LoadOptions& options = {}) {
+    return TypedMap(DynamicMap::load(path, name, options, layout()));
+  }
+
+  std::optional<V> find(const K& k) const { return by_bytes_.find(bytes(k)); }
+  bool contains(const K& k) const { return by_bytes_.contains(bytes(k)); }
+  bool insert(const K& k, const V& v) { return by_bytes_.insert(bytes(k), v); }
+  /// Returns true if k was inserted, false if its value was replaced.
+  bool insert_or_assign(const K& k, const V& v) { return by_bytes_.insert_or_assign(bytes(k), v); }
+  bool erase(const K& k) { return by_bytes_.erase(bytes(k)); }
+  /// Replaces k's value by `desired` if its bytes equal `expected`'s.
+  bool compare_exchange(const K& k, const V& expected, const V& desired) {
+    return by_bytes_.compare_exchange(bytes(k), expected, desired);
+  }
+  /// f(V&) edits a copy (may run more than once); f may return bool (false: leave the value).
+  /// Returns false if k is absent.
+  template <class F>
+  bool update(const K& k, F&& f) {
+    return by_bytes_.update(bytes(k), std::forward<F>(f));
+  }
+  /// As update if k is present (returns false); else installs make() (returns true).
+  template <class Make, class F>
+  bool upsert(const K& k, Make&& make, F&& f) {
+    return by_bytes_.upsert(bytes(k), std::forward<Make>(make), std::forward<F>(f));
+  }
+  /// Visits every entry, f(const K& key, const V& value) (weakly consistent).
+  template <class F>
+  void for_each(F&& f) const {
+    by_bytes_.for_each([&f](std::string_view kb, const V& v) {
+      if (kb.size() != sizeof(K)) return;  // damage: check() reports it
+      K k;
+      std::memcpy(&k, kb.data(), sizeof(K));
+      f(static_cast<const K&>(k), v);
+    });
+  }
+  std::size_t size() const { return by_bytes_.size(); }
+  bool empty() const { return size() == 0; }
+  Stats stats() const { return by_bytes_.stats(); }
+  CheckReport check(RecordStats* records = nullptr) const { return by_bytes_.check(records); }
+  void compact() { by_bytes_.compact(); }
+  const std::string& name() const { return by_bytes_.name(); }
+
+ private:
+  explicit TypedMap(DynamicMap core) : by_bytes_(std::move(core)) {}
+  static std::string_view bytes(const K& k) {
+    return std::string_view(reinterpret_cast<const char*>(&k), sizeof(K));
+  }
+  TypedMap<std::string, V> by_bytes_;  // the same map, keyed by K's bytes
 };
 
 }  // namespace shmap

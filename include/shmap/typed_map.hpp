@@ -243,8 +243,8 @@ class TypedMap {
                 "equal values), so equal keys could differ in their bytes; use a key without "
                 "padding");
   static_assert(sizeof(K) <= 8,
-                "shmap::TypedMap<K, V>: keys of more than 8 bytes are not supported yet; use an "
-                "8-byte hash or id of the key");
+                "shmap::TypedMap<K, V>: a key of more than 8 bytes is held by its bytes, as a "
+                "string key is: #include <shmap/string_map.hpp>");
   static_assert(std::is_trivially_copyable_v<V>,
                 "shmap::TypedMap<K, V>: V must be trivially copyable (values are copied as bytes "
                 "between processes; no pointers, no std::string)");

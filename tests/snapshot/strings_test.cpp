@@ -214,6 +214,45 @@ TEST(StringSnapshot, StringValuesUnderNumberKeysRoundTrip) {
   EXPECT_FALSE(exists(dst.str()));
 }
 
+struct Pair16 {
+  std::uint64_t a, b;
+  bool operator==(const Pair16&) const = default;
+};
+
+TEST(StringSnapshot, KeysOfMoreThan8BytesRoundTripAsTheirTypes) {
+  using M = TypedMap<Pair16, Quote>;
+  TempDir dir;
+  ScopedName src("src"), dst("dst");
+  std::map<std::pair<std::uint64_t, std::uint64_t>, Quote> want;
+  {
+    M m = M::create(src, {.initial_capacity = 8});
+    for (std::uint32_t i = 0; i < 700; ++i) {
+      const Pair16 k{i * 0x9E3779B97F4A7C15ULL, UINT64_MAX - i};
+      const Quote q{i * 0.5, i * 0.5 + 1, i};
+      m.insert_or_assign(k, q);
+      want[{k.a, k.b}] = q;
+    }
+    m.dump(dir.path("p.shmap"));
+    m.dump(dir.path("p.json"), {.json = true});
+  }
+  EXPECT_NE(read_file(dir.path("p.json")).find("{\"key_hex\":\""), std::string::npos);
+  for (const char* file : {"p.shmap", "p.json"}) {
+    M back = M::load(dir.path(file), dst);
+    EXPECT_EQ(back.size(), want.size()) << file;
+    std::size_t same = 0;
+    back.for_each([&](const Pair16& k, const Quote& q) {
+      const auto it = want.find({k.a, k.b});
+      same += it != want.end() && it->second == q;
+    });
+    EXPECT_EQ(same, want.size()) << file;
+    Map::remove(dst);
+    // Other views of it are refused, and nothing is made.
+    EXPECT_EQ(code_of([&] { TypedMap<std::string, Quote>::load(dir.path(file), dst); }),
+              Errc::layout_mismatch);
+    EXPECT_FALSE(exists(dst.str()));
+  }
+}
+
 TEST(StringSnapshot, AMultimapComesBackAMultimapWithEveryValueInOrder) {
   TempDir dir;
   ScopedName src("src"), dst("dst"), single("single");

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -706,6 +707,139 @@ TEST(NumberKeyedStringMap, SmallKeyTypesAndConcurrentWriters) {
   });
   EXPECT_EQ(n_left, 4u * (2000 - 667));
   EXPECT_EQ(m.size(), n_left);
+}
+
+// ---- keys of more than 8 bytes ---------------------------------------------------------------
+
+namespace big_key_types {
+struct Pair {
+  std::uint64_t account, instrument;
+  bool operator==(const Pair&) const = default;
+};
+struct Position {
+  std::int64_t qty;
+  double price;
+  std::uint64_t updates;
+  bool operator==(const Position&) const = default;
+};
+}  // namespace big_key_types
+using big_key_types::Pair;
+using big_key_types::Position;
+
+TEST(BigKeyTypedMap, SixteenByteKeysWithStructValuesGrowShrinkAndKeepEveryEntry) {
+  ScopedName n("pair-key");
+  using M = TypedMap<Pair, Position>;
+  auto m = M::create(n, {.initial_capacity = 8});
+  EXPECT_TRUE(m.insert({1, 2}, Position{10, 1.5, 0}));
+  EXPECT_FALSE(m.insert({1, 2}, Position{11, 1.5, 0})) << "present: not replaced";
+  EXPECT_EQ(m.find({1, 2}), (Position{10, 1.5, 0}));
+  EXPECT_FALSE(m.find({2, 1}).has_value()) << "the bytes are the key: {2, 1} is another";
+  EXPECT_TRUE(m.update({1, 2}, [](Position& p) { p.qty += 5; }));
+  EXPECT_FALSE(m.update({9, 9}, [](Position& p) { p.qty += 5; }));
+  EXPECT_TRUE(m.upsert(
+      {9, 9},
+      [] {
+        return Position{1, 0, 0};
+      },
+      [](Position& p) { ++p.qty; }));
+  EXPECT_FALSE(m.upsert(
+      {9, 9},
+      [] {
+        return Position{1, 0, 0};
+      },
+      [](Position& p) { ++p.qty; }));
+  EXPECT_EQ(m.find({9, 9})->qty, 2);
+  EXPECT_TRUE(m.compare_exchange({1, 2}, Position{15, 1.5, 0}, Position{0, 2.5, 1}));
+  EXPECT_FALSE(m.compare_exchange({1, 2}, Position{15, 1.5, 0}, Position{0, 2.5, 2}));
+  EXPECT_TRUE(m.erase({9, 9}));
+  EXPECT_FALSE(m.erase({9, 9}));
+  // Growth from 8 buckets, then shrink; every entry exact throughout.
+  std::map<std::pair<std::uint64_t, std::uint64_t>, Position> model{{{1, 2}, {0, 2.5, 1}}};
+  for (std::uint64_t i = 0; i < 5000; ++i) {
+    const Pair k{i * 0x9E3779B97F4A7C15ULL, ~i};
+    const Position v{static_cast<std::int64_t>(i), i * 0.25, i};
+    ASSERT_TRUE(m.insert_or_assign(k, v));
+    model[{k.account, k.instrument}] = v;
+  }
+  for (std::uint64_t i = 0; i < 5000; i += 2) {
+    ASSERT_TRUE(m.erase({i * 0x9E3779B97F4A7C15ULL, ~i}));
+    model.erase({i * 0x9E3779B97F4A7C15ULL, ~i});
+  }
+  EXPECT_EQ(m.size(), model.size());
+  std::size_t seen = 0;
+  m.for_each([&](const Pair& k, const Position& v) {
+    const auto it = model.find({k.account, k.instrument});
+    ASSERT_NE(it, model.end());
+    EXPECT_EQ(v, it->second);
+    ++seen;
+  });
+  EXPECT_EQ(seen, model.size());
+  RecordStats rs;
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  m.compact();
+  EXPECT_EQ(M::open(n).size(), model.size());
+}
+
+TEST(BigKeyTypedMap, TheTypesAreRecordedAndEveryOtherViewRefused) {
+  ScopedName n("pair-types");
+  auto m = TypedMap<Pair, Position>::create(n);
+  m.insert_or_assign({3, 4}, Position{1, 2, 3});
+  EXPECT_EQ(code_of([&] { (TypedMap<Pair, Tally>::open(n)); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { (TypedMap<std::string, Position>::open(n)); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { StringMap::open(n); }), Errc::layout_mismatch);
+  EXPECT_EQ(code_of([&] { Map::open(n); }), Errc::layout_mismatch);
+  const DynamicMap d = DynamicMap::open(n);
+  EXPECT_TRUE(d.holds_strings()) << "held by its bytes, as a string key is";
+  EXPECT_EQ(d.key_type().size, 16u);
+  EXPECT_EQ(d.size(), 1u);
+  // The tools' view: a string-keyed map whose keys have 16 bytes.
+  const StringMap any = StringMap::open_any(n);
+  EXPECT_EQ(any.key_bytes(), 16u);
+  EXPECT_EQ(any.value_bytes(), sizeof(Position));
+  const Pair k{3, 4};
+  std::string key(reinterpret_cast<const char*>(&k), sizeof k);
+  EXPECT_EQ(any.find(key)->size(), sizeof(Position));
+  EXPECT_EQ(code_of([&] { StringMap::open_any(n).insert("short", std::string(24, 'x')); }),
+            Errc::invalid_argument)
+      << "a key of another size";
+}
+
+TEST(BigKeyTypedMap, ArrayKeysWithStringValuesAndConcurrentWriters) {
+  ScopedName n("arr-str");
+  using K = std::array<unsigned char, 100>;
+  using M = TypedMap<K, std::string>;
+  auto m = M::create(n, {.initial_capacity = 8});
+  auto key = [](int t, int i) {
+    K k{};
+    for (std::size_t j = 0; j < k.size(); ++j) k[j] = static_cast<unsigned char>(t * 31 + i + j);
+    k[0] = static_cast<unsigned char>(t);
+    k[1] = static_cast<unsigned char>(i & 0xff);
+    k[2] = static_cast<unsigned char>(i >> 8);
+    return k;
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&, t] {
+      auto h = M::open(n);
+      for (int i = 0; i < 1500; ++i) {
+        ASSERT_TRUE(h.insert(key(t, i), "v" + std::to_string(t * 10000 + i)));
+        if (i % 3 == 0) {
+          ASSERT_TRUE(h.erase(key(t, i)));
+        }
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  std::size_t left = 0;
+  m.for_each([&](const K& k, std::string_view v) {
+    const int t = k[0], i = k[1] | k[2] << 8;
+    EXPECT_EQ(k, key(t, i));
+    EXPECT_EQ(v, "v" + std::to_string(t * 10000 + i));
+    ++left;
+  });
+  EXPECT_EQ(left, 4u * 1000);
+  EXPECT_EQ(m.size(), left);
 }
 
 // ---- StringMultimap ------------------------------------------------------------------------

@@ -148,9 +148,10 @@ struct SegmentTypes {
 };
 /// TypeRecord::kind of a byte string (TypeInfo::Kind::byte_string).
 inline constexpr std::uint32_t kByteStringKind = 5;
-/// Whether a segment of these types is a map of strings (its count is of entries, not buckets).
+/// Whether a segment of these types is held as a map of strings (entry lists in records; its
+/// count is of entries, not buckets): string keys or values, or keys of more than 8 bytes.
 inline bool holds_strings(const SegmentTypes& t) {
-  return t.key.kind == kByteStringKind || t.value.kind == kByteStringKind;
+  return t.key.kind == kByteStringKind || t.value.kind == kByteStringKind || t.key.size > 8;
 }
 /// TypeRecord::name_hash of a type name.
 std::uint32_t type_name_hash(std::string_view name);
