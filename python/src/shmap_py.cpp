@@ -312,6 +312,37 @@ void value_bytes(ValKind v, py::handle o, std::string* out) {
   }
 }
 
+py::object unpickle(py::handle bytes) {
+  py::object v = py::reinterpret_steal<py::object>(PyObject_CallOneArg(g_loads.ptr(), bytes.ptr()));
+  if (!v) throw py::error_already_set();
+  return v;
+}
+
+/// A new reference to the Python object of a stored value, or nullptr with the Python error
+/// set; a pickle as its bytes (not unpickled). Calls no Python code and never throws: it runs
+/// inside StringMap::visit_value, under a read pin.
+PyObject* new_value_ref(ValKind v, std::string_view b) noexcept {
+  switch (v) {
+    case ValKind::u64: {
+      std::uint64_t x = 0;
+      std::memcpy(&x, b.data(), std::min<std::size_t>(8, b.size()));
+      return PyLong_FromUnsignedLongLong(x);
+    }
+    case ValKind::f64: {
+      double d = 0;
+      std::memcpy(&d, b.data(), std::min<std::size_t>(8, b.size()));
+      return PyFloat_FromDouble(d);
+    }
+    case ValKind::bytes:
+    case ValKind::pickle:
+      return PyBytes_FromStringAndSize(b.data(), static_cast<Py_ssize_t>(b.size()));
+    case ValKind::str:
+      return PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), nullptr);
+  }
+  PyErr_SetString(PyExc_SystemError, "shmap: unknown value type");
+  return nullptr;
+}
+
 py::object value_object(ValKind v, std::string_view b) {
   switch (v) {
     case ValKind::u64: {
@@ -545,12 +576,14 @@ class Core {
       if (erase(k)) return v;
     }
   }
-  /// dict.setdefault, atomically: insert if absent, else the present value.
+  /// dict.setdefault, atomically: insert if absent, else the present value. The lookup comes
+  /// first, as dict's: a present key's value is returned whatever the default is (None where
+  /// the map's values cannot be None).
   py::object setdefault(py::handle k, py::handle dflt) {
     for (;;) {
-      if (write(k, dflt, false)) return py::reinterpret_borrow<py::object>(dflt);
       py::object v = find(k);
       if (v.ptr() != nullptr) return v;
+      if (write(k, dflt, false)) return py::reinterpret_borrow<py::object>(dflt);
     }
   }
   bool compare_exchange(py::handle k, py::handle expected, py::handle desired) {
@@ -720,6 +753,42 @@ class Core {
   }
 
   // -- walks (weakly consistent, as for_each)
+
+  /// Some key of the map (the first a walk meets), or None when it is empty: popitem's, which
+  /// would otherwise turn every key into a Python object to pop one.
+  py::object first_key() {
+    auto hold = shared_backend();
+    struct Found {};  // ends the walk at its first entry (the walks' pins are RAII guards)
+    std::optional<std::uint64_t> word;
+    std::optional<std::string> bytes;
+    {
+      py::gil_scoped_release release;
+      try {
+        if (auto* m = std::get_if<shmap::Map>(hold.get())) {
+          m->for_each([&](std::uint64_t k, std::uint64_t) {
+            word = k;
+            throw Found{};
+          });
+        } else if (auto* d = std::get_if<shmap::DynamicMap>(hold.get())) {
+          d->for_each(
+              [](void* c, std::uint64_t k, const void*) {
+                *static_cast<std::optional<std::uint64_t>*>(c) = k;
+                throw Found{};
+              },
+              &word);
+        } else {
+          std::get<shmap::StringMap>(*hold).for_each([&](std::string_view k, std::string_view) {
+            bytes.emplace(k);
+            throw Found{};
+          });
+        }
+      } catch (const Found&) {
+      }
+    }
+    if (word) return py::int_(*word);
+    if (bytes) return key_object(key_, *bytes);
+    return py::none();
+  }
 
   py::list keys() { return walk(true, false); }
   py::list values() { return walk(false, true); }
@@ -1008,9 +1077,18 @@ class Core {
     }
     std::uint64_t w = 0;
     const auto key = key_bytes(key_, k, &w);
-    std::string v;
-    if (!std::get<shmap::StringMap>(b).find(key, &v)) return py::object();
-    return value_object(value_, v);
+    // The Python object is made from the bytes where they lie in the segment (under the read
+    // pin: no copy into a std::string first). A pickle's bytes are copied there too; it is
+    // unpickled after, unpinned: pickle.loads runs Python code, which may use this map.
+    PyObject* made = nullptr;
+    if (!std::get<shmap::StringMap>(b).visit_value(
+            key, [&](std::string_view v) { made = new_value_ref(value_, v); })) {
+      return py::object();
+    }
+    if (made == nullptr) throw py::error_already_set();
+    py::object got = py::reinterpret_steal<py::object>(made);
+    if (value_ != ValKind::pickle) return got;
+    return unpickle(got);
   }
 
   /// overwrite: insert_or_assign, else insert. Returns whether the key was absent.
@@ -1517,13 +1595,15 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("close", &Core::close, "Detaches from the map (the map stays).")
       .def("__len__", &Core::len)
       .def("_pop", &Core::pop)
-      .def("setdefault", &Core::setdefault, py::arg("key"), py::arg("default"),
-           "Inserts key -> default if key is absent (atomically); returns the value key has.")
+      .def("setdefault", &Core::setdefault, py::arg("key"), py::arg("default") = py::none(),
+           "Inserts key -> default if key is absent (atomically); returns the value key has. "
+           "default=None, as dict's: a map whose values cannot be None needs one.")
       .def("compare_exchange", &Core::compare_exchange, py::arg("key"), py::arg("expected"),
            py::arg("desired"),
            "Sets key -> desired only if key is present with value `expected`; returns whether "
            "it did.")
       .def("_update", &Core::update)
+      .def("_first_key", &Core::first_key)
       .def("_keys", &Core::keys)
       .def("_values", &Core::values)
       .def("_items", &Core::items)
