@@ -796,23 +796,28 @@ class Core {
 
   // -- batched calls (int keys with int or float values)
 
-  py::tuple find_many(py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> keys) {
+  /// (values, found) for every key; into the arrays given (reused by a loop over batches: no
+  /// allocation, no page faults on fresh memory), else into new ones.
+  py::tuple find_many(py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> keys,
+                      py::object values_in, py::object found_in) {
     auto hold = shared_backend();
     if (keys.ndim() != 1) throw py::value_error("keys must be a one-dimensional array");
     const auto n = static_cast<std::size_t>(keys.shape(0));
-    py::array_t<bool> found(static_cast<py::ssize_t>(n));
+    auto found = out_array<bool>(found_in, n, "found", "bool");
     const std::uint64_t* in = keys.data();
     bool* f = found.mutable_data();
     if (auto* m = std::get_if<shmap::Map>(hold.get())) {
-      py::array_t<std::uint64_t> values(static_cast<py::ssize_t>(n));
+      auto values = out_array<std::uint64_t>(values_in, n, "values", "uint64");
       std::uint64_t* out = values.mutable_data();
       {
         py::gil_scoped_release release;
+        // Map::find_many's results are optionals: 1,024 at a time through a buffer that
+        // stays in L1, then split into the two arrays.
         constexpr std::size_t kChunk = 1024;
-        std::vector<std::optional<std::uint64_t>> buf(std::min(n, kChunk));
+        std::optional<std::uint64_t> buf[kChunk];
         for (std::size_t i = 0; i < n; i += kChunk) {
           const std::size_t c = std::min(kChunk, n - i);
-          m->find_many(std::span(in + i, c), std::span(buf.data(), c));
+          m->find_many(std::span(in + i, c), std::span(buf, c));
           for (std::size_t j = 0; j < c; ++j) {
             f[i + j] = buf[j].has_value();
             out[i + j] = buf[j].value_or(0);
@@ -822,7 +827,7 @@ class Core {
       return py::make_tuple(values, found);
     }
     if (auto* d = std::get_if<shmap::DynamicMap>(hold.get())) {
-      py::array_t<double> values(static_cast<py::ssize_t>(n));
+      auto values = out_array<double>(values_in, n, "values", "float64");
       double* out = values.mutable_data();
       {
         py::gil_scoped_release release;
@@ -1006,6 +1011,24 @@ class Core {
     const Core* previous_;
   };
   static inline thread_local const Core* t_updating = nullptr;
+
+  /// An output array for a batched call: `given` if it is one (a writeable, C-contiguous,
+  /// one-dimensional array of n T's: written in place, never a converted copy), else a new one.
+  template <class T>
+  static py::array_t<T> out_array(py::handle given, std::size_t n, const char* what,
+                                  const char* dtype) {
+    if (given.is_none()) return py::array_t<T>(static_cast<py::ssize_t>(n));
+    if (!py::array_t<T, py::array::c_style>::check_(given)) {
+      throw py::type_error(std::string(what) + " must be a C-contiguous numpy array of " + dtype +
+                           " (it is written in place)");
+    }
+    auto a = py::reinterpret_borrow<py::array_t<T>>(given);
+    if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != n) {
+      throw py::value_error(std::string(what) + " must be a one-dimensional array as long as keys");
+    }
+    if (!a.writeable()) throw py::value_error(std::string(what) + " is read-only");
+    return a;
+  }
 
   template <class T, class F>
   static void string_upsert8(shmap::StringMap& s, std::string_view key, F& edit) {
@@ -1607,9 +1630,12 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("_keys", &Core::keys)
       .def("_values", &Core::values)
       .def("_items", &Core::items)
-      .def("find_many", &Core::find_many, py::arg("keys"),
+      .def("find_many", &Core::find_many, py::arg("keys"), py::arg("values") = py::none(),
+           py::arg("found") = py::none(),
            "Looks up every key of a uint64 array without the GIL: returns (values, found), "
-           "two arrays as long as keys (values are 0 where not found).")
+           "two arrays as long as keys (values are 0 where not found). values/found: arrays "
+           "to write them into (uint64, or float64 for float maps, and bool; as long as keys, "
+           "C-contiguous), reused across calls; else new ones.")
       .def("insert_many", &Core::insert_many, py::arg("keys"), py::arg("values"),
            py::arg("overwrite") = true,
            "Sets keys[i] -> values[i] without the GIL (overwrite=False: only where absent); "
