@@ -542,8 +542,7 @@ class Core {
     return v.ptr() == nullptr ? dflt : v;
   }
   bool contains(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    Backend& b = backend();  // as find(): no Python code runs while b is in use
     if (auto* m = std::get_if<shmap::Map>(&b)) return m->contains(to_u64(k, "key"));
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) {
       double out = 0;
@@ -558,8 +557,7 @@ class Core {
     if (!erase(k)) key_error(k);
   }
   bool erase(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    Backend& b = backend();  // as find(): no Python code runs while b is in use
     if (auto* m = std::get_if<shmap::Map>(&b)) return m->erase(to_u64(k, "key"));
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) return d->erase(to_u64(k, "key"));
     std::uint64_t w = 0;
@@ -1001,16 +999,20 @@ class Core {
   }
 
  private:
-  /// Marks an update() running: its fn must not use this map (it may run inside the C++
-  /// update, where this map's operations are not allowed).
+  /// Marks an update() running on this map in this Python thread: its fn must not use this
+  /// map (it may run inside the C++ update, where this map's operations are not allowed).
+  /// The thread is its PyThreadState (a read of the runtime's current state; a thread_local
+  /// in an extension module costs a __tls_get_addr call on every operation).
   struct InCallback {
-    explicit InCallback(const Core* c) : previous_(t_updating) { t_updating = c; }
-    ~InCallback() { t_updating = previous_; }
+    explicit InCallback(Core* c) : core_(c), previous_(c->updating_) {
+      c->updating_ = PyThreadState_Get();
+    }
+    ~InCallback() { core_->updating_ = previous_; }
     InCallback(const InCallback&) = delete;
     InCallback& operator=(const InCallback&) = delete;
-    const Core* previous_;
+    Core* core_;
+    PyThreadState* previous_;
   };
-  static inline thread_local const Core* t_updating = nullptr;
 
   /// An output array for a batched call: `given` if it is one (a writeable, C-contiguous,
   /// one-dimensional array of n T's: written in place, never a converted copy), else a new one.
@@ -1050,7 +1052,7 @@ class Core {
   }
 
   void guard() const {
-    if (t_updating == this) [[unlikely]] {
+    if (updating_ != nullptr && updating_ == PyThreadState_Get()) [[unlikely]] {
       throw py::value_error("a function given to shmap.Map.update must not use the map itself");
     }
   }
@@ -1086,8 +1088,10 @@ class Core {
   }
 
   py::object find(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    // A reference, not a shared_ptr copy (two atomic RMWs): nothing below runs Python code
+    // while b is in use (the key's conversion calls none; a pickle is unpickled after), so
+    // close() cannot come in between.
+    Backend& b = backend();
     if (auto* m = std::get_if<shmap::Map>(&b)) {
       const auto v = m->find(to_u64(k, "key"));
       if (!v) return py::object();
@@ -1191,6 +1195,7 @@ class Core {
   ValKind value_ = ValKind::u64;
   std::uint64_t generation_ = 0;
   std::shared_ptr<Backend> backend_;
+  PyThreadState* updating_ = nullptr;  // InCallback
 };
 
 // ---- _MultiCore: a StringMultimap ------------------------------------------------------------
