@@ -18,8 +18,11 @@ decimal text; a value is written as its key):
   manager       multiprocessing.Manager().dict() (a server process; fewer operations)
 Workloads: get (hits), set (overwrites), mixed (90% get, 10% set), with uniform random keys,
 as `m[k]` and `m[k] = v` on the mappings and a function call per operation on LMDB,
-from 1 process and from 2 processes at once on one map (throughput summed over both; the
-workers start together at a barrier and each times its own loop). Then find_many: a 1M-key
+from 1 process and from 2 processes at once on one map (throughput summed over both). Each
+measurement runs in forked worker processes (1 too) that open the map, make their keys, do
+their operations once untimed (so that their first touches of the map's memory, page faults
+in a fresh process, are not timed), wait at a barrier, and time the same operations again
+(--cold: python-run1/2's way, 1 process the benchmark's own, 2 forked, no warm-up). Then find_many: a 1M-key
 int map looked up in batches of 1M random keys from one process (GIL released; into new
 result arrays, and into the same arrays again), against C++'s Map::find_many on the same keys
 (--find-many-probe), a loop of m[k] and a dict.
@@ -222,61 +225,72 @@ CONTENDERS = [DictC, ShmapC, ShmapBytesC, ShmapPickleC, LmdbC, LmdbPickleC, Mana
 
 # ---- the workloads -------------------------------------------------------------------------
 
-def run_loop(contender, workload, ops, seed):
+def run_loop(contender, workload, ops, seed, barrier=None, warmup=False):
     """Times `ops` operations on uniform random keys: m[k] / m[k] = v on a mapping, else the
-    contender's get/put functions. Keys and values are made before the clock starts. Returns
-    (CPU seconds of this process, wall seconds)."""
+    contender's get/put functions. Keys and values are made before the clock starts; warmup:
+    the same operations once, untimed, first (this process's first touches of the map's
+    memory are then not in the figure); barrier: waited for just before the clock starts.
+    Returns (CPU seconds of this process, wall seconds)."""
     m, get, put, close = contender.handle()
     rng = random.Random(seed)
     keys = [contender.item(rng.randrange(contender.keys)) for _ in range(ops)]
     writes = [workload == "set" or (workload == "mixed" and rng.random() < 0.1)
               for _ in range(ops)]
-    c0, t0 = time.process_time(), time.perf_counter()
-    if m is not None:
-        if workload == "get":
-            for k in keys:
-                m[k]
-        elif workload == "set":
-            for k in keys:
-                m[k] = k
-        else:
-            for k, w in zip(keys, writes):
-                if w:
-                    m[k] = k
-                else:
+
+    def loop():
+        if m is not None:
+            if workload == "get":
+                for k in keys:
                     m[k]
-    else:
-        if workload == "get":
-            for k in keys:
-                get(k)
-        elif workload == "set":
-            for k in keys:
-                put(k, k)
+            elif workload == "set":
+                for k in keys:
+                    m[k] = k
+            else:
+                for k, w in zip(keys, writes):
+                    if w:
+                        m[k] = k
+                    else:
+                        m[k]
         else:
-            for k, w in zip(keys, writes):
-                if w:
-                    put(k, k)
-                else:
+            if workload == "get":
+                for k in keys:
                     get(k)
+            elif workload == "set":
+                for k in keys:
+                    put(k, k)
+            else:
+                for k, w in zip(keys, writes):
+                    if w:
+                        put(k, k)
+                    else:
+                        get(k)
+
+    if warmup:
+        loop()
+    if barrier is not None:
+        barrier.wait()
+    c0, t0 = time.process_time(), time.perf_counter()
+    loop()
     elapsed = time.process_time() - c0, time.perf_counter() - t0
     close()
     return elapsed
 
 
-def _worker(contender, workload, ops, seed, barrier, out):
-    barrier.wait()
-    out.put(run_loop(contender, workload, ops, seed))
+def _worker(contender, workload, ops, seed, barrier, warmup, out):
+    out.put(run_loop(contender, workload, ops, seed, barrier, warmup))
 
 
-def measure(contender, workload, procs, ops):
+def measure(contender, workload, procs, ops, workers):
     """(ops/s by CPU time, ops/s by wall time), summed over the processes: procs * ops over
-    the slowest process's time."""
-    if procs == 1:
+    the slowest process's time. workers: in `procs` forked processes that warm up first (1
+    process too); else 1 process is this one, cold, and 2 are forked, cold (python-run1/2)."""
+    if procs == 1 and not workers:
         cpu, wall = run_loop(contender, workload, ops, 1)
         return ops / cpu, ops / wall
     barrier = CTX.Barrier(procs)
     out = CTX.Queue()
-    ps = [CTX.Process(target=_worker, args=(contender, workload, ops, 7 + i, barrier, out))
+    ps = [CTX.Process(target=_worker,
+                      args=(contender, workload, ops, 7 + i, barrier, workers, out))
           for i in range(procs)]
     for p in ps:
         p.start()
@@ -361,12 +375,17 @@ def main():
                     help="path of shmap_find_many_probe (bench/find_many_probe.cpp): C++'s "
                          "Map::find_many on the same keys, for comparison")
     ap.add_argument("--only", default="", help="comma-separated contenders")
+    ap.add_argument("--cold", action="store_true",
+                    help="python-run1/2's way: 1 process is this one, 2 are forked, neither "
+                         "warms up (the forked ones then pay their first touches of the map "
+                         "in the timed loop, the 1-process figure does not)")
     args = ap.parse_args()
     procs_list = [int(p) for p in args.procs.split(",")]
     workloads = ("get", "set", "mixed")
 
     print(f"# python_bench: {args.keys} keys, {args.ops} ops per process and run "
           f"(manager: {int(args.ops * ManagerC.ops_scale)}), median of {args.reps}; "
+          f"{'cold: 1p in this process, 2p forked' if args.cold else 'forked workers, warmed up'}; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at the start; ops/s")
     rows = []  # (name, {(procs, workload): (cpu rate, wall rate)}, wall_only)
     for cls in CONTENDERS:
@@ -381,7 +400,8 @@ def main():
                     if procs > 1 and cls.single_process_only:
                         continue
                     ops = max(1000, int(args.ops * cls.ops_scale))
-                    runs = [measure(c, workload, procs, ops) for _ in range(args.reps)]
+                    runs = [measure(c, workload, procs, ops, not args.cold)
+                            for _ in range(args.reps)]
                     got[procs, workload] = (statistics.median(r[0] for r in runs),
                                             statistics.median(r[1] for r in runs))
             rows.append((c.name, got, cls.wall_only))
