@@ -2,7 +2,9 @@
 # run against shmap.Map: the ones dict and UserDict pass, with a fresh map per mapping a test
 # makes. A shmap.Map holds one key type and one value type, so each class below is one map
 # type with a reference mapping of that type; a test that cannot apply to a shared map, or not
-# to this class's types, is skipped here with its reason (the tests are otherwise unchanged).
+# to this class's types, is skipped here with its reason, and where a derived class's test adds
+# to its base's one a part that cannot apply, the base's part runs alone (a comment says why).
+# The tests themselves are unchanged.
 #
 #   StrPickle  str -> "pickle": TestHashMappingProtocol, the whole protocol (the reference's
 #              own types: str keys, values of any type)
