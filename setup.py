@@ -18,8 +18,10 @@ setup(
             sources=sources,
             include_dirs=["include", "/usr/include/pybind11"],
             language="c++",
+            # -ftls-model=initial-exec: see python/CMakeLists.txt.
             extra_compile_args=["-std=c++20", "-mcx16", "-O2", "-DNDEBUG",
-                                "-fvisibility=hidden", "-Wno-unused-parameter"],
+                                "-fvisibility=hidden", "-Wno-unused-parameter",
+                                "-ftls-model=initial-exec"],
             extra_link_args=["-pthread"],
         )
     ],

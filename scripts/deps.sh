@@ -10,7 +10,10 @@ PKGS=(g++ cmake make libboost1.81-dev libgtest-dev libgmock-dev googletest libbe
       nlohmann-json3-dev tmux pkg-config
       # The Python binding (python/) and its tests: Debian's python3, no package index.
       python3-dev pybind11-dev python3-pytest python3-numpy python3-setuptools python3-pip
-      python3-wheel python3-venv)
+      python3-wheel python3-venv
+      # CPython's own mapping tests (test.mapping_tests), run against shmap.Map by
+      # tests/python/test_mapping_protocol.py; for Debian 12's python3, which is 3.11.
+      libpython3.11-testsuite)
 if [[ ${1:-} == bench ]]; then
   PKGS+=(python3-matplotlib)  # bench/plot.py renders docs/bench-ratios.png
   PKGS+=(python3-lmdb)        # bench/python_bench.py compares against it

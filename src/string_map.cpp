@@ -136,15 +136,8 @@ std::uint64_t StringMap::hash(std::string_view key) const {
 }
 
 bool StringMap::find(std::string_view key, std::string* out) const {
-  const MapImpl& m = core_.map_.impl();
-  if (m.read_only()) return find_read_only(key, out);
-  PinGuard pin(m);  // the record cannot be reused while we read it
-  std::uint64_t w = 0;
-  if (!m.find(hash(key), &w)) return false;
-  std::string_view v;
-  if (!list_at(m, RecordHeap(m), w).find(key, &v)) return false;
-  out->assign(v);
-  return true;
+  return view_value(
+      key, [](void* c, std::string_view v) { static_cast<std::string*>(c)->assign(v); }, out);
 }
 
 std::optional<std::string> StringMap::find(std::string_view key) const {
@@ -154,19 +147,22 @@ std::optional<std::string> StringMap::find(std::string_view key) const {
 }
 
 bool StringMap::contains(std::string_view key) const {
-  std::string v;
-  return find(key, &v);
+  return view_value(
+      key, [](void*, std::string_view) {}, nullptr);
 }
 
-bool StringMap::find_read_only(std::string_view key, std::string* out) const {
-  std::string copy;
-  if (!copy_list(core_.map_.impl(), hash(key), &copy)) return false;
-  std::string_view v;
-  if (!EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size()).find(key, &v)) {
-    return false;
-  }
-  out->assign(v);
-  return true;
+bool StringMap::view_value(std::string_view key, void (*fn)(void*, std::string_view),
+                           void* ctx) const {
+  // with_list: pinned (PinGuard, released by an exception from fn too), or on a read-only
+  // attachment a validated copy of the list.
+  bool found = false;
+  with_list(core_.map_.impl(), hash(key), [&](const EntryList& list) {
+    std::string_view v;
+    if (!list.find(key, &v)) return;  // another key of the same 64-bit hash
+    found = true;
+    fn(ctx, v);
+  });
+  return found;
 }
 
 bool StringMap::insert(std::string_view key, std::string_view value) {

@@ -77,6 +77,20 @@ class StringMap {
   std::optional<std::string> find(std::string_view key) const;
   /// As find(), into *out (its capacity reused); false if absent.
   bool find(std::string_view key, std::string* out) const;
+  /// Zero-copy read: calls f(std::string_view value) with key's value where it lies in the
+  /// segment, under a read pin, and returns true; returns false, f not called, if key is
+  /// absent. The view dies when f returns (the record may be reused after the pin goes) and
+  /// points into memory other processes share: copy what you keep. While f runs this thread
+  /// holds a pin, which keeps every table and record retired meanwhile from being freed: f
+  /// must be short and must not use this map (nor any map in the same segment). An exception
+  /// from f propagates, and the pin is released on the way. On a read-only attachment f sees
+  /// a validated copy instead (read-only attachments never pin; see find()).
+  template <class F>
+  bool visit_value(std::string_view key, F&& f) const {
+    return view_value(
+        key, [](void* c, std::string_view v) { (*static_cast<std::remove_reference_t<F>*>(c))(v); },
+        const_cast<void*>(static_cast<const void*>(&f)));
+  }
   bool contains(std::string_view key) const;
   /// Inserts key -> value if key is absent; returns whether it did.
   bool insert(std::string_view key, std::string_view value);
@@ -144,8 +158,8 @@ class StringMap {
   using EditFn = bool (*)(void* ctx, std::string& value);
   bool edit(std::string_view key, MakeFn make, EditFn f, void* ctx);
   void visit(void (*fn)(void*, std::string_view, std::string_view), void* ctx) const;
+  bool view_value(std::string_view key, void (*fn)(void*, std::string_view), void* ctx) const;
   std::uint64_t hash(std::string_view key) const;
-  bool find_read_only(std::string_view key, std::string* out) const;
   template <class F>
   static bool call_edit(void* c, std::string& v) {
     auto& f = *static_cast<std::remove_reference_t<F>*>(c);

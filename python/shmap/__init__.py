@@ -144,9 +144,9 @@ class Map(_shmap._Core):
 
     def popitem(self):
         """Removes and returns some (key, value) pair; KeyError when empty."""
-        for key in self._keys():
+        while (key := self._first_key()) is not None:
             value = self._pop(key, _MISSING, True)
-            if value is not _MISSING:
+            if value is not _MISSING:  # else another process took it first: the next one
                 return key, value
         raise KeyError("popitem(): shmap.Map is empty")
 

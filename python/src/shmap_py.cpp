@@ -312,6 +312,37 @@ void value_bytes(ValKind v, py::handle o, std::string* out) {
   }
 }
 
+py::object unpickle(py::handle bytes) {
+  py::object v = py::reinterpret_steal<py::object>(PyObject_CallOneArg(g_loads.ptr(), bytes.ptr()));
+  if (!v) throw py::error_already_set();
+  return v;
+}
+
+/// A new reference to the Python object of a stored value, or nullptr with the Python error
+/// set; a pickle as its bytes (not unpickled). Calls no Python code and never throws: it runs
+/// inside StringMap::visit_value, under a read pin.
+PyObject* new_value_ref(ValKind v, std::string_view b) noexcept {
+  switch (v) {
+    case ValKind::u64: {
+      std::uint64_t x = 0;
+      std::memcpy(&x, b.data(), std::min<std::size_t>(8, b.size()));
+      return PyLong_FromUnsignedLongLong(x);
+    }
+    case ValKind::f64: {
+      double d = 0;
+      std::memcpy(&d, b.data(), std::min<std::size_t>(8, b.size()));
+      return PyFloat_FromDouble(d);
+    }
+    case ValKind::bytes:
+    case ValKind::pickle:
+      return PyBytes_FromStringAndSize(b.data(), static_cast<Py_ssize_t>(b.size()));
+    case ValKind::str:
+      return PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), nullptr);
+  }
+  PyErr_SetString(PyExc_SystemError, "shmap: unknown value type");
+  return nullptr;
+}
+
 py::object value_object(ValKind v, std::string_view b) {
   switch (v) {
     case ValKind::u64: {
@@ -511,8 +542,7 @@ class Core {
     return v.ptr() == nullptr ? dflt : v;
   }
   bool contains(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    Backend& b = backend();  // as find(): no Python code runs while b is in use
     if (auto* m = std::get_if<shmap::Map>(&b)) return m->contains(to_u64(k, "key"));
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) {
       double out = 0;
@@ -527,8 +557,7 @@ class Core {
     if (!erase(k)) key_error(k);
   }
   bool erase(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    Backend& b = backend();  // as find(): no Python code runs while b is in use
     if (auto* m = std::get_if<shmap::Map>(&b)) return m->erase(to_u64(k, "key"));
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) return d->erase(to_u64(k, "key"));
     std::uint64_t w = 0;
@@ -545,12 +574,14 @@ class Core {
       if (erase(k)) return v;
     }
   }
-  /// dict.setdefault, atomically: insert if absent, else the present value.
+  /// dict.setdefault, atomically: insert if absent, else the present value. The lookup comes
+  /// first, as dict's: a present key's value is returned whatever the default is (None where
+  /// the map's values cannot be None).
   py::object setdefault(py::handle k, py::handle dflt) {
     for (;;) {
-      if (write(k, dflt, false)) return py::reinterpret_borrow<py::object>(dflt);
       py::object v = find(k);
       if (v.ptr() != nullptr) return v;
+      if (write(k, dflt, false)) return py::reinterpret_borrow<py::object>(dflt);
     }
   }
   bool compare_exchange(py::handle k, py::handle expected, py::handle desired) {
@@ -721,29 +752,70 @@ class Core {
 
   // -- walks (weakly consistent, as for_each)
 
+  /// Some key of the map (the first a walk meets), or None when it is empty: popitem's, which
+  /// would otherwise turn every key into a Python object to pop one.
+  py::object first_key() {
+    auto hold = shared_backend();
+    struct Found {};  // ends the walk at its first entry (the walks' pins are RAII guards)
+    std::optional<std::uint64_t> word;
+    std::optional<std::string> bytes;
+    {
+      py::gil_scoped_release release;
+      try {
+        if (auto* m = std::get_if<shmap::Map>(hold.get())) {
+          m->for_each([&](std::uint64_t k, std::uint64_t) {
+            word = k;
+            throw Found{};
+          });
+        } else if (auto* d = std::get_if<shmap::DynamicMap>(hold.get())) {
+          d->for_each(
+              [](void* c, std::uint64_t k, const void*) {
+                *static_cast<std::optional<std::uint64_t>*>(c) = k;
+                throw Found{};
+              },
+              &word);
+        } else {
+          std::get<shmap::StringMap>(*hold).for_each([&](std::string_view k, std::string_view) {
+            bytes.emplace(k);
+            throw Found{};
+          });
+        }
+      } catch (const Found&) {
+      }
+    }
+    if (word) return py::int_(*word);
+    if (bytes) return key_object(key_, *bytes);
+    return py::none();
+  }
+
   py::list keys() { return walk(true, false); }
   py::list values() { return walk(false, true); }
   py::list items() { return walk(true, true); }
 
   // -- batched calls (int keys with int or float values)
 
-  py::tuple find_many(py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> keys) {
+  /// (values, found) for every key; into the arrays given (reused by a loop over batches: no
+  /// allocation, no page faults on fresh memory), else into new ones.
+  py::tuple find_many(py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> keys,
+                      py::object values_in, py::object found_in) {
     auto hold = shared_backend();
     if (keys.ndim() != 1) throw py::value_error("keys must be a one-dimensional array");
     const auto n = static_cast<std::size_t>(keys.shape(0));
-    py::array_t<bool> found(static_cast<py::ssize_t>(n));
+    auto found = out_array<bool>(found_in, n, "found", "bool");
     const std::uint64_t* in = keys.data();
     bool* f = found.mutable_data();
     if (auto* m = std::get_if<shmap::Map>(hold.get())) {
-      py::array_t<std::uint64_t> values(static_cast<py::ssize_t>(n));
+      auto values = out_array<std::uint64_t>(values_in, n, "values", "uint64");
       std::uint64_t* out = values.mutable_data();
       {
         py::gil_scoped_release release;
+        // Map::find_many's results are optionals: 1,024 at a time through a buffer that
+        // stays in L1, then split into the two arrays.
         constexpr std::size_t kChunk = 1024;
-        std::vector<std::optional<std::uint64_t>> buf(std::min(n, kChunk));
+        std::optional<std::uint64_t> buf[kChunk];
         for (std::size_t i = 0; i < n; i += kChunk) {
           const std::size_t c = std::min(kChunk, n - i);
-          m->find_many(std::span(in + i, c), std::span(buf.data(), c));
+          m->find_many(std::span(in + i, c), std::span(buf, c));
           for (std::size_t j = 0; j < c; ++j) {
             f[i + j] = buf[j].has_value();
             out[i + j] = buf[j].value_or(0);
@@ -753,7 +825,7 @@ class Core {
       return py::make_tuple(values, found);
     }
     if (auto* d = std::get_if<shmap::DynamicMap>(hold.get())) {
-      py::array_t<double> values(static_cast<py::ssize_t>(n));
+      auto values = out_array<double>(values_in, n, "values", "float64");
       double* out = values.mutable_data();
       {
         py::gil_scoped_release release;
@@ -927,16 +999,38 @@ class Core {
   }
 
  private:
-  /// Marks an update() running: its fn must not use this map (it may run inside the C++
-  /// update, where this map's operations are not allowed).
+  /// Marks an update() running on this map in this Python thread: its fn must not use this
+  /// map (it may run inside the C++ update, where this map's operations are not allowed).
+  /// The thread is its PyThreadState (a read of the runtime's current state; a thread_local
+  /// in an extension module costs a __tls_get_addr call on every operation).
   struct InCallback {
-    explicit InCallback(const Core* c) : previous_(t_updating) { t_updating = c; }
-    ~InCallback() { t_updating = previous_; }
+    explicit InCallback(Core* c) : core_(c), previous_(c->updating_) {
+      c->updating_ = PyThreadState_Get();
+    }
+    ~InCallback() { core_->updating_ = previous_; }
     InCallback(const InCallback&) = delete;
     InCallback& operator=(const InCallback&) = delete;
-    const Core* previous_;
+    Core* core_;
+    PyThreadState* previous_;
   };
-  static inline thread_local const Core* t_updating = nullptr;
+
+  /// An output array for a batched call: `given` if it is one (a writeable, C-contiguous,
+  /// one-dimensional array of n T's: written in place, never a converted copy), else a new one.
+  template <class T>
+  static py::array_t<T> out_array(py::handle given, std::size_t n, const char* what,
+                                  const char* dtype) {
+    if (given.is_none()) return py::array_t<T>(static_cast<py::ssize_t>(n));
+    if (!py::array_t<T, py::array::c_style>::check_(given)) {
+      throw py::type_error(std::string(what) + " must be a C-contiguous numpy array of " + dtype +
+                           " (it is written in place)");
+    }
+    auto a = py::reinterpret_borrow<py::array_t<T>>(given);
+    if (a.ndim() != 1 || static_cast<std::size_t>(a.shape(0)) != n) {
+      throw py::value_error(std::string(what) + " must be a one-dimensional array as long as keys");
+    }
+    if (!a.writeable()) throw py::value_error(std::string(what) + " is read-only");
+    return a;
+  }
 
   template <class T, class F>
   static void string_upsert8(shmap::StringMap& s, std::string_view key, F& edit) {
@@ -958,7 +1052,7 @@ class Core {
   }
 
   void guard() const {
-    if (t_updating == this) [[unlikely]] {
+    if (updating_ != nullptr && updating_ == PyThreadState_Get()) [[unlikely]] {
       throw py::value_error("a function given to shmap.Map.update must not use the map itself");
     }
   }
@@ -994,8 +1088,10 @@ class Core {
   }
 
   py::object find(py::handle k) {
-    const auto hold = shared_backend();
-    Backend& b = *hold;
+    // A reference, not a shared_ptr copy (two atomic RMWs): nothing below runs Python code
+    // while b is in use (the key's conversion calls none; a pickle is unpickled after), so
+    // close() cannot come in between.
+    Backend& b = backend();
     if (auto* m = std::get_if<shmap::Map>(&b)) {
       const auto v = m->find(to_u64(k, "key"));
       if (!v) return py::object();
@@ -1008,9 +1104,18 @@ class Core {
     }
     std::uint64_t w = 0;
     const auto key = key_bytes(key_, k, &w);
-    std::string v;
-    if (!std::get<shmap::StringMap>(b).find(key, &v)) return py::object();
-    return value_object(value_, v);
+    // The Python object is made from the bytes where they lie in the segment (under the read
+    // pin: no copy into a std::string first). A pickle's bytes are copied there too; it is
+    // unpickled after, unpinned: pickle.loads runs Python code, which may use this map.
+    PyObject* made = nullptr;
+    if (!std::get<shmap::StringMap>(b).visit_value(
+            key, [&](std::string_view v) { made = new_value_ref(value_, v); })) {
+      return py::object();
+    }
+    if (made == nullptr) throw py::error_already_set();
+    py::object got = py::reinterpret_steal<py::object>(made);
+    if (value_ != ValKind::pickle) return got;
+    return unpickle(got);
   }
 
   /// overwrite: insert_or_assign, else insert. Returns whether the key was absent.
@@ -1090,6 +1195,7 @@ class Core {
   ValKind value_ = ValKind::u64;
   std::uint64_t generation_ = 0;
   std::shared_ptr<Backend> backend_;
+  PyThreadState* updating_ = nullptr;  // InCallback
 };
 
 // ---- _MultiCore: a StringMultimap ------------------------------------------------------------
@@ -1517,19 +1623,24 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("close", &Core::close, "Detaches from the map (the map stays).")
       .def("__len__", &Core::len)
       .def("_pop", &Core::pop)
-      .def("setdefault", &Core::setdefault, py::arg("key"), py::arg("default"),
-           "Inserts key -> default if key is absent (atomically); returns the value key has.")
+      .def("setdefault", &Core::setdefault, py::arg("key"), py::arg("default") = py::none(),
+           "Inserts key -> default if key is absent (atomically); returns the value key has. "
+           "default=None, as dict's: a map whose values cannot be None needs one.")
       .def("compare_exchange", &Core::compare_exchange, py::arg("key"), py::arg("expected"),
            py::arg("desired"),
            "Sets key -> desired only if key is present with value `expected`; returns whether "
            "it did.")
       .def("_update", &Core::update)
+      .def("_first_key", &Core::first_key)
       .def("_keys", &Core::keys)
       .def("_values", &Core::values)
       .def("_items", &Core::items)
-      .def("find_many", &Core::find_many, py::arg("keys"),
+      .def("find_many", &Core::find_many, py::arg("keys"), py::arg("values") = py::none(),
+           py::arg("found") = py::none(),
            "Looks up every key of a uint64 array without the GIL: returns (values, found), "
-           "two arrays as long as keys (values are 0 where not found).")
+           "two arrays as long as keys (values are 0 where not found). values/found: arrays "
+           "to write them into (uint64, or float64 for float maps, and bool; as long as keys, "
+           "C-contiguous), reused across calls; else new ones.")
       .def("insert_many", &Core::insert_many, py::arg("keys"), py::arg("values"),
            py::arg("overwrite") = true,
            "Sets keys[i] -> values[i] without the GIL (overwrite=False: only where absent); "

@@ -1,6 +1,6 @@
 # Batched calls on maps with int keys: find_many and insert_many on NumPy arrays (and any
-# array-like), int and float values, absent keys, shapes refused, and the GIL given up while
-# they run (another thread's Python code advances during one long find_many).
+# array-like), int and float values, absent keys, shapes refused, find_many into arrays given,
+# and the GIL given up while they run (another thread's Python code advances during one long find_many).
 import threading
 import time
 
@@ -27,6 +27,43 @@ def test_find_many_and_insert_many_on_int_maps(name):
     values, found = m.find_many([4, 5])  # a list will do
     assert values.tolist() == [12, 0] and found.tolist() == [True, False]
     assert m.find_many(np.array([], dtype=np.uint64))[0].shape == (0,)
+
+
+def test_find_many_into_given_arrays(name, names):
+    # The results land in the arrays passed, in place (the same objects come back), on a
+    # second call over what the first wrote; arrays of another type, length or layout, or
+    # read-only, are refused before anything is looked up.
+    m = shmap.Map(name, create=True, initial_capacity=8)
+    m.insert_many(np.arange(0, 100, 2, dtype=np.uint64), np.arange(0, 100, 2, dtype=np.uint64) + 7)
+    values, found = np.full(100, 99, dtype=np.uint64), np.zeros(100, dtype=bool)
+    for probe in (np.arange(100, dtype=np.uint64), np.arange(1, 101, dtype=np.uint64)):
+        v, f = m.find_many(probe, values, found)
+        assert v is values and f is found
+        hit = (probe % 2 == 0) & (probe < 100)
+        assert (found == hit).all()
+        assert (values[hit] == probe[hit] + 7).all() and (values[~hit] == 0).all()
+    v, f = m.find_many([2, 3], found=np.zeros(2, dtype=bool))  # either one alone
+    assert v.tolist() == [9, 0] and f.tolist() == [True, False]
+    bad = [(np.zeros(100, dtype=np.int64), found, TypeError),      # another dtype
+           (np.zeros(99, dtype=np.uint64), found, ValueError),     # another length
+           (np.zeros(200, dtype=np.uint64)[::2], found, TypeError),  # not contiguous
+           (values, np.zeros(100, dtype=np.uint8), TypeError),
+           ([0] * 100, found, TypeError)]                           # not an array
+    frozen = np.zeros(100, dtype=np.uint64)
+    frozen.flags.writeable = False
+    bad.append((frozen, found, ValueError))
+    for v, f, error in bad:
+        found[:] = False
+        with pytest.raises(error):
+            m.find_many(np.arange(100, dtype=np.uint64), v, f)
+        assert not found.any(), "written before the refusal"
+    fl = shmap.Map(names("f"), create=True, key=int, value=float)
+    fl[3] = 1.5
+    out = np.zeros(2)
+    v, f = fl.find_many([3, 4], out)
+    assert v is out and out.tolist() == [1.5, 0.0] and f.tolist() == [True, False]
+    with pytest.raises(TypeError):
+        fl.find_many([3], np.zeros(1, dtype=np.uint64))
 
 
 def test_fetch_add_many_counts_every_delta(name):

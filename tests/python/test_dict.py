@@ -131,3 +131,36 @@ def test_reopen_reads_back_types_and_values(pair, name):
     # A map pickles as its name and types: another process reopens it.
     clone = pickle.loads(pickle.dumps(m))
     assert clone.name == name and clone[k(3)] == v(3)
+
+
+def test_setdefault_without_a_default(name):
+    # dict.setdefault(key) inserts None: so does a map whose values can be None (pickles);
+    # another map refuses None as it refuses any value of the wrong type, writing nothing.
+    m = shmap.Map(name + "-p", create="new", key=str, value="pickle")
+    assert m.setdefault("a") is None
+    assert "a" in m and m["a"] is None
+    assert m.setdefault("a", [1]) is None
+    m["b"] = [1]
+    assert m.setdefault("b") == [1]
+    ints = shmap.Map(name + "-i", create="new", key=str, value=int)
+    with pytest.raises(TypeError):
+        ints.setdefault("a")
+    assert "a" not in ints
+    assert ints.setdefault("a", 5) == 5 and ints.setdefault("a") == 5
+
+
+@pytest.mark.parametrize("key", [int, str])
+def test_popitem_drains_the_map(name, key):
+    # Each pair popped is one that was stored, each once, until KeyError; a walk per popitem
+    # stops at its first entry, so 2048 of them are quick.
+    m = shmap.Map(name, create="new", key=key, value=int, initial_capacity=8)
+    ref = {KEYS[key](i): i for i in range(2048)}
+    m.update(ref)
+    seen = {}
+    while m:
+        k, v = m.popitem()
+        assert k not in seen and ref[k] == v and k not in m
+        seen[k] = v
+    assert seen == ref and len(m) == 0
+    with pytest.raises(KeyError):
+        m.popitem()

@@ -4,6 +4,7 @@
 # attachments, snapshots.
 import math
 import os
+import threading
 
 import pytest
 
@@ -210,6 +211,17 @@ def test_update_is_a_read_modify_write(name, value):
     with pytest.raises(ValueError, match="must not use the map"):
         m.update("k", lambda v: m["new"])
     assert m["k"] == one + one
+    # ... in this thread: another thread may use it meanwhile (the refusal is per thread).
+    seen = []
+
+    def read_in_a_thread(v):
+        t = threading.Thread(target=lambda: seen.append(m.get("k")))
+        t.start()
+        t.join()
+        return v
+
+    m.update("k", read_in_a_thread)
+    assert seen == [one + one]
     m["k"] = one  # usable afterwards
 
 

@@ -4,7 +4,8 @@
 // several entries, size() stays exact), growth and shrink from capacity 8 with records given
 // back, the type records (layout_mismatch both ways), read-only attachments, and threads:
 // exact counters from many threads through update(), on colliding keys too, while another
-// thread churns the table through resizes.
+// thread churns the table through resizes; visit_value's zero-copy reads (whole values under
+// writers, nothing for absent keys, no pin left behind by an f that throws).
 //
 // SHMAP_SOAK=N multiplies the iteration counts; SHMAP_SANITIZED divides them.
 #include "shmap/string_map.hpp"
@@ -445,6 +446,98 @@ TEST(StringMap, ReadOnlyAttachmentReadsWholeValuesWhileWritersReplaceThem) {
   stop = true;
   writer.join();
   EXPECT_EQ(bad, 0u) << "of " << reads << " reads and " << walks << " walks";
+  EXPECT_GT(m.stats().resizes, 2u) << "the writer did not resize the map";
+}
+
+TEST(StringMap, VisitValueSeesTheStoredBytesAndNothingForAnAbsentKey) {
+  ScopedName n("visit");
+  CollidingHash collide(16);  // absent keys that share a hash (and a record) with present ones
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  std::map<std::string, std::string> model;
+  for (int i = 0; i < 300; ++i) {
+    const std::string k = "k" + std::to_string(i);
+    model[k] = bytes_of(i, static_cast<std::size_t>(i) * 7 % 1000);  // empty and binary too
+    m.insert_or_assign(k, model[k]);
+  }
+  for (const auto& [k, v] : model) {
+    int calls = 0;
+    std::string seen;
+    EXPECT_TRUE(m.visit_value(k, [&](std::string_view got) {
+      ++calls;
+      seen.assign(got);
+    })) << k;
+    EXPECT_EQ(calls, 1) << k;
+    EXPECT_EQ(seen, v) << k;
+  }
+  for (int i = 300; i < 400; ++i) {
+    int calls = 0;
+    EXPECT_FALSE(m.visit_value("k" + std::to_string(i), [&](std::string_view) { ++calls; }));
+    EXPECT_EQ(calls, 0) << "f was called for an absent key";
+  }
+  ASSERT_TRUE(m.erase("k7"));
+  EXPECT_FALSE(m.visit_value("k7", [](std::string_view) { ADD_FAILURE() << "erased key seen"; }));
+  // A read-only attachment: f sees a validated copy, the same bytes.
+  auto ro = StringMap::open(n, {.read_only = true});
+  std::string seen;
+  EXPECT_TRUE(ro.visit_value("k42", [&](std::string_view v) { seen.assign(v); }));
+  EXPECT_EQ(seen, model["k42"]);
+  EXPECT_FALSE(ro.visit_value("k7", [](std::string_view) { ADD_FAILURE() << "erased key seen"; }));
+}
+
+TEST(StringMap, VisitValueThatThrowsLeavesNoPinHeld) {
+  // A pin left held by this thread would keep every table and record retired after it from
+  // being freed: after the throws, a growth and shrink must still give all of them back.
+  ScopedName n("visit-throw");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  m.insert("a", "b");
+  struct Thrown {};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THROW(m.visit_value("a", [](std::string_view) { throw Thrown{}; }), Thrown);
+  }
+  for (int i = 0; i < 5000; ++i) m.insert_or_assign("g" + std::to_string(i), "v");
+  for (int i = 0; i < 5000; ++i) m.erase("g" + std::to_string(i));
+  m.compact();
+  const Stats s = m.stats();
+  EXPECT_GT(s.resizes, 2u) << "the map did not grow";
+  EXPECT_EQ(s.retired_pending, 0u) << "tables retired after the throws were not freed";
+  RecordStats records;
+  const CheckReport r = m.check(&records);
+  EXPECT_TRUE(r.ok) << (r.problems.empty() ? "" : r.problems.front());
+  EXPECT_EQ(records.retired, 0u) << "records retired after the throws were not freed";
+  EXPECT_EQ(records.live, 1u);
+}
+
+TEST(StringMap, VisitValueSeesWholeValuesWhileWritersReplaceThem) {
+  // The view points at a record another thread is replacing and retiring: the pin keeps it
+  // from reuse until f returns, so every value seen verifies whole.
+  ScopedName n("visit-live");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  constexpr int kKeys = 64;
+  auto key = [](int i) { return "key-" + std::to_string(i); };
+  for (int i = 0; i < kKeys; ++i) m.insert_or_assign(key(i), checked_value(key(i), 0));
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (std::uint64_t g = 1; !stop.load(std::memory_order_relaxed); ++g) {
+      for (int i = 0; i < kKeys; ++i) m.insert_or_assign(key(i), checked_value(key(i), g));
+      for (std::uint64_t j = 0; j < (g % 5) * 300; ++j) m.insert("tmp" + std::to_string(j), "t");
+      for (std::uint64_t j = 0; j < 1500; ++j) m.erase("tmp" + std::to_string(j));
+    }
+  });
+  std::size_t reads = 0, bad = 0;
+  const std::uint64_t rounds = scaled(300);
+  for (std::uint64_t r = 0; r < rounds; ++r) {
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string k = key(i);
+      const bool found = m.visit_value(k, [&](std::string_view v) {
+        ++reads;
+        if (!verifies(k, std::string(v))) ++bad;
+      });
+      if (!found) ++bad;
+    }
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(bad, 0u) << "of " << reads << " reads";
   EXPECT_GT(m.stats().resizes, 2u) << "the writer did not resize the map";
 }
 
