@@ -297,7 +297,7 @@ class TypedMap<std::string, V> {
   StringMap core_;
 };
 
-/// A map from a key of up to 8 bytes (an integer, a double, a small struct) to a byte-string
+/// A map from a fixed-size key (an integer, a double, a struct) to a byte-string
 /// value (std::string_view in, std::string out): StringMap's core with keys of sizeof(K) bytes,
 /// recorded as K -> string (opening it with other types is layout_mismatch, naming both).
 ///

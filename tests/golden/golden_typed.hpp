@@ -85,9 +85,26 @@ inline double golden_nvalue(std::int64_t i) {
   return static_cast<double>(i) / 3.0;
 }
 
+/// tests/golden/v3-fixed-keys.shmap and v3-fixed-keys-json.json: a TypedMap<int64_t,
+/// std::string> (number keys, string values) and a TypedMap<GoldenPair, uint64_t> (16-byte keys,
+/// held by their bytes) of kGoldenFixedKeyEntries entries each, the first in the binary file,
+/// the second in the JSON one.
+struct GoldenPair {
+  std::uint64_t a, b;
+  bool operator==(const GoldenPair&) const = default;
+};
+inline constexpr std::int64_t kGoldenFixedKeyEntries = 64;
+inline GoldenPair golden_pair(std::int64_t i) {
+  return {static_cast<std::uint64_t>(i) * 0x9E3779B97F4A7C15ULL, ~static_cast<std::uint64_t>(i)};
+}
+
 }  // namespace shmap::golden
 
 template <>
 struct shmap::TypeName<shmap::golden::GoldenValue> {
   static constexpr std::string_view value = "GoldenValue";
+};
+template <>
+struct shmap::TypeName<shmap::golden::GoldenPair> {
+  static constexpr std::string_view value = "GoldenPair";
 };

@@ -9,6 +9,7 @@
 //   build/tests/snapshot/shmap_make_golden tests/golden v3     the version-3 (string map) file
 //   build/tests/snapshot/shmap_make_golden tests/golden json23 the JSON forms of versions 2 and 3,
 //                                                              and the binary multimap file
+//   build/tests/snapshot/shmap_make_golden tests/golden fixed  version 3 with fixed-size keys
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -137,8 +138,42 @@ void write_json23(const std::string& dir) {
   shmap::Map::remove(name);
 }
 
+/// Version 3 with fixed-size keys: number keys with string values (binary), 16-byte keys with
+/// number values (JSON).
+void write_fixed(const std::string& dir) {
+  namespace g = shmap::golden;
+  const shmap::Options o{.initial_capacity = 64, .max_handles = 8};
+  const std::string name = "shmap-make-golden-fixed";
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::TypedMap<std::int64_t, std::string>::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenFixedKeyEntries; ++i) {
+      m.insert_or_assign(g::golden_key(i), g::golden_svalue(i));
+    }
+    m.dump(dir + "/v3-fixed-keys.shmap");
+  }
+  shmap::Map::remove(name);
+  {
+    auto m = shmap::TypedMap<g::GoldenPair, std::uint64_t>::create(name, o);
+    for (std::int64_t i = 0; i < g::kGoldenFixedKeyEntries; ++i) {
+      m.insert_or_assign(g::golden_pair(i), static_cast<std::uint64_t>(i) * 3);
+    }
+    m.dump(dir + "/v3-fixed-keys-json.json", {.json = true});
+  }
+  shmap::Map::remove(name);
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
+  if (argc > 2 && std::string(argv[2]) == "fixed") {
+    try {
+      write_fixed(dir);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   if (argc > 2 && std::string(argv[2]) == "json23") {
     try {
       write_json23(dir);

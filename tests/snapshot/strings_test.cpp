@@ -348,6 +348,24 @@ TEST(StringSnapshot, TheGoldenJsonAndMultimapFilesOfAnEarlierBuildLoad) {
   for (std::int64_t i = 0; i < golden::kGoldenMultimapValues; ++i) {
     want[golden::golden_mkey(i)].push_back(golden::golden_svalue(i));
   }
+  {
+    auto m = TypedMap<std::int64_t, std::string>::load(
+        std::string(SHMAP_GOLDEN_DIR) + "/v3-fixed-keys.shmap", n);
+    EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenFixedKeyEntries));
+    for (std::int64_t i = 0; i < golden::kGoldenFixedKeyEntries; ++i) {
+      EXPECT_EQ(m.find(golden::golden_key(i)), golden::golden_svalue(i)) << i;
+    }
+  }
+  Map::remove(n);
+  {
+    auto m = TypedMap<golden::GoldenPair, std::uint64_t>::load(
+        std::string(SHMAP_GOLDEN_DIR) + "/v3-fixed-keys-json.json", n);
+    EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenFixedKeyEntries));
+    for (std::int64_t i = 0; i < golden::kGoldenFixedKeyEntries; ++i) {
+      EXPECT_EQ(m.find(golden::golden_pair(i)), static_cast<std::uint64_t>(i) * 3) << i;
+    }
+  }
+  Map::remove(n);
   for (const char* file : {"v3-multimap.shmap", "v3-multimap-json.json"}) {
     auto m = StringMultimap::load(std::string(SHMAP_GOLDEN_DIR) + "/" + file, n);
     EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenMultimapValues)) << file;

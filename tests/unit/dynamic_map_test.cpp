@@ -176,13 +176,20 @@ TEST(DynamicMap, ImpossibleTypeSizesInTheHeaderAreDamageNotACrash) {
 TEST(DynamicMap, BadArgumentsAreInvalidArgument) {
   ScopedName n("args");
   const TypeInfo u64 = type_info<std::uint64_t>();
-  TypeInfo big = u64;
-  big.size = 9;
-  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {big, u64}); }), Errc::invalid_argument);
   TypeInfo huge = u64;
   huge.size = kMaxValueBytes + 1;
   EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {u64, huge}); }), Errc::invalid_argument);
+  // A key of more than 8 bytes is held by its bytes, with a value that fits in one entry.
+  TypeInfo big = u64;
+  big.size = 9;
+  TypeInfo rest = u64;
+  rest.size = static_cast<std::uint32_t>(kMaxStringEntryBytes) - 8;
+  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {big, rest}); }), Errc::invalid_argument);
+  TypeInfo empty = u64;
+  empty.size = 0;
+  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {empty, u64}); }), Errc::invalid_argument);
   EXPECT_EQ(code_of([&] { DynamicMap::open(n); }), Errc::not_found);
+  EXPECT_TRUE(DynamicMap::create(n, {}, {big, u64}).holds_strings());
 }
 
 // A binding records what its strings hold under another name ("utf8", "pickle"): such a map is

@@ -361,12 +361,14 @@ TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {
     EXPECT_NE(std::string(e.what()).find("uint64 -> uint64"), std::string::npos) << e.what();
   }
   EXPECT_EQ(code_of([&] { (void)StringMap::open(u, {.read_only = true}); }), Errc::layout_mismatch);
-  // String values take string keys or keys of up to 8 bytes, nothing else.
+  // String values take keys of any size that leave room for a value.
   struct Wide {
     std::uint64_t a, b;
   };
+  TypeInfo too_wide = type_info<Wide>();
+  too_wide.size = static_cast<std::uint32_t>(kMaxStringEntryBytes) + 1;
   EXPECT_EQ(code_of([&] {
-              (void)DynamicMap::create(n.str() + "-x", {}, {type_info<Wide>(), string_type()});
+              (void)DynamicMap::create(n.str() + "-x", {}, {too_wide, string_type()});
             }),
             Errc::invalid_argument);
   // open_or_create: opens the existing one.
