@@ -309,37 +309,30 @@ TEST(TypedSnapshot, ADamagedOrHandEditedJsonFileIsRefusedWithItsReasonAndCreates
   EXPECT_EQ(M::load(bad, dst).size(), 400u);
 }
 
-TEST(TypedSnapshot, TheGoldenFileOfAnEarlierBuildLoads) {
-  using golden::GoldenValue;
-  ScopedName n("golden-typed");
-  auto m = TypedMap<std::int64_t, GoldenValue>::load(
-      std::string(SHMAP_GOLDEN_DIR) + "/v2-typed.shmap", n);
-  EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenTypedEntries));
+/// Loads the golden file `file` (a TypedMap<int64_t, GoldenValue>) and checks every entry.
+void expect_golden_typed(const std::string& file, const std::string& name) {
+  auto m = TypedMap<std::int64_t, golden::GoldenValue>::load(
+      std::string(SHMAP_GOLDEN_DIR) + "/" + file, name);
+  EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenTypedEntries)) << file;
   for (std::int64_t i = 0; i < golden::kGoldenTypedEntries; ++i) {
     const std::int64_t k = golden::golden_key(i);
     const auto v = m.find(k);
-    ASSERT_TRUE(v.has_value()) << k;
-    EXPECT_TRUE(*v == golden::golden_value(k)) << k;
+    ASSERT_TRUE(v.has_value()) << file << " " << k;
+    EXPECT_TRUE(*v == golden::golden_value(k)) << file << " " << k;
   }
+}
+
+TEST(TypedSnapshot, TheGoldenFileOfAnEarlierBuildLoads) {
+  ScopedName n("golden-typed");
+  expect_golden_typed("v2-typed.shmap", n);
   const std::string b = read_file(std::string(SHMAP_GOLDEN_DIR) + "/v2-typed.shmap");
   EXPECT_EQ(b.substr(0, 8), "SHMAPSNP");
   EXPECT_EQ(b.substr(8, 4), std::string("\x02\x00\x00\x00", 4)) << "format version 2";
 }
 
 TEST(TypedSnapshot, TheGoldenJsonFilesOfAnEarlierBuildLoad) {
-  using golden::GoldenValue;
   ScopedName n("golden-typed-json");
-  {
-    auto m = TypedMap<std::int64_t, GoldenValue>::load(
-        std::string(SHMAP_GOLDEN_DIR) + "/v2-typed-json.json", n);
-    EXPECT_EQ(m.size(), static_cast<std::size_t>(golden::kGoldenTypedEntries));
-    for (std::int64_t i = 0; i < golden::kGoldenTypedEntries; ++i) {
-      const std::int64_t k = golden::golden_key(i);
-      const auto v = m.find(k);
-      ASSERT_TRUE(v.has_value()) << k;
-      EXPECT_TRUE(*v == golden::golden_value(k)) << k;
-    }
-  }
+  expect_golden_typed("v2-typed-json.json", n);
   Map::remove(n);
   auto m = TypedMap<std::int32_t, double>::load(
       std::string(SHMAP_GOLDEN_DIR) + "/v2-numbers-json.json", n);
