@@ -134,8 +134,8 @@ namespace {
 
 std::uint64_t key_word(const DynamicMap& m, const std::string& text) {
   if (m.key_type().size > sizeof(std::uint64_t)) {
-    throw UsageError("map '" + m.name() + "': its keys have " +
-                     std::to_string(m.key_type().size) + " bytes, more than a key word");
+    throw UsageError("map '" + m.name() + "': its keys have " + std::to_string(m.key_type().size) +
+                     " bytes, more than a key word");
   }
   std::uint64_t w = 0;
   parse(m.key_type(), "KEY", text, &w);
