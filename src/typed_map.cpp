@@ -51,7 +51,8 @@ SegmentTypes detail::layout_types(const std::string& name, const DynamicMap::Lay
     const auto string_like = [](const TypeInfo& t) { return t.size == 0 && t.align == 1; };
     const bool key_ok = skey ? string_like(l.key) : l.key.size != 0;
     const bool value_ok = sval ? string_like(l.value) : l.value.size != 0;
-    const bool ok = key_ok && value_ok && l.key.size + l.value.size <= kMaxStringEntryBytes;
+    const bool ok =
+        key_ok && value_ok && std::uint64_t{l.key.size} + l.value.size <= kMaxStringEntryBytes;
     if (!ok) {
       fail(Errc::invalid_argument, name,
            "string keys and keys of more than 8 bytes take string values or values of one "

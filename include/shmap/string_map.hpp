@@ -309,9 +309,10 @@ requires(!std::is_same_v<K, std::string>) class TypedMap<K, std::string> {
   static_assert(std::is_trivially_copyable_v<K>,
                 "shmap::TypedMap<K, std::string>: K must be trivially copyable (its bytes are "
                 "the key; for string keys use shmap::StringMap)");
-  static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
-                "shmap::TypedMap<K, std::string>: K has padding bytes, so equal keys could "
-                "differ in their bytes; use a key without padding");
+  static_assert(std::has_unique_object_representations_v<K> ||
+                    (std::is_floating_point_v<K> && sizeof(K) <= 8),
+                "shmap::TypedMap<K, std::string>: K has padding bytes (a long double has some), "
+                "so equal keys could differ in their bytes; use a key without padding");
   static_assert(sizeof(K) < kMaxStringEntryBytes,
                 "shmap::TypedMap<K, std::string>: K leaves no room for a value in one entry");
 
@@ -402,10 +403,9 @@ requires(sizeof(K) > 8 && !std::is_same_v<K, std::string> &&
   static_assert(std::is_trivially_copyable_v<K>,
                 "shmap::TypedMap<K, V>: K must be trivially copyable (its bytes are the key); "
                 "for std::string keys include <shmap/string_map.hpp>");
-  static_assert(std::has_unique_object_representations_v<K> || std::is_floating_point_v<K>,
-                "shmap::TypedMap<K, V>: K has padding bytes (or another representation of "
-                "equal values), so equal keys could differ in their bytes; use a key without "
-                "padding");
+  static_assert(std::has_unique_object_representations_v<K>,
+                "shmap::TypedMap<K, V>: K has padding bytes (a long double has some), so equal "
+                "keys could differ in their bytes; use a key without padding");
   static_assert(std::is_trivially_copyable_v<V>,
                 "shmap::TypedMap<K, V>: V must be trivially copyable (values are copied as bytes "
                 "between processes; no pointers, no std::string)");

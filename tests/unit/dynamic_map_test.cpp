@@ -185,6 +185,11 @@ TEST(DynamicMap, BadArgumentsAreInvalidArgument) {
   TypeInfo rest = u64;
   rest.size = static_cast<std::uint32_t>(kMaxStringEntryBytes) - 8;
   EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {big, rest}); }), Errc::invalid_argument);
+  TypeInfo wraps = u64;  // with a 1-byte value, 2^32 bytes together (not 0: no 32-bit wrap)
+  wraps.size = UINT32_MAX;
+  TypeInfo one = u64;
+  one.size = 1;
+  EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {wraps, one}); }), Errc::invalid_argument);
   TypeInfo empty = u64;
   empty.size = 0;
   EXPECT_EQ(code_of([&] { DynamicMap::create(n, {}, {empty, u64}); }), Errc::invalid_argument);
