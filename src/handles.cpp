@@ -653,9 +653,8 @@ void MapImpl::finish_reclaim_journal() const {
       const TableHeader* t = at<TableHeader>(x);
       const std::uint64_t cap = field(t->capacity), bits = field(t->bits);
       const std::uint64_t bytes = field(t->extent_bytes);
-      if (bits >= 3 && bits < 48 && cap == std::uint64_t{1} << bits && bytes >= table_bytes(cap) &&
-          bytes % kPage == 0 && x + bytes <= file && field(t->retire_epoch) == re &&
-          field(t->created_epoch) == ce) {
+      if (table_shape_ok(cap, bits) && bytes >= table_bytes(cap) && bytes % kPage == 0 &&
+          x + bytes <= file && field(t->retire_epoch) == re && field(t->created_epoch) == ce) {
         free_extent(x, bytes);
         h.tables_freed.fetch_add(1, std::memory_order_relaxed);
       }

@@ -8,7 +8,7 @@
 //   - a bulk loader between build_table() and publish_replace().
 // Making each of them a single step would need a multi-word atomic; instead the arena is
 // self-describing and a sweep finds what fell out. Every allocated extent starts with a
-// table header whose shape validates (power-of-two capacity, bits, extent size); freed
+// table header whose shape validates (table_shape_ok: capacity and bits, extent size); freed
 // extents are hole-punched (zeros) and listed on the free list, or lost ranges (zeros). So
 // walking the arena from arena_offset to arena_top, extent by extent, meets every table.
 // (Slabs of value records, records.hpp, are the other kind of extent: their header can never

@@ -207,6 +207,7 @@ std::size_t Map::clear_stale_handles() {
 void Map::compact() {
   refuse_if_read_only(*impl_, "compact");
   impl_->finish_migration();
+  impl_->fit_table();
   impl_->clear_stale_slots();
   impl_->sweep_leaks(true);  // tables a killed process left off the retired stack
   impl_->reclaim();
@@ -336,8 +337,7 @@ CheckReport MapImpl::check() const {
     };
     const std::uint64_t cap = word(t->capacity), bits = word(t->bits);
     const std::uint64_t ext = word(t->extent_bytes);
-    if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 || bits >= 64 ||
-        (std::uint64_t{1} << bits) != cap || ext < table_bytes(cap) || ext > arena_top - off) {
+    if (!table_shape_ok(cap, bits) || ext < table_bytes(cap) || ext > arena_top - off) {
       *why = "table at " + std::to_string(off) + " has a bad header";
       return false;
     }
@@ -448,7 +448,7 @@ CheckReport MapImpl::check() const {
       }
       // Linear probing: no EMPTY bucket between the key's home and its bucket, and no
       // fingerprint 0 (a lookup stops there; writers write them before claiming further on).
-      for (std::uint64_t j = home(k, t); j != i; j = (j + 1) & (t->capacity - 1)) {
+      for (std::uint64_t j = home(k, t); j != i; j = next_bucket(j, t->capacity)) {
         const std::uint64_t sj = state_of(load_acquire(slot(j).meta));
         if (sj == kEmpty || fp_at(j) == kFpFree) {
           ++unreachable;

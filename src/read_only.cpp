@@ -15,7 +15,7 @@
 // from shared memory as they go, which is right for a pinned reader but not here (a freed
 // table's header reads as zeros, a reused one as another table's): so a read-only attachment
 // has its own lookup and walk below. Each reads a table's header once into a View, checks it
-// (capacity a power of two, bits to match, every bucket inside this process's mapping) and
+// (a capacity of layout.hpp's list, bits to match, every bucket inside this process's mapping) and
 // indexes only with those copies, so garbage yields wrong numbers, never a wild address or an
 // endless loop. Then:
 //
@@ -101,15 +101,13 @@ bool MapImpl::ro_view(std::uint64_t off, RoView* v) const {
       std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
   const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
   // Read again after table() checked them: the values used are the values checked here.
-  if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 ||
-      bits != static_cast<std::uint64_t>(__builtin_ctzll(cap)) ||
-      off + kTableHeaderBytes > mapped || cap > (mapped - off - kTableHeaderBytes) / kBucketBytes) {
+  if (!table_shape_ok(cap, bits) || off + kTableHeaderBytes > mapped ||
+      cap > (mapped - off - kTableHeaderBytes) / kBucketBytes) {
     return false;
   }
   v->header = t;
   v->buckets = reinterpret_cast<const char*>(t) + kTableHeaderBytes;
-  v->mask = cap - 1;
-  v->shift = static_cast<unsigned>(64 - bits);
+  v->capacity = cap;
   v->older = t->older.load(std::memory_order_seq_cst);
   v->discard_older =
       std::atomic_ref<const std::uint64_t>(t->discard_older).load(std::memory_order_relaxed);
@@ -157,7 +155,8 @@ std::optional<std::uint64_t> MapImpl::ro_lookup(std::uint64_t k) const {
       // Probe t without claiming: the bounds are the View's, never re-read.
       Look look = Look::unknown;
       std::uint64_t value = 0;
-      for (std::uint64_t j = hash >> t.shift, m = 0; m <= t.mask; j = (j + 1) & t.mask, ++m) {
+      for (std::uint64_t j = home_of(hash, t.capacity), m = 0; m < t.capacity;
+           j = next_bucket(j, t.capacity), ++m) {
         const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kEmpty) break;  // absent here
@@ -227,7 +226,7 @@ void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t)
       // No migration: each key has one bucket; a bucket MOVED meanwhile (a successor was
       // linked during the walk) is followed by a lookup.
       const RoView& t = chain[0];
-      for (std::uint64_t j = 0; j <= t.mask; ++j) {
+      for (std::uint64_t j = 0; j < t.capacity; ++j) {
         const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kLive || s == kFrozen) {
@@ -246,7 +245,7 @@ void MapImpl::for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t)
     std::vector<std::uint64_t> keys;
     for (std::size_t i = n; i-- > 0;) {
       const RoView& t = chain[i];
-      for (std::uint64_t j = 0; j <= t.mask; ++j) {
+      for (std::uint64_t j = 0; j < t.capacity; ++j) {
         const Cell c = read_cell(t.slot(j));
         const std::uint64_t s = c.state();
         if (s == kLive || s == kFrozen || s == kMoved) {

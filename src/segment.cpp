@@ -35,12 +35,6 @@ namespace {
 constexpr std::uint32_t kReady = 1;
 std::string shm_path(const std::string& name) { return "/" + name; }
 
-std::uint64_t round_pow2(std::uint64_t n) {
-  std::uint64_t c = kMinCapacity;
-  while (c < n && c < kMaxCapacity) c <<= 1;
-  return c;
-}
-
 // Temporary names of segments being built: ".shmap-new-<name>-<pid>-<nonce>". A creator killed
 // mid-create leaves one behind; the next create of that name removes it once its pid is gone.
 constexpr const char* kTempPrefix = ".shmap-new-";
@@ -181,9 +175,8 @@ TableHeader* MapImpl::table(std::uint64_t offset) const {
       std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
   const std::uint64_t ext =
       std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed);
-  if (cap < kMinCapacity || cap > kMaxCapacity || (cap & (cap - 1)) != 0 ||
-      bits != static_cast<std::uint64_t>(__builtin_ctzll(cap)) || ext < table_bytes(cap) ||
-      ext % kPage != 0 || ext > reserved_ - offset) {
+  if (!table_shape_ok(cap, bits) || ext < table_bytes(cap) || ext % kPage != 0 ||
+      ext > reserved_ - offset) {
     fail(Errc::corrupt, name_,
          "the table at offset " + std::to_string(offset) + " has a bad header (capacity " +
              std::to_string(cap) + ", bits " + std::to_string(bits) + ", extent " +
@@ -425,7 +418,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
   auto m = std::make_unique<MapImpl>(name, fd, true);
   try {
     ::fchmod(fd, static_cast<mode_t>(options.mode));  // exact bits, whatever the umask
-    const std::uint64_t capacity = round_pow2(options.initial_capacity);
+    const std::uint64_t capacity = next_pow2_capacity(options.initial_capacity);
     const std::uint64_t slots_bytes = options.max_handles * sizeof(HandleSlot);
     const std::uint64_t arena = (kPage + slots_bytes + kPage - 1) / kPage * kPage;
     const std::uint64_t total = arena + table_bytes(capacity);

@@ -56,18 +56,6 @@ void store_key(const BucketRef& b, std::uint64_t k) {
   std::atomic_ref<std::uint64_t>(*b.key).store(k, std::memory_order_release);
 }
 
-std::uint64_t log2_of(std::uint64_t pow2) {
-  return static_cast<std::uint64_t>(__builtin_ctzll(pow2));
-}
-
-// Clamped to kMaxCapacity: n may come from counters in shared memory (damage must not make
-// this loop forever); a table that large fails to allocate with out_of_space.
-std::uint64_t round_pow2(std::uint64_t n) {
-  std::uint64_t c = kMinCapacity;
-  while (c < n && c < kMaxCapacity) c <<= 1;
-  return c;
-}
-
 }  // namespace
 
 std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older) const {
@@ -82,7 +70,7 @@ std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older)
     std::atomic_ref<std::uint64_t>(w).store(v, std::memory_order_relaxed);
   };
   put(t->capacity, capacity);
-  put(t->bits, log2_of(capacity));
+  put(t->bits, capacity_bits(capacity));
   put(t->extent_bytes, bytes);
   put(t->older_capacity, older_cap);
   put(t->created_epoch, header().global_epoch.load(std::memory_order_relaxed));
@@ -143,15 +131,12 @@ std::uint64_t key_of(const BucketRef& b, const Cell& c) {
 // At most one pass over the table.
 class RunWalk {
  public:
-  RunWalk(const std::uint8_t* fps, std::uint64_t hash, std::uint64_t bits)
-      : fps_(fps),
-        mask_((std::uint64_t{1} << bits) - 1),
-        i_(hash >> (64 - bits)),
-        want_(fingerprint(hash)) {}
+  RunWalk(const std::uint8_t* fps, std::uint64_t hash, std::uint64_t capacity)
+      : fps_(fps), capacity_(capacity), i_(home_of(hash, capacity)), want_(fingerprint(hash)) {}
   /// The position to read next, and its fingerprint (the same position again until step());
   /// false once the whole table was walked.
   bool at(std::uint64_t* pos, std::uint8_t* fp) {
-    for (; n_ <= mask_; step()) {
+    for (; n_ < capacity_; step()) {
       const std::uint8_t f = load_fp(fps_, i_);
       if (f == want_ || f == kFpFree || f == kFpSealing) {
         *pos = i_;
@@ -162,14 +147,14 @@ class RunWalk {
     return false;
   }
   void step() {
-    i_ = (i_ + 1) & mask_;
+    i_ = next_bucket(i_, capacity_);
     ++n_;
   }
   std::uint8_t want() const { return want_; }
 
  private:
   const std::uint8_t* fps_;
-  std::uint64_t mask_;
+  std::uint64_t capacity_;
   std::uint64_t i_;
   std::uint64_t n_ = 0;
   std::uint8_t want_;
@@ -204,7 +189,7 @@ class RunWalk {
 //   after a claim, so the bucket is claimed, and by another key).
 ProbeResult MapImpl::probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
   std::uint8_t* fps = fingerprints(t);
-  RunWalk run(fps, hash_key(k, seed_), t->bits);
+  RunWalk run(fps, hash_key(k, seed_), t->capacity);
   const std::uint8_t want = run.want();
   std::uint64_t i = 0;
   std::uint8_t f = 0;
@@ -386,7 +371,7 @@ void MapImpl::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) co
   // it seals the end of the run, so a lookup that stops at such a byte read it before the
   // seal, and so before k can be written in the newer table.
   std::uint8_t* fps = fingerprints(older);
-  RunWalk run(fps, hash_key(k, seed_), older->bits);
+  RunWalk run(fps, hash_key(k, seed_), older->capacity);
   std::uint64_t i = 0;
   std::uint8_t f = 0;
   while (run.at(&i, &f)) {
@@ -478,7 +463,12 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
   return newer->older.load(std::memory_order_acquire) == 0;
 }
 
-void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
+namespace {
+// compact()'s target: the live entries at a load of at most 0.7 (n <= cap, so no overflow).
+std::uint64_t fit_room(std::uint64_t live) { return live * 10 / 7 + 2; }
+}  // namespace
+
+void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force, bool fit) const {
   SegmentHeader& h = header();
   const std::uint64_t cap = t->capacity;
   // The successor must hold t's live entries plus the keys inserted while it assimilates t
@@ -502,16 +492,23 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
     const std::uint64_t live = std::min<std::uint64_t>(
         cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
     const std::uint64_t used = used_buckets(t);
-    if (shrink) {
-      if (cap <= h.initial_capacity || live * 8 >= cap) return;
-    } else if (!force && used * 4 < cap * 3) {
-      return;
+    std::uint64_t want = 0;
+    // Never below cap / 16: bounds the migration work per write when shrinking.
+    if (fit) {
+      want = next_capacity(std::max<std::uint64_t>({h.initial_capacity, fit_room(live), cap / 16}));
+      if (want >= cap) return;
+    } else {
+      if (shrink) {
+        if (cap <= h.initial_capacity || live * 8 >= cap) return;
+      } else if (!force && used * 4 < cap * 3) {
+        return;
+      }
+      // The successor holds the live entries at a load of at most 1/2, so it has room for the
+      // inserts that come while it assimilates t. A power of two: growth doubles.
+      want =
+          next_pow2_capacity(std::max<std::uint64_t>({h.initial_capacity, live * 2 + 2, cap / 16}));
+      if (force && want <= cap) want = cap * 2;
     }
-    // The successor holds the live entries at a load of at most 1/2, so it has room for the
-    // inserts that come while it assimilates t.
-    std::uint64_t want = round_pow2(std::max<std::uint64_t>(h.initial_capacity, live * 2 + 2));
-    want = std::max(want, cap / 16);  // bounds the migration work per write when shrinking
-    if (force && want <= cap) want = cap * 2;
     std::uint64_t n_off = 0;
     try {
       n_off = create_table(want, offset_of(t));
@@ -523,12 +520,12 @@ void MapImpl::maybe_resize(TableHeader* t, bool shrink, bool force) const {
     if (before_publish_for_test != nullptr) std::exchange(before_publish_for_test, nullptr)();
     const std::uint64_t live_now = std::min<std::uint64_t>(
         cap, static_cast<std::uint64_t>(std::max<std::int64_t>(0, size_estimate())));
-    if (live_now * 2 + 2 > want) {
+    if ((fit ? fit_room(live_now) : live_now * 2 + 2) > want) {
       // t grew while the successor was being made. A shrink is called off (always safe: the
       // next 256th erase tries again); growth is decided again with the new count -- a few
       // times, then left to the next claim over the limit, unless t is physically full.
       discard_table(n_off);
-      if (shrink || (!force && round >= 3)) return;
+      if (shrink || fit || (!force && round >= 3)) return;
       continue;
     }
     if (after_recount_for_test != nullptr) std::exchange(after_recount_for_test, nullptr)();
@@ -587,7 +584,8 @@ void MapImpl::grow_stuck(TableHeader* t) const {
   }
   // And never below 1/16 of what must be migrated: each write walks 2 chunks (128 buckets)
   // first and inserts at most one key, so at most to_migrate / 128 new keys arrive meanwhile.
-  const std::uint64_t want = std::max(round_pow2(room * 2), round_pow2(to_migrate / 16));
+  const std::uint64_t want =
+      std::max(next_pow2_capacity(room * 2), next_pow2_capacity(to_migrate / 16));
   link_successor(t, create_table(want, offset_of(t)));
 }
 
@@ -726,7 +724,7 @@ std::size_t MapImpl::find_many(const std::uint64_t* keys, std::size_t n,
       // lookups proper, which find both in cache.
       for (std::size_t j = 0; j < m; ++j) {
         hashes[j] = hash_key(keys[base + j], seed_);
-        __builtin_prefetch(&ft.fps[hashes[j] >> ft.shift]);
+        __builtin_prefetch(&ft.fps[home_of(hashes[j], ft.capacity)]);
       }
       for (std::size_t j = 0; j < m; ++j) {
         if (const void* b = first_candidate(ft, hashes[j])) __builtin_prefetch(b);
@@ -906,6 +904,21 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       }
       c = read_cell(b);
     }
+  }
+}
+
+void MapImpl::fit_table() const {
+  for (int i = 0; i < 8; ++i) {  // each pass shrinks to at least 1/16 (maybe_resize)
+    std::uint64_t before = 0;
+    {
+      PinGuard pin(*this);
+      TableHeader* t = top_header(true);
+      before = t->capacity;
+      if (t->older.load(std::memory_order_acquire) == 0) maybe_resize(t, true, false, true);
+    }
+    finish_migration();
+    PinGuard pin(*this);
+    if (top_header(true)->capacity >= before) return;
   }
 }
 
@@ -1103,7 +1116,7 @@ bool MapImpl::still_holding_writers() const {
 
 std::uint64_t MapImpl::build_table(std::size_t entries) const {
   const std::uint64_t off = create_table(
-      round_pow2(std::max<std::uint64_t>(header().initial_capacity, entries * 2 + 2)), 0);
+      next_capacity(std::max<std::uint64_t>(header().initial_capacity, entries * 2 + 2)), 0);
   // Fault the pages in with one call instead of one fault per page during the fill. Most of
   // a big load is the kernel allocating and zeroing these pages: large tables are populated
   // by two threads, one half each (the fill has nothing to do until the pages exist).
@@ -1132,10 +1145,10 @@ void MapImpl::bulk_put(std::uint64_t table_off, std::uint64_t k, std::uint64_t v
 namespace {
 // Single-threaded insert into an unpublished table. Nobody else reads or writes it, so plain
 // stores will do (the CAS on current_table in publish_replace() publishes them).
-bool put_private(TableHeader* t, char* base, std::uint8_t* fps, std::uint64_t h, unsigned shift,
-                 std::uint64_t k, std::uint64_t v) {
-  const std::uint64_t mask = t->capacity - 1;
-  for (std::uint64_t i = h >> shift, n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+bool put_private(TableHeader* t, char* base, std::uint8_t* fps, std::uint64_t h, std::uint64_t k,
+                 std::uint64_t v) {
+  const std::uint64_t cap = t->capacity;
+  for (std::uint64_t i = home_of(h, cap), n = 0; n < cap; i = next_bucket(i, cap), ++n) {
     Slot& b = *reinterpret_cast<Slot*>(base + slot_offset(i));
     std::uint64_t& key = *reinterpret_cast<std::uint64_t*>(base + key_offset(i));
     if (state_of(b.meta) == kEmpty) {
@@ -1162,19 +1175,18 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
   TableHeader* t = table(table_off);
   char* const buckets = reinterpret_cast<char*>(t) + kTableHeaderBytes;
   std::uint8_t* fps = fingerprints(t);
-  const auto shift = static_cast<unsigned>(64 - t->bits);
+  const std::uint64_t cap = t->capacity;
   constexpr std::size_t kAhead = 64;
   std::uint64_t hashes[kAhead];
   for (std::size_t base = 0; base < n; base += kAhead) {
     const std::size_t m = std::min(kAhead, n - base);
     for (std::size_t j = 0; j < m; ++j) {
       hashes[j] = hash_key(kv[base + j].first, seed_);
-      __builtin_prefetch(buckets + slot_offset(hashes[j] >> shift), 1);
-      __builtin_prefetch(&fps[hashes[j] >> shift], 1);
+      __builtin_prefetch(buckets + slot_offset(home_of(hashes[j], cap)), 1);
+      __builtin_prefetch(&fps[home_of(hashes[j], cap)], 1);
     }
     for (std::size_t j = 0; j < m; ++j) {
-      if (!put_private(t, buckets, fps, hashes[j], shift, kv[base + j].first,
-                       kv[base + j].second)) {
+      if (!put_private(t, buckets, fps, hashes[j], kv[base + j].first, kv[base + j].second)) {
         fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
       }
     }

@@ -97,7 +97,7 @@ inline void dump_key(const Map& map, std::uint64_t k) {
       if (c.state() != kEmpty && c.state() != kSealed && key == k) {
         const std::uint64_t h = m.home(k, t);
         std::size_t gaps = 0, seals = 0;
-        for (std::uint64_t x = h; x != j; x = (x + 1) & (t->capacity - 1)) {
+        for (std::uint64_t x = h; x != j; x = next_bucket(x, t->capacity)) {
           const std::uint64_t st = read_cell(*m.bucket(t, x).slot).state();
           gaps += st == kEmpty;
           seals += st == kSealed;
@@ -315,15 +315,15 @@ inline bool run_dead_claimer(Map& map, const std::atomic<bool>* stop, std::uint6
       // Now and then a slow claimer: its table may be superseded before it claims.
       if (rng.below(8) == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng.below(300)));
       std::uint8_t* fps = m.fingerprints(t);
-      const std::uint64_t mask = t->capacity - 1;
+      const std::uint64_t cap = t->capacity;
       const std::uint64_t h = hash_key(k, m.seed());
       want = fingerprint(h);
-      std::uint64_t i = h >> (64 - t->bits);
-      for (std::uint64_t n = 0; n <= mask;) {
+      std::uint64_t i = home_of(h, cap);
+      for (std::uint64_t n = 0; n < cap;) {
         const std::uint8_t f =
             std::atomic_ref<std::uint8_t>(fps[i]).load(std::memory_order_acquire);
         if (f != want && f != kFpFree && f != kFpSealing) {
-          i = (i + 1) & mask;
+          i = next_bucket(i, cap);
           ++n;
           continue;
         }
@@ -343,7 +343,7 @@ inline bool run_dead_claimer(Map& map, const std::atomic<bool>* stop, std::uint6
           std::atomic_ref<std::uint8_t>(fps[i]).store(fingerprint(hash_key(key, m.seed())),
                                                       std::memory_order_release);
         }
-        i = (i + 1) & mask;
+        i = next_bucket(i, cap);
         ++n;
       }
       if (fp_byte != nullptr && dead != nullptr) dead->fetch_add(1, std::memory_order_relaxed);
@@ -422,7 +422,8 @@ inline std::string check_walk(const Map& m, const KeyState* keys, std::uint64_t 
 
 /// Makes successors that are too small on purpose, as a racy count can (DESIGN.md §4,
 /// "Successors that turn out too small"): whenever the newest table has no migration under
-/// way, links and publishes a capacity-8 successor for it, whatever it holds. Migration then
+/// way, links and publishes a capacity-8 successor for it (or one between powers of two, or
+/// compact()'s fit), whatever it holds. Migration then
 /// finds that successor full, copies follow its own successor (grow_stuck), writers settle
 /// keys through chains of three. Paced (`every` between attempts) so the map makes progress.
 /// Counts the successors it linked in *linked, and the chains of 3+ it saw in *chains3.
@@ -430,6 +431,7 @@ inline void run_saboteur(Map& map, const std::atomic<bool>* stop, std::chrono::m
                          std::atomic<std::uint64_t>* linked, std::atomic<std::uint64_t>* chains3) {
   using namespace shmap::detail;
   MapImpl& m = map.impl();
+  std::uint64_t strikes = 0;
   while (!stop->load(std::memory_order_relaxed)) {
     {
       PinGuard pin(m);
@@ -444,8 +446,17 @@ inline void run_saboteur(Map& map, const std::atomic<bool>* stop, std::chrono::m
       // from the capacities of the chain (4x the older table), so striking at every size would grow
       // the map without bound (it reached 28 GB of segment for ~100 live keys).
       if (t->capacity <= 16384 && t->older.load() == 0 && t->newer.load() == 0) {
-        const std::uint64_t off = m.create_table(kMinCapacity, m.offset_of(t));
-        if (m.link_successor(t, off) == off) linked->fetch_add(1, std::memory_order_relaxed);
+        // Every other strike, a capacity between powers of two (format 6: what compact() and
+        // bulk loads make), too small or not for what t holds; every 8th, compact()'s own fit.
+        static constexpr std::uint64_t kBetween[] = {192, 320, 384, 448, 640, 768, 896, 1280};
+        ++strikes;
+        if (strikes % 8 == 0) {
+          m.fit_table();
+        } else {
+          const std::uint64_t cap = strikes % 2 != 0 ? kBetween[(strikes / 2) % 8] : kMinCapacity;
+          const std::uint64_t off = m.create_table(cap, m.offset_of(t));
+          if (m.link_successor(t, off) == off) linked->fetch_add(1, std::memory_order_relaxed);
+        }
       }
     }
     std::this_thread::sleep_for(every);

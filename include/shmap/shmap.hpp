@@ -207,7 +207,10 @@ class Map {
   std::vector<ReaderInfo> readers() const;
   /// Walks the segment and verifies every invariant it can. Never modifies the map.
   CheckReport check() const;
-  /// Finishes any migration in progress and frees retired tables nobody can see any more.
+  /// Finishes any migration in progress, fits the table to the live entries (the smallest
+  /// capacity that holds them at a load of at most 0.7, if smaller than the current one: a
+  /// migration like a resize, lock-free, with readers and writers going on) and frees retired
+  /// tables nobody can see any more.
   void compact();
 
   const std::string& name() const;

@@ -46,7 +46,7 @@ struct Fixture {
   /// its fingerprint still 0. Returns the bucket's index.
   std::uint64_t dead_claim(TableHeader* t, std::uint64_t k) {
     PinGuard pin(m);
-    for (std::uint64_t i = m.home(k, t);; i = (i + 1) & (t->capacity - 1)) {
+    for (std::uint64_t i = m.home(k, t);; i = next_bucket(i, t->capacity)) {
       const Cell c = read_cell(*m.bucket(t, i).slot);
       if (c.state() != kEmpty) continue;
       EXPECT_TRUE(
@@ -220,8 +220,8 @@ TEST(Fingerprints, CheckReportsADamagedFingerprint) {
 std::optional<std::uint64_t> killed_claim(MapImpl& m, TableHeader* t, std::uint64_t k) {
   PinGuard pin(m);
   std::uint8_t* fps = m.fingerprints(t);
-  const std::uint64_t mask = t->capacity - 1;
-  for (std::uint64_t i = m.home(k, t), n = 0; n <= mask; i = (i + 1) & mask, ++n) {
+  const std::uint64_t cap = t->capacity;
+  for (std::uint64_t i = m.home(k, t), n = 0; n < cap; i = next_bucket(i, cap), ++n) {
     const Cell c = read_cell(*m.bucket(t, i).slot);
     if (c.state() == kEmpty) {
       if (!cas128(&m.bucket(t, i).slot->value, c.value, c.meta, k, next_meta(c.meta, kClaimed)))

@@ -144,6 +144,46 @@ TEST(Map, GrowsAndShrinksAndGivesMemoryBack) {
   EXPECT_TRUE(m.check().ok);
 }
 
+// Format 6: compact() fits the table to its entries with a capacity between powers of two
+// (load at most 0.7), every key stays where a lookup, a walk, find_many and check() find it,
+// and growth from there doubles again.
+TEST(Map, CompactFitsTheTableBetweenPowersOfTwo) {
+  ScopedName n("fit");
+  auto m = Map::create(n, {.initial_capacity = 8});
+  constexpr std::uint64_t N = 1 << 14;
+  for (std::uint64_t i = 0; i < N; ++i) ASSERT_TRUE(m.insert(i * 7919, i));
+  const Stats grown = m.stats();
+  EXPECT_EQ(grown.capacity, 2 * N) << "growth doubles: 2^14 keys in 2^15 buckets";
+  m.compact();
+  const Stats fitted = m.stats();
+  EXPECT_EQ(fitted.capacity, detail::next_capacity(N * 10 / 7 + 2));
+  EXPECT_EQ(fitted.capacity, 3 * N / 2) << "1.5 * 2^14: the smallest capacity at load <= 0.7";
+  EXPECT_EQ(fitted.size, N);
+  EXPECT_EQ(fitted.tables, 1u);
+  EXPECT_LT(fitted.allocated_bytes, grown.allocated_bytes * 4 / 5);
+  for (std::uint64_t i = 0; i < N; ++i) ASSERT_EQ(m.find(i * 7919), i) << i;
+  for (std::uint64_t i = 0; i < N; ++i) ASSERT_FALSE(m.contains(i * 7919 + 1)) << i;
+  std::vector<std::uint64_t> keys(N);
+  for (std::uint64_t i = 0; i < N; ++i) keys[i] = i * 7919;
+  std::vector<std::optional<std::uint64_t>> got(N);
+  EXPECT_EQ(m.find_many(keys, got), N);
+  for (std::uint64_t i = 0; i < N; ++i) ASSERT_EQ(got[i], i) << i;
+  std::size_t walked = 0;
+  m.for_each([&](std::uint64_t k, std::uint64_t v) { walked += k == v * 7919 ? 1 : 0; });
+  EXPECT_EQ(walked, N);
+  const CheckReport rep = m.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+  m.compact();  // already fitted: stays
+  EXPECT_EQ(m.stats().capacity, fitted.capacity);
+  // Writes go on in the fitted table, and past its limit it grows by doubling.
+  for (std::uint64_t i = N; i < 2 * N; ++i) ASSERT_TRUE(m.insert(i * 7919, i));
+  m.compact();
+  for (std::uint64_t i = 0; i < 2 * N; ++i) ASSERT_EQ(m.find(i * 7919), i) << i;
+  EXPECT_EQ(m.size(), 2 * N);
+  EXPECT_EQ(m.stats().capacity, 3 * N);
+  EXPECT_TRUE(m.check().ok);
+}
+
 TEST(Map, TombstonesArePurged) {
   ScopedName n("tombs");
   auto m = Map::create(n, {.initial_capacity = 1024});

@@ -35,7 +35,7 @@ struct Fixture {
   }
   /// The bucket that ends k's probe run (the first EMPTY or SEALED one).
   BucketRef run_end(TableHeader* t, std::uint64_t k) {
-    for (std::uint64_t i = m.home(k, t);; i = (i + 1) & (t->capacity - 1)) {
+    for (std::uint64_t i = m.home(k, t);; i = next_bucket(i, t->capacity)) {
       const auto s = read_cell(*m.bucket(t, i).slot).state();
       if (s == kEmpty || s == kSealed) return m.bucket(t, i);
     }

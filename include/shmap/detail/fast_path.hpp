@@ -39,9 +39,8 @@ inline std::uint64_t load_acquire(const std::uint64_t& w) noexcept {
 struct FastView {
   const char* buckets = nullptr;      // bucket i: slot_offset(i), key_offset(i) (layout.hpp)
   const std::uint8_t* fps = nullptr;  // fingerprints: one byte per bucket (layout.hpp)
-  std::uint64_t mask = 0;
+  std::uint64_t capacity = 0;         // home = home_of(hash, capacity)
   std::uint64_t older = 0;
-  unsigned shift = 0;  // home = hash >> shift
   // Fingerprint bytes of a group that exist (a table of 8 buckets has one group of 16 bytes
   // of which only the first 8 exist), and the groups a probe may read: every group once, the
   // home group twice (its positions before home come last).
@@ -129,12 +128,12 @@ enum class Fast { hit, miss, slow };
 template <bool kPrefetchHome = true>
 [[gnu::always_inline]] inline Fast find_fast(const FastView& ft, std::uint64_t k,
                                              std::uint64_t hash, std::uint64_t* out) noexcept {
-  const std::uint64_t home = hash >> ft.shift;
+  const std::uint64_t home = home_of(hash, ft.capacity);
   if constexpr (kPrefetchHome) __builtin_prefetch(ft.buckets + slot_offset(home));
   const __m128i want = _mm_set1_epi8(static_cast<char>(fingerprint(hash)));
   const __m128i zero = _mm_setzero_si128();
   const __m128i sealing = _mm_set1_epi8(static_cast<char>(kFpSealing));
-  std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
+  std::uint64_t group = home & ~std::uint64_t{15};
   unsigned from = ~0u << (home & 15);  // the run starts at home
   for (std::uint64_t n = 0; n < ft.rounds; ++n) {
     const __m128i g = load_fingerprints(ft.fps + group);
@@ -171,7 +170,8 @@ template <bool kPrefetchHome = true>
       return Fast::slow;  // claimed but unwritten, or a migration state
     }
     if (zeros != 0) return ft.older != 0 ? Fast::slow : Fast::miss;
-    group = (group + 16) & ft.mask;
+    group += 16;  // a capacity is a whole number of groups, or one group (layout.hpp)
+    if (group >= ft.capacity) group = 0;
     from = ~0u;
   }
   return Fast::slow;
@@ -222,8 +222,8 @@ template <bool kPrefetchHome = true>
 /// that group decides without a bucket (no match before the run ends) or cannot say.
 [[gnu::always_inline]] inline const void* first_candidate(const FastView& ft,
                                                           std::uint64_t hash) noexcept {
-  const std::uint64_t home = hash >> ft.shift;
-  const std::uint64_t group = home & ~std::uint64_t{15} & ft.mask;
+  const std::uint64_t home = home_of(hash, ft.capacity);
+  const std::uint64_t group = home & ~std::uint64_t{15};
   const __m128i g = load_fingerprints(ft.fps + group);
   const unsigned live = ft.valid & (~0u << (home & 15));
   const unsigned zeros =

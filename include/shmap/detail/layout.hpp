@@ -93,8 +93,10 @@
 // stop there. The full argument is in table.cpp ("Fingerprints").
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -102,8 +104,10 @@ namespace shmap::detail {
 
 inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1\2" little-endian
 /// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). 3: typed maps' types and
-/// record heap. 4: large record classes (string entries up to 2 MiB). Others are refused.
-inline constexpr std::uint32_t kFormatVersion = 5;
+/// record heap. 4: large record classes (string entries up to 2 MiB). 5: string maps count
+/// their entries in the lanes. 6: capacities between powers of two (see is_capacity). Others
+/// are refused.
+inline constexpr std::uint32_t kFormatVersion = 6;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot
@@ -194,8 +198,8 @@ struct alignas(kCacheLine) PaddedCounter {
 static_assert(sizeof(PaddedCounter) == kCacheLine, "one counter per cache line");
 
 struct TableHeader {
-  std::uint64_t capacity;        // power of two; immutable
-  std::uint64_t bits;            // log2(capacity); immutable
+  std::uint64_t capacity;        // is_capacity(capacity); immutable
+  std::uint64_t bits;            // capacity_bits(capacity); immutable
   std::uint64_t extent_bytes;    // bytes of this table's arena extent; immutable
   std::uint64_t older_capacity;  // capacity of the table it replaces (0: none); immutable
   std::uint64_t created_epoch;
@@ -519,6 +523,69 @@ inline constexpr std::size_t table_bytes(std::size_t capacity) {
   return (raw + kPage - 1) / kPage * kPage;
 }
 static_assert(table_bytes(8) == kPage, "a minimal table is one page");
+
+// Table capacities
+// ================
+// Format 6: 8, 16, 32, then multiples of kChunk of the form m * 2^j with m in {4, 5, 6, 7}
+// -- four sizes per doubling (64, 128, 192, 256, 320, 384, 448, 512, 640, ...). Growth still
+// doubles (a table made by growth or shrink is a power of two); the sizes in between let
+// compact() and bulk loads fit a table to its entries at a load of 0.56-0.7 where a power of
+// two leaves 0.375-0.75 (2^20 entries: 1.5 * 2^20 buckets, not 2^21). Every capacity is a
+// whole number of 16-byte fingerprint groups (or the one group of a table of 8) and of
+// migration chunks (or below one chunk), which the fast path and help_migrate rely on.
+// A key's home is the high part of hash * capacity (home_of): for a power of two 2^b that is
+// hash >> (64 - b), the mapping of formats 1-5; for any capacity it keeps the homes in hash
+// order and uses the hash's high bits, so the fingerprint (the low byte) stays independent.
+constexpr bool is_capacity(std::uint64_t c) {
+  if (c < kMinCapacity || c > kMaxCapacity) return false;
+  if (c == 8 || c == 16 || c == 32) return true;
+  if (c % kChunk != 0) return false;
+  const int drop =
+      static_cast<int>(std::bit_width(c)) - 3;  // c >> drop is c's top three bits: 4..7
+  return (c & ((std::uint64_t{1} << drop) - 1)) == 0;
+}
+/// The smallest capacity >= n (kMaxCapacity if none: n may come from counters in shared
+/// memory, and a table that large fails to allocate with out_of_space, never loops).
+constexpr std::uint64_t next_capacity(std::uint64_t n) {
+  if (n <= 8) return 8;
+  if (n <= 16) return 16;
+  if (n <= 32) return 32;
+  if (n >= kMaxCapacity) return kMaxCapacity;
+  // n rounded up to a quarter of the power of two below it (at least a chunk, 2^6): m * 2^drop
+  // with m in 4..8 (8 * 2^drop = 4 * 2^(drop + 1)).
+  static_assert(kChunk == 64);
+  const int drop = std::max(static_cast<int>(std::bit_width(n)) - 3, 6);
+  return (((n - 1) >> drop) + 1) << drop;
+}
+/// The smallest power-of-two capacity >= n (growth and shrink sizes), clamped as above.
+constexpr std::uint64_t next_pow2_capacity(std::uint64_t n) {
+  return n <= kMinCapacity ? kMinCapacity : std::min<std::uint64_t>(std::bit_ceil(n), kMaxCapacity);
+}
+/// TableHeader::bits: ceil(log2(capacity)) (log2 for a power of two, as in formats 1-5).
+constexpr std::uint64_t capacity_bits(std::uint64_t c) {
+  return static_cast<std::uint64_t>(std::bit_width(c - 1));
+}
+/// A table header's capacity and bits words agree and name a capacity: checked wherever a
+/// table is taken from shared memory, before its size is believed.
+constexpr bool table_shape_ok(std::uint64_t cap, std::uint64_t bits) {
+  return is_capacity(cap) && bits == capacity_bits(cap);
+}
+/// A key's home bucket in a table of `capacity` buckets (see "Table capacities").
+constexpr std::uint64_t home_of(std::uint64_t hash, std::uint64_t capacity) {
+  return static_cast<std::uint64_t>((static_cast<unsigned __int128>(hash) * capacity) >> 64);
+}
+/// The bucket after i in a probe run: linear, wrapping at the end of the table.
+constexpr std::uint64_t next_bucket(std::uint64_t i, std::uint64_t capacity) {
+  return i + 1 == capacity ? 0 : i + 1;
+}
+static_assert(is_capacity(8) && is_capacity(64) && is_capacity(192) && is_capacity(448) &&
+                  is_capacity(640) && !is_capacity(24) && !is_capacity(96) && !is_capacity(576),
+              "capacities: 8, 16, 32, then four multiples of 64 per doubling");
+static_assert(next_capacity(33) == 64 && next_capacity(129) == 192 && next_capacity(513) == 640 &&
+                  next_capacity(1572864) == 1572864 && next_capacity(1572865) == 1835008,
+              "next_capacity rounds up to the next capacity");
+static_assert(home_of(~std::uint64_t{0}, 1024) == (~std::uint64_t{0} >> 54),
+              "a power of two maps as hash >> (64 - bits)");
 static_assert(table_bytes(kMaxCapacity) > (std::size_t{1} << 46), "kMaxCapacity fits no segment");
 
 /// The key hash (pinned by a golden test: changing it changes where keys live).

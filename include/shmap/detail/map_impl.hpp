@@ -198,7 +198,7 @@ class MapImpl {
   }
   /// The table at `offset`, mapped here, after checking what a damaged or hostile segment
   /// could get wrong: the offset (page aligned, in the arena, inside the reservation) and the
-  /// header (capacity a power of two in [kMinCapacity, kMaxCapacity], bits = log2(capacity),
+  /// header (table_shape_ok: a capacity of layout.hpp's list and bits = capacity_bits(it),
   /// extent_bytes >= table_bytes(capacity), the extent inside the object). Throws corrupt.
   TableHeader* table(std::uint64_t offset) const;
   /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
@@ -410,7 +410,7 @@ class MapImpl {
     // The view Map::find uses inline until current_table changes (fast_path.hpp, find_front).
     if (t < kPrimaryLanes) {
       local_[t].view = ft;
-      local_[t].capacity = ft.mask + 1;
+      local_[t].capacity = ft.capacity;
     }
     const Fast r = find_fast(ft, k, hash_key(k, seed_), out);
     unpin();
@@ -454,8 +454,7 @@ class MapImpl {
         std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
     // Buckets and fingerprints (fp_bytes(cap) <= cap + 16) inside the mapping.
     const std::uint64_t room = mapped - t_off - kTableHeaderBytes;
-    if (bits - 3 > 39 || (std::uint64_t{1} << bits) != cap || room < 16 ||
-        cap > (room - 16) / (kBucketBytes + 1)) {
+    if (!table_shape_ok(cap, bits) || room < 16 || cap > (room - 16) / (kBucketBytes + 1)) {
       return false;
     }
     ft->older = t->older.load(std::memory_order_seq_cst);
@@ -463,8 +462,7 @@ class MapImpl {
     ft->fps = reinterpret_cast<const std::uint8_t*>(ft->buckets + cap * kBucketBytes);
     ft->current = &header().current_table;
     ft->table = t_off;
-    ft->mask = cap - 1;
-    ft->shift = static_cast<unsigned>(64 - bits);
+    ft->capacity = cap;
     ft->valid = cap >= 16 ? 0xffffu : (1u << cap) - 1;
     ft->rounds = ((cap - 1) >> 4) + 2;
     return true;
@@ -505,8 +503,13 @@ class MapImpl {
   void finish_migration() const;
   std::uint64_t create_table(std::uint64_t capacity, std::uint64_t older) const;
   /// Starts a resize of t if it is over its load limit (or, with shrink, far under it). With
-  /// force, resizes even under the limit (t is physically full).
-  void maybe_resize(TableHeader* t, bool shrink, bool force = false) const;
+  /// force, resizes even under the limit (t is physically full). With fit (compact()), into
+  /// the smallest capacity that holds the live entries at a load of at most 0.7, if that is
+  /// smaller than t (layout.hpp, "Table capacities").
+  void maybe_resize(TableHeader* t, bool shrink, bool force = false, bool fit = false) const;
+  /// compact()'s resize: fits the current table to its live entries (maybe_resize with fit)
+  /// and finishes the migration, a few times while that still shrinks it.
+  void fit_table() const;
   /// t is (or is about to be) too small for what migration and writers put into it: links a
   /// successor sized for everything the chain below t can hold, unless t has one already, and
   /// publishes it. Works whether or not t is still assimilating an older table.
@@ -533,7 +536,7 @@ class MapImpl {
   void note_size_counter(CheckReport* rep, std::size_t live) const;
 
   std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
-    return hash_key(k, seed_) >> (64 - t->bits);
+    return home_of(hash_key(k, seed_), t->capacity);
   }
 
   // ---- read_only.cpp: reads of a read-only attachment ---------------------------------------
@@ -557,8 +560,7 @@ class MapImpl {
     const std::uint64_t& key(std::uint64_t i) const {
       return *reinterpret_cast<const std::uint64_t*>(buckets + key_offset(i));
     }
-    std::uint64_t mask;
-    unsigned shift;
+    std::uint64_t capacity;
     std::uint64_t older;
     std::uint64_t discard_older;
   };
