@@ -4,7 +4,9 @@
 # library, then runs the same programs from both builds one after the other, in alternating
 # order, so that both see the same machine. Every output keeps its own peers (flat, bipc, ...),
 # so each build's ratios come from its own run; the chart shows both.
-#   BASE=570ba87 [TAG=run9] [SIZES=1M,16M] [ROUNDS=1] [MICRO_ARGS=...] [LAT=1] bench/before_after.sh
+#   BASE=570ba87 [TAG=run9] [SIZES=1M,16M] [ROUNDS=1] [MICRO_ARGS=...] [LAT=1] [FIT=1] bench/before_after.sh
+# FIT=1 also runs shmap_fit_ab (lookups in a compact()ed table against the same map unfitted)
+# from both builds, alternating, into <TAG>-fit.txt.
 # Writes bench/results/<TAG>-{before,after}-micro.txt (and -latency.txt with LAT=1) and
 # docs/bench-before-after.png (PLOT_OUT=path to put it elsewhere). The base build takes the library (include/, src/, CMakeLists.txt,
 # cmake/) from BASE and bench/ from this tree: the benchmarks use the public API only.
@@ -26,7 +28,7 @@ for d in "$base_src" "$root"; do
   b=$([[ $d == "$root" ]] && echo "$root/build-bench" || echo "$root/build-bench-base/build")
   cmake -S "$d" -B "$b" -DSHMAP_BUILD_BENCHMARKS=ON -DCMAKE_BUILD_TYPE=Release \
     -DSHMAP_BUILD_TESTS=OFF -DSHMAP_BUILD_EXAMPLES=OFF -DSHMAP_BUILD_TOOLS=OFF >/dev/null
-  cmake --build "$b" -j2 --target shmap_micro shmap_latency >/dev/null
+  cmake --build "$b" -j2 --target shmap_micro shmap_latency shmap_fit_ab >/dev/null
 done
 declare -A bin=([before]="$root/build-bench-base/build/bench" [after]="$root/build-bench/bench")
 
@@ -55,6 +57,17 @@ for ((r = 0; r < ROUNDS; r++)); do
     fi
   done
 done
+if [[ -n ${FIT:-} ]]; then
+  { header "fit" "$(git -C "$root" rev-parse --short "$BASE") (before) and $(git -C "$root" rev-parse --short HEAD) (after)"
+    for size in ${SIZES//,/ }; do
+      n=$(( ${size%M} * 1048576 ))
+      for rep in 1 2; do
+        for v in before after; do
+          for mode in nofit fit; do echo "$v $("${bin[$v]}/shmap_fit_ab" "$mode" "$n")"; done
+        done
+      done
+    done; } 2>&1 | tee "$out/$TAG-fit.txt"
+fi
 suffix=$([[ $ROUNDS -gt 1 ]] && echo "-r0" || true)
 "$root/bench/plot.py" -o "${PLOT_OUT:-$root/docs/bench-before-after.png}" \
   "before=$out/$TAG-before$suffix-micro.txt" "after=$out/$TAG-after$suffix-micro.txt"

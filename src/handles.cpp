@@ -301,7 +301,7 @@ void MapImpl::claim_slot() {
   std::uint64_t word = 0;
   const std::size_t i = claim_free_slot(&word);
   if (i == SIZE_MAX) {
-    fail(Errc::handles_exhausted, name_,
+    fail(Errc::handles_exhausted, name(),
          "all " + std::to_string(max_handles_) +
              " handle slots are owned by live processes; close some Map objects, or recreate "
              "the map with a larger max_handles");
@@ -331,7 +331,7 @@ void MapImpl::release_slot() {
 
 MapImpl::LaneGroup* MapImpl::lane_group(std::size_t t) const {
   // A read-only attachment claims no slot: all its extra threads share its private overflow lane.
-  if (read_only_) return nullptr;
+  if (seg_.read_only()) return nullptr;
   const std::size_t gi = (t - kPrimaryLanes) / kLanes;
   if (gi >= kMaxGroups) return nullptr;
   // Acquire: the group's fields were written before it was published (release, below).
@@ -531,7 +531,7 @@ void MapImpl::recover_lane(Lane& lane) const {
   const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
   if (off == 0) return;
   // A record is shared memory: an offset that cannot be a bucket is dropped, not followed.
-  if (!valid_bucket_offset(off)) {
+  if (!seg_.valid_slot_offset(off)) {
     lane.pending.store(0, std::memory_order_release);
     return;
   }
@@ -655,7 +655,7 @@ void MapImpl::finish_reclaim_journal() const {
       const std::uint64_t bytes = field(t->extent_bytes);
       if (table_shape_ok(cap, bits) && bytes >= table_bytes(cap) && bytes % kPage == 0 &&
           x + bytes <= file && field(t->retire_epoch) == re && field(t->created_epoch) == ce) {
-        free_extent(x, bytes);
+        seg_.free_extent(x, bytes);
         h.tables_freed.fetch_add(1, std::memory_order_relaxed);
       }
     }
@@ -781,7 +781,7 @@ void MapImpl::reclaim_impl(bool patient) const {
       std::atomic_ref<std::uint64_t>(prev->retired_next).store(next, std::memory_order_release);
     }
     if (in_reclaim_for_test != nullptr) in_reclaim_for_test(2);
-    free_extent(cur, t->extent_bytes);
+    seg_.free_extent(cur, t->extent_bytes);
     h.tables_freed.fetch_add(1, std::memory_order_relaxed);
     if (in_reclaim_for_test != nullptr) in_reclaim_for_test(3);
     h.reclaim_table.store(0, std::memory_order_release);

@@ -86,16 +86,16 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
   std::vector<TableId> suspects;
   {
     // Free extents are skipped whole (their pages are holes anyway): by offset -> bytes.
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> free = free_extents();
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> free = seg_.free_extents();
     std::sort(free.begin(), free.end());
     const std::uint64_t arena_top = h.arena_top.load(std::memory_order_acquire);
     // A top past the object is damage (check() reports it): judge nothing.
     struct stat st {};
-    if (::fstat(fd_, &st) != 0 || arena_top > static_cast<std::uint64_t>(st.st_size) ||
-        arena_top > reserved_) {
+    if (::fstat(seg_.fd(), &st) != 0 || arena_top > static_cast<std::uint64_t>(st.st_size) ||
+        arena_top > seg_.reserved_bytes()) {
       return {};
     }
-    std::uint64_t x = arena_offset_;
+    std::uint64_t x = seg_.arena_offset();
     while (x < arena_top) {
       const auto k =
           std::lower_bound(free.begin(), free.end(), std::pair<std::uint64_t, std::uint64_t>{x, 0});
@@ -124,7 +124,7 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
       if (s == nullptr) {
         // A lost free range (a hole), or an extent being set up: on to the next page that
         // holds data (holes are skipped whole, so a walk over freed space costs nothing).
-        const off_t next = ::lseek(fd_, static_cast<off_t>(x + kPage), SEEK_DATA);
+        const off_t next = ::lseek(seg_.fd(), static_cast<off_t>(x + kPage), SEEK_DATA);
         x = next < 0 ? arena_top  // ENXIO: no data up to the end of the object
                      : std::max(x + kPage, static_cast<std::uint64_t>(next) / kPage * kPage);
         continue;

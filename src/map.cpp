@@ -247,7 +247,7 @@ Stats Map::stats() const {
   }
   s.max_handles = m.max_handles();
   s.segment_bytes = h.file_bytes.load(std::memory_order_relaxed);
-  s.allocated_bytes = m.allocated_bytes();
+  s.allocated_bytes = m.segment().allocated_bytes();
   s.global_epoch = h.global_epoch.load(std::memory_order_relaxed);
   s.resizes = h.resizes.load(std::memory_order_relaxed);
   s.tables_freed = h.tables_freed.load(std::memory_order_relaxed);
@@ -354,7 +354,7 @@ CheckReport MapImpl::check() const {
     problem(std::to_string(leaks.tables) + " tables (" + std::to_string(leaks.bytes >> 10) +
             " KiB) are leaked: unlinked but never retired, or made by a process that died "
             "before linking them; 'shmap compact " +
-            name_ + "' gives them back");
+            name() + "' gives them back");
   } else {
     rep.notes.push_back("every table extent is in use, retired or free: nothing leaked");
   }

@@ -81,7 +81,7 @@ void MapImpl::read_validated(const char* what, void (*read)(void*), void* ctx) c
       return;
     }
     if (std::chrono::steady_clock::now() - start > kReadOnlyPatience) {
-      fail(Errc::timeout, name_,
+      fail(Errc::timeout, name(),
            std::string("a read-only ") + what + " found the map resizing during each of its " +
                std::to_string(attempt + 1) + " attempts in " +
                std::to_string(kReadOnlyPatience.count()) +
@@ -99,7 +99,7 @@ bool MapImpl::ro_view(std::uint64_t off, RoView* v) const {
       std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
   const std::uint64_t bits =
       std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
-  const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
+  const std::uint64_t mapped = seg_.mapped_bytes();
   // Read again after table() checked them: the values used are the values checked here.
   if (!table_shape_ok(cap, bits) || off + kTableHeaderBytes > mapped ||
       cap > (mapped - off - kTableHeaderBytes) / kBucketBytes) {
@@ -118,7 +118,7 @@ std::size_t MapImpl::ro_chain(RoView* out) const {
   const SegmentHeader& h = header();
   auto view = [&](std::uint64_t off, RoView* v) {
     if (!ro_view(off, v)) {
-      fail(Errc::corrupt, name_,
+      fail(Errc::corrupt, name(),
            "a table header changed under a read-only read (damaged, or freed meanwhile)");
     }
   };
@@ -129,13 +129,13 @@ std::size_t MapImpl::ro_chain(RoView* out) const {
   for (std::size_t i = 0;; ++i) {
     const std::uint64_t nx = top.header->newer.load(std::memory_order_acquire);
     if (nx == 0) break;
-    if (i == kMaxChain) fail(Errc::corrupt, name_, "the chain of newer tables does not end");
+    if (i == kMaxChain) fail(Errc::corrupt, name(), "the chain of newer tables does not end");
     view(nx, &top);
   }
   std::size_t n = 0;
   out[n++] = top;
   while (out[n - 1].older != 0) {
-    if (n == kMaxChain) fail(Errc::corrupt, name_, "the table chain does not end");
+    if (n == kMaxChain) fail(Errc::corrupt, name(), "the table chain does not end");
     view(out[n - 1].older, &out[n]);
     ++n;
   }
@@ -206,7 +206,7 @@ std::optional<std::uint64_t> MapImpl::ro_lookup(std::uint64_t k) const {
     }
     if (!again && chain[0].header->newer.load(std::memory_order_seq_cst) == 0) return std::nullopt;
   }
-  fail(Errc::corrupt, name_,
+  fail(Errc::corrupt, name(),
        "a read-only lookup kept being sent to a newer table that does not exist (damaged)");
 }
 

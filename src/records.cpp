@@ -79,8 +79,8 @@ const SlabHeader* RecordHeap::check_block(std::uint64_t off, std::size_t cls) co
   const SegmentHeader& h = m_.header();
   const std::uint64_t limit =
       std::min({h.arena_top.load(std::memory_order_acquire),
-                h.file_bytes.load(std::memory_order_acquire), m_.reserved_bytes()});
-  const std::uint64_t arena = m_.arena_offset();
+                h.file_bytes.load(std::memory_order_acquire), m_.segment().reserved_bytes()});
+  const std::uint64_t arena = m_.segment().arena_offset();
   if (off % 16 != 0 || off < arena + sizeof(SlabHeader) || off > limit - kRecordHeaderBytes) {
     return nullptr;
   }
@@ -142,7 +142,7 @@ std::uint64_t RecordHeap::allocate(std::size_t cls) const {
       // full /dev/shm is out_of_space here and never a SIGBUS in fill().
       const std::uint64_t slab = h.top - sizeof(SlabHeader);
       try {
-        m_.reserve_pages(slab + kPage, class_extent(cls) - kPage);
+        m_.segment().reserve_pages(slab + kPage, class_extent(cls) - kPage);
       } catch (...) {
         push_chain(head, h.top, block(h.top));  // back for when space returns
         throw;
@@ -161,12 +161,12 @@ void RecordHeap::give_back_pages(std::uint64_t blk, const SlabHeader* s) const n
   const std::uint32_t c =
       std::atomic_ref<const std::uint32_t>(s->cls).load(std::memory_order_relaxed);
   if (large(c))
-    m_.release_pages(blk - sizeof(SlabHeader) + kPage, load_word(s->extent_bytes) - kPage);
+    m_.segment().release_pages(blk - sizeof(SlabHeader) + kPage, load_word(s->extent_bytes) - kPage);
 }
 
 std::uint64_t RecordHeap::carve(std::size_t cls) const {
   std::uint64_t got = 0;
-  const std::uint64_t slab = m_.allocate(class_extent(cls), &got);  // zeroed, page aligned
+  const std::uint64_t slab = m_.segment().allocate(class_extent(cls), &got);  // zeroed, page aligned
   SegmentHeader& h = m_.header();
   auto* s = m_.at<SlabHeader>(slab);
   const std::uint32_t bb = kRecordClassBytes[cls];
@@ -227,16 +227,16 @@ const void* RecordHeap::value_or_null(std::uint64_t off, std::size_t bytes) cons
   // Bounds only: a damaged offset reads bytes of the arena, never outside the mapping (check()
   // finds the damage). The common case needs only this process's own mapping size: what is
   // mapped lies inside the object, which never shrinks.
-  const std::uint64_t mapped = m_.mapped_bytes();
-  if (off % 16 == 0 && off >= m_.arena_offset() && off <= mapped &&
+  const std::uint64_t mapped = m_.segment().mapped_bytes();
+  if (off % 16 == 0 && off >= m_.segment().arena_offset() && off <= mapped &&
       mapped - off >= kRecordHeaderBytes + bytes) [[likely]] {
     return m_.at<char>(off) + kRecordHeaderBytes;
   }
   const SegmentHeader& h = m_.header();
   const std::uint64_t limit =
       std::min({h.arena_top.load(std::memory_order_acquire),
-                h.file_bytes.load(std::memory_order_acquire), m_.reserved_bytes()});
-  if (off % 16 != 0 || off < m_.arena_offset() || off > limit ||
+                h.file_bytes.load(std::memory_order_acquire), m_.segment().reserved_bytes()});
+  if (off % 16 != 0 || off < m_.segment().arena_offset() || off > limit ||
       limit - off < kRecordHeaderBytes + bytes) {
     return nullptr;
   }

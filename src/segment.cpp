@@ -1,5 +1,6 @@
-// shmap — the segment: creating, opening and validating the shared-memory object, mapping it
-// into this process, and the arena that hands out table extents.
+// shmap — the segment: the Segment type (segment.hpp: the mapping of the shared-memory object
+// in this process, and the arena that hands out extents), and MapImpl::create / open, which
+// make or validate the object and its header before a Segment maps it.
 //
 // Mapping: each attached Map reserves Options::max_bytes of address space (PROT_NONE, no
 // memory) and maps the object over the start of it. When the segment grows, the new part is
@@ -82,17 +83,14 @@ bool may_fit(int fd, std::uint64_t bytes) {
 
 }  // namespace
 
-MapImpl::MapImpl(std::string name, int fd, bool) : name_(std::move(name)), fd_(fd) {}
-
-MapImpl::~MapImpl() {
-  if (base_ != nullptr) {
-    if (slot_index_ != SIZE_MAX && owner_pid_ == ::getpid()) release_slot();
-    ::munmap(base_, reserved_);
-  }
+Segment::~Segment() {
+  if (base_ != nullptr) ::munmap(base_, reserved_);
   if (fd_ >= 0) ::close(fd_);
 }
 
-void MapImpl::reserve(std::uint64_t max_bytes) {
+int Segment::protection() const { return read_only_ ? PROT_READ : PROT_READ | PROT_WRITE; }
+
+void Segment::reserve(std::uint64_t max_bytes) {
   max_bytes = max_bytes / kPage * kPage;  // every mapping ends on a page inside the reservation
   void* p =
       ::mmap(nullptr, max_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -105,7 +103,7 @@ void MapImpl::reserve(std::uint64_t max_bytes) {
   reserved_ = max_bytes;
 }
 
-void MapImpl::map_initial(std::uint64_t bytes) {
+void Segment::map_initial(std::uint64_t bytes) {
   // Never past the reservation: MAP_FIXED there would replace whatever this process has mapped
   // behind it (its own libraries), and an object can be larger than max_bytes says.
   bytes = std::min(bytes, reserved_);
@@ -115,7 +113,7 @@ void MapImpl::map_initial(std::uint64_t bytes) {
   mapped_.store(bytes, std::memory_order_release);
 }
 
-void MapImpl::extend_mapping(std::uint64_t end) const {
+void Segment::extend_mapping(std::uint64_t end) const {
   std::lock_guard lock(map_mutex_);
   const std::uint64_t cur = mapped_.load(std::memory_order_relaxed);
   if (end <= cur) return;
@@ -141,67 +139,7 @@ void MapImpl::extend_mapping(std::uint64_t end) const {
   mapped_.store(target, std::memory_order_release);
 }
 
-TableHeader* MapImpl::table(std::uint64_t offset) const {
-  // Every table offset comes from shared memory (current_table, older, the retired stack):
-  // checked before it is dereferenced, and the header before its sizes are believed. A thread
-  // asks for the same table over and over (the current one, every write): if the header words
-  // are the ones it validated last at this offset, the checks below would pass again (same
-  // inputs, and the mapping only grows), so they are skipped.
-  const std::size_t tn = t_thread_number;
-  LocalLane* cache = tn < kPrimaryLanes ? &local_[tn] : nullptr;
-  if (cache != nullptr && offset != 0 && cache->table_offset == offset) {
-    auto* t = at<TableHeader>(offset);
-    if (std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed) ==
-            cache->table_capacity &&
-        std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed) ==
-            cache->table_bits &&
-        std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed) ==
-            cache->table_extent) {
-      return t;
-    }
-  }
-  if (offset < arena_offset_ || offset % kPage != 0 || offset > reserved_ - kPage) {
-    fail(Errc::corrupt, name_,
-         "table offset " + std::to_string(offset) +
-             " lies outside the arena; the segment is damaged: run 'shmap check " + name_ +
-             "', then restore the map from a dump or recreate it");
-  }
-  ensure_mapped(offset + kTableHeaderBytes);
-  auto* t = at<TableHeader>(offset);
-  // Each field read once: the values checked are the values used below.
-  const std::uint64_t cap =
-      std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
-  const std::uint64_t bits =
-      std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
-  const std::uint64_t ext =
-      std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed);
-  if (!table_shape_ok(cap, bits) || ext < table_bytes(cap) || ext % kPage != 0 ||
-      ext > reserved_ - offset) {
-    fail(Errc::corrupt, name_,
-         "the table at offset " + std::to_string(offset) + " has a bad header (capacity " +
-             std::to_string(cap) + ", bits " + std::to_string(bits) + ", extent " +
-             std::to_string(ext) + " bytes); the segment is damaged: run 'shmap check " + name_ +
-             "', then restore the map from a dump or recreate it");
-  }
-  ensure_mapped(offset + ext);
-  if (cache != nullptr) {
-    cache->table_offset = offset;
-    cache->table_capacity = cap;
-    cache->table_bits = bits;
-    cache->table_extent = ext;
-  }
-  return t;
-}
-
-TableHeader* MapImpl::table_or_null(std::uint64_t offset) const noexcept {
-  try {
-    return table(offset);
-  } catch (...) {
-    return nullptr;
-  }
-}
-
-bool MapImpl::valid_bucket_offset(std::uint64_t offset) const noexcept {
+bool Segment::valid_slot_offset(std::uint64_t offset) const noexcept {
   if (offset < arena_offset_ + kTableHeaderBytes || offset % sizeof(Slot) != 0 ||
       offset > reserved_ - sizeof(Slot)) {
     return false;
@@ -214,7 +152,7 @@ bool MapImpl::valid_bucket_offset(std::uint64_t offset) const noexcept {
   return true;
 }
 
-std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
+std::uint64_t Segment::allocate(std::uint64_t bytes, std::uint64_t* got) const {
   SegmentHeader& h = header();
   // First fit among free extents of bytes .. 2 * bytes (the whole extent is taken: its size
   // is recorded by the caller, and the pages it does not touch cost nothing after the punch).
@@ -290,7 +228,7 @@ std::uint64_t MapImpl::allocate(std::uint64_t bytes, std::uint64_t* got) const {
   }
 }
 
-void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
+void Segment::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   SegmentHeader& h = header();
   // Never punch outside the arena, whatever a damaged table header said its extent was.
   if (offset < arena_offset_ || offset % kPage != 0 || bytes == 0 || bytes % kPage != 0 ||
@@ -320,7 +258,7 @@ void MapImpl::free_extent(std::uint64_t offset, std::uint64_t bytes) const {
   h.leaked_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
 
-void MapImpl::release_pages(std::uint64_t offset, std::uint64_t bytes) const noexcept {
+void Segment::release_pages(std::uint64_t offset, std::uint64_t bytes) const noexcept {
   if (offset < arena_offset_ || offset % kPage != 0 || bytes == 0 || bytes % kPage != 0 ||
       bytes > reserved_ - offset) {
     return;
@@ -330,7 +268,7 @@ void MapImpl::release_pages(std::uint64_t offset, std::uint64_t bytes) const noe
                     static_cast<off_t>(bytes));
 }
 
-void MapImpl::reserve_pages(std::uint64_t offset, std::uint64_t bytes) const {
+void Segment::reserve_pages(std::uint64_t offset, std::uint64_t bytes) const {
   const int rc = may_fit(fd_, bytes)
                      ? ::posix_fallocate(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes))
                      : ENOSPC;
@@ -342,7 +280,7 @@ void MapImpl::reserve_pages(std::uint64_t offset, std::uint64_t bytes) const {
   if (rc != 0) fail_errno(Errc::io_error, name_, "cannot reserve the pages of a record", rc);
 }
 
-std::vector<std::pair<std::uint64_t, std::uint64_t>> MapImpl::free_extents() const {
+std::vector<std::pair<std::uint64_t, std::uint64_t>> Segment::free_extents() const {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
   for (const auto& entry : header().free_list) {
     const std::uint64_t e = entry.load(std::memory_order_acquire);
@@ -351,10 +289,16 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> MapImpl::free_extents() con
   return out;
 }
 
-std::uint64_t MapImpl::allocated_bytes() const {
+std::uint64_t Segment::allocated_bytes() const {
   struct stat st {};
   if (::fstat(fd_, &st) != 0) return 0;
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+MapImpl::MapImpl(std::string name, int fd, bool read_only) : seg_(std::move(name), fd, read_only) {}
+
+MapImpl::~MapImpl() {
+  if (seg_.mapped() && slot_index_ != SIZE_MAX && owner_pid_ == ::getpid()) release_slot();
 }
 
 namespace {
@@ -415,7 +359,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     if (err == EACCES) fail_errno(Errc::permission_denied, name, "cannot create", err);
     fail_errno(Errc::io_error, name, "cannot create the shared-memory object", err);
   }
-  auto m = std::make_unique<MapImpl>(name, fd, true);
+  auto m = std::make_unique<MapImpl>(name, fd, false);
   try {
     ::fchmod(fd, static_cast<mode_t>(options.mode));  // exact bits, whatever the umask
     const std::uint64_t capacity = next_pow2_capacity(options.initial_capacity);
@@ -431,9 +375,9 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
       fail_errno(rc == ENOSPC ? Errc::out_of_space : Errc::io_error, name,
                  "cannot size the new segment", rc);
     }
-    m->reserve(options.max_bytes);
-    m->map_initial(arena);
-    m->arena_offset_ = arena;
+    m->seg_.reserve(options.max_bytes);
+    m->seg_.map_initial(arena);
+    m->seg_.set_arena_offset(arena);
     m->max_handles_ = options.max_handles;
     m->slots_ = m->at<HandleSlot>(kPage);
     SegmentHeader& h = m->header();
@@ -516,8 +460,7 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
     }
     fail_errno(Errc::io_error, name, "cannot open the shared-memory object", err);
   }
-  auto m = std::make_unique<MapImpl>(name, fd, false);
-  m->read_only_ = read_only;
+  auto m = std::make_unique<MapImpl>(name, fd, read_only);
   // Creators publish a segment only once it is complete (create() links it under the name),
   // so whatever is here is either a whole segment or not one: no waiting.
   struct stat st {};
@@ -628,11 +571,11 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
                name + "'");
     }
   }
-  m->reserve(max_bytes);
-  m->map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
+  m->seg_.reserve(max_bytes);
+  m->seg_.map_initial(static_cast<std::uint64_t>(st.st_size) / kPage * kPage);
   m->seed_ = seed;
   m->types_ = held;
-  m->arena_offset_ = arena;
+  m->seg_.set_arena_offset(arena);
   m->max_handles_ = max_handles;
   m->slots_ = m->at<HandleSlot>(slots_offset);
   if (read_only) {

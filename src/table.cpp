@@ -58,10 +58,70 @@ void store_key(const BucketRef& b, std::uint64_t k) {
 
 }  // namespace
 
+TableHeader* MapImpl::table(std::uint64_t offset) const {
+  // Every table offset comes from shared memory (current_table, older, the retired stack):
+  // checked before it is dereferenced, and the header before its sizes are believed. A thread
+  // asks for the same table over and over (the current one, every write): if the header words
+  // are the ones it validated last at this offset, the checks below would pass again (same
+  // inputs, and the mapping only grows), so they are skipped.
+  const std::size_t tn = t_thread_number;
+  LocalLane* cache = tn < kPrimaryLanes ? &local_[tn] : nullptr;
+  if (cache != nullptr && offset != 0 && cache->table_offset == offset) {
+    auto* t = at<TableHeader>(offset);
+    if (std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed) ==
+            cache->table_capacity &&
+        std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed) ==
+            cache->table_bits &&
+        std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed) ==
+            cache->table_extent) {
+      return t;
+    }
+  }
+  if (offset < seg_.arena_offset() || offset % kPage != 0 || offset > seg_.reserved_bytes() - kPage) {
+    fail(Errc::corrupt, name(),
+         "table offset " + std::to_string(offset) +
+             " lies outside the arena; the segment is damaged: run 'shmap check " + name() +
+             "', then restore the map from a dump or recreate it");
+  }
+  ensure_mapped(offset + kTableHeaderBytes);
+  auto* t = at<TableHeader>(offset);
+  // Each field read once: the values checked are the values used below.
+  const std::uint64_t cap =
+      std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed);
+  const std::uint64_t bits =
+      std::atomic_ref<const std::uint64_t>(t->bits).load(std::memory_order_relaxed);
+  const std::uint64_t ext =
+      std::atomic_ref<const std::uint64_t>(t->extent_bytes).load(std::memory_order_relaxed);
+  if (!table_shape_ok(cap, bits) || ext < table_bytes(cap) || ext % kPage != 0 ||
+      ext > seg_.reserved_bytes() - offset) {
+    fail(Errc::corrupt, name(),
+         "the table at offset " + std::to_string(offset) + " has a bad header (capacity " +
+             std::to_string(cap) + ", bits " + std::to_string(bits) + ", extent " +
+             std::to_string(ext) + " bytes); the segment is damaged: run 'shmap check " + name() +
+             "', then restore the map from a dump or recreate it");
+  }
+  ensure_mapped(offset + ext);
+  if (cache != nullptr) {
+    cache->table_offset = offset;
+    cache->table_capacity = cap;
+    cache->table_bits = bits;
+    cache->table_extent = ext;
+  }
+  return t;
+}
+
+TableHeader* MapImpl::table_or_null(std::uint64_t offset) const noexcept {
+  try {
+    return table(offset);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older) const {
   const std::uint64_t older_cap = older != 0 ? table(older)->capacity : 0;
   std::uint64_t bytes = 0;
-  const std::uint64_t off = allocate(table_bytes(capacity), &bytes);  // zeroed
+  const std::uint64_t off = seg_.allocate(table_bytes(capacity), &bytes);  // zeroed
   auto* t = at<TableHeader>(off);
   // Relaxed atomic stores: the table is published by a seq_cst CAS, but the leak sweep
   // (leaks.cpp) walks the arena and may read a header while it is being written here; it
@@ -240,9 +300,9 @@ void MapImpl::copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
     TableHeader* target = newer;
     for (std::size_t hop = 0;; ++hop) {
       if (hop > kMaxChain) {
-        fail(Errc::corrupt, name_,
+        fail(Errc::corrupt, name(),
              "table chain longer than " + std::to_string(kMaxChain) +
-                 " during migration (damaged segment); run 'shmap check " + name_ + "'");
+                 " during migration (damaged segment); run 'shmap check " + name() + "'");
       }
       // A target known to be full (and so replaced) cannot take k, and nobody can claim k in
       // it any more: go straight on. Probing it would walk its whole capacity for every copy
@@ -406,9 +466,9 @@ bool MapImpl::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t d
     // `older` land in `newer` -- and only then is `older` moved into `newer`, so `newer`
     // never unlinks a table whose older one still holds entries.
     if (depth + 2 > kMaxChain) {
-      fail(Errc::corrupt, name_,
+      fail(Errc::corrupt, name(),
            "table chain longer than " + std::to_string(kMaxChain) +
-               " (damaged segment, or a cycle); run 'shmap check " + name_ + "'");
+               " (damaged segment, or a cycle); run 'shmap check " + name() + "'");
     }
     help_migrate(older, chunks, depth + 1);
     if (older->older.load(std::memory_order_acquire) != 0) return false;
@@ -635,10 +695,10 @@ std::uint64_t MapImpl::top_table(bool publish, TableHeader** top) const {
     }
     if (!publish && h.current_table.load(std::memory_order_seq_cst) == start) break;
   }
-  fail(Errc::corrupt, name_,
+  fail(Errc::corrupt, name(),
        "the tables linked past the current one form a cycle (damaged segment); run 'shmap "
        "check " +
-           name_ + "'");
+           name() + "'");
 }
 
 void MapImpl::check_forward(TableHeader* t) const {
@@ -646,10 +706,10 @@ void MapImpl::check_forward(TableHeader* t) const {
   // (this build), or published over it (a format-1 successor, so t is no longer current).
   // Neither: the state was written by damage, and retrying would spin for ever.
   if (t->newer.load(std::memory_order_acquire) == 0 && top_table(false) == offset_of(t)) {
-    fail(Errc::corrupt, name_,
+    fail(Errc::corrupt, name(),
          "a bucket of the current table is in a migration state but the table has no "
          "successor (damaged segment); run 'shmap check " +
-             name_ + "'");
+             name() + "'");
   }
 }
 
@@ -660,16 +720,16 @@ std::size_t MapImpl::load_chain(TableHeader* t, TableHeader** out) const {
     const std::uint64_t o = t->older.load(std::memory_order_acquire);
     if (o == 0) return n;
     if (n == kMaxChain) {
-      fail(Errc::corrupt, name_,
+      fail(Errc::corrupt, name(),
            "the table chain is longer than " + std::to_string(kMaxChain) +
-               " (damaged segment, or a cycle); run 'shmap check " + name_ + "'");
+               " (damaged segment, or a cycle); run 'shmap check " + name() + "'");
     }
     t = table(o);
   }
 }
 
 void MapImpl::discard_table(std::uint64_t table_off) const {
-  free_extent(table_off, table(table_off)->extent_bytes);
+  seg_.free_extent(table_off, table(table_off)->extent_bytes);
 }
 
 namespace {
@@ -1036,7 +1096,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
       if (!gate_thread_.compare_exchange_strong(none, me, std::memory_order_acq_rel) &&
           none != me) {
         if (std::chrono::steady_clock::now() > deadline) {
-          fail(Errc::timeout, name_, "another thread holds writers back (point-in-time dump)");
+          fail(Errc::timeout, name(), "another thread holds writers back (point-in-time dump)");
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         continue;  // another thread of this Map is taking or holding the gate
@@ -1054,7 +1114,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
       continue;
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      fail(Errc::timeout, name_, "another process holds writers back (point-in-time dump)");
+      fail(Errc::timeout, name(), "another process holds writers back (point-in-time dump)");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -1066,7 +1126,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
   const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
   if (!global_barrier()) {
     release_writers();
-    fail(Errc::io_error, name_, "membarrier is unavailable; point-in-time dump impossible");
+    fail(Errc::io_error, name(), "membarrier is unavailable; point-in-time dump impossible");
   }
   // Our own lane is skipped (we may be called inside an operation) -- unless it is the shared
   // overflow lane: other threads of this Map pin it too, and their writes under way must be
@@ -1085,7 +1145,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
         }
         if (std::chrono::steady_clock::now() > in_flight_deadline) {
           release_writers();
-          fail(Errc::timeout, name_,
+          fail(Errc::timeout, name(),
                "a process (pid " +
                    std::to_string(slot(i).owner.owner.load(std::memory_order_relaxed) &
                                   0xffffffffu) +
@@ -1120,7 +1180,7 @@ std::uint64_t MapImpl::build_table(std::size_t entries) const {
   // Fault the pages in with one call instead of one fault per page during the fill. Most of
   // a big load is the kernel allocating and zeroing these pages: large tables are populated
   // by two threads, one half each (the fill has nothing to do until the pages exist).
-  char* const start = base_ + off;
+  char* const start = at<char>(off);
   const std::size_t bytes = at<TableHeader>(off)->extent_bytes;
   constexpr std::size_t kSplitAbove = std::size_t{64} << 20;
   const std::size_t half = bytes / 2 / kPage * kPage;
@@ -1187,7 +1247,7 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
     }
     for (std::size_t j = 0; j < m; ++j) {
       if (!put_private(t, buckets, fps, hashes[j], kv[base + j].first, kv[base + j].second)) {
-        fail(Errc::invalid_argument, name_, "bulk load: more entries than the table was built for");
+        fail(Errc::invalid_argument, name(), "bulk load: more entries than the table was built for");
       }
     }
   }

@@ -1,5 +1,6 @@
-// shmap — internals of one attached map: the mapping of the segment (segment.cpp), the handle
-// slot and its epoch lanes (handles.cpp), and the tables with their migration (table.cpp).
+// shmap — internals of one attached map: the segment and its arena (a Segment, segment.hpp),
+// the handle slot and its epoch lanes (handles.cpp), and the tables with their migration
+// (table.cpp).
 #pragma once
 
 #include <sys/mman.h>
@@ -20,6 +21,7 @@
 
 #include "shmap/detail/fast_path.hpp"
 #include "shmap/detail/layout.hpp"
+#include "shmap/detail/segment.hpp"
 #include "shmap/shmap.hpp"
 
 namespace shmap::detail {
@@ -164,7 +166,8 @@ std::string describe_types(const SegmentTypes& t);
 
 class MapImpl {
  public:
-  MapImpl(std::string name, int fd, bool created);
+  /// Takes fd (the segment's object; closed with it).
+  MapImpl(std::string name, int fd, bool read_only);
   ~MapImpl();
   MapImpl(const MapImpl&) = delete;
   MapImpl& operator=(const MapImpl&) = delete;
@@ -181,21 +184,22 @@ class MapImpl {
   static std::unique_ptr<MapImpl> open(const std::string& name, bool clear_stale = true,
                                        bool read_only = false,
                                        const SegmentTypes* expect = &u64_types());
-  bool read_only() const { return read_only_; }
+  bool read_only() const { return seg_.read_only(); }
   /// The types the segment holds, as validated at open.
   const SegmentTypes& types() const { return types_; }
 
-  const std::string& name() const { return name_; }
+  const std::string& name() const { return seg_.name(); }
   std::uint64_t seed() const { return seed_; }
-  SegmentHeader& header() const { return *reinterpret_cast<SegmentHeader*>(base_); }
+  /// The segment: its mapping in this process and its arena.
+  const Segment& segment() const { return seg_; }
+  // The segment's view, which every part of the map uses (shorthands for segment()'s).
+  SegmentHeader& header() const { return seg_.header(); }
   template <class T>
   T* at(std::uint64_t offset) const {
-    return reinterpret_cast<T*>(base_ + offset);
+    return seg_.at<T>(offset);
   }
-  /// Maps the segment up to `end` in this process if it is not mapped yet.
-  void ensure_mapped(std::uint64_t end) const {
-    if (end > mapped_.load(std::memory_order_acquire)) extend_mapping(end);
-  }
+  void ensure_mapped(std::uint64_t end) const { seg_.ensure_mapped(end); }
+  std::uint64_t offset_of(const void* p) const { return seg_.offset_of(p); }
   /// The table at `offset`, mapped here, after checking what a damaged or hostile segment
   /// could get wrong: the offset (page aligned, in the arena, inside the reservation) and the
   /// header (table_shape_ok: a capacity of layout.hpp's list and bits = capacity_bits(it),
@@ -204,15 +208,6 @@ class MapImpl {
   /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
   /// nullptr where table() would throw.
   TableHeader* table_or_null(std::uint64_t offset) const noexcept;
-  /// True if a bucket's slot could live at `offset` (16-byte aligned, in the arena, inside the
-  /// object), and it is mapped here. For offsets read from shared memory (a lane's pending
-  /// record).
-  bool valid_bucket_offset(std::uint64_t offset) const noexcept;
-  /// How far this process has mapped the segment (never past the object: it never shrinks).
-  std::uint64_t mapped_bytes() const { return mapped_.load(std::memory_order_acquire); }
-  /// Start of the arena and end of the reservation, as validated at open.
-  std::uint64_t arena_offset() const { return arena_offset_; }
-  std::uint64_t reserved_bytes() const { return reserved_; }
   /// Handle slots, as validated and copied at open; never re-read from the header.
   std::size_t max_handles() const { return max_handles_; }
   /// Bucket i of t (i < capacity), as pointers to its slot and its key (layout.hpp).
@@ -229,22 +224,6 @@ class MapImpl {
   std::uint64_t* done_bitmap(TableHeader* t) const {
     return reinterpret_cast<std::uint64_t*>(fingerprints(t) + fp_bytes(t->capacity));
   }
-  std::uint64_t offset_of(const void* p) const {
-    return static_cast<std::uint64_t>(static_cast<const char*>(p) - base_);
-  }
-
-  /// Allocates a zeroed, page-aligned extent; throws out_of_space.
-  /// *got receives the extent's real size (>= bytes: a reused extent may be larger).
-  std::uint64_t allocate(std::uint64_t bytes, std::uint64_t* got) const;
-  /// Gives an extent back: its pages to the system (hole punch), its range to the free list.
-  void free_extent(std::uint64_t offset, std::uint64_t bytes) const;
-  /// Gives the pages of [offset, offset + bytes) back to the system (they read as zeros after);
-  /// the range stays allocated. Page-aligned ranges inside the arena only; never throws.
-  void release_pages(std::uint64_t offset, std::uint64_t bytes) const noexcept;
-  /// Reserves the pages of an allocated range again (after release_pages), so that stores into
-  /// it cannot SIGBUS on a full /dev/shm. Throws out_of_space, io_error.
-  void reserve_pages(std::uint64_t offset, std::uint64_t bytes) const;
-  std::uint64_t allocated_bytes() const;
 
   // ---- handles.cpp ------------------------------------------------------------------------
   HandleSlot& slot(std::size_t i) const { return slots_[i]; }
@@ -389,8 +368,6 @@ class MapImpl {
   };
   /// One walk of the arena: the suspects (tables not accounted for, see leaks.cpp).
   std::vector<TableId> unaccounted_tables() const;
-  /// Extents on the free list: {offset, bytes} (segment.cpp).
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> free_extents() const;
   std::int64_t size_estimate() const;
 
   // ---- table.cpp --------------------------------------------------------------------------
@@ -419,7 +396,7 @@ class MapImpl {
   /// What Map::find reads inline (fast_path.hpp, find_front); nullptr if it must always call
   /// find(): a read-only attachment, or pins that must be fenced.
   const FastFront* fast_front() const {
-    if (read_only_ || !light_) return nullptr;
+    if (seg_.read_only() || !light_) return nullptr;
     front_.lanes = my_slot_->lanes;
     front_.local = local_;
     front_.global_epoch = &header().global_epoch;
@@ -440,8 +417,9 @@ class MapImpl {
     // seq_cst loads (plain loads on x86). After the pin: a fenced pin is a seq_cst store; a
     // light one is ordered before these loads by the reclaimer's membarrier, not by C++.
     const std::uint64_t t_off = header().current_table.load(std::memory_order_seq_cst);
-    const std::uint64_t mapped = mapped_.load(std::memory_order_acquire);
-    if (t_off < arena_offset_ || (t_off & (kPage - 1)) != 0 || t_off > mapped - kTableHeaderBytes) {
+    const std::uint64_t mapped = seg_.mapped_bytes();
+    if (t_off < seg_.arena_offset() || (t_off & (kPage - 1)) != 0 ||
+        t_off > mapped - kTableHeaderBytes) {
       return false;
     }
     const TableHeader* t = at<TableHeader>(t_off);
@@ -692,31 +670,16 @@ class MapImpl {
   static inline void (*in_reclaim_for_test)(int step) = nullptr;
 
  private:
-  void extend_mapping(std::uint64_t end) const;
-  int protection() const { return read_only_ ? PROT_READ : PROT_READ | PROT_WRITE; }
-  void map_initial(std::uint64_t bytes);
-  void reserve(std::uint64_t max_bytes);
-
-  /// Checks and copies the header fields this process relies on for bounds (open and create).
-  void adopt_header();
-
-  std::string name_;
-  int fd_ = -1;
-  char* base_ = nullptr;
-  std::uint64_t reserved_ = 0;
-  mutable std::atomic<std::uint64_t> mapped_{0};
-  mutable std::mutex map_mutex_;
+  Segment seg_;
   std::uint64_t seed_ = 0;
   SegmentTypes types_;
   // Copied from the header once, after validation: a later change of the shared fields (a
   // damaged or hostile attacher) cannot move what this process believes the bounds are.
-  std::uint64_t arena_offset_ = UINT64_MAX;
   std::size_t max_handles_ = 0;
   HandleSlot* slots_ = nullptr;
   std::size_t slot_index_ = SIZE_MAX;
   HandleSlot* my_slot_ = nullptr;
   // A read-only attachment's stand-in for a handle slot, in this process's memory.
-  bool read_only_ = false;
   std::unique_ptr<HandleSlot> private_slot_;
   bool light_ = false;
   // Per exclusive lane, touched only by the thread that owns the lane: pin nesting and the
