@@ -161,12 +161,14 @@ void RecordHeap::give_back_pages(std::uint64_t blk, const SlabHeader* s) const n
   const std::uint32_t c =
       std::atomic_ref<const std::uint32_t>(s->cls).load(std::memory_order_relaxed);
   if (large(c))
-    m_.segment().release_pages(blk - sizeof(SlabHeader) + kPage, load_word(s->extent_bytes) - kPage);
+    m_.segment().release_pages(blk - sizeof(SlabHeader) + kPage,
+                               load_word(s->extent_bytes) - kPage);
 }
 
 std::uint64_t RecordHeap::carve(std::size_t cls) const {
   std::uint64_t got = 0;
-  const std::uint64_t slab = m_.segment().allocate(class_extent(cls), &got);  // zeroed, page aligned
+  const std::uint64_t slab =
+      m_.segment().allocate(class_extent(cls), &got);  // zeroed, page aligned
   SegmentHeader& h = m_.header();
   auto* s = m_.at<SlabHeader>(slab);
   const std::uint32_t bb = kRecordClassBytes[cls];

@@ -77,7 +77,8 @@ TableHeader* MapImpl::table(std::uint64_t offset) const {
       return t;
     }
   }
-  if (offset < seg_.arena_offset() || offset % kPage != 0 || offset > seg_.reserved_bytes() - kPage) {
+  if (offset < seg_.arena_offset() || offset % kPage != 0 ||
+      offset > seg_.reserved_bytes() - kPage) {
     fail(Errc::corrupt, name(),
          "table offset " + std::to_string(offset) +
              " lies outside the arena; the segment is damaged: run 'shmap check " + name() +
@@ -1247,7 +1248,8 @@ void MapImpl::bulk_put_many(std::uint64_t table_off,
     }
     for (std::size_t j = 0; j < m; ++j) {
       if (!put_private(t, buckets, fps, hashes[j], kv[base + j].first, kv[base + j].second)) {
-        fail(Errc::invalid_argument, name(), "bulk load: more entries than the table was built for");
+        fail(Errc::invalid_argument, name(),
+             "bulk load: more entries than the table was built for");
       }
     }
   }
