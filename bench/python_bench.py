@@ -370,7 +370,9 @@ def main():
     ap.add_argument("--ops", type=int, default=200_000, help="operations per process and run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--procs", default="1,2", help="process counts, comma-separated")
-    ap.add_argument("--batch-keys", type=int, default=1_000_000)
+    ap.add_argument("--batch-keys", type=int, default=1_000_000,
+                    help="keys of the find_many part (0: skip it)")
+    ap.add_argument("--workloads", default="get,set,mixed", help="comma-separated workloads")
     ap.add_argument("--find-many-probe", default="",
                     help="path of shmap_find_many_probe (bench/find_many_probe.cpp): C++'s "
                          "Map::find_many on the same keys, for comparison")
@@ -381,7 +383,7 @@ def main():
                          "in the timed loop, the 1-process figure does not)")
     args = ap.parse_args()
     procs_list = [int(p) for p in args.procs.split(",")]
-    workloads = ("get", "set", "mixed")
+    workloads = tuple(args.workloads.split(","))
 
     print(f"# python_bench: {args.keys} keys, {args.ops} ops per process and run "
           f"(manager: {int(args.ops * ManagerC.ops_scale)}), median of {args.reps}; "
@@ -423,9 +425,10 @@ def main():
             print(row)
     print("(* wall time: the Manager dict's work is done in its server process)")
 
-    print(f"\n## {args.batch_keys} int keys, one process")
-    for line in bench_find_many(args.batch_keys, args.reps, args.find_many_probe):
-        print(line)
+    if args.batch_keys > 0:
+        print(f"\n## {args.batch_keys} int keys, one process")
+        for line in bench_find_many(args.batch_keys, args.reps, args.find_many_probe):
+            print(line)
     print(f"# load average {os.getloadavg()[0]:.2f} at the end")
 
 

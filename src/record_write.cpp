@@ -4,9 +4,12 @@
 namespace shmap::detail {
 
 namespace {
-/// Retires so far by this thread; every kReclaimEvery a reclaim pass runs after the write.
-thread_local unsigned t_retired = 0;
-constexpr unsigned kReclaimEvery = 64;
+/// The map whose reclaim pass this thread owes: set when one of its retirements filled the
+/// reclaim budget (RecordHeap::retire), cleared once a pass ran. A pass that found the reclaim
+/// lock busy is tried again after this thread's next write to that map, so a budget's trigger
+/// is not lost to a reclaimer that had already detached the limbo stack. (Compared, never
+/// dereferenced: a map closed meanwhile costs at most one pass on a map at its address.)
+thread_local const MapImpl* t_reclaim_owed = nullptr;
 }  // namespace
 
 void RecordWrite::commit(std::optional<std::uint64_t> replaced) {
@@ -14,16 +17,13 @@ void RecordWrite::commit(std::optional<std::uint64_t> replaced) {
   block_ = 0;  // published (or, for an erase, there was none)
   if (!inline_ && replaced) {
     if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
-    if (heap_.retire(*replaced)) t_retired = kReclaimEvery;  // the stack's 64th: reclaim
-    ++t_retired;
+    if (heap_.retire(*replaced)) t_reclaim_owed = &heap_.map();
   }
 }
 
 void RecordWrite::after() {
-  if (!inline_ && t_retired >= kReclaimEvery) {
-    t_retired = 0;
-    heap_.reclaim(false);
-  }
+  if (inline_ || t_reclaim_owed != &heap_.map()) return;
+  if (heap_.reclaim(false)) t_reclaim_owed = nullptr;
 }
 
 }  // namespace shmap::detail

@@ -135,9 +135,10 @@ std::optional<std::uint64_t> run_write(MapImpl& m, RecordWrite& w, std::uint64_t
     old = once();
   } catch (const Error& e) {
     // A full segment may have room waiting in retired records that no reader holds any more
-    // (a write reclaims only every 64th retirement): reclaim them, unpinned, and try once
-    // more. (The failed write held no block: allocation is what failed. A growth that failed
-    // after the write committed is not retried: it happened.)
+    // (a write reclaims only when the retired bytes fill the reclaim budget, and frees a batch
+    // one pass late): reclaim them all, unpinned, and try once more. (The failed write held no
+    // block: allocation is what failed. A growth that failed after the write committed is not
+    // retried: it happened.)
     if (e.code() != Errc::out_of_space || w.inline_value() || w.holds_block() || w.committed()) {
       throw;
     }

@@ -18,6 +18,15 @@
 //     batch was unlinked before the detach, so a reader pinned at E or later (pinned after the
 //     advance) cannot hold one. The batch is freed once oldest_pin() says every lane is at E or
 //     later or quiescent -- the rule reclaim() applies to retired tables.
+//   - When: a pass is due whenever the limbo head's tag crosses a multiple of the reclaim
+//     budget (each push adds the block's weight, its bytes: retire()), so that the bytes held
+//     retired stay bounded in every process at once; writes run those passes, and a full
+//     segment and compact() run patient ones. A write's pass issues at most one membarrier
+//     (oldest_pin()): it frees the previous batch and detaches the next, which then waits for
+//     the following pass -- the limbo stack plus one batch, about two budgets, stay retired. A
+//     reader pinned at the old batch's epoch just makes the pass return, and the next crossing
+//     tries again: a stale or early scan only delays reuse, never allows it. The tag still
+//     changes at every CAS on the head (ABA-free), by more than 1.
 //   - Freeing a batch pops its blocks one at a time: the batch head moves past a block before
 //     the block is pushed on its free stack, so a reclaimer killed in between leaks that block
 //     (check() finds it) and never frees it twice.
@@ -114,12 +123,13 @@ const SlabHeader* RecordHeap::check_block(std::uint64_t off, std::size_t cls) co
   return s;
 }
 
-std::uint64_t RecordHeap::push_chain(StackHead& head, std::uint64_t first, RecordHeader* last) {
+std::uint64_t RecordHeap::push_chain(StackHead& head, std::uint64_t first, RecordHeader* last,
+                                     std::uint64_t step) {
   for (;;) {
     const StackHead h = read_head(head);
     store_word(last->word0, h.top);
     // cmpxchg16b: a full barrier, so the links are visible before the new head is.
-    if (cas128(&head.top, h.top, h.tag, first, h.tag + 1)) return h.tag + 1;
+    if (cas128(&head.top, h.top, h.tag, first, h.tag + step)) return h.tag + step;
   }
 }
 
@@ -260,28 +270,58 @@ void RecordHeap::free_unpublished(std::uint64_t blk) const {
   push_chain(m_.header().record_free[s->cls], blk, block(blk));
 }
 
-bool RecordHeap::retire(std::uint64_t off) const noexcept {
-  if (check_block(off, SIZE_MAX) == nullptr) return false;
-  RecordHeader* r = block(off);
-  return push_chain(m_.header().limbo, off, r) % 64 == 0;
+std::uint64_t RecordHeap::reclaim_budget_units(const SegmentHeader& h) noexcept {
+  // max_bytes is immutable after init: every process computes the same budget.
+  const std::uint64_t bytes = std::clamp<std::uint64_t>(h.max_bytes / kReclaimBudgetShare,
+                                                        kRecordClassBytes[0], kReclaimBudgetBytes);
+  return bytes / kRetireUnit;
 }
 
-void RecordHeap::reclaim(bool patient) const noexcept {
+std::uint64_t RecordHeap::retire_weight(std::uint32_t block_bytes, std::uint64_t budget) noexcept {
+  return std::max<std::uint64_t>(block_bytes / kRetireUnit, budget / kReclaimMaxRecords);
+}
+
+bool RecordHeap::retire(std::uint64_t off) const noexcept {
+  const SlabHeader* s = check_block(off, SIZE_MAX);
+  if (s == nullptr) return false;
+  RecordHeader* r = block(off);
+  // The limbo head's tag, which must change at every CAS on it (ABA), counts the bytes retired
+  // since the segment was made (each push adds its weight, each detach 1): a reclaim pass is
+  // due whenever it crosses a multiple of the budget. One counter for every process, and no
+  // word of the layout spent on it.
+  const std::uint64_t budget = reclaim_budget_units(m_.header());
+  const std::uint64_t w = retire_weight(
+      std::atomic_ref<const std::uint32_t>(s->block_bytes).load(std::memory_order_relaxed), budget);
+  const std::uint64_t tag = push_chain(m_.header().limbo, off, r, w);
+  return tag / budget != (tag - w) / budget;
+}
+
+bool RecordHeap::reclaim(bool patient) const noexcept {
   SegmentHeader& h = m_.header();
-  if (load_word(h.limbo.top) == 0 && h.limbo_batch.load(std::memory_order_acquire) == 0) return;
+  if (load_word(h.limbo.top) == 0 && h.limbo_batch.load(std::memory_order_acquire) == 0) {
+    return true;
+  }
   struct Ctx {
     const RecordHeap* heap;
     SegmentHeader* h;
-  } ctx{this, &h};
+    bool patient;
+  } ctx{this, &h, patient};
   try {
-    m_.with_reclaim_lock(
+    return m_.with_reclaim_lock(
         patient, std::chrono::milliseconds(patient ? MapImpl::kReclaimLockWaitMs : 0),
         [](void* c) {
           const RecordHeap& heap = *static_cast<Ctx*>(c)->heap;
           SegmentHeader& h = *static_cast<Ctx*>(c)->h;
+          const bool patient = static_cast<Ctx*>(c)->patient;
+          bool scanned = false;
           for (int round = 0; round < 2; ++round) {
             std::uint64_t batch = h.limbo_batch.load(std::memory_order_acquire);
             if (batch != 0) {
+              // A pass run by a write scans the pins once (one membarrier, which interrupts
+              // every CPU running an attached process): a batch it detached after freeing the
+              // previous one waits for the next pass. compact() and a full segment free both.
+              if (scanned && !patient) return;
+              scanned = true;
               const std::uint64_t e = h.limbo_batch_epoch.load(std::memory_order_acquire);
               const std::optional<std::uint64_t> oldest =
                   heap.m_.oldest_pin(h.global_epoch.load(std::memory_order_seq_cst));
@@ -311,12 +351,14 @@ void RecordHeap::reclaim(bool patient) const noexcept {
             const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
             h.limbo_batch_epoch.store(e, std::memory_order_relaxed);
             h.limbo_batch.store(top.top, std::memory_order_release);  // publishes the epoch
-            // Round 2 frees it at once if no reader is pinned from before.
+            // Round 2 frees it at once if no reader is pinned from before (and the pass has
+            // not scanned yet, or is patient).
           }
         },
         &ctx);
   } catch (...) {
     // From reclaim, never throws: a failure (a damaged journal) is left for check().
+    return true;  // the pass ran (a retry would meet the same damage)
   }
 }
 

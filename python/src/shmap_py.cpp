@@ -198,6 +198,63 @@ std::uint64_t to_u64(py::handle o, const char* what) {
   return x;
 }
 
+/// A batched call's keys (or an int map's values) as a C-contiguous uint64 array, each element
+/// held to what to_u64 asks of one: an int in 0 .. 2**64-1. (A cast would wrap -1 to 2**64-1,
+/// another key, and truncate 1.5 to 1, where m[-1] and m[1.5] are refused.) Arrays of unsigned
+/// ints and bools are used as they are (widened if narrower); signed ones are checked for a
+/// negative element, then read as uint64 without a copy; floats and other types are refused. A
+/// list (or any sequence numpy does not make an int array of: [2**63, 1] it makes float64) is
+/// converted element by element, as m[k] converts one key. `what` names the argument.
+using U64Array = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
+U64Array u64_array(py::handle obj, const char* what) {
+  auto indexed = [&](std::size_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; };
+  const bool given_array = py::isinstance<py::array>(obj);
+  py::array a = py::array::ensure(obj);
+  if (!a) throw py::type_error(std::string(what) + " must be an array of ints");
+  if (a.ndim() != 1) throw py::value_error(std::string(what) + " must be a one-dimensional array");
+  const char kind = a.dtype().kind();
+  if (kind == 'u' || kind == 'b') return U64Array::ensure(a);
+  if (kind == 'i') {
+    using I64Array = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+    I64Array s = I64Array::ensure(a);  // no copy for a C-contiguous int64 array
+    const std::int64_t* p = s.data();
+    const auto n = static_cast<std::size_t>(s.shape(0));
+    for (std::size_t i = 0; i < n; ++i) {
+      if (p[i] < 0) [[unlikely]] {
+        throw py::value_error(indexed(i) + " out of range: this map holds 0 .. 2**64-1, not " +
+                              std::to_string(p[i]) +
+                              " (m[k] refuses it too); to use negative ints' bits " +
+                              "(mod 2**64), pass numpy.asarray(" + what + ").view(numpy.uint64)");
+      }
+    }
+    // The same memory read as uint64 (every element is >= 0): a view, kept alive by s.
+    return U64Array(py::array::ShapeContainer{s.shape(0)},
+                    reinterpret_cast<const std::uint64_t*>(p), s);
+  }
+  if (kind == 'O' || (!given_array && PySequence_Check(obj.ptr()))) {
+    // Element by element, as to_u64 converts one (its errors, naming the element).
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(kind == 'O' ? a : obj);
+    const std::size_t n = seq.size();
+    U64Array out(static_cast<py::ssize_t>(n));
+    std::uint64_t* o = out.mutable_data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const py::object x = seq[i];
+      if (PyLong_Check(x.ptr())) {
+        const unsigned long long v = PyLong_AsUnsignedLongLong(x.ptr());
+        if (v != static_cast<unsigned long long>(-1) || !PyErr_Occurred()) {
+          o[i] = v;
+          continue;
+        }
+        PyErr_Clear();
+      }
+      o[i] = to_u64(x, indexed(i).c_str());  // throws the error m[k] would
+    }
+    return out;
+  }
+  throw py::type_error(std::string(what) + " must be an array of ints, not of " +
+                       std::string(py::str(a.dtype())) + " (as m[k] takes an int)");
+}
+
 /// An int in -2**63 .. 2**64-1, as its value mod 2**64 (a delta for fetch_add).
 std::uint64_t to_delta(py::handle o) {
   if (!PyLong_Check(o.ptr())) throw py::type_error("delta must be an int");
@@ -796,10 +853,9 @@ class Core {
 
   /// (values, found) for every key; into the arrays given (reused by a loop over batches: no
   /// allocation, no page faults on fresh memory), else into new ones.
-  py::tuple find_many(py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast> keys,
-                      py::object values_in, py::object found_in) {
+  py::tuple find_many(py::object keys_in, py::object values_in, py::object found_in) {
     auto hold = shared_backend();
-    if (keys.ndim() != 1) throw py::value_error("keys must be a one-dimensional array");
+    const U64Array keys = u64_array(keys_in, "keys");
     const auto n = static_cast<std::size_t>(keys.shape(0));
     auto found = out_array<bool>(found_in, n, "found", "bool");
     const std::uint64_t* in = keys.data();
@@ -845,10 +901,7 @@ class Core {
   std::size_t insert_many(py::object keys_in, py::object values_in, bool overwrite) {
     auto hold = shared_backend();
     if (read_only_) raise_error(shmap::Errc::permission_denied, "map '" + name_ + "' is read-only");
-    auto keys =
-        py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(keys_in);
-    if (!keys) throw py::type_error("keys must be an array of uint64");
-    if (keys.ndim() != 1) throw py::value_error("keys must be a one-dimensional array");
+    const U64Array keys = u64_array(keys_in, "keys");
     const auto n = static_cast<std::size_t>(keys.shape(0));
     const std::uint64_t* k = keys.data();
     std::size_t added = 0;
@@ -858,9 +911,7 @@ class Core {
       }
     };
     if (auto* m = std::get_if<shmap::Map>(hold.get())) {
-      auto values =
-          py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(values_in);
-      if (!values) throw py::type_error("values must be an array of uint64");
+      const U64Array values = u64_array(values_in, "values");
       check_len(values);
       const std::uint64_t* v = values.data();
       py::gil_scoped_release release;
@@ -890,10 +941,10 @@ class Core {
     auto hold = shared_backend();
     auto* m = std::get_if<shmap::Map>(hold.get());
     if (m == nullptr) throw py::type_error("fetch_add_many takes maps of int -> int");
-    using U64s = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
-    auto keys = U64s::ensure(keys_in);
-    auto deltas = U64s::ensure(deltas_in);
-    if (!keys || !deltas) throw py::type_error("keys and deltas must be arrays of integers");
+    // Deltas may be negative (mod 2**64, as fetch_add's); keys may not (as m[k]'s).
+    const U64Array keys = u64_array(keys_in, "keys");
+    auto deltas = U64Array::ensure(deltas_in);
+    if (!deltas) throw py::type_error("deltas must be an array of integers");
     if (keys.ndim() != 1 || deltas.ndim() != 1 || keys.shape(0) != deltas.shape(0)) {
       throw py::value_error("keys and deltas must be one-dimensional arrays of one length");
     }
@@ -1637,7 +1688,8 @@ PYBIND11_MODULE(_shmap, mod) {
       .def("_items", &Core::items)
       .def("find_many", &Core::find_many, py::arg("keys"), py::arg("values") = py::none(),
            py::arg("found") = py::none(),
-           "Looks up every key of a uint64 array without the GIL: returns (values, found), "
+           "Looks up every key of an array of ints (0 .. 2**64-1, as m[k]: a negative or float "
+           "key is refused) without the GIL: returns (values, found), "
            "two arrays as long as keys (values are 0 where not found). values/found: arrays "
            "to write them into (uint64, or float64 for float maps, and bool; as long as keys, "
            "C-contiguous), reused across calls; else new ones.")

@@ -201,11 +201,12 @@ TEST_F(RecordsReview, ASlabWhoseExtentOverlapsTheNextIsDamageNotLeakedRecords) {
   EXPECT_EQ(wrong, 0u) << "keys whose record compact() gave to another key";
 }
 
-// Retired records go back to the free lists only from RecordHeap::reclaim, which a thread runs
-// after its own 64th retirement (t_retired, thread-local) or compact(). Writers that each
-// retire fewer than 64 records -- short-lived threads, or processes that do a few updates and
-// exit -- never reclaim: the limbo stack grows without bound and a map of ONE key runs out of
-// space, although every retired record is reclaimable (nothing is pinned).
+// Retired records go back to the free lists only from RecordHeap::reclaim. Were it run only
+// after a thread's own Nth retirement (as it once was) or compact(), writers that each retire
+// fewer -- short-lived threads, or processes that do a few updates and exit -- would never
+// reclaim: the limbo stack would grow without bound and a map of ONE key run out of space,
+// although every retired record is reclaimable (nothing is pinned). The trigger is the bytes
+// retired in the segment, by anyone (RecordHeap::retire).
 TEST_F(RecordsReview, ShortLivedWritersNeverReclaimAndAOneKeyMapRunsOutOfSpace) {
   ScopedName n("limbo");
   RecMap m = RecMap::create(n.str(), {.initial_capacity = 8, .max_bytes = 4u << 20});

@@ -229,7 +229,7 @@ TEST_F(Records, ARecordOutlivesItsReplacementWhileAReaderIsPinned) {
   ASSERT_TRUE(wait_until([&] { return phase->load(std::memory_order_acquire) == 1; },
                          std::chrono::seconds(30 * kSlow)));
   // 20,000 replacements: without the grace period the pinned record would be reused many
-  // times over (64 retirements trigger a reclaim pass).
+  // times over (a reclaim pass every 4,096 retirements of these small records).
   for (std::uint64_t g = 1; g <= 20000; ++g) m.insert_or_assign(1, make(1, g));
   bool ok = true;
   RecordStats rs = audit(m, &ok);

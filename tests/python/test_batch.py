@@ -127,3 +127,72 @@ def test_find_many_releases_the_gil(name):
     assert found.all()
     third = (t1 - t0) / 3
     assert any(t0 + third < s < t1 - third for s in stamps), (t1 - t0, len(stamps))
+
+
+def test_negative_keys_are_refused_as_m_k_refuses_them(name):
+    # m[-1] is a ValueError (an int map holds 0 .. 2**64-1); the batched calls agree instead
+    # of reading -1 as 2**64-1 (another key, which is here to be found or overwritten).
+    m = shmap.Map(name, create=True)
+    m[2**64 - 1] = 5
+    with pytest.raises(ValueError):
+        m[-1]
+    with pytest.raises(ValueError):
+        m[-1] = 7
+    for keys in (np.array([3, -1], dtype=np.int64), np.array([-1], dtype=np.int32),
+                 np.array([-1], dtype=np.int8), [3, -1], [2**64 - 1, -1]):
+        with pytest.raises(ValueError, match=r"keys\[1\]|keys\[0\]"):
+            m.find_many(keys)
+        with pytest.raises(ValueError, match=r"keys\["):
+            m.insert_many(keys, np.full(len(keys), 9, dtype=np.uint64))
+        with pytest.raises(ValueError, match=r"keys\["):
+            m.fetch_add_many(keys, np.ones(len(keys), dtype=np.uint64))
+    assert dict(m.items()) == {2**64 - 1: 5}, "written before the refusal"
+    # What the message says to do: the bits as uint64, on purpose.
+    values, found = m.find_many(np.array([-1], dtype=np.int64).view(np.uint64))
+    assert found.tolist() == [True] and values.tolist() == [5]
+    # Signed arrays without a negative element, lists of ints up to 2**64-1 and bools are keys.
+    assert m.insert_many(np.arange(4), np.arange(4) * 10) == 4
+    assert m.find_many(np.arange(5, dtype=np.int16))[0].tolist() == [0, 10, 20, 30, 0]
+    assert m.find_many([2**63, 2**64 - 1, 1])[1].tolist() == [False, True, True]
+    assert m.find_many(np.array([2**63, 1], dtype=object))[1].tolist() == [False, True]
+    assert m.find_many(np.array([True]))[0].tolist() == [10]
+    assert m.find_many([])[0].shape == (0,)
+
+
+def test_negative_values_of_int_maps_are_refused_and_negative_deltas_wrap(name, names):
+    m = shmap.Map(name, create=True)
+    with pytest.raises(ValueError):
+        m[1] = -1
+    for values in (np.array([1, -5], dtype=np.int64), [1, -5]):
+        with pytest.raises(ValueError, match=r"values\[1\]"):
+            m.insert_many(np.array([1, 2], dtype=np.uint64), values)
+    assert len(m) == 0, "written before the refusal"
+    assert m.insert_many([1, 2], np.array([1, 5], dtype=np.int64)) == 2
+    assert (m[1], m[2]) == (1, 5)
+    # fetch_add's delta may be negative (mod 2**64), one or many.
+    m.fetch_add(1, -1)
+    m.fetch_add_many([2], np.array([-5], dtype=np.int64))
+    assert (m[1], m[2]) == (0, 0)
+    # A float map's values are floats: negative ones are values like any other.
+    f = shmap.Map(names("f"), create=True, key=int, value=float)
+    assert f.insert_many([1], np.array([-2], dtype=np.int64)) == 1 and f[1] == -2.0
+    with pytest.raises(ValueError, match=r"keys\[0\]"):
+        f.insert_many(np.array([-1]), [1.0])
+    with pytest.raises(ValueError, match=r"keys\[0\]"):
+        f.find_many(np.array([-1]))
+
+
+def test_float_keys_are_refused_as_m_k_refuses_them(name):
+    # m[1.5] is a TypeError; a float array was cast (1.5 -> 1) and found key 1.
+    m = shmap.Map(name, create=True)
+    m[1] = 10
+    with pytest.raises(TypeError):
+        m[1.5]
+    for keys in (np.array([1.5]), np.array([1.0]), [1.5], ["1"]):
+        with pytest.raises(TypeError, match="keys"):
+            m.find_many(keys)
+        with pytest.raises(TypeError, match="keys"):
+            m.insert_many(keys, [2])
+    with pytest.raises(TypeError, match="values"):
+        m.insert_many([2], np.array([2.5]))
+    assert dict(m.items()) == {1: 10}

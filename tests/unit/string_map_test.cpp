@@ -16,12 +16,14 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "shmap/detail/records.hpp"
 #include "shmap/string_multimap.hpp"
 #include "test_util.hpp"
 
@@ -319,6 +321,56 @@ TEST(StringMap, LargeValuesGiveTheirPagesBackWhenFreedAndAreReused) {
   m.compact();
   EXPECT_EQ(m.find("again"), value(199 % 3, 199));
   EXPECT_LT(m.stats().allocated_bytes - before, 8 * mib);
+}
+
+// Writes return retired records by themselves, without compact(): a reclaim pass runs each time
+// the bytes retired in the segment fill the reclaim budget (RecordHeap::retire), and a pass run
+// by a write frees at most kReclaimMaxRecords blocks. Slabs are never returned, so their count
+// at the end is the most blocks ever held at once. Without the trigger, retired records pile up
+// until the segment is full (about 560 slabs of large records here, 340 of small ones); with
+// only the byte budget and no cap on the count, a pass frees ~37,000 small records.
+TEST(StringMap, RetiredRecordsStayBoundedUnderOverwritesWithoutCompact) {
+  using detail::RecordHeap;
+  ScopedName n("bounded");
+  constexpr std::size_t kMaxBytes = std::size_t{64} << 20;
+  auto m = StringMap::create(n, {.initial_capacity = 8, .max_bytes = kMaxBytes});
+  const std::uint64_t budget = std::min<std::uint64_t>(RecordHeap::kReclaimBudgetBytes,
+                                                       kMaxBytes / RecordHeap::kReclaimBudgetShare);
+  // Large values: one block to a slab, ~100 KiB each; 2,000 overwrites of 4 keys write three
+  // times the segment.
+  constexpr int kBigKeys = 4;
+  const std::size_t big = 100 << 10;
+  const std::string value = bytes_of(1, big);
+  for (int i = 0; i < 2000; ++i) {
+    std::string v = value;
+    std::memcpy(v.data(), &i, sizeof i);
+    m.insert_or_assign("big" + std::to_string(i % kBigKeys), v);
+  }
+  RecordStats rs;
+  ASSERT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.live, static_cast<std::size_t>(kBigKeys));
+  EXPECT_EQ(rs.leaked, 0u);
+  // The limbo stack and one batch: a budget each, plus the record that crossed the line.
+  const std::size_t per_budget = budget / big + 1;
+  EXPECT_LE(rs.retired, 2 * per_budget) << "retired records were not reclaimed by the writes";
+  EXPECT_LE(rs.slabs, kBigKeys + 2 * per_budget + 4)
+      << "the large records held at once: " << rs.slabs << " slabs";
+  for (int i = 0; i < kBigKeys; ++i) ASSERT_TRUE(m.erase("big" + std::to_string(i)));
+
+  // Small values: 200,000 overwrites of 1,000 keys, ~100-byte blocks.
+  constexpr std::uint64_t kKeys = 1000;
+  const std::size_t slabs_before = rs.slabs;
+  for (std::uint64_t i = 0; i < 200000; ++i) {
+    m.insert_or_assign("k" + std::to_string(i % kKeys), bytes_of(i, 64));
+  }
+  ASSERT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.live, kKeys);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_LE(rs.retired, 2 * RecordHeap::kReclaimMaxRecords + 1);
+  // Blocks held at once: the live ones and two passes' worth, in 64 KiB slabs of ~580 blocks.
+  const std::size_t blocks = kKeys + 2 * RecordHeap::kReclaimMaxRecords + 1;
+  EXPECT_LE(rs.slabs - slabs_before, blocks / (detail::kSlabBytes / 128) + 4)
+      << "the small records held at once: " << rs.slabs - slabs_before << " slabs";
 }
 
 TEST(StringMap, TypesAreRecordedAndOtherTypesRefused) {

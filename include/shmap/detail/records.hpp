@@ -44,13 +44,33 @@ class RecordHeap {
   void free_unpublished(std::uint64_t block) const;
   /// Retires a published record that a write has just unlinked (inside that write). Never
   /// throws: a record that fails its checks is left alone (check() reports it as leaked).
-  /// Returns true if this retirement is the 64th on the limbo stack since the last one that
-  /// returned true (by the stack's tag): the caller then runs a reclaim pass, so that records
-  /// come back however few each writer retires.
+  /// Returns true if this retirement filled the segment's reclaim budget (counted by the limbo
+  /// stack's tag, for every process at once): the caller then runs a reclaim pass, so that
+  /// records come back however few each writer retires. A pass is due every
+  /// reclaim_budget_units() of weight: a block weighs its bytes, and at least a
+  /// kReclaimMaxRecords-th of the budget, so that a pass frees at most that many blocks.
   bool retire(std::uint64_t off) const noexcept;
   /// Moves retired records that no pinned reader can see to their free stacks. patient: wait
-  /// for the reclaim lock; else give up at once if someone holds it. Call unpinned.
-  void reclaim(bool patient) const noexcept;
+  /// for the reclaim lock, and scan the pins twice if need be (the previous batch, then the
+  /// one just detached: everything reclaimable now is freed); else give up at once if someone
+  /// holds the lock, and scan at most once (one membarrier: the batch detached after freeing
+  /// the previous one waits for the next pass). Returns false if the lock was busy (or this
+  /// Map has no slot): nothing was done. Call unpinned.
+  bool reclaim(bool patient) const noexcept;
+
+  /// The reclaim budget: retired bytes between two passes run by writes, while the pins allow
+  /// each pass to free the batch before. A sixteenth of the segment's max_bytes, at most
+  /// 4 MiB: the limbo stack and one batch hold at most about twice that (plus the record that
+  /// crossed the line, and whatever a reader pinned for long keeps). In kRetireUnit units.
+  static constexpr std::uint64_t kRetireUnit = 16;
+  static constexpr std::uint64_t kReclaimBudgetBytes = std::uint64_t{4} << 20;
+  static constexpr std::uint64_t kReclaimBudgetShare = 16;
+  static constexpr std::uint64_t kReclaimMaxRecords = 4096;
+  static std::uint64_t reclaim_budget_units(const SegmentHeader& h) noexcept;
+  /// What retiring a block of block_bytes adds to the limbo tag, against a budget of `budget`.
+  static std::uint64_t retire_weight(std::uint32_t block_bytes, std::uint64_t budget) noexcept;
+
+  const MapImpl& map() const { return m_; }
 
   struct Audit {
     RecordStats stats;
@@ -76,9 +96,10 @@ class RecordHeap {
   std::uint64_t carve(std::size_t cls) const;
   /// A large block being freed: its pages past the slab's first go back to the system.
   void give_back_pages(std::uint64_t blk, const SlabHeader* s) const noexcept;
-  /// Pushes the chain first..last (linked through word0, last's link is set here) onto a stack.
-  /// Returns the head's new tag.
-  static std::uint64_t push_chain(StackHead& head, std::uint64_t first, RecordHeader* last);
+  /// Pushes the chain first..last (linked through word0, last's link is set here) onto a stack,
+  /// adding `step` (>= 1) to its tag. Returns the head's new tag.
+  static std::uint64_t push_chain(StackHead& head, std::uint64_t first, RecordHeader* last,
+                                  std::uint64_t step = 1);
   RecordHeader* block(std::uint64_t off) const { return m_.at<RecordHeader>(off); }
 
   const MapImpl& m_;
