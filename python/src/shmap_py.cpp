@@ -206,7 +206,12 @@ std::uint64_t to_u64(py::handle o, const char* what) {
 /// list (or any sequence numpy does not make an int array of: [2**63, 1] it makes float64) is
 /// converted element by element, as m[k] converts one key. `what` names the argument.
 using U64Array = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
-U64Array u64_array(py::handle obj, const char* what) {
+std::uint64_t to_delta(py::handle o);
+/// obj (an array or a sequence of ints) as uint64 words. Keys and values (deltas false): each
+/// in 0 .. 2**64-1, as m[k] takes them. Deltas for fetch_add (deltas true): each in
+/// -2**63 .. 2**64-1, a negative one as its value mod 2**64. Anything but integers (floats, say)
+/// is refused, never truncated.
+U64Array u64_array(py::handle obj, const char* what, bool deltas = false) {
   auto indexed = [&](std::size_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; };
   const bool given_array = py::isinstance<py::array>(obj);
   py::array a = py::array::ensure(obj);
@@ -218,7 +223,7 @@ U64Array u64_array(py::handle obj, const char* what) {
     using I64Array = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
     I64Array s = I64Array::ensure(a);  // no copy for a C-contiguous int64 array
     const std::int64_t* p = s.data();
-    const auto n = static_cast<std::size_t>(s.shape(0));
+    const auto n = static_cast<std::size_t>(deltas ? 0 : s.shape(0));  // deltas: all allowed
     for (std::size_t i = 0; i < n; ++i) {
       if (p[i] < 0) [[unlikely]] {
         throw py::value_error(indexed(i) + " out of range: this map holds 0 .. 2**64-1, not " +
@@ -239,6 +244,11 @@ U64Array u64_array(py::handle obj, const char* what) {
     std::uint64_t* o = out.mutable_data();
     for (std::size_t i = 0; i < n; ++i) {
       const py::object x = seq[i];
+      if (deltas) {
+        if (!PyLong_Check(x.ptr())) throw py::type_error(indexed(i) + " must be an int");
+        o[i] = to_delta(x);
+        continue;
+      }
       if (PyLong_Check(x.ptr())) {
         const unsigned long long v = PyLong_AsUnsignedLongLong(x.ptr());
         if (v != static_cast<unsigned long long>(-1) || !PyErr_Occurred()) {
@@ -252,7 +262,8 @@ U64Array u64_array(py::handle obj, const char* what) {
     return out;
   }
   throw py::type_error(std::string(what) + " must be an array of ints, not of " +
-                       std::string(py::str(a.dtype())) + " (as m[k] takes an int)");
+                       std::string(py::str(a.dtype())) +
+                       (deltas ? " (as fetch_add takes an int delta)" : " (as m[k] takes an int)"));
 }
 
 /// An int in -2**63 .. 2**64-1, as its value mod 2**64 (a delta for fetch_add).
@@ -943,8 +954,7 @@ class Core {
     if (m == nullptr) throw py::type_error("fetch_add_many takes maps of int -> int");
     // Deltas may be negative (mod 2**64, as fetch_add's); keys may not (as m[k]'s).
     const U64Array keys = u64_array(keys_in, "keys");
-    auto deltas = U64Array::ensure(deltas_in);
-    if (!deltas) throw py::type_error("deltas must be an array of integers");
+    const U64Array deltas = u64_array(deltas_in, "deltas", true);
     if (keys.ndim() != 1 || deltas.ndim() != 1 || keys.shape(0) != deltas.shape(0)) {
       throw py::value_error("keys and deltas must be one-dimensional arrays of one length");
     }

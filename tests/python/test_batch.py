@@ -74,6 +74,16 @@ def test_fetch_add_many_counts_every_delta(name):
     assert (m[1], m[2], m[3]) == (7, 10, 5)
     m.fetch_add_many([1], np.array([-7], dtype=np.int64).astype(np.uint64))  # mod 2**64
     assert m[1] == 0
+    # Negative deltas wrap as fetch_add's do, from an int64 array or from a list (also one that
+    # mixes them with ints above 2**63).
+    m.fetch_add_many([1, 2], [5, -3])
+    m.fetch_add_many([1, 2], [-5, 2**64 - 7])
+    assert (m[1], m[2]) == (0, 0)
+    # A float delta is refused, never truncated, and nothing is added.
+    for deltas in (np.array([1.0, 2.5]), [1, 2.5]):
+        with pytest.raises(TypeError, match="delta"):
+            m.fetch_add_many([1, 2], deltas)
+        assert (m[1], m[2]) == (0, 0), "written before the refusal"
     with pytest.raises(ValueError):
         m.fetch_add_many([1, 2], [1])
     f = shmap.Map(name + "-f", create=True, key=int, value=float)
