@@ -72,7 +72,8 @@ std::uint64_t fill_fs(const std::string& path) {
 /// Runs body in a child whose /dev/shm is a private tmpfs of `size` (its own mount namespace),
 /// waiting at most `timeout`. Where the machine does not allow that, *skipped says why.
 ChildResult in_private_shm(const char* size, std::string* skipped,
-                           const std::function<bool()>& body, milliseconds timeout) {
+                           const std::function<bool()>& body, milliseconds timeout,
+                           const char* more_options = "") {
   Shared<std::array<char, 512>> reason;
   const ChildResult r = run_child(
       [&]() -> bool {
@@ -84,7 +85,7 @@ ChildResult in_private_shm(const char* size, std::string* skipped,
         if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
           skip("cannot make mounts private");
         }
-        const std::string options = std::string("size=") + size;
+        const std::string options = std::string("size=") + size + more_options;
         if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, options.c_str()) != 0) {
           skip("cannot mount a tmpfs on /dev/shm");
         }
@@ -337,6 +338,79 @@ TEST_F(SpaceTest, MemoryGoesBackAfterErasing) {
   gate.release();
   const auto r = wait_for(idle, seconds(20 * kSlow));
   EXPECT_TRUE(r.ok()) << "idle child " << r.describe();
+}
+
+/// The kB of this process's mappings of /dev/shm/NAME that are mapped by huge (PMD) page-table
+/// entries, summed over /proc/self/smaps ("ShmemPmdMapped", or "FilePmdMapped"); -1 if no
+/// mapping of it was found. Mappings are matched by inode: the path smaps shows is the name
+/// the segment was made under (a temporary one, then linked to NAME).
+long huge_mapped_kb(const std::string& name) {
+  struct stat st {};
+  if (::stat(("/dev/shm/" + name).c_str(), &st) != 0) return -1;
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return -1;
+  char line[512];
+  bool in_it = false, found = false;
+  long kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long lo = 0, hi = 0, offset = 0, inode = 0;
+    char perms[8], dev[16];
+    if (std::sscanf(line, "%lx-%lx %7s %lx %15s %lu", &lo, &hi, perms, &offset, dev, &inode) == 6) {
+      in_it = inode == static_cast<unsigned long>(st.st_ino);
+      found = found || in_it;
+      continue;
+    }
+    long v = 0;
+    if (in_it && (std::sscanf(line, "ShmemPmdMapped: %ld kB", &v) == 1 ||
+                  std::sscanf(line, "FilePmdMapped: %ld kB", &v) == 1)) {
+      kb += v;
+    }
+  }
+  std::fclose(f);
+  return found ? kb : -1;
+}
+
+// Huge pages: where /dev/shm hands them out (here a private tmpfs mounted with huge=within_size,
+// the operator's recipe in docs/OPERATIONS.md), a large map is mapped by 2 MiB page-table
+// entries -- in the process that made it and in one that only opens it -- because each
+// process's mapping starts on a 2 MiB boundary (Segment::reserve). Every key is still there.
+TEST_F(SpaceTest, LargeMapsUseHugePagesWhereDevShmHandsThemOut) {
+  std::string skipped;
+  const auto r = in_private_shm(
+      "512m", &skipped,
+      [&]() -> bool {
+        constexpr std::uint64_t kKeys = 400'000;  // a table of 16 MiB and more
+        const std::string name = "hp-" + std::to_string(::getpid());
+        auto mapped_well = [&](const char* who) {
+          const long kb = huge_mapped_kb(name);
+          std::fprintf(stderr, "[ info     ] %s: %ld kB mapped by huge pages\n", who, kb);
+          CHILD_CHECK(kb >= 4096, "%s maps %ld kB of the map by huge pages", who, kb);
+          return true;
+        };
+        {
+          Map m = Map::create(name, {.initial_capacity = 8});
+          for (std::uint64_t k = 0; k < kKeys; ++k) m.insert(k, k ^ 0x5a5a);
+          if (!mapped_well("the creator")) return false;
+        }
+        const ChildResult opener = run_child(
+            [&]() -> bool {
+              Map m = Map::open(name);
+              std::uint64_t sum = 0;
+              for (std::uint64_t k = 0; k < kKeys; ++k) {
+                const auto v = m.find(k);
+                CHILD_CHECK(v && *v == (k ^ 0x5a5a), "key %llu lost", (unsigned long long)k);
+                sum += *v;
+              }
+              return mapped_well("an opener") && sum != 0;
+            },
+            seconds(60 * kSlow));
+        CHILD_CHECK(opener.ok(), "opener %s", opener.describe().c_str());
+        Map::remove(name);
+        return true;
+      },
+      seconds(120 * kSlow), ",huge=within_size");
+  if (!skipped.empty()) GTEST_SKIP() << skipped;
+  EXPECT_TRUE(r.ok()) << r.describe();
 }
 
 }  // namespace

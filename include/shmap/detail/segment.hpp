@@ -25,7 +25,9 @@ class Segment {
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
 
-  /// Reserves max_bytes of address space (no memory) for the mapping; throws out_of_space.
+  /// Reserves max_bytes of address space (no memory) for the mapping, starting on a 2 MiB
+  /// boundary (so that a huge page of the object can be mapped by one page-table entry);
+  /// throws out_of_space.
   void reserve(std::uint64_t max_bytes);
   /// Maps the first `bytes` of the object (clamped to the reservation); throws io_error.
   void map_initial(std::uint64_t bytes);
@@ -79,6 +81,9 @@ class Segment {
  private:
   void extend_mapping(std::uint64_t end) const;
   int protection() const;
+  /// Maps [offset, offset + bytes) of the object at base_ + offset (MAP_FIXED, inside the
+  /// reservation); throws io_error with `what`.
+  void map_range(std::uint64_t offset, std::uint64_t bytes, const char* what) const;
 
   std::string name_;
   int fd_ = -1;
