@@ -1,4 +1,6 @@
-// shmap — handle slots, epoch lanes and reclamation of retired tables.
+// shmap — handle slots, epoch lanes and reclamation of retired tables: the Handles type
+// (detail/handles.hpp), and the process-wide pieces under it (thread numbers, process liveness,
+// membarrier). Tables are reached through the Segment and the map's table() only.
 //
 // Ownership. A slot's {owner word, start time} pair is claimed, freed and read as one 16-byte
 // unit. The owner word is 0 when free, else pid | nonce << 32; the start time (from
@@ -16,7 +18,7 @@
 // counts as alive -- its slot is never freed and its pins are never ignored by us. (A dead
 // owner in another namespace is cleared by a process of its own namespace, or holds its slot.)
 //
-// Lanes. Every thread of a Map has a lane of its own (MapImpl::lane_of): threads 0-14 in the
+// Lanes. Every thread of a Map has a lane of its own (Handles::lane_of): threads 0-14 in the
 // Map's slot, later threads in extra slots the Map claims on demand, 16 threads each, released
 // at close. A group of threads that cannot get a slot (every slot owned by a live process)
 // shares the overflow lane (lane 15 of the Map's slot) with a pin count, for as long as the
@@ -59,6 +61,8 @@
 // unlinked and not freed: free it; anything else -> it was freed already (and maybe reused).
 // A reclaimer killed at any instruction therefore leaks nothing, and racy walkers of the stack
 // (stats, check) only ever read memory inside the mapping.
+#include "shmap/detail/handles.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
@@ -67,6 +71,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -74,7 +79,7 @@
 #include <new>
 #include <thread>
 #include <vector>
-
+// fail(), cas128(), read_cell(): shared with the tables.
 #include "shmap/detail/map_impl.hpp"
 
 namespace shmap::detail {
@@ -104,8 +109,8 @@ struct ThreadNumberReturn {
   }
 };
 
-// Marks a group of threads that could not get a slot of its own (MapImpl::groups_).
-MapImpl::LaneGroup g_overflow_group;
+// Marks a group of threads that could not get a slot of its own (Handles::groups_).
+Handles::LaneGroup g_overflow_group;
 
 std::once_flag g_membarrier_once;
 bool g_light_pins = false;
@@ -258,7 +263,21 @@ std::uint64_t own_start_time() noexcept {
   return cached_start.load(std::memory_order_relaxed);
 }
 
-std::size_t MapImpl::claim_free_slot(std::uint64_t* word) const {
+void Handles::close() {
+  if (seg_.mapped() && slot_index_ != SIZE_MAX && owner_pid_ == ::getpid()) release_slot();
+}
+
+void Handles::attach(std::size_t max_handles, std::uint64_t slots_offset, bool private_slot) {
+  header_ = &seg_.header();
+  max_handles_ = max_handles;
+  slots_ = seg_.at<HandleSlot>(slots_offset);
+  if (private_slot) {
+    private_slot_ = std::make_unique<HandleSlot>();
+    my_slot_ = private_slot_.get();
+  }
+}
+
+std::size_t Handles::claim_free_slot(std::uint64_t* word) const {
   const std::uint64_t pid = static_cast<std::uint64_t>(::getpid());
   const std::uint64_t start = own_start_time();
   const std::uint64_t ns = own_pid_ns();
@@ -297,11 +316,11 @@ std::size_t MapImpl::claim_free_slot(std::uint64_t* word) const {
   return SIZE_MAX;
 }
 
-void MapImpl::claim_slot() {
+void Handles::claim_slot() {
   std::uint64_t word = 0;
   const std::size_t i = claim_free_slot(&word);
   if (i == SIZE_MAX) {
-    fail(Errc::handles_exhausted, name(),
+    fail(Errc::handles_exhausted, seg_.name(),
          "all " + std::to_string(max_handles_) +
              " handle slots are owned by live processes; close some Map objects, or recreate "
              "the map with a larger max_handles");
@@ -313,7 +332,7 @@ void MapImpl::claim_slot() {
   owner_pid_ = ::getpid();
 }
 
-void MapImpl::release_slot() {
+void Handles::release_slot() {
   for (auto& gp : groups_) {
     LaneGroup* g = gp.load(std::memory_order_acquire);
     if (g == nullptr) continue;
@@ -329,7 +348,7 @@ void MapImpl::release_slot() {
   slot_index_ = SIZE_MAX;
 }
 
-MapImpl::LaneGroup* MapImpl::lane_group(std::size_t t) const {
+Handles::LaneGroup* Handles::lane_group(std::size_t t) const {
   // A read-only attachment claims no slot: all its extra threads share its private overflow lane.
   if (seg_.read_only()) return nullptr;
   const std::size_t gi = (t - kPrimaryLanes) / kLanes;
@@ -365,7 +384,7 @@ MapImpl::LaneGroup* MapImpl::lane_group(std::size_t t) const {
   return g == &g_overflow_group ? nullptr : g;
 }
 
-bool MapImpl::owns_slot_word(std::uint64_t w) const {
+bool Handles::owns_slot_word(std::uint64_t w) const {
   if (w == owner_word_) return true;
   for (const auto& gp : groups_) {
     const LaneGroup* g = gp.load(std::memory_order_acquire);
@@ -374,14 +393,14 @@ bool MapImpl::owns_slot_word(std::uint64_t w) const {
   return false;
 }
 
-void MapImpl::pin_extra(std::size_t t) const {
+void Handles::pin_extra(std::size_t t) const {
   LaneGroup* g = lane_group(t);
   if (g == nullptr) return pin_shared();
   const std::size_t l = (t - kPrimaryLanes) % kLanes;
   pin_lane(g->slot->lanes[l], g->depth[l]);
 }
 
-void MapImpl::unpin_extra(std::size_t t) const noexcept {
+void Handles::unpin_extra(std::size_t t) const noexcept {
   // The pin resolved the group already: no claim here.
   const std::size_t gi = (t - kPrimaryLanes) / kLanes;
   LaneGroup* g = gi < kMaxGroups ? groups_[gi].load(std::memory_order_acquire) : nullptr;
@@ -390,7 +409,7 @@ void MapImpl::unpin_extra(std::size_t t) const noexcept {
   unpin_lane(g->slot->lanes[l], g->depth[l]);
 }
 
-void MapImpl::reclaim_deferred() const noexcept {
+void Handles::reclaim_deferred() const noexcept {
   t_reclaim_wanted = false;
   try {
     reclaim_impl(false);
@@ -399,7 +418,7 @@ void MapImpl::reclaim_deferred() const noexcept {
   }
 }
 
-bool MapImpl::global_barrier() const noexcept {
+bool Handles::global_barrier() const noexcept {
   if (membarrier_fence()) return true;
   // No fence from here: the scan is sound only if no live owner pins with plain stores.
   // seq_cst loads: ordered before the lane scan that follows (see the essay).
@@ -413,7 +432,7 @@ bool MapImpl::global_barrier() const noexcept {
   return true;
 }
 
-SlotOwnerWords MapImpl::read_owner(const HandleSlot& s) {
+SlotOwnerWords Handles::read_owner(const HandleSlot& s) {
   // The owner word carries a per-claim nonce, so the same owner word before and after the
   // start-time load means the pair was read from one claim.
   // pid_ns is written before the claim completes (the CAS that stores the start time), so
@@ -426,7 +445,7 @@ SlotOwnerWords MapImpl::read_owner(const HandleSlot& s) {
   }
 }
 
-bool MapImpl::owner_alive(SlotOwnerWords o) {
+bool Handles::owner_alive(SlotOwnerWords o) {
   if (o.owner == 0) return false;
   const int pid = static_cast<int>(o.owner & 0xffffffffu);
   // A claim in progress: pin mode and namespace may not be written yet; its pid decides (a
@@ -445,7 +464,12 @@ bool MapImpl::owner_alive(SlotOwnerWords o) {
   return process_alive(pid, o.start);
 }
 
-bool MapImpl::slot_owner_alive(std::size_t i) const { return owner_alive(read_owner(slot(i))); }
+bool Handles::word_owner_alive(std::uint64_t w) const {
+  for (std::size_t i = 0; i < max_handles_; ++i) {
+    if (slot(i).owner.owner.load(std::memory_order_acquire) == w) return slot_owner_alive(i);
+  }
+  return false;  // the holder's slot was freed: it closed or was cleared as dead
+}
 
 namespace {
 // The size change a recorded transition makes: an insert +1, an erase or a discarded entry
@@ -461,7 +485,7 @@ std::int64_t delta_of(std::uint64_t meta, std::uint64_t value, std::uint64_t pen
 }
 }  // namespace
 
-MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
+Handles::SizeWords Handles::read_size(const Lane& lane) {
   // size_seq changes with every change of size_delta: equal before and after, one pair.
   for (;;) {
     const std::uint64_t s1 =
@@ -474,7 +498,7 @@ MapImpl::SizeWords MapImpl::read_size(const Lane& lane) {
   }
 }
 
-std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
+std::uint64_t Handles::write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
                                     std::uint64_t value, std::int64_t delta) {
   const std::uint64_t seq = read_size(lane).seq;
   // Seqlock write: generation odd, fields, generation even. A reader that saw any new field
@@ -495,7 +519,7 @@ std::uint64_t MapImpl::write_record(Lane& lane, std::uint64_t off, std::uint64_t
   return seq;
 }
 
-void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
+void Handles::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
   const SizeWords now = read_size(lane);
   // Applied already (by the owner or another helper)? (A record keeps 40 bits of seq.)
   if ((now.seq & kSeqMask) != (seq & kSeqMask)) return;
@@ -504,7 +528,7 @@ void MapImpl::apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
          now.seq + 1);
 }
 
-void MapImpl::help_pending(const Slot& b, const Cell& c) const {
+void Handles::help_pending(const Slot& b, const Cell& c) const {
   const std::uint64_t tag = tag_of(c.meta);
   if (tag == 0) return;
   const std::size_t owner = (tag - 1) / kLanes;
@@ -520,13 +544,13 @@ void MapImpl::help_pending(const Slot& b, const Cell& c) const {
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
   if (lane.record_gen.load(std::memory_order_acquire) != g1) return;
-  if (off != offset_of(&b)) return;
+  if (off != seg_.offset_of(&b)) return;
   // The record is for exactly the transition that produced the bucket's current content.
   if (meta != c.meta || value != c.value) return;
   apply_pending(lane, seq, delta_of(meta, value, seq));
 }
 
-void MapImpl::recover_lane(Lane& lane) const {
+void Handles::recover_lane(Lane& lane) const {
   // The owner is dead: nobody rewrites the record under us (a clearer took the slot over).
   const std::uint64_t off = lane.pending.load(std::memory_order_acquire);
   if (off == 0) return;
@@ -544,8 +568,8 @@ void MapImpl::recover_lane(Lane& lane) const {
   const std::uint64_t meta = lane.pending_meta.load(std::memory_order_acquire);
   const std::uint64_t value = lane.pending_value.load(std::memory_order_acquire);
   const std::uint64_t seq = lane.pending_seq.load(std::memory_order_acquire);
-  ensure_mapped(off + sizeof(Slot));
-  const Cell c = read_cell(*at<Slot>(off));
+  seg_.ensure_mapped(off + sizeof(Slot));
+  const Cell c = read_cell(*seg_.at<Slot>(off));
   // The owner is dead. If the bucket still holds what its CAS installs, the CAS landed and
   // nobody changed the bucket since (a change would have applied the record first): apply it
   // unless the owner did. Otherwise the CAS never landed, or the change was applied.
@@ -553,7 +577,7 @@ void MapImpl::recover_lane(Lane& lane) const {
   lane.pending.store(0, std::memory_order_release);
 }
 
-bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
+bool Handles::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
   HandleSlot& s = slot(i);
   // Take the slot over first (owner = this process, with bit 63 set: "recovering"), so that
   // no new owner can claim it and start writing its lanes while we recover them, and only
@@ -569,7 +593,7 @@ bool MapImpl::free_dead_slot(std::size_t i, SlotOwnerWords seen) const {
   return cas128(owner_words(s), marker, my_start, 0, 0);
 }
 
-std::size_t MapImpl::clear_stale_slots() const {
+std::size_t Handles::clear_stale_slots() const {
   std::size_t cleared = 0;
   for (std::size_t i = 0; i < max_handles_; ++i) {
     const SlotOwnerWords seen = read_owner(slot(i));
@@ -580,26 +604,26 @@ std::size_t MapImpl::clear_stale_slots() const {
   return cleared;
 }
 
-void MapImpl::pin_shared() const {
+void Handles::pin_shared() const {
   // Overflow lane: a count of pinned threads, keeping the oldest epoch while it is non-zero.
   // Always seq_cst: the count is a read-modify-write anyway.
   Lane& lane = overflow_lane();
   std::uint64_t w = lane.pin.load(std::memory_order_relaxed);
   for (;;) {
-    const std::uint64_t e = header().global_epoch.load(std::memory_order_seq_cst);
+    const std::uint64_t e = header_->global_epoch.load(std::memory_order_seq_cst);
     const std::uint64_t next = (w & kPinCountMask) == 0 ? (e << 16 | 1) : w + 1;
     if (lane.pin.compare_exchange_weak(w, next, std::memory_order_seq_cst)) return;
   }
 }
 
-void MapImpl::unpin_shared() const noexcept {
+void Handles::unpin_shared() const noexcept {
   Lane& lane = overflow_lane();
   const std::uint64_t before = lane.pin.fetch_sub(1, std::memory_order_release);
   if (t_reclaim_wanted && (before & kPinCountMask) == 1) reclaim_deferred();
 }
 
-void MapImpl::retire(std::uint64_t table_offset) const {
-  SegmentHeader& h = header();
+void Handles::retire(std::uint64_t table_offset) const {
+  SegmentHeader& h = seg_.header();
   TableHeader* t = table(table_offset);
   t->retire_epoch = h.global_epoch.fetch_add(1, std::memory_order_seq_cst);
   // Treiber push onto the retired stack (no fixed limit: a long-pinned reader holds back
@@ -626,8 +650,16 @@ std::uint64_t field(const std::uint64_t& w) {
 }
 }  // namespace
 
-void MapImpl::finish_reclaim_journal() const {
-  SegmentHeader& h = header();
+TableHeader* Handles::table_or_null(std::uint64_t offset) const noexcept {
+  try {
+    return table(offset);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void Handles::finish_reclaim_journal() const {
+  SegmentHeader& h = seg_.header();
   const std::uint64_t x = h.reclaim_table.load(std::memory_order_acquire);
   if (x == 0) return;
   const std::uint64_t re = h.reclaim_retire_epoch.load(std::memory_order_relaxed);
@@ -649,8 +681,8 @@ void MapImpl::finish_reclaim_journal() const {
     // shape checks rule out bucket or bitmap words of a table that reused the range.
     const std::uint64_t file = h.file_bytes.load(std::memory_order_acquire);
     if (x % kPage == 0 && x >= h.arena_offset && x + kTableHeaderBytes <= file) {
-      ensure_mapped(x + kTableHeaderBytes);
-      const TableHeader* t = at<TableHeader>(x);
+      seg_.ensure_mapped(x + kTableHeaderBytes);
+      const TableHeader* t = seg_.at<TableHeader>(x);
       const std::uint64_t cap = field(t->capacity), bits = field(t->bits);
       const std::uint64_t bytes = field(t->extent_bytes);
       if (table_shape_ok(cap, bits) && bytes >= table_bytes(cap) && bytes % kPage == 0 &&
@@ -663,8 +695,8 @@ void MapImpl::finish_reclaim_journal() const {
   h.reclaim_table.store(0, std::memory_order_release);
 }
 
-bool MapImpl::lock_reclaim(std::chrono::milliseconds wait) const {
-  SegmentHeader& h = header();
+bool Handles::lock_reclaim(std::chrono::milliseconds wait) const {
+  SegmentHeader& h = seg_.header();
   const auto give_up = std::chrono::steady_clock::now() + wait;
   for (;;) {
     std::uint64_t holder = 0;
@@ -674,7 +706,7 @@ bool MapImpl::lock_reclaim(std::chrono::milliseconds wait) const {
     }
     // A dead holder's lock is broken (its journal is finished by the caller); a live one frees
     // what we would have: skip, or wait a little when asked to.
-    if (!gate_owner_alive(holder)) {
+    if (!word_owner_alive(holder)) {
       if (h.reclaim_lock.compare_exchange_strong(holder, owner_word_, std::memory_order_acq_rel)) {
         return true;
       }
@@ -685,13 +717,13 @@ bool MapImpl::lock_reclaim(std::chrono::milliseconds wait) const {
   }
 }
 
-void MapImpl::unlock_reclaim() const noexcept {
+void Handles::unlock_reclaim() const noexcept {
   std::uint64_t w = owner_word_;
   // Release: our unlinks and frees happen-before the next holder's walk.
-  header().reclaim_lock.compare_exchange_strong(w, 0, std::memory_order_release);
+  seg_.header().reclaim_lock.compare_exchange_strong(w, 0, std::memory_order_release);
 }
 
-std::optional<std::uint64_t> MapImpl::oldest_pin(std::uint64_t oldest) const {
+std::optional<std::uint64_t> Handles::oldest_pin(std::uint64_t oldest) const {
   // Light pins are plain stores: make every one of them visible before scanning (or, without
   // membarrier here, trust nothing while any live owner uses them).
   if (!global_barrier()) return std::nullopt;
@@ -716,8 +748,8 @@ std::optional<std::uint64_t> MapImpl::oldest_pin(std::uint64_t oldest) const {
   return oldest;
 }
 
-void MapImpl::reclaim_impl(bool patient) const {
-  SegmentHeader& h = header();
+void Handles::reclaim_impl(bool patient) const {
+  SegmentHeader& h = seg_.header();
   if (h.retired_head.load(std::memory_order_acquire) == 0 &&
       h.reclaim_table.load(std::memory_order_acquire) == 0) {
     return;
@@ -732,7 +764,7 @@ void MapImpl::reclaim_impl(bool patient) const {
   }
   if (!lock_reclaim(std::chrono::milliseconds(patient ? kReclaimLockWaitMs : 0))) return;
   struct Unlock {
-    const MapImpl& m;
+    const Handles& m;
     ~Unlock() { m.unlock_reclaim(); }
   } unlock{*this};
   finish_reclaim_journal();
@@ -789,7 +821,7 @@ void MapImpl::reclaim_impl(bool patient) const {
   }
 }
 
-bool MapImpl::with_reclaim_lock(bool patient, std::chrono::milliseconds wait, void (*fn)(void*),
+bool Handles::with_reclaim_lock(bool patient, std::chrono::milliseconds wait, void (*fn)(void*),
                                 void* ctx) const {
   if (owner_word_ == 0) return false;
   std::unique_lock local(reclaim_mutex_, std::defer_lock);
@@ -800,7 +832,7 @@ bool MapImpl::with_reclaim_lock(bool patient, std::chrono::milliseconds wait, vo
   }
   if (!lock_reclaim(wait)) return false;
   struct Unlock {
-    const MapImpl& m;
+    const Handles& m;
     ~Unlock() { m.unlock_reclaim(); }
   } unlock{*this};
   finish_reclaim_journal();
@@ -808,11 +840,11 @@ bool MapImpl::with_reclaim_lock(bool patient, std::chrono::milliseconds wait, vo
   return true;
 }
 
-std::size_t MapImpl::retired_count() const {
+std::size_t Handles::retired_count() const {
   // Racy walk (a reclaimer may pop meanwhile): bounded, and it reads only mapped memory.
   std::size_t n = 0;
   // (A table freed under the walk reads zeros: the walk ends early.)
-  for (std::uint64_t off = header().retired_head.load(std::memory_order_acquire);
+  for (std::uint64_t off = seg_.header().retired_head.load(std::memory_order_acquire);
        off != 0 && n < kMaxRetiredWalk; ++n) {
     const TableHeader* t = table_or_null(off);
     if (t == nullptr) break;
@@ -821,7 +853,48 @@ std::size_t MapImpl::retired_count() const {
   return n;
 }
 
-std::int64_t MapImpl::size_estimate() const {
+std::size_t Handles::slots_in_use() const {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < max_handles_; ++i) {
+    if (slot(i).owner.owner.load(std::memory_order_relaxed) != 0) ++n;
+  }
+  return n;
+}
+
+std::size_t Handles::dead_slots() const {
+  std::size_t dead = 0;
+  for (std::size_t i = 0; i < max_handles_; ++i) {
+    if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;
+  }
+  return dead;
+}
+
+std::vector<ReaderInfo> Handles::readers() const {
+  std::vector<ReaderInfo> out;
+  for (std::size_t i = 0; i < max_handles_; ++i) {
+    const HandleSlot& s = slot(i);
+    const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
+    if (w == 0) continue;
+    ReaderInfo r;
+    r.slot = i;
+    r.pid = static_cast<int>(w & 0xffffffffu);
+    r.alive = slot_owner_alive(i);
+    r.self = owns_slot_word(w);
+    r.opened_at_unix_ns = s.owner.opened_at_ns.load(std::memory_order_relaxed);
+    r.oldest_pinned_epoch = UINT64_MAX;
+    for (const Lane& lane : s.lanes) {
+      const std::uint64_t p = lane.pin.load(std::memory_order_acquire);
+      if ((p & kPinCountMask) == 0) continue;
+      r.pinned_lanes += p & kPinCountMask;
+      r.oldest_pinned_epoch = std::min(r.oldest_pinned_epoch, p >> 16);
+    }
+    if (r.pinned_lanes == 0) r.oldest_pinned_epoch = 0;
+    out.push_back(r);
+  }
+  return out;
+}
+
+std::int64_t Handles::size_estimate() const {
   std::uint64_t sum = 0;
   for (std::size_t i = 0; i < max_handles_; ++i) {
     for (const Lane& lane : slot(i).lanes) {
@@ -831,7 +904,7 @@ std::int64_t MapImpl::size_estimate() const {
   return static_cast<std::int64_t>(sum);
 }
 
-void MapImpl::add_size(std::int64_t d) const {
+void Handles::add_size(std::int64_t d) const {
   Lane& lane = my_lane();
   // The overflow lane has several writers and no pending records: a plain atomic add. An
   // exclusive lane can also be updated by helpers applying a record: a 16-byte CAS with seq.

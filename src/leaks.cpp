@@ -181,39 +181,38 @@ std::vector<MapImpl::TableId> MapImpl::unaccounted_tables() const {
 MapImpl::LeakScan MapImpl::sweep_leaks(bool recover) const {
   LeakScan scan;
   SegmentHeader& h = header();
-  if (owner_word_ == 0) return scan;
-  const std::lock_guard local(reclaim_mutex_);  // one reclaimer per Map
-  if (!lock_reclaim(kGrace)) return scan;
-  struct Unlock {
-    const MapImpl& m;
-    ~Unlock() { m.unlock_reclaim(); }
-  } unlock{*this};
-  finish_reclaim_journal();
-  std::vector<TableId> first = unaccounted_tables();
-  if (first.empty()) {
+  // Under this Map's reclaim mutex and the segment's reclaim lock (a dead holder's journal
+  // finished first), as a reclaimer: nothing is freed or retired by others meanwhile.
+  auto sweep = [&] {
+    std::vector<TableId> first = unaccounted_tables();
+    if (first.empty()) {
+      scan.done = true;
+      return;
+    }
+    // Grace period: every operation pinned before this epoch ends (or its process is found
+    // dead and its slot freed) before the second walk.
+    const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
+    if (sweep_grace_for_test != nullptr) sweep_grace_for_test();
+    const auto give_up = std::chrono::steady_clock::now() + kGrace;
+    for (;;) {
+      const std::optional<std::uint64_t> oldest = oldest_pin(e);
+      if (!oldest) return;
+      if (*oldest >= e) break;
+      if (std::chrono::steady_clock::now() >= give_up) return;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    const std::vector<TableId> second = unaccounted_tables();
+    for (const TableId& id : first) {
+      if (std::find(second.begin(), second.end(), id) == second.end()) continue;
+      ++scan.tables;
+      scan.bytes += id.bytes;
+      if (recover) retire(id.offset);
+    }
     scan.done = true;
-    return scan;
-  }
-  // Grace period: every operation pinned before this epoch ends (or its process is found
-  // dead and its slot freed) before the second walk.
-  const std::uint64_t e = h.global_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
-  if (sweep_grace_for_test != nullptr) sweep_grace_for_test();
-  const auto give_up = std::chrono::steady_clock::now() + kGrace;
-  for (;;) {
-    const std::optional<std::uint64_t> oldest = oldest_pin(e);
-    if (!oldest) return scan;
-    if (*oldest >= e) break;
-    if (std::chrono::steady_clock::now() >= give_up) return scan;
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-  }
-  const std::vector<TableId> second = unaccounted_tables();
-  for (const TableId& id : first) {
-    if (std::find(second.begin(), second.end(), id) == second.end()) continue;
-    ++scan.tables;
-    scan.bytes += id.bytes;
-    if (recover) retire(id.offset);
-  }
-  scan.done = true;
+  };
+  using Sweep = decltype(sweep);
+  handles_.with_reclaim_lock(
+      true, kGrace, [](void* f) { (*static_cast<Sweep*>(f))(); }, &sweep);
   return scan;
 }
 

@@ -201,14 +201,14 @@ void Map::for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* c
 
 std::size_t Map::clear_stale_handles() {
   refuse_if_read_only(*impl_, "clear_stale_handles");
-  return impl_->clear_stale_slots();
+  return impl_->handles().clear_stale_slots();
 }
 
 void Map::compact() {
   refuse_if_read_only(*impl_, "compact");
   impl_->finish_migration();
   impl_->fit_table();
-  impl_->clear_stale_slots();
+  impl_->handles().clear_stale_slots();
   impl_->sweep_leaks(true);  // tables a killed process left off the retired stack
   impl_->reclaim();
 }
@@ -238,12 +238,10 @@ Stats Map::stats() const {
   } else {
     tables();
   }
-  for (std::size_t i = 0; i < m.max_handles(); ++i) {
-    if (m.slot(i).owner.owner.load(std::memory_order_relaxed) != 0) ++s.handles_in_use;
-  }
+  s.handles_in_use = m.handles().slots_in_use();
   {
     PinGuard pin(m);
-    s.retired_pending = m.retired_count();
+    s.retired_pending = m.handles().retired_count();
   }
   s.max_handles = m.max_handles();
   s.segment_bytes = h.file_bytes.load(std::memory_order_relaxed);
@@ -259,32 +257,7 @@ Stats Map::stats() const {
   return s;
 }
 
-std::vector<ReaderInfo> Map::readers() const {
-  using namespace detail;
-  const MapImpl& m = *impl_;
-  std::vector<ReaderInfo> out;
-  for (std::size_t i = 0; i < m.max_handles(); ++i) {
-    const HandleSlot& s = m.slot(i);
-    const std::uint64_t w = s.owner.owner.load(std::memory_order_acquire);
-    if (w == 0) continue;
-    ReaderInfo r;
-    r.slot = i;
-    r.pid = static_cast<int>(w & 0xffffffffu);
-    r.alive = m.slot_owner_alive(i);
-    r.self = m.owns_slot_word(w);
-    r.opened_at_unix_ns = s.owner.opened_at_ns.load(std::memory_order_relaxed);
-    r.oldest_pinned_epoch = UINT64_MAX;
-    for (const Lane& lane : s.lanes) {
-      const std::uint64_t p = lane.pin.load(std::memory_order_acquire);
-      if ((p & kPinCountMask) == 0) continue;
-      r.pinned_lanes += p & kPinCountMask;
-      r.oldest_pinned_epoch = std::min(r.oldest_pinned_epoch, p >> 16);
-    }
-    if (r.pinned_lanes == 0) r.oldest_pinned_epoch = 0;
-    out.push_back(r);
-  }
-  return out;
-}
+std::vector<ReaderInfo> Map::readers() const { return impl_->handles().readers(); }
 
 CheckReport Map::check() const {
   return impl_->read_only() ? impl_->check_read_only() : impl_->check();
@@ -534,10 +507,7 @@ CheckReport MapImpl::check() const {
     rep.notes.push_back(std::to_string(retired) + " retired tables awaiting reclamation");
     break;
   }
-  std::size_t dead = 0;
-  for (std::size_t i = 0; i < max_handles(); ++i) {
-    if (slot(i).owner.owner.load(std::memory_order_acquire) != 0 && !slot_owner_alive(i)) ++dead;
-  }
+  const std::size_t dead = handles_.dead_slots();
   if (dead != 0)
     rep.notes.push_back(
         std::to_string(dead) +

@@ -311,11 +311,15 @@ std::uint64_t Segment::allocated_bytes() const {
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
-MapImpl::MapImpl(std::string name, int fd, bool read_only) : seg_(std::move(name), fd, read_only) {}
+MapImpl::MapImpl(std::string name, int fd, bool read_only)
+    // The handles reach the tables they retire and free through table() only.
+    : handles_(seg_, {this,
+                      [](const void* m, std::uint64_t offset) {
+                        return static_cast<const MapImpl*>(m)->table(offset);
+                      }}),
+      seg_(std::move(name), fd, read_only) {}
 
-MapImpl::~MapImpl() {
-  if (seg_.mapped() && slot_index_ != SIZE_MAX && owner_pid_ == ::getpid()) release_slot();
-}
+MapImpl::~MapImpl() { handles_.close(); }
 
 namespace {
 
@@ -394,8 +398,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     m->seg_.reserve(options.max_bytes);
     m->seg_.map_initial(arena);
     m->seg_.set_arena_offset(arena);
-    m->max_handles_ = options.max_handles;
-    m->slots_ = m->at<HandleSlot>(kPage);
+    m->handles_.attach(options.max_handles, kPage);
     SegmentHeader& h = m->header();
     h.creator_pid = static_cast<std::uint64_t>(::getpid());
     h.creator_start = process_start_time(::getpid());
@@ -438,7 +441,7 @@ std::unique_ptr<MapImpl> MapImpl::create(const std::string& name, const Options&
     throw;
   }
   ::unlink(temp_path.c_str());
-  m->claim_slot();
+  m->handles_.claim_slot();
   return m;
 }
 
@@ -592,18 +595,13 @@ std::unique_ptr<MapImpl> MapImpl::open(const std::string& name, bool clear_stale
   m->seed_ = seed;
   m->types_ = held;
   m->seg_.set_arena_offset(arena);
-  m->max_handles_ = max_handles;
-  m->slots_ = m->at<HandleSlot>(slots_offset);
-  if (read_only) {
-    // No slot: pins go to a lane of this process's own memory, which nobody else reads. They
-    // protect nothing; read-only reads validate against the global epoch instead
-    // (src/read_only.cpp).
-    m->private_slot_ = std::make_unique<HandleSlot>();
-    m->my_slot_ = m->private_slot_.get();
-    return m;
-  }
-  if (clear_stale) m->clear_stale_slots();
-  m->claim_slot();
+  // Read-only: no slot; pins go to a lane of this process's own memory, which nobody else
+  // reads. They protect nothing; read-only reads validate against the global epoch instead
+  // (src/read_only.cpp).
+  m->handles_.attach(max_handles, slots_offset, read_only);
+  if (read_only) return m;
+  if (clear_stale) m->handles_.clear_stale_slots();
+  m->handles_.claim_slot();
   return m;
 }
 

@@ -65,7 +65,7 @@ TableHeader* MapImpl::table(std::uint64_t offset) const {
   // are the ones it validated last at this offset, the checks below would pass again (same
   // inputs, and the mapping only grows), so they are skipped.
   const std::size_t tn = t_thread_number;
-  LocalLane* cache = tn < kPrimaryLanes ? &local_[tn] : nullptr;
+  LocalLane* cache = tn < kPrimaryLanes ? &handles_.local_lanes()[tn] : nullptr;
   if (cache != nullptr && offset != 0 && cache->table_offset == offset) {
     auto* t = at<TableHeader>(offset);
     if (std::atomic_ref<const std::uint64_t>(t->capacity).load(std::memory_order_relaxed) ==
@@ -138,7 +138,7 @@ std::uint64_t MapImpl::create_table(std::uint64_t capacity, std::uint64_t older)
   put(t->discard_older, 0);
   // Who made it: a table never linked whose creator is gone is a leak (leaks.cpp). 0 while
   // the segment is being created (no slot yet): that first table is published at once.
-  put(t->bulk.key, owner_word_);
+  put(t->bulk.key, handles_.owner_word());
   // Relaxed: the table is published by the seq_cst CAS on current_table.
   t->older.store(older, std::memory_order_relaxed);
   return off;
@@ -161,7 +161,7 @@ bool MapImpl::note_claim(TableHeader* t) const {
     add = t_pending;
     t_pending = 0;
   }
-  const std::size_t stripe = (slot_index_ * kLanes + thread_number()) % kStripes;
+  const std::size_t stripe = (handles_.slot_index() * kLanes + thread_number()) % kStripes;
   t->used[stripe].n.fetch_add(add, std::memory_order_relaxed);
   return used_buckets(t) * 4 >= t->capacity * 3;
 }
@@ -1033,15 +1033,9 @@ std::uint64_t* gate_words(SegmentHeader& h) {
 }
 }  // namespace
 
-bool MapImpl::gate_owner_alive(std::uint64_t gate) const {
-  for (std::size_t i = 0; i < max_handles_; ++i) {
-    if (slot(i).owner.owner.load(std::memory_order_acquire) == gate) return slot_owner_alive(i);
-  }
-  return false;  // the holder's slot was freed: it closed or was cleared as dead
-}
-
 bool MapImpl::gate_is_mine(std::uint64_t gate) const {
-  return gate == owner_word_ && gate_thread_.load(std::memory_order_relaxed) == thread_number() + 1;
+  return gate == handles_.owner_word() &&
+         gate_thread_.load(std::memory_order_relaxed) == thread_number() + 1;
 }
 
 void MapImpl::wait_for_gate_slow() const {
@@ -1103,7 +1097,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
         continue;  // another thread of this Map is taking or holding the gate
       }
       // seq_cst (lock cmpxchg16b): the gate store precedes our scan of the lanes below.
-      if (cas128(gate_words(h), 0, lease, owner_word_, monotonic_ns() + lease_ns)) {
+      if (cas128(gate_words(h), 0, lease, handles_.owner_word(), monotonic_ns() + lease_ns)) {
         break;
       }
       gate_thread_.store(0, std::memory_order_release);
@@ -1135,7 +1129,7 @@ void MapImpl::hold_writers(std::uint64_t extra_bytes) const {
   // operation of its own: it would wait for itself until the deadline.)
   const Lane& my = my_lane();
   const Lane* mine = thread_number() >= kPrimaryLanes && &my == &overflow_lane() ? nullptr : &my;
-  for (std::size_t i = 0; i < max_handles_; ++i) {
+  for (std::size_t i = 0; i < max_handles(); ++i) {
     for (const Lane& lane : slot(i).lanes) {
       if (&lane == mine) continue;
       for (;;) {
@@ -1163,7 +1157,7 @@ bool MapImpl::release_writers() const {
   const std::uint64_t lease = h.writer_gate_deadline.load(std::memory_order_acquire);
   // One CAS: gate and deadline go together (seq_cst: writers that see 0 go on at once).
   if (gate_thread_.load(std::memory_order_acquire) != thread_number() + 1) return false;
-  const bool held = cas128(gate_words(h), owner_word_, lease, 0, 0);
+  const bool held = cas128(gate_words(h), handles_.owner_word(), lease, 0, 0);
   // Cleared even if the hold was broken meanwhile, so that this Map's threads can hold again.
   gate_thread_.store(0, std::memory_order_release);
   return held;

@@ -383,7 +383,7 @@ TEST_P(KilledReclaimer, LeaksNothing) {
   g_kill_step = GetParam();
   const auto r = run_child(
       [&]() -> bool {
-        detail::MapImpl::in_reclaim_for_test = [](int step) {
+        detail::Handles::in_reclaim_for_test = [](int step) {
           if (g_armed && step == g_kill_step) ::raise(SIGKILL);
         };
         Map c = Map::open(name);

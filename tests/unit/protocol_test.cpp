@@ -578,11 +578,11 @@ TEST(Protocol, PendingCountIsRecoveredWhenTheSlotIsFreed) {
   EXPECT_EQ(f.map.size(), 1u);
   // Free the "dead" writer's slot the way clear_stale_handles() does (recovery first).
   const std::size_t slot = other.impl().slot_index_for_test();
-  ASSERT_TRUE(f.m.free_dead_slot(slot, MapImpl::read_owner(f.m.slot(slot))));
+  ASSERT_TRUE(f.m.handles().free_dead_slot(slot, Handles::read_owner(f.m.slot(slot))));
   EXPECT_EQ(f.map.size(), 0u);
   EXPECT_EQ(crash.lane->pending.load(), 0u);
   // Applied once: a second recovery (another clearer) changes nothing.
-  f.m.recover_lane(*crash.lane);
+  f.m.handles().recover_lane(*crash.lane);
   EXPECT_EQ(f.map.size(), 0u);
 }
 
@@ -619,9 +619,9 @@ TEST(Protocol, HalfWrittenRecordIsNotRecovered) {
   EXPECT_EQ(f.map.size(), 1u);
   // ...then began its next record and died there.
   crash.lane->record_gen.fetch_add(1);
-  crash.lane->pending_seq.store(MapImpl::read_size(*crash.lane).seq);
+  crash.lane->pending_seq.store(Handles::read_size(*crash.lane).seq);
   const std::size_t slot = other.impl().slot_index_for_test();
-  ASSERT_TRUE(f.m.free_dead_slot(slot, MapImpl::read_owner(f.m.slot(slot))));
+  ASSERT_TRUE(f.m.handles().free_dead_slot(slot, Handles::read_owner(f.m.slot(slot))));
   EXPECT_EQ(f.map.size(), 1u);
   EXPECT_EQ(crash.lane->pending.load(), 0u);
 }

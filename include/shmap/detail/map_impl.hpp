@@ -1,6 +1,6 @@
 // shmap — internals of one attached map: the segment and its arena (a Segment, segment.hpp),
-// the handle slot and its epoch lanes (handles.cpp), and the tables with their migration
-// (table.cpp).
+// the handle slots, lanes, pins and reclamation (a Handles, handles.hpp), and the tables with
+// their migration (table.cpp).
 #pragma once
 
 #include <sys/mman.h>
@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "shmap/detail/fast_path.hpp"
+#include "shmap/detail/handles.hpp"
 #include "shmap/detail/layout.hpp"
 #include "shmap/detail/segment.hpp"
 #include "shmap/shmap.hpp"
@@ -32,31 +33,6 @@ namespace shmap::detail {
 [[noreturn]] void fail_errno(Errc code, const std::string& name, const std::string& what, int err);
 
 void validate_name(const std::string& name);
-
-/// Process identity that survives pid reuse: the kernel's start time of the process.
-/// 0 if the process does not exist (or is a zombie), kStartUnknown if it exists but /proc
-/// cannot say when it started.
-std::uint64_t process_start_time(int pid) noexcept;
-inline constexpr std::uint64_t kStartUnknown = UINT64_MAX;
-/// This process's start time (recomputed after fork).
-std::uint64_t own_start_time() noexcept;
-/// True if pid names a running (or stopped) process started at `start_time` (0: any).
-bool process_alive(int pid, std::uint64_t start_time) noexcept;
-/// Longest walk of the retired stack: a damaged stack may be a cycle. (Far more tables than
-/// can be retired at once: each retirement is one resize, and reclaim runs after each.)
-inline constexpr std::size_t kMaxRetiredWalk = std::size_t{1} << 20;
-
-/// True when this process registered for membarrier(GLOBAL_EXPEDITED): its pins can then be
-/// plain stores, because reclaimers and writer-gate holders issue the fence for them.
-bool light_pins_enabled() noexcept;
-/// Issues membarrier: after it returns, every pin stored by a thread of any process with light
-/// pins is visible to the caller (or that thread's later loads see the caller's earlier stores).
-/// False if this process cannot issue it (no kernel support, or seccomp); then only owners that
-/// declared fenced pins in their slot (SlotOwner::pin_mode) may be trusted:
-/// MapImpl::global_barrier() checks that.
-bool membarrier_fence() noexcept;
-/// Inode of this process's pid namespace (0 if /proc cannot say); recomputed after fork.
-std::uint64_t own_pid_ns() noexcept;
 
 /// 16-byte compare-and-swap of {lo, hi} at p (16-byte aligned). lock cmpxchg16b is a full
 /// barrier: it orders like a seq_cst read-modify-write.
@@ -82,17 +58,6 @@ inline bool cas128(std::uint64_t* p, std::uint64_t exp_lo, std::uint64_t exp_hi,
   const u128 desired = (u128(new_hi) << 64) | new_lo;
   return __sync_bool_compare_and_swap(reinterpret_cast<u128*>(p), expected, desired);
 #endif
-}
-
-/// A handle slot's {owner, start_time}, which change together.
-/// (ns is the owner's pid namespace, read with them: see read_owner.)
-struct SlotOwnerWords {
-  std::uint64_t owner;
-  std::uint64_t start;
-  std::uint64_t ns = 0;
-};
-inline std::uint64_t* owner_words(HandleSlot& s) {
-  return reinterpret_cast<std::uint64_t*>(&s.owner.owner);
 }
 
 /// A consistent {meta, value} pair of a bucket, read without writing to its cache line.
@@ -208,8 +173,6 @@ class MapImpl {
   /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
   /// nullptr where table() would throw.
   TableHeader* table_or_null(std::uint64_t offset) const noexcept;
-  /// Handle slots, as validated and copied at open; never re-read from the header.
-  std::size_t max_handles() const { return max_handles_; }
   /// Bucket i of t (i < capacity), as pointers to its slot and its key (layout.hpp).
   BucketRef bucket(TableHeader* t, std::uint64_t i) const {
     char* base = reinterpret_cast<char*>(t) + kTableHeaderBytes;
@@ -225,129 +188,46 @@ class MapImpl {
     return reinterpret_cast<std::uint64_t*>(fingerprints(t) + fp_bytes(t->capacity));
   }
 
-  // ---- handles.cpp ------------------------------------------------------------------------
-  HandleSlot& slot(std::size_t i) const { return slots_[i]; }
-  void claim_slot();
-  void release_slot();
-  std::size_t slot_index_for_test() const { return slot_index_; }
-  /// Frees slots whose owner died. Returns how many.
-  std::size_t clear_stale_slots() const;
-  bool slot_owner_alive(std::size_t i) const;
-  static SlotOwnerWords read_owner(const HandleSlot& s);
-  static bool owner_alive(SlotOwnerWords o);
-  /// Tables retired and not yet freed (a racy count, for stats).
-  std::size_t retired_count() const;
-  // Lanes. Thread t of the process (thread_number(), process-wide) uses, in this Map:
-  //   t < kPrimaryLanes   lane t of the Map's own slot (the hot path below, inline)
-  //   t >= kPrimaryLanes  lane (t - kPrimaryLanes) % kLanes of extra slot (t - kPrimaryLanes) /
-  //                       kLanes, claimed from the segment the first time one of its threads
-  //                       pins, released at close (lane_group())
-  // so every thread has a lane of its own: its own pin and its own size record. Only when no
-  // slot can be had (max_handles slots owned by live processes, or more than kMaxGroups *
-  // kLanes threads) do the threads of that group share the overflow lane, lane kLanes - 1 of
-  // the Map's own slot: a pin count keeping the oldest epoch (correct, but it can hold
-  // retired tables back while those threads run) and unrecorded size changes.
-  static constexpr std::size_t kPrimaryLanes = kLanes - 1;
-  static constexpr std::size_t kMaxGroups = 256;
-  /// An extra handle slot of this Map, owned by this process like the Map's own.
-  struct LaneGroup {
-    HandleSlot* slot = nullptr;
-    std::size_t index = 0;
-    std::uint64_t owner_word = 0;
-    std::uint32_t depth[kLanes] = {};  // pin nesting per lane, touched by its thread only
-  };
-  /// The group of thread t (t >= kPrimaryLanes), claiming its slot if needed; nullptr: the
-  /// overflow lane (decided once per group and Map, so a pin and its unpin agree).
-  LaneGroup* lane_group(std::size_t t) const;
-  Lane& overflow_lane() const { return my_slot_->lanes[kLanes - 1]; }
-  Lane& lane_of(std::size_t t) const {
-    if (t < kPrimaryLanes) return my_slot_->lanes[t];
-    const LaneGroup* g = lane_group(t);
-    return g != nullptr ? g->slot->lanes[(t - kPrimaryLanes) % kLanes] : overflow_lane();
-  }
-  Lane& my_lane() const { return lane_of(thread_number()); }
-  /// True if w is the owner word of one of this Map's slots.
-  bool owns_slot_word(std::uint64_t w) const;
-  /// Pins this thread's lane with the global epoch (RCU read-side enter; see handles.cpp).
-  void pin() const {
-    const std::size_t t = thread_number();
-    if (t >= kPrimaryLanes) return pin_extra(t);
-    pin_lane(my_slot_->lanes[t], local_[t].depth);
-  }
-  void pin_lane(Lane& lane, std::uint32_t& depth) const {
-    if (depth++ != 0) return;  // nested: the outer pin covers it (the lane is ours alone)
-    if (light_) {
-      light_pin(lane.pin, header().global_epoch);  // a plain store (fast_path.hpp)
-    } else {
-      // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its
-      // unlink.
-      const std::uint64_t e = header().global_epoch.load(std::memory_order_acquire);
-      lane.pin.store(e << 16 | 1, std::memory_order_seq_cst);  // xchg: a full fence
-    }
-  }
-  /// Never throws (it runs in PinGuard's destructor): a reclaim that fails is retried at the
-  /// thread's next unpin, and by every other reclaimer meanwhile.
-  void unpin() const noexcept {
-    const std::size_t t = thread_number();
-    if (t >= kPrimaryLanes) return unpin_extra(t);
-    unpin_lane(my_slot_->lanes[t], local_[t].depth);
-  }
-  void unpin_lane(Lane& lane, std::uint32_t& depth) const noexcept {
-    if (--depth != 0) return;
-    // Release: everything this operation read happens-before a reclaimer that sees quiescence.
-    lane.pin.store(0, std::memory_order_release);
-    if (t_reclaim_wanted) reclaim_deferred();
-  }
-  /// Marks this thread's pin as a write (call pinned, before the gate check): a point-in-time
-  /// hold waits for pinned writers only, never for readers. The mark lasts until the
-  /// outermost unpin; on the shared overflow lane, until the lane is quiescent.
-  void mark_writer() const {
-    const std::size_t t = thread_number();
-    Lane& lane = lane_of(t);
-    if (t >= kPrimaryLanes && &lane == &overflow_lane()) {
-      lane.pin.fetch_or(kPinWriter, std::memory_order_seq_cst);
-      return;
-    }
-    const std::uint64_t w = lane.pin.load(std::memory_order_relaxed);  // our own lane
-    if (light_) {
-      // As pin_lane: a plain store; the holder's membarrier orders it before its lane scan.
-      lane.pin.store(w | kPinWriter, std::memory_order_release);
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-    } else {
-      lane.pin.store(w | kPinWriter, std::memory_order_seq_cst);
-    }
-  }
-  void pin_extra(std::size_t t) const;
-  void unpin_extra(std::size_t t) const noexcept;
-  void pin_shared() const;
-  void unpin_shared() const noexcept;
-  /// reclaim() for unpin: never throws; on failure the thread tries again at its next unpin.
-  void reclaim_deferred() const noexcept;
-  /// An asymmetric fence over every lane (membarrier_fence()), or, where this process cannot
-  /// issue one, true only if no live owner uses light pins (their pins cannot be trusted then:
-  /// the caller must neither free nor assume quiescence).
-  bool global_barrier() const noexcept;
-  /// Tries to free retired tables that no pinned lane can still see. Waits a little (at most
-  /// kReclaimLockWaitMs) if another live Map holds the reclaim lock; never throws from unpin.
-  void reclaim() const { reclaim_impl(true); }
-  void reclaim_impl(bool patient) const;
-  static constexpr int kReclaimLockWaitMs = 50;
-  /// Under the reclaim lock: finishes the journaled table of a holder that died (handles.cpp).
-  void finish_reclaim_journal() const;
-  void retire(std::uint64_t table_offset) const;
-  /// Takes the segment's reclaim lock for this Map, waiting up to `wait` for a live holder
-  /// (a dead holder's lock is broken; finish_reclaim_journal() next). Hold reclaim_mutex_.
-  bool lock_reclaim(std::chrono::milliseconds wait) const;
-  void unlock_reclaim() const noexcept;
-  /// Runs fn(ctx) under this Map's reclaim mutex and the segment's reclaim lock (a dead
-  /// holder's journal finished first). False, fn not run, if the lock could not be had:
-  /// another thread of this Map has it and !patient, or another live Map held it past `wait`.
+  // ---- the handles (handles.hpp) ----------------------------------------------------------
+  /// The handle slots, lanes, pins and retired tables of this Map.
+  const Handles& handles() const { return handles_; }
+  // Shorthands for what the tables and the records use on every operation.
+  void pin() const { handles_.pin(); }
+  /// Never throws (it runs in PinGuard's destructor).
+  void unpin() const noexcept { handles_.unpin(); }
+  void mark_writer() const { handles_.mark_writer(); }
+  static constexpr std::size_t kPrimaryLanes = Handles::kPrimaryLanes;
+  Lane& lane_of(std::size_t t) const { return handles_.lane_of(t); }
+  Lane& my_lane() const { return handles_.my_lane(); }
+  Lane& overflow_lane() const { return handles_.overflow_lane(); }
+  std::uint64_t my_tag(std::size_t t) const { return handles_.my_tag(t); }
+  /// Handle slots, as validated and copied at open; never re-read from the header.
+  std::size_t max_handles() const { return handles_.max_handles(); }
+  HandleSlot& slot(std::size_t i) const { return handles_.slot(i); }
+  bool slot_owner_alive(std::size_t i) const { return handles_.slot_owner_alive(i); }
+  bool gate_owner_alive(std::uint64_t gate) const { return handles_.word_owner_alive(gate); }
+  std::size_t slot_index_for_test() const { return handles_.slot_index(); }
+  void retire(std::uint64_t table_offset) const { handles_.retire(table_offset); }
+  void reclaim() const { handles_.reclaim(); }
+  static constexpr int kReclaimLockWaitMs = Handles::kReclaimLockWaitMs;
   bool with_reclaim_lock(bool patient, std::chrono::milliseconds wait, void (*fn)(void*),
-                         void* ctx) const;
-  /// min(`oldest`, the oldest epoch a live owner's lane is pinned at), after making every
-  /// pin visible; dead owners' slots met on the way are freed. nullopt: pins cannot be
-  /// trusted from this process (global_barrier()).
-  std::optional<std::uint64_t> oldest_pin(std::uint64_t oldest) const;
+                         void* ctx) const {
+    return handles_.with_reclaim_lock(patient, wait, fn, ctx);
+  }
+  std::optional<std::uint64_t> oldest_pin(std::uint64_t oldest) const {
+    return handles_.oldest_pin(oldest);
+  }
+  bool global_barrier() const noexcept { return handles_.global_barrier(); }
+  static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
+                                    std::uint64_t value, std::int64_t delta = 0) {
+    return Handles::write_record(lane, off, meta, value, delta);
+  }
+  static void apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta) {
+    Handles::apply_pending(lane, seq, delta);
+  }
+  void help_pending(const Slot& b, const Cell& c) const { handles_.help_pending(b, c); }
+  void add_size(std::int64_t d) const { handles_.add_size(d); }
+  std::int64_t size_estimate() const { return handles_.size_estimate(); }
 
   // ---- leaks.cpp --------------------------------------------------------------------------
   /// Tables that nothing will ever free: unlinked from the chain but never retired (their
@@ -368,7 +248,6 @@ class MapImpl {
   };
   /// One walk of the arena: the suspects (tables not accounted for, see leaks.cpp).
   std::vector<TableId> unaccounted_tables() const;
-  std::int64_t size_estimate() const;
 
   // ---- table.cpp --------------------------------------------------------------------------
   /// Lock-free lookup. The common case (the key LIVE in the current table, or absent from a
@@ -386,8 +265,9 @@ class MapImpl {
     }
     // The view Map::find uses inline until current_table changes (fast_path.hpp, find_front).
     if (t < kPrimaryLanes) {
-      local_[t].view = ft;
-      local_[t].capacity = ft.capacity;
+      LocalLane& local = handles_.local_lanes()[t];
+      local.view = ft;
+      local.capacity = ft.capacity;
     }
     const Fast r = find_fast(ft, k, hash_key(k, seed_), out);
     unpin();
@@ -396,9 +276,9 @@ class MapImpl {
   /// What Map::find reads inline (fast_path.hpp, find_front); nullptr if it must always call
   /// find(): a read-only attachment, or pins that must be fenced.
   const FastFront* fast_front() const {
-    if (seg_.read_only() || !light_) return nullptr;
-    front_.lanes = my_slot_->lanes;
-    front_.local = local_;
+    if (seg_.read_only() || !handles_.light()) return nullptr;
+    front_.lanes = handles_.my_lanes();
+    front_.local = handles_.local_lanes();
     front_.global_epoch = &header().global_epoch;
     front_.current_table = &header().current_table;
     front_.seed = seed_;
@@ -612,20 +492,8 @@ class MapImpl {
     if (header().writer_gate.load(std::memory_order_seq_cst) != 0) wait_for_gate_slow();
   }
   void wait_for_gate_slow() const;
-  bool gate_owner_alive(std::uint64_t gate) const;
   /// The gate is held by this Map *and* this thread (its other threads wait like any writer).
   bool gate_is_mine(std::uint64_t gate) const;
-  void add_size(std::int64_t d) const;
-  /// Tag for a size-changing write by thread t: slot * kLanes + lane + 1 of t's own lane, whose
-  /// record covers the write; 0 on the overflow lane (not recorded). Call pinned.
-  std::uint64_t my_tag(std::size_t t) const {
-    if (t < kPrimaryLanes) return slot_index_ * kLanes + t + 1;
-    const LaneGroup* g = lane_group(t);
-    return g != nullptr ? g->index * kLanes + (t - kPrimaryLanes) % kLanes + 1 : 0;
-  }
-  /// Before changing a bucket whose meta carries a writer tag: applies that writer's recorded
-  /// size change if it is still pending (its CAS landed, its count update did not yet).
-  void help_pending(const Slot& b, const Cell& c) const;
   /// Test hook: open() calls it right after its first read of the header's mutable fields
   /// (current_table, file_bytes), where another process may grow the segment.
   static inline void (*open_after_first_read_for_test)() = nullptr;
@@ -644,58 +512,22 @@ class MapImpl {
   /// Test hook: each walk of the leak sweep calls it between its two halves (the arena, then
   /// the lists that account for tables: chain, retired stack), where writers may resize.
   static inline void (*sweep_mid_walk_for_test)() = nullptr;
-  /// Records (before its CAS) that this lane's next write installs {meta, value} in the
-  /// bucket at offset off, with the lane's count at change number seq, and changes the size
-  /// by `delta` (0: by what the state it installs says). Returns seq.
-  static std::uint64_t write_record(Lane& lane, std::uint64_t off, std::uint64_t meta,
-                                    std::uint64_t value, std::int64_t delta = 0);
   /// Test hook: a write calls it right after its CAS landed, before it counts the change.
   static inline void (*after_write_cas_for_test)() = nullptr;
-  /// Adds delta to lane's count if no change was applied to it since seq (exactly once).
-  static void apply_pending(Lane& lane, std::uint64_t seq, std::int64_t delta);
-  struct SizeWords {
-    std::uint64_t size, seq;
-  };
-  static SizeWords read_size(const Lane& lane);
-  /// Applies the size change of a dead owner's write whose CAS landed but whose size update
-  /// did not. Called before a dead owner's slot is freed; its pins kept the bucket's table.
-  void recover_lane(Lane& lane) const;
-  /// Recovers a dead owner's lanes and frees its slot; false if someone else got there first.
-  bool free_dead_slot(std::size_t i, SlotOwnerWords seen) const;
-  /// Claims a free slot for this process (clearing dead owners' slots if none is free) and
-  /// returns its index, with its owner word in *word; SIZE_MAX if every slot is owned.
-  std::size_t claim_free_slot(std::uint64_t* word) const;
-  /// Test hook: reclaim() calls it at each step of freeing one retired table (1: journal
-  /// written, 2: unlinked, 3: freed), so a test can kill the reclaimer there.
-  static inline void (*in_reclaim_for_test)(int step) = nullptr;
 
  private:
+  // First, at offset 0: a Handles method called from a MapImpl one (pin()'s out-of-line
+  // branches, unpin()'s reclaim) gets the same `this`, with no address to compute. It holds a
+  // reference to seg_, used only after seg_ is built; ~MapImpl frees its slots while seg_ is
+  // still mapped.
+  Handles handles_;
   Segment seg_;
   std::uint64_t seed_ = 0;
   SegmentTypes types_;
-  // Copied from the header once, after validation: a later change of the shared fields (a
-  // damaged or hostile attacher) cannot move what this process believes the bounds are.
-  std::size_t max_handles_ = 0;
-  HandleSlot* slots_ = nullptr;
-  std::size_t slot_index_ = SIZE_MAX;
-  HandleSlot* my_slot_ = nullptr;
-  // A read-only attachment's stand-in for a handle slot, in this process's memory.
-  std::unique_ptr<HandleSlot> private_slot_;
-  bool light_ = false;
-  // Per exclusive lane, touched only by the thread that owns the lane: pin nesting and the
-  // view Map::find caches (fast_path.hpp, find_front).
-  mutable LocalLane local_[kPrimaryLanes] = {};
+  // What Map::find reads inline (fast_front()).
   mutable FastFront front_;
-  // Extra slots (see lane_of): set once each, under groups_mutex_; read lock-free (acquire).
-  // kOverflowGroup marks a group that could not get a slot: its threads use the overflow lane.
-  mutable std::atomic<LaneGroup*> groups_[kMaxGroups] = {};
-  mutable std::mutex groups_mutex_;
-  // One reclaimer per Map at a time (the shared reclaim lock is per owner word).
-  mutable std::mutex reclaim_mutex_;
-  std::uint64_t owner_word_ = 0;
   // Which thread of this Map holds the writer gate: its thread_number() + 1, 0 = none.
   mutable std::atomic<std::uint64_t> gate_thread_{0};
-  int owner_pid_ = 0;
 
   friend class ::shmap::Map;
 };
