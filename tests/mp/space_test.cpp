@@ -371,8 +371,8 @@ long huge_mapped_kb(const std::string& name) {
 }
 
 // Huge pages: where /dev/shm hands them out (here a private tmpfs mounted with huge=within_size,
-// the operator's recipe in docs/OPERATIONS.md), a large map is mapped by 2 MiB page-table
-// entries -- in the process that made it and in one that only opens it -- because each
+// the operator's recipe in the README, "Large maps: huge pages"), a large map is mapped by 2 MiB
+// page-table entries -- in the process that made it and in one that only opens it -- because each
 // process's mapping starts on a 2 MiB boundary (Segment::reserve). Every key is still there.
 TEST_F(SpaceTest, LargeMapsUseHugePagesWhereDevShmHandsThemOut) {
   std::string skipped;
