@@ -972,7 +972,11 @@ void MapImpl::fit_table() const {
   for (int i = 0; i < 8; ++i) {  // each pass shrinks to at least 1/16 (maybe_resize)
     std::uint64_t before = 0;
     {
+      // Linking a table is a write: it waits for a point-in-time hold as writes do (a dump's
+      // or an audit's), so that what a hold sees as the chain stays the chain.
       PinGuard pin(*this);
+      mark_writer();
+      wait_for_gate();
       TableHeader* t = top_header(true);
       before = t->capacity;
       if (t->older.load(std::memory_order_acquire) == 0) maybe_resize(t, true, false, true);

@@ -144,6 +144,9 @@ class DynamicMap {
   DynamicMap(DynamicMap&&) noexcept;
   DynamicMap& operator=(DynamicMap&&) noexcept;
   ~DynamicMap();
+  /// The u64 map underneath (keys, and record offsets or inline values), as Map::impl: for the
+  /// library's own compiled code and its tests; not a stable API.
+  const Map& untyped() const { return map_; }
 
   /// True for a map with string keys (StringMap, TypedMap<std::string, V>): then the value
   /// operations below (find, insert, ..., for_each, dump) throw layout_mismatch; open it with

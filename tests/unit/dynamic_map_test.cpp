@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "shmap/detail/layout.hpp"
+#include "shmap/detail/map_impl.hpp"
+#include "shmap/detail/records.hpp"
 #include "shmap/string_map.hpp"
 #include "shmap/typed_map.hpp"
 #include "test_util.hpp"
@@ -120,6 +122,60 @@ TEST(DynamicMap, AReadOnlyAttachmentCopiesWholeValuesWhileWritersReplaceThem) {
   RecordStats rs;
   const CheckReport rep = ro.check(&rs);
   EXPECT_TRUE(rep.ok);
+}
+
+// check() and compact() audit the record heap under a hold on writers, and a hold does not
+// stop migration: another process's compact() (its fit) or a copy that finds its target full
+// links a table and moves records into it while the audit walks the chain it loaded. The hook
+// does that at the worst moment: once the audit has loaded the chain, a second handle (on
+// another thread, as another process would) links a larger table and moves every record into
+// it. The audit must then count nothing (check: "not audited", never "leaked") and retire
+// nothing (compact: a live record retired would be handed out again and overwritten).
+detail::MapImpl* g_linker = nullptr;
+int g_links = 0;
+void link_a_table_mid_audit() {
+  std::thread([] {
+    detail::MapImpl& im = *g_linker;
+    {
+      detail::PinGuard pin(im);
+      im.maybe_resize(im.top_header(true), false, /*force=*/true);
+    }
+    im.finish_migration();
+    ++g_links;
+  }).join();
+}
+
+TEST(DynamicMap, AnAuditOverlappedByATableLinkRetiresNoLiveRecord) {
+  ScopedName n("audit-link");
+  auto m = TypedMap<std::uint64_t, Block>::create(n, Options{.initial_capacity = 8});
+  constexpr std::uint64_t kKeys = 3000;
+  for (std::uint64_t k = 0; k < kKeys; ++k) ASSERT_TRUE(m.insert(k, block(k, 0)));
+  DynamicMap other = DynamicMap::open(n);
+  g_linker = &other.untyped().impl();
+  g_links = 0;
+  detail::RecordHeap::audit_walk_for_test = &link_a_table_mid_audit;
+  RecordStats rs;
+  const CheckReport rep = m.check(&rs);
+  m.compact();
+  detail::RecordHeap::audit_walk_for_test = nullptr;
+  ASSERT_EQ(g_links, 2) << "the hook did not run in both audits";
+  for (const std::string& p : rep.problems) ADD_FAILURE() << "check() mid-link: " << p;
+  // New records now come from whatever compact() gave back: a live one retired would be
+  // overwritten here.
+  for (std::uint64_t k = kKeys; k < 3 * kKeys; ++k) ASSERT_TRUE(m.insert(k, block(k, 1)));
+  std::size_t wrong = 0;
+  for (std::uint64_t k = 0; k < 3 * kKeys; ++k) {
+    const auto v = m.find(k);
+    const Block want = block(k, k < kKeys ? 0 : 1);
+    if (!v || !whole(*v) || std::memcmp(&*v, &want, sizeof(Block)) != 0) {
+      ++wrong;
+    }
+  }
+  EXPECT_EQ(wrong, 0u) << "values overwritten: compact() retired live records";
+  const CheckReport after = m.check(&rs);
+  EXPECT_TRUE(after.ok) << (after.problems.empty() ? "" : after.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live, 3 * kKeys);
 }
 
 TEST(DynamicMap, WritesThroughAReadOnlyAttachmentAreRefusedNotACrash) {

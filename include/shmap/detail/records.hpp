@@ -88,6 +88,8 @@ class RecordHeap {
   static inline void (*after_fill_for_test)() = nullptr;
   static inline void (*before_retire_for_test)() = nullptr;
   static inline void (*in_batch_free_for_test)() = nullptr;
+  /// Called by audit() once it has loaded the table chain, before it walks the tables.
+  static inline void (*audit_walk_for_test)() = nullptr;
 
  private:
   /// The slab of the block at `off`, if `off` is a block of a slab of class cls (any class if
