@@ -14,6 +14,9 @@
 //   find_hit_many / find_miss_many (shmap only): the same lookups through Map::find_many,
 //             1024 keys per call. The peers have no batch API: their ratio column compares
 //             against their one-at-a-time find_hit / find_miss.
+//   flat-pinned  (not run unless named in --peers) flat with shmap's per-lookup protocol around
+//             each find (thread number, pin, current-table check, unpin; peers.hpp): what the
+//             guarantees alone cost a lookup, apart from shmap's table.
 //   bare      (find_hit and insert rows only) not a map: one 8-byte load per lookup at a random
 //             32-byte slot of an array in a tmpfs segment of the same byte size as shmap's
 //             table at that key count, with the same keys and loop. What one cache/TLB miss
@@ -344,9 +347,9 @@ void bm_lookup_session(benchmark::State& state, std::size_t n) {
   for (auto _ : state) {
     shmap::Map::Session session(p.map());
     for (std::size_t j = 0; j < kBatch; ++j) {
-      const auto v = session.find(keys[i + j]);
-      if (v) {
-        sum += *v;
+      std::uint64_t v;
+      if (session.find(keys[i + j], v)) {
+        sum += v;
         ++found;
       }
     }
@@ -494,6 +497,9 @@ int main(int argc, char** argv) {
     if (wanted("lmdb-txn1") && n <= (std::size_t{1} << 20)) register_peer<LmdbTxn1Peer>(n);
     if (wanted("tbb")) register_peer<TbbPeer>(n);
     if (wanted("flat")) register_peer<FlatPeer>(n);
+#ifndef SHMAP_BENCH_PEERS_ONLY
+    if (wanted("flat-pinned")) register_peer<FlatPinnedPeer>(n);
+#endif
     if (wanted("bare")) register_peer<BarePeer>(n);
   }
 

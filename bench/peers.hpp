@@ -219,10 +219,7 @@ class ShmapPeer {
   void insert(std::uint64_t k, std::uint64_t v) { map_.insert(k, v); }
   void assign(std::uint64_t k, std::uint64_t v) { map_.insert_or_assign(k, v); }
   bool find(std::uint64_t k, std::uint64_t* v) const {
-    const auto r = map_.find(k);
-    if (!r) return false;
-    *v = *r;
-    return true;
+    return map_.find(k, *v);  // the form without std::optional (Map::find(k, value))
   }
   /// Batched lookups (Map::find_many); the peers have no such API.
   std::size_t find_many(const std::uint64_t* keys, std::size_t n,
@@ -535,5 +532,68 @@ class FlatPeer {
   std::atomic<std::int64_t> bytes_{0};
   Table table_{0, boost::hash<std::uint64_t>(), std::equal_to<std::uint64_t>(), Alloc(&bytes_)};
 };
+
+#ifndef SHMAP_BENCH_PEERS_ONLY
+/// FlatPeer with the per-lookup protocol that shmap's Map::find runs around its table lookup
+/// (fast_path.hpp, find_front), done the same way with the same code: the thread's number
+/// from a thread_local, its lane's nesting depth, the pin (light_pin: an epoch load and a
+/// store), a check that the cached view still names the current table and that its capacity
+/// word still matches, the unpin store and the reclaim flag. The table is flat's own, in
+/// process memory. What flat would cost if it had to be safe to read while other processes
+/// free and replace its tables: the floor the guarantees alone put under a lookup, against
+/// which shmap's own table work can be told apart from the protocol's.
+class FlatPinnedPeer {
+ public:
+  static constexpr const char* kName = "flat-pinned";
+  explicit FlatPinnedPeer(std::size_t n) : flat_(n) {}
+  FlatPinnedPeer(const FlatPinnedPeer&) = delete;
+  FlatPinnedPeer& operator=(const FlatPinnedPeer&) = delete;
+  void insert(std::uint64_t k, std::uint64_t v) { flat_.insert(k, v); }
+  void assign(std::uint64_t k, std::uint64_t v) { flat_.assign(k, v); }
+  bool find(std::uint64_t k, std::uint64_t* v) const {
+    namespace d = shmap::detail;
+    const std::size_t t = d::t_thread_number;
+    if (t >= d::FastFront::kFrontLanes) [[unlikely]] {
+      d::thread_number();
+      return flat_.find(k, v);
+    }
+    Local& local = local_[t];
+    if (local.depth != 0) [[unlikely]]
+      return flat_.find(k, v);
+    std::atomic<std::uint64_t>& pin = pins_[t].pin;
+    d::light_pin(pin, global_epoch_);
+    bool found = false;
+    if (current_table_.load(std::memory_order_seq_cst) == local.table &&
+        capacity_word_.load(std::memory_order_relaxed) == local.capacity) [[likely]] {
+      older_ = older_word_.load(std::memory_order_seq_cst);
+      found = flat_.find(k, v);
+    }
+    pin.store(0, std::memory_order_release);
+    if (d::t_reclaim_wanted) [[unlikely]]
+      return flat_.find(k, v);
+    return found;
+  }
+  void flush() {}
+  std::size_t footprint_bytes() const { return flat_.footprint_bytes(); }
+
+ private:
+  struct alignas(64) Pin {
+    std::atomic<std::uint64_t> pin{0};
+  };
+  struct alignas(64) Local {
+    std::uint32_t depth = 0;
+    std::uint64_t table = 4096;
+    std::uint64_t capacity = 1024;
+  };
+  FlatPeer flat_;
+  mutable Pin pins_[shmap::detail::FastFront::kFrontLanes];
+  mutable Local local_[shmap::detail::FastFront::kFrontLanes];
+  std::atomic<std::uint64_t> global_epoch_{1};
+  std::atomic<std::uint64_t> current_table_{4096};
+  std::atomic<std::uint64_t> capacity_word_{1024};
+  std::atomic<std::uint64_t> older_word_{0};
+  mutable std::uint64_t older_ = 0;
+};
+#endif
 
 }  // namespace shmap_bench

@@ -104,6 +104,18 @@ std::optional<std::uint64_t> Map::find_slow(std::uint64_t k) const {
   return detail::make_optional_fast(found, v);
 }
 
+bool Map::find_slow(std::uint64_t k, std::uint64_t* value) const {
+  if (impl_->read_only()) [[unlikely]] {
+    const std::optional<std::uint64_t> v = impl_->find_read_only(k);
+    if (v) *value = *v;
+    return v.has_value();
+  }
+  std::uint64_t v = 0;
+  if (!impl_->find(k, &v)) return false;
+  *value = v;
+  return true;
+}
+
 Map::Session::Session(const Map& map)
     : m_(map.impl_.get()), thread_(detail::thread_number()), seed_(map.impl_->seed()) {
   m_->pin();

@@ -172,7 +172,24 @@ class Map {
     }
     return detail::make_optional_fast(r == detail::Fast::hit, v);
   }
-  bool contains(std::uint64_t k) const { return find(k).has_value(); }
+  /// The same lookup, with no std::optional: true and `value` set if k is present, false (and
+  /// `value` unchanged) if not. Always inlined: in a loop of lookups its common case is a
+  /// straight run of instructions with no call and no std::optional built in memory, so more
+  /// lookups fit in the CPU's window at once and more of their cache misses overlap.
+  [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t& value) const {
+    std::uint64_t v = 0;
+    const detail::Fast r =
+        front_ != nullptr ? detail::find_front(*front_, k, &v) : detail::Fast::slow;
+    if (r == detail::Fast::slow) [[unlikely]] {
+      return find_slow(k, &value);
+    }
+    if (r == detail::Fast::hit) value = v;
+    return r == detail::Fast::hit;
+  }
+  bool contains(std::uint64_t k) const {
+    std::uint64_t v;
+    return find(k, v);
+  }
   /// Looks up every key of `keys`: out[i] is keys[i]'s value, or nullopt when absent. Returns
   /// how many were found. Each lookup is atomic on its own, exactly as find(); the batch as a
   /// whole is not a snapshot. On a map larger than the CPU caches this is several times the
@@ -266,7 +283,28 @@ class Map {
       }
       return detail::make_optional_fast(r == detail::Fast::hit, v);
     }
-    bool contains(std::uint64_t k) { return find(k).has_value(); }
+    /// As Map::find(k, value): no std::optional.
+    [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t& value) {
+      if (detail::thread_number() != thread_) [[unlikely]] {
+        wrong_thread();
+      }
+      std::uint64_t v = 0;
+      const detail::Fast r =
+          have_view_ && view_.current->load(std::memory_order_acquire) == view_.table
+              ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
+              : detail::Fast::slow;
+      if (r == detail::Fast::slow) [[unlikely]] {
+        const std::optional<std::uint64_t> s = find_slow(k);
+        if (s) value = *s;
+        return s.has_value();
+      }
+      if (r == detail::Fast::hit) value = v;
+      return r == detail::Fast::hit;
+    }
+    bool contains(std::uint64_t k) {
+      std::uint64_t v;
+      return find(k, v);
+    }
 
    private:
     [[noreturn]] void wrong_thread() const;
@@ -286,6 +324,7 @@ class Map {
   explicit Map(std::unique_ptr<detail::MapImpl> impl);
   void for_each_impl(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
   std::optional<std::uint64_t> find_slow(std::uint64_t k) const;
+  bool find_slow(std::uint64_t k, std::uint64_t* value) const;
 
   std::unique_ptr<detail::MapImpl> impl_;
   const detail::FastFront* front_ = nullptr;  // impl_'s, for the inline find; nullptr: none

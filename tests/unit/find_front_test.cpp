@@ -38,24 +38,41 @@ void churn(Map& m, int rounds, std::uint64_t max_extra, std::uint64_t seed) {
 }
 
 // Reader threads that look up keys 1..2 * stable at random until stopped: keys up to `stable`
-// must read value_of(k), the others must be absent. Counts the wrong answers.
+// must read value_of(k), the others must be absent. Counts the wrong answers. Every third
+// reader uses find(k), every third find(k, value) (which must leave `value` alone on a miss),
+// and every third a Map::Session's find(k, value), renewed every 64 lookups.
 class StableReaders {
  public:
   StableReaders(const Map& map, std::uint64_t stable, int count, std::uint64_t seed) {
     for (int r = 0; r < count; ++r) {
-      threads_.emplace_back([this, &map, stable, s = seed + static_cast<std::uint64_t>(r)] {
-        std::mt19937_64 rng(s);
-        std::uint64_t n = 0;
-        while (!stop_.load(std::memory_order_relaxed)) {
-          const std::uint64_t k = 1 + rng() % (stable * 2);
-          const auto v = map.find(k);
-          if (k <= stable ? v != value_of(k) : v.has_value()) {
-            wrong_.fetch_add(1, std::memory_order_relaxed);
-          }
-          ++n;
-        }
-        lookups_.fetch_add(n, std::memory_order_relaxed);
-      });
+      threads_.emplace_back(
+          [this, &map, stable, form = r % 3, s = seed + static_cast<std::uint64_t>(r)] {
+            std::mt19937_64 rng(s);
+            std::uint64_t n = 0;
+            std::optional<Map::Session> session;
+            while (!stop_.load(std::memory_order_relaxed)) {
+              const std::uint64_t k = 1 + rng() % (stable * 2);
+              std::optional<std::uint64_t> v;
+              if (form == 0) {
+                v = map.find(k);
+              } else {
+                constexpr std::uint64_t kUntouched = 0xdeadbeefdeadbeefull;
+                std::uint64_t out = kUntouched;
+                if (form == 2 && n % 64 == 0) {
+                  session.reset();
+                  session.emplace(map);
+                }
+                const bool found = form == 1 ? map.find(k, out) : session->find(k, out);
+                if (found) v = out;
+                if (!found && out != kUntouched) wrong_.fetch_add(1, std::memory_order_relaxed);
+              }
+              if (k <= stable ? v != value_of(k) : v.has_value()) {
+                wrong_.fetch_add(1, std::memory_order_relaxed);
+              }
+              ++n;
+            }
+            lookups_.fetch_add(n, std::memory_order_relaxed);
+          });
     }
   }
   ~StableReaders() { stop(); }

@@ -28,6 +28,13 @@ TEST(ReadOnly, TakesNoSlotAndRefusesWrites) {
   EXPECT_FALSE(rw.read_only());
   EXPECT_EQ(ro.find(1), 10u);
   EXPECT_FALSE(ro.find(2).has_value());
+  std::uint64_t v = 5;
+  EXPECT_TRUE(ro.find(1, v));
+  EXPECT_EQ(v, 10u);
+  EXPECT_FALSE(ro.find(2, v));
+  EXPECT_EQ(v, 10u) << "a miss leaves the value alone";
+  EXPECT_TRUE(ro.contains(1));
+  EXPECT_FALSE(ro.contains(2));
   EXPECT_EQ(ro.size(), 1u);
   EXPECT_EQ(ro.stats().handles_in_use, 1u);
   EXPECT_EQ(ro.readers().size(), 1u);
