@@ -11,7 +11,7 @@
 // to zeros) and its extent reused for another table while it reads.
 //
 // What makes the outcome still right: reads that cannot go astray, and a copy kept only if no
-// table was retired while it was made. The read paths of table.cpp re-read a table's capacity
+// table was retired while it was made. The read paths of map_ops.cpp re-read a table's capacity
 // from shared memory as they go, which is right for a pinned reader but not here (a freed
 // table's header reads as zeros, a reused one as another table's): so a read-only attachment
 // has its own lookup and walk below. Each reads a table's header once into a View, checks it
@@ -37,7 +37,7 @@
 // read-write, whose pins hold reclamation back instead). An exception thrown while reading
 // (a garbage table header read as `corrupt`) is likewise believed only if the epoch held.
 //
-// The lookup follows find_slower's decisions (table.cpp) over the chain, newest table first:
+// The lookup follows find_slower's decisions (map_ops.cpp) over the chain, newest table first:
 // LIVE or FROZEN answers with the value, TOMB with absent, MOVED or SEALED means a newer table
 // decides (look again), CLAIMED or no bucket asks the older table unless this one discards
 // its older content. A walk of a single table visits each bucket once (a MOVED one by a
@@ -47,7 +47,7 @@
 // (permission_denied) before they touch anything; reclaim() returns at once for a Map without
 // an owner word; lane_group() gives it no extra slot; lookups and walks never help a
 // migration; stats, readers and size only load. check() on a read-only attachment is a lighter
-// one (check_read_only): table.cpp's full check walks buckets with re-read capacities.
+// one (check_read_only): map.cpp's full check walks buckets with re-read capacities.
 #include <algorithm>
 #include <chrono>
 #include <exception>

@@ -59,14 +59,14 @@ inline std::uint64_t* owner_words(HandleSlot& s) {
   return reinterpret_cast<std::uint64_t*>(&s.owner.owner);
 }
 
-struct Cell;  // a bucket's {meta, value} (map_impl.hpp)
+struct Cell;  // a bucket's {meta, value} (table.hpp)
 
 class Handles {
  public:
   /// How the handles reach a table they retire or free: the map's table(offset), which checks
-  /// an offset read from shared memory and the header there, and throws corrupt (table.cpp).
-  /// A function and its context rather than the map: retirement and reclamation need nothing
-  /// else of the tables.
+  /// an offset read from shared memory and the header there, and throws corrupt (Tables::table,
+  /// table.cpp). A function and its context rather than the map: retirement and reclamation need
+  /// nothing else of the tables.
   struct Tables {
     const void* ctx = nullptr;
     TableHeader* (*table)(const void* ctx, std::uint64_t offset) = nullptr;

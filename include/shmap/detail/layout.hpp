@@ -119,7 +119,7 @@ inline constexpr std::size_t kFreeListSize = 64;
 inline constexpr std::size_t kTableHeaderBytes = 2048;
 /// Longest chain of tables (current -> older -> ...) the protocol makes; a longer one (or a
 /// cycle) in a segment is damage. Normally 1 or 2; 3 or more only while a successor that
-/// turned out too small is being replaced (table.cpp, "Successors that are too small").
+/// turned out too small is being replaced (migration.cpp, "Successors that are too small").
 inline constexpr std::size_t kMaxChain = 8;
 /// A point-in-time hold lasts at most this long, plus 1 s per 256 MiB of tables (the time to
 /// copy them in memory); then waiting writers break it. A dump writes its file after the hold.
@@ -213,7 +213,7 @@ struct TableHeader {
   // The one table this table migrates into: set once, by CAS from 0, *before* that table is
   // published as current_table (0: none yet). Anyone who finds it set and the table still
   // current finishes the publication; a copy that finds this table full or already migrated
-  // past its key follows it (table.cpp).
+  // past its key follows it (migration.cpp).
   std::atomic<std::uint64_t> newer;
   // A bulk-loaded table's entry count, added to the map's size exactly once, like a bucket
   // write: {value = count, meta} goes CLAIMED (count not yet added) -> BULK (tagged with the

@@ -1,12 +1,12 @@
-// shmap — internals of one attached map: the segment and its arena (a Segment, segment.hpp),
-// the handle slots, lanes, pins and reclamation (a Handles, handles.hpp), and the tables with
-// their migration (table.cpp).
+// shmap — internals of one attached map, composed of one type per concept: the segment and its
+// arena (a Segment, segment.hpp), the handle slots, lanes, pins and reclamation (a Handles,
+// handles.hpp), the tables and probing in them (a Tables, table.hpp), the chain of tables and its
+// migration (a Migration, migration.hpp), point-in-time holds (a WriterGate, writer_gate.hpp) and
+// bulk loads (a BulkLoad, bulk_load.hpp). MapImpl keeps one-line shorthands for what its parts
+// and its callers use; its own operations (lookups, writes, for_each) are in src/map_ops.cpp.
 #pragma once
 
 #include <sys/mman.h>
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#endif
 
 #include <atomic>
 #include <chrono>
@@ -19,10 +19,14 @@
 #include <utility>
 #include <vector>
 
+#include "shmap/detail/bulk_load.hpp"
 #include "shmap/detail/fast_path.hpp"
 #include "shmap/detail/handles.hpp"
 #include "shmap/detail/layout.hpp"
+#include "shmap/detail/migration.hpp"
 #include "shmap/detail/segment.hpp"
+#include "shmap/detail/table.hpp"
+#include "shmap/detail/writer_gate.hpp"
 #include "shmap/shmap.hpp"
 
 namespace shmap::detail {
@@ -33,70 +37,6 @@ namespace shmap::detail {
 [[noreturn]] void fail_errno(Errc code, const std::string& name, const std::string& what, int err);
 
 void validate_name(const std::string& name);
-
-/// 16-byte compare-and-swap of {lo, hi} at p (16-byte aligned). lock cmpxchg16b is a full
-/// barrier: it orders like a seq_cst read-modify-write.
-inline bool cas128(std::uint64_t* p, std::uint64_t exp_lo, std::uint64_t exp_hi,
-                   std::uint64_t new_lo, std::uint64_t new_hi) noexcept {
-#if defined(__SANITIZE_THREAD__)
-  // TSan emulates 16-byte atomics with a lock of its own process, which other processes do
-  // not take: the CAS would not be atomic against them. So under TSan it is the instruction
-  // itself, and the happens-before it gives (a full barrier: release before, acquire after,
-  // on this address) is told to TSan by hand.
-  __tsan_release(p);
-  bool ok;
-  asm volatile("lock cmpxchg16b %1"
-               : "=@ccz"(ok), "+m"(*reinterpret_cast<unsigned __int128*>(p)), "+a"(exp_lo),
-                 "+d"(exp_hi)
-               : "b"(new_lo), "c"(new_hi)
-               : "memory");
-  __tsan_acquire(p);
-  return ok;
-#else
-  using u128 = unsigned __int128;
-  const u128 expected = (u128(exp_hi) << 64) | exp_lo;
-  const u128 desired = (u128(new_hi) << 64) | new_lo;
-  return __sync_bool_compare_and_swap(reinterpret_cast<u128*>(p), expected, desired);
-#endif
-}
-
-/// A consistent {meta, value} pair of a bucket, read without writing to its cache line.
-struct Cell {
-  std::uint64_t meta;
-  std::uint64_t value;
-  std::uint64_t state() const { return state_of(meta); }
-};
-
-/// Seqlock-style read: the version in meta changes on every transition, so equal metas around
-/// the value load mean the value belongs to that meta.
-inline Cell read_cell(const Slot& b) noexcept {
-  for (;;) {
-    const std::uint64_t m1 = load_acquire(b.meta);
-    const std::uint64_t v = load_acquire(b.value);
-    // Acquire on the value load keeps the second meta load after it.
-    const std::uint64_t m2 =
-        std::atomic_ref<const std::uint64_t>(b.meta).load(std::memory_order_relaxed);
-    if (m1 == m2) return {m1, v};
-  }
-}
-
-/// One bucket of a table: its slot ({value, meta}) and its key word (layout.hpp).
-struct BucketRef {
-  Slot* slot = nullptr;
-  std::uint64_t* key = nullptr;
-  std::uint64_t index = 0;  // in its table
-  explicit operator bool() const { return slot != nullptr; }
-};
-
-/// Outcome of looking a key up in one table.
-enum class Probe { found, absent, sealed, full };
-struct ProbeResult {
-  Probe kind;
-  BucketRef bucket{};       // the key's bucket, for Probe::found
-  Cell cell{};              // its content when probed
-  bool claimed = false;     // this probe claimed the bucket (a new key in this table)
-  bool over_limit = false;  // ... and the table passed its load limit with it
-};
 
 /// What a write wants to do with the current value of its key.
 struct WriteIntent {
@@ -165,28 +105,20 @@ class MapImpl {
   }
   void ensure_mapped(std::uint64_t end) const { seg_.ensure_mapped(end); }
   std::uint64_t offset_of(const void* p) const { return seg_.offset_of(p); }
-  /// The table at `offset`, mapped here, after checking what a damaged or hostile segment
-  /// could get wrong: the offset (page aligned, in the arena, inside the reservation) and the
-  /// header (table_shape_ok: a capacity of layout.hpp's list and bits = capacity_bits(it),
-  /// extent_bytes >= table_bytes(capacity), the extent inside the object). Throws corrupt.
-  TableHeader* table(std::uint64_t offset) const;
-  /// table() for paths that must not throw (reclamation runs from unpin, in destructors):
-  /// nullptr where table() would throw.
-  TableHeader* table_or_null(std::uint64_t offset) const noexcept;
-  /// Bucket i of t (i < capacity), as pointers to its slot and its key (layout.hpp).
-  BucketRef bucket(TableHeader* t, std::uint64_t i) const {
-    char* base = reinterpret_cast<char*>(t) + kTableHeaderBytes;
-    return {reinterpret_cast<Slot*>(base + slot_offset(i)),
-            reinterpret_cast<std::uint64_t*>(base + key_offset(i)), i};
+
+  // ---- the tables (table.hpp) -------------------------------------------------------------
+  /// What a table is, and probing in one (a Tables).
+  const Tables& tables() const { return tables_; }
+  // Shorthands for tables()'s, which every part of the map uses.
+  /// The table at `offset`, its offset and header checked (Tables::table). Throws corrupt.
+  TableHeader* table(std::uint64_t offset) const { return tables_.table(offset); }
+  /// table() for paths that must not throw: nullptr where table() would throw.
+  TableHeader* table_or_null(std::uint64_t offset) const noexcept {
+    return tables_.table_or_null(offset);
   }
-  /// One fingerprint byte per bucket (layout.hpp, "Fingerprints").
-  std::uint8_t* fingerprints(TableHeader* t) const {
-    return reinterpret_cast<std::uint8_t*>(t) + kTableHeaderBytes + t->capacity * kBucketBytes;
-  }
-  /// One bit per chunk of t, set when the chunk has been moved into t's successor.
-  std::uint64_t* done_bitmap(TableHeader* t) const {
-    return reinterpret_cast<std::uint64_t*>(fingerprints(t) + fp_bytes(t->capacity));
-  }
+  BucketRef bucket(TableHeader* t, std::uint64_t i) const { return Tables::bucket(t, i); }
+  std::uint8_t* fingerprints(TableHeader* t) const { return Tables::fingerprints(t); }
+  std::uint64_t* done_bitmap(TableHeader* t) const { return Tables::done_bitmap(t); }
 
   // ---- the handles (handles.hpp) ----------------------------------------------------------
   /// The handle slots, lanes, pins and retired tables of this Map.
@@ -249,7 +181,7 @@ class MapImpl {
   /// One walk of the arena: the suspects (tables not accounted for, see leaks.cpp).
   std::vector<TableId> unaccounted_tables() const;
 
-  // ---- table.cpp --------------------------------------------------------------------------
+  // ---- map_ops.cpp: the map's lookups and writes -------------------------------------------
   /// Lock-free lookup. The common case (the key LIVE in the current table, or absent from a
   /// table with no older one) is decided here in a handful of loads; anything else goes to
   /// find_slow(), which handles migration states.
@@ -355,47 +287,47 @@ class MapImpl {
   std::optional<std::uint64_t> mutate_impl(std::uint64_t k, bool may_insert, DecideFn decide,
                                            void* ctx, CommitFn commit = nullptr);
   void for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
-  /// Walks one table that has no older table (see for_each).
-  void walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
-  /// Runs migration chunks until the current table has no older table.
-  void finish_migration() const;
-  std::uint64_t create_table(std::uint64_t capacity, std::uint64_t older) const;
-  /// Starts a resize of t if it is over its load limit (or, with shrink, far under it). With
-  /// force, resizes even under the limit (t is physically full). With fit (compact()), into
-  /// the smallest capacity that holds the live entries at a load of at most 0.7, if that is
-  /// smaller than t (layout.hpp, "Table capacities").
-  void maybe_resize(TableHeader* t, bool shrink, bool force = false, bool fit = false) const;
-  /// compact()'s resize: fits the current table to its live entries (maybe_resize with fit)
-  /// and finishes the migration, a few times while that still shrinks it.
-  void fit_table() const;
-  /// t is (or is about to be) too small for what migration and writers put into it: links a
-  /// successor sized for everything the chain below t can hold, unless t has one already, and
-  /// publishes it. Works whether or not t is still assimilating an older table.
-  void grow_stuck(TableHeader* t) const;
-  /// Links n_off as t's successor (or, if t has one already, frees n_off and adopts that one)
-  /// and publishes it as the current table. Returns the successor's offset.
-  std::uint64_t link_successor(TableHeader* t, std::uint64_t n_off) const;
-  /// The newest table: current_table, or past it a successor linked but not yet published
-  /// (its linker stopped or died between the two steps). Writers publish what they pass.
-  /// *top (if given) receives the newest table's header, validated by table().
-  std::uint64_t top_table(bool publish, TableHeader** top = nullptr) const;
-  TableHeader* top_header(bool publish) const {
-    TableHeader* t = nullptr;
-    top_table(publish, &t);
-    return t;
-  }
-  /// The chain from t down: out[0] = t, out[i + 1] = out[i]->older. Returns its length.
-  std::size_t load_chain(TableHeader* t, TableHeader** out) const;
-  /// Throws corrupt if t, the newest table, has no successor although one of its buckets
-  /// says its key moved on (only damage writes that; a retry would spin for ever).
-  void check_forward(TableHeader* t) const;
+
+  // ---- map.cpp ----------------------------------------------------------------------------
   CheckReport check() const;
   /// Adds a note to rep when the size counter differs from the `live` entries a walk counted.
   void note_size_counter(CheckReport* rep, std::size_t live) const;
 
-  std::uint64_t home(std::uint64_t k, const TableHeader* t) const {
-    return home_of(hash_key(k, seed_), t->capacity);
+  // ---- the tables (table.hpp), shorthands -------------------------------------------------
+  /// Walks one table that has no older table (see for_each).
+  void walk(TableHeader* t, void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const {
+    tables_.walk(t, fn, ctx);
   }
+  std::uint64_t create_table(std::uint64_t capacity, std::uint64_t older) const {
+    return tables_.create_table(capacity, older);
+  }
+  void discard_table(std::uint64_t table) const { tables_.discard_table(table); }
+  std::uint64_t home(std::uint64_t k, const TableHeader* t) const { return tables_.home(k, t); }
+
+  // ---- the chain and its migration (migration.hpp) ----------------------------------------
+  /// Resizing, and moving entries up the chain of tables (a Migration).
+  const Migration& migration() const { return migration_; }
+  // Shorthands for migration()'s.
+  /// Runs migration chunks until the current table has no older table.
+  void finish_migration() const { migration_.finish_migration(); }
+  void maybe_resize(TableHeader* t, bool shrink, bool force = false, bool fit = false) const {
+    migration_.maybe_resize(t, shrink, force, fit);
+  }
+  /// compact()'s resize.
+  void fit_table() const { migration_.fit_table(); }
+  void grow_stuck(TableHeader* t) const { migration_.grow_stuck(t); }
+  std::uint64_t link_successor(TableHeader* t, std::uint64_t n_off) const {
+    return migration_.link_successor(t, n_off);
+  }
+  /// The newest table (Migration::top_table).
+  std::uint64_t top_table(bool publish, TableHeader** top = nullptr) const {
+    return migration_.top_table(publish, top);
+  }
+  TableHeader* top_header(bool publish) const { return migration_.top_header(publish); }
+  std::size_t load_chain(TableHeader* t, TableHeader** out) const {
+    return migration_.load_chain(t, out);
+  }
+  void check_forward(TableHeader* t) const { migration_.check_forward(t); }
 
   // ---- read_only.cpp: reads of a read-only attachment ---------------------------------------
   /// Runs read(ctx), which copies what it needs out of the tables, again and again until no
@@ -433,67 +365,64 @@ class MapImpl {
   /// for_each without a visible pin: copies the entries under read_validated, then calls fn.
   void for_each_read_only(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ctx) const;
 
-  // ---- point-in-time snapshots and bulk loads (table.cpp) -----------------------------------
-  /// Holds writers back (they wait before writing; readers never wait) until release_writers().
-  /// Returns once every write already under way has finished. A holder that dies is noticed by
-  /// the waiting writers, which then proceed.
-  /// `extra_bytes`: memory the holder will build under the hold (a merge's new table); the
-  /// lease grows with it as with the tables.
-  void hold_writers(std::uint64_t extra_bytes = 0) const;
-  /// How long a hold taken now may last: kWriterHoldLeaseNs plus 1 s per 256 MiB of tables
-  /// (and of extra_bytes).
-  std::uint64_t writer_hold_lease_ns(std::uint64_t extra_bytes) const;
-  /// A hold gives up waiting for writes in flight after this long (a stopped writer).
-  static constexpr std::chrono::milliseconds kInFlightWait{1000};
+  // ---- point-in-time holds (writer_gate.hpp) ----------------------------------------------
+  /// The writer gate (a WriterGate).
+  const WriterGate& writer_gate() const { return gate_; }
+  // Shorthands for writer_gate()'s.
+  /// Holds writers back until release_writers() (WriterGate::hold_writers).
+  void hold_writers(std::uint64_t extra_bytes = 0) const { gate_.hold_writers(extra_bytes); }
+  std::uint64_t writer_hold_lease_ns(std::uint64_t extra_bytes) const {
+    return gate_.writer_hold_lease_ns(extra_bytes);
+  }
   /// False if the hold was broken meanwhile (its lease ran out: the copy is not point-in-time).
-  bool release_writers() const;
-  bool still_holding_writers() const;
-  /// A fresh, unpublished table sized for `entries`.
-  std::uint64_t build_table(std::size_t entries) const;
-  /// Puts k -> v into an unpublished table (single-threaded; the last value wins).
-  void bulk_put(std::uint64_t table, std::uint64_t k, std::uint64_t v) const;
-  /// The same for n entries at once: their buckets are prefetched first, so the cache misses
-  /// of a random fill overlap.
-  void bulk_put_many(std::uint64_t table, const std::pair<std::uint64_t, std::uint64_t>* kv,
-                     std::size_t n) const;
-  /// Makes the table the map's whole content in one atomic step; the old content is discarded
-  /// (writers still in the old table are sealed out and retry in the new one).
-  void publish_replace(std::uint64_t table) const;
-  void discard_table(std::uint64_t table) const;
+  bool release_writers() const { return gate_.release_writers(); }
+  bool still_holding_writers() const { return gate_.still_holding_writers(); }
+  /// Returns once no point-in-time hold of another writer is in force (one load, commonly).
+  void wait_for_gate() const { gate_.wait_for_gate(); }
+  bool gate_is_mine(std::uint64_t gate) const { return gate_.gate_is_mine(gate); }
 
-  // Used by mutate(); exposed for tests of the protocol.
-  /// Looks k up in t; with claim, claims an EMPTY bucket for k if k has none. A `writer`
-  /// probe (claim implies it) writes the fingerprints a dead or slow claimer left unwritten
-  /// on its way (layout.hpp, "Fingerprints"); a reader's never writes.
-  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const;
+  // ---- bulk loads (bulk_load.hpp) ---------------------------------------------------------
+  /// Building a table out of sight and publishing it in place of the content (a BulkLoad).
+  const BulkLoad& bulk_load() const { return bulk_; }
+  // Shorthands for bulk_load()'s.
+  std::uint64_t build_table(std::size_t entries) const { return bulk_.build_table(entries); }
+  void bulk_put(std::uint64_t table, std::uint64_t k, std::uint64_t v) const {
+    bulk_.bulk_put(table, k, v);
+  }
+  void bulk_put_many(std::uint64_t table, const std::pair<std::uint64_t, std::uint64_t>* kv,
+                     std::size_t n) const {
+    bulk_.bulk_put_many(table, kv, n);
+  }
+  void publish_replace(std::uint64_t table) const { bulk_.publish_replace(table); }
+
+  // Used by mutate(); exposed for tests of the protocol (shorthands for tables()'s and
+  // migration()'s).
+  /// Looks k up in t (Tables::probe); with claim, claims an EMPTY bucket for k if k has none.
+  ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
+    return tables_.probe(t, k, claim, writer);
+  }
   ProbeResult probe(TableHeader* t, std::uint64_t k, bool claim) const {
     return probe(t, k, claim, claim);
   }
-  /// Moves bucket i of `older` into `newer` (freeze, copy, mark MOVED); idempotent.
-  void move_bucket(TableHeader* older, std::uint64_t i, TableHeader* newer) const;
-  /// Makes `newer` authoritative for k: moves k's bucket in `older`, or seals its probe run.
-  void settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const;
-  /// Migrates up to `chunks` chunks of newer->older; returns true once migration is complete.
-  /// A chain of three or more finishes the oldest migration first (depth: recursion guard).
-  bool help_migrate(TableHeader* newer, std::size_t chunks, std::size_t depth = 0) const;
-  bool note_claim(TableHeader* t) const;
-  std::uint64_t used_buckets(const TableHeader* t) const;
-  void copy_frozen(BucketRef b, Cell c, TableHeader* newer) const;
-  /// A size-changing CAS of b from c to {value, state}, recorded in this thread's lane first
-  /// (as a write is), so that `delta` is added to the size exactly once even if this process
-  /// dies between the CAS and the count. Returns whether the CAS landed.
-  bool counted_cas(Slot& b, const Cell& c, std::uint64_t value, std::uint64_t state,
-                   std::int64_t delta) const;
-  /// Adds a bulk-loaded table's entry count to the size, exactly once (TableHeader::bulk).
-  void help_bulk(TableHeader* t) const;
-  /// Returns once no point-in-time hold of another writer is in force (the common case, no
-  /// gate set, is one load here; the Dekker argument is at wait_for_gate_slow in table.cpp).
-  void wait_for_gate() const {
-    if (header().writer_gate.load(std::memory_order_seq_cst) != 0) wait_for_gate_slow();
+  void move_bucket(TableHeader* older, std::uint64_t i, TableHeader* newer) const {
+    migration_.move_bucket(older, i, newer);
   }
-  void wait_for_gate_slow() const;
-  /// The gate is held by this Map *and* this thread (its other threads wait like any writer).
-  bool gate_is_mine(std::uint64_t gate) const;
+  void settle(TableHeader* older, TableHeader* newer, std::uint64_t k) const {
+    migration_.settle(older, newer, k);
+  }
+  bool help_migrate(TableHeader* newer, std::size_t chunks, std::size_t depth = 0) const {
+    return migration_.help_migrate(newer, chunks, depth);
+  }
+  bool note_claim(TableHeader* t) const { return tables_.note_claim(t); }
+  std::uint64_t used_buckets(const TableHeader* t) const { return Tables::used_buckets(t); }
+  void copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
+    migration_.copy_frozen(b, c, newer);
+  }
+  bool counted_cas(Slot& b, const Cell& c, std::uint64_t value, std::uint64_t state,
+                   std::int64_t delta) const {
+    return migration_.counted_cas(b, c, value, state, delta);
+  }
+  void help_bulk(TableHeader* t) const { migration_.help_bulk(t); }
   /// Test hook: open() calls it right after its first read of the header's mutable fields
   /// (current_table, file_bytes), where another process may grow the segment.
   static inline void (*open_after_first_read_for_test)() = nullptr;
@@ -526,8 +455,12 @@ class MapImpl {
   SegmentTypes types_;
   // What Map::find reads inline (fast_front()).
   mutable FastFront front_;
-  // Which thread of this Map holds the writer gate: its thread_number() + 1, 0 = none.
-  mutable std::atomic<std::uint64_t> gate_thread_{0};
+  // The parts that hold a reference back to this map (they reach the segment, the handles and
+  // the seed through the shorthands above; none of them is used before the segment is attached).
+  Tables tables_{*this};
+  Migration migration_{*this};
+  WriterGate gate_{*this, seg_};
+  BulkLoad bulk_{*this};
 
   friend class ::shmap::Map;
 };
