@@ -512,7 +512,8 @@ class FlatPeer {
   FlatPeer& operator=(const FlatPeer&) = delete;
   void insert(std::uint64_t k, std::uint64_t v) { table_.emplace(k, v); }
   void assign(std::uint64_t k, std::uint64_t v) { table_[k] = v; }
-  bool find(std::uint64_t k, std::uint64_t* v) const {
+  // Always inlined, also into FlatPinnedPeer::find (which GCC would otherwise call it from).
+  [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t* v) const {
     const auto it = table_.find(k);
     if (it == table_.end()) return false;
     *v = it->second;
