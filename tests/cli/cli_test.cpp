@@ -548,7 +548,7 @@ TEST_F(Cli, StatJsonAndHuman) {
   EXPECT_TRUE(j["entries_estimated"].get<bool>());
   EXPECT_EQ(j["max_handles"], 32);
   EXPECT_EQ(j["options"]["initial_capacity"], 128);
-  EXPECT_EQ(j["format_version"], 6);
+  EXPECT_EQ(j["format_version"], 7);
   EXPECT_GT(j["segment_bytes"].get<std::uint64_t>(), 0u);
   EXPECT_TRUE(j["migration"].is_object());
   r = run({"stat", name});

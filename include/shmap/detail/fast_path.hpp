@@ -165,8 +165,10 @@ template <bool kPrefetchHome = true>
     while (match != 0) {
       const std::uint64_t i = group + static_cast<unsigned>(__builtin_ctz(match));
       match &= match - 1;
-      const Slot& b = *reinterpret_cast<const Slot*>(ft.buckets + slot_offset(i));
-      const auto& key = *reinterpret_cast<const std::uint64_t*>(ft.buckets + key_offset(i));
+      const std::uint64_t so = slot_offset(i);
+      const Slot& b = *reinterpret_cast<const Slot*>(ft.buckets + so);
+      const auto& key =
+          *reinterpret_cast<const std::uint64_t*>(ft.buckets + key_offset_from_slot(i, so));
       const std::uint64_t m1 = load_acquire(b.meta);
       const std::uint64_t s = state_of(m1);
       if (s == kLive) {
