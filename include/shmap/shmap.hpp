@@ -267,17 +267,8 @@ class Map {
     /// As Map::find. Inline: a loop of these is short enough for the CPU to overlap the cache
     /// misses of several lookups.
     std::optional<std::uint64_t> find(std::uint64_t k) {
-      if (detail::thread_number() != thread_) [[unlikely]] {
-        wrong_thread();
-      }
       std::uint64_t v = 0;
-      // The view is used only while its table is still the current one (one load of a
-      // read-mostly line): a table replaced by a bulk load is not settled key by key, so it
-      // must not answer once Map::find would answer from the new one.
-      const detail::Fast r =
-          have_view_ && view_.current->load(std::memory_order_acquire) == view_.table
-              ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
-              : detail::Fast::slow;
+      const detail::Fast r = find_in_view(k, &v);
       if (r == detail::Fast::slow) [[unlikely]] {
         return find_slow(k);
       }
@@ -285,14 +276,8 @@ class Map {
     }
     /// As Map::find(k, value): no std::optional.
     [[gnu::always_inline]] bool find(std::uint64_t k, std::uint64_t& value) {
-      if (detail::thread_number() != thread_) [[unlikely]] {
-        wrong_thread();
-      }
       std::uint64_t v = 0;
-      const detail::Fast r =
-          have_view_ && view_.current->load(std::memory_order_acquire) == view_.table
-              ? detail::find_fast(view_, k, detail::hash_key(k, seed_), &v)
-              : detail::Fast::slow;
+      const detail::Fast r = find_in_view(k, &v);
       if (r == detail::Fast::slow) [[unlikely]] {
         const std::optional<std::uint64_t> s = find_slow(k);
         if (s) value = *s;
@@ -307,6 +292,19 @@ class Map {
     }
 
    private:
+    /// Both finds' common case: the lookup in the kept view (Fast::slow if the view is gone
+    /// or replaced, or the lookup meets a migration state).
+    [[gnu::always_inline]] detail::Fast find_in_view(std::uint64_t k, std::uint64_t* v) {
+      if (detail::thread_number() != thread_) [[unlikely]] {
+        wrong_thread();
+      }
+      // The view is used only while its table is still the current one (one load of a
+      // read-mostly line): a table replaced by a bulk load is not settled key by key, so it
+      // must not answer once Map::find would answer from the new one.
+      return have_view_ && view_.current->load(std::memory_order_acquire) == view_.table
+                 ? detail::find_fast(view_, k, detail::hash_key(k, seed_), v)
+                 : detail::Fast::slow;
+    }
     [[noreturn]] void wrong_thread() const;
     std::optional<std::uint64_t> find_slow(std::uint64_t k);  // and reads the view again
     const detail::MapImpl* m_;
