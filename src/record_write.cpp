@@ -15,7 +15,8 @@ thread_local const MapImpl* t_reclaim_owed = nullptr;
 void RecordWrite::commit(std::optional<std::uint64_t> replaced) {
   committed_ = true;
   block_ = 0;  // published (or, for an erase, there was none)
-  if (!inline_ && replaced) {
+  // An inline entry (a string map's, entry_list.hpp) replaced is no record: nothing to retire.
+  if (!inline_ && replaced && !InlineEntry::is_inline(*replaced)) {
     if (RecordHeap::before_retire_for_test != nullptr) RecordHeap::before_retire_for_test();
     if (heap_.retire(*replaced)) t_reclaim_owed = &heap_.map();
   }

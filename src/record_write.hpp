@@ -19,6 +19,7 @@
 #include <cstring>
 #include <optional>
 
+#include "shmap/detail/entry_list.hpp"
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/detail/records.hpp"
 
@@ -70,6 +71,12 @@ class RecordWrite {
     return {WriteIntent::keep, 0};
   }
   WriteIntent set(std::uint64_t w) { return {WriteIntent::set, w, extra_}; }
+  /// A string map's write of an inline entry (entry_list.hpp): no block; one an earlier try
+  /// took goes back (never published).
+  WriteIntent set_inline(std::uint64_t w) {
+    give_back();
+    return {WriteIntent::set, w, extra_};
+  }
   WriteIntent erase() {
     give_back();
     return {WriteIntent::erase, 0, extra_};

@@ -18,8 +18,13 @@ namespace shmap::detail {
            m.name() + "'");
 }
 
-/// The published record at w (pinned: it is not reused while we are), validated.
-EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w) {
+EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t key_word, std::uint64_t w,
+                  InlineEntry::Payload& buf) {
+  if (InlineEntry::is_inline(w)) {
+    // The whole entry is in the two words we hold: nothing in the segment to read.
+    if (!InlineEntry::decode(key_word, w, buf)) damaged_inline(m, key_word, w);
+    return EntryList(buf, sizeof buf);
+  }
   // The record's bytes were written before the CAS that published w (a full barrier); this
   // orders our reads after our read of w in the C++ model too.
   std::atomic_thread_fence(std::memory_order_acquire);
@@ -31,6 +36,12 @@ EntryList list_at(const MapImpl& m, const RecordHeap& heap, std::uint64_t w) {
   EntryList list(p, bytes);
   if (!list.valid()) damaged(m, w);
   return list;
+}
+
+[[noreturn]] void damaged_inline(const MapImpl& m, std::uint64_t key_word, std::uint64_t w) {
+  fail(Errc::corrupt, m.name(),
+       "the bucket of key word " + std::to_string(key_word) + " holds a damaged inline entry (" +
+           std::to_string(w) + "); run 'shmap check " + m.name() + "'");
 }
 
 void check_entry(const MapImpl& m, std::string_view key, std::string_view value) {
@@ -51,13 +62,22 @@ void check_entry(const MapImpl& m, std::string_view key, std::string_view value)
 bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
   const RecordHeap heap(m);
   std::uint64_t at = 0;
-  bool found = false, outside = false;
+  bool found = false, outside = false, inline_damage = false;
   m.read_validated("read", [&] {
-    found = outside = false;
+    found = outside = inline_damage = false;
     const std::optional<std::uint64_t> w = m.ro_lookup(h);
     if (!w) return;
     found = true;
     at = *w;
+    if (InlineEntry::is_inline(*w)) {
+      InlineEntry::Payload buf;
+      if (!InlineEntry::decode(h, *w, buf)) {
+        inline_damage = true;  // a stale word (read again) or damage (reported below)
+        return;
+      }
+      copy->assign(reinterpret_cast<const char*>(buf), sizeof buf);
+      return;
+    }
     const auto* p = static_cast<const unsigned char*>(heap.value_or_null(*w, 8));
     std::uint32_t bytes = 0;
     if (p != nullptr) std::memcpy(&bytes, p + 4, 4);
@@ -69,6 +89,7 @@ bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
     copy->assign(reinterpret_cast<const char*>(p), bytes);
   });
   if (!found) return false;
+  if (inline_damage) damaged_inline(m, h, at);
   if (outside) damaged(m, at);
   if (!EntryList(reinterpret_cast<const unsigned char*>(copy->data()), copy->size()).valid()) {
     damaged(m, at);
@@ -78,7 +99,14 @@ bool copy_list(const MapImpl& m, std::uint64_t h, std::string* copy) {
 
 std::uint64_t key_hash(const MapImpl& m, std::string_view key) {
   if (StringMap::hash_for_test != nullptr) return StringMap::hash_for_test(key);
-  return XXH3_64bits_withSeed(key.data(), key.size(), m.seed());
+  std::uint64_t w = 0;
+  if (InlineEntry::key_word(key, &w)) return w;
+  return InlineEntry::long_key_word(XXH3_64bits_withSeed(key.data(), key.size(), m.seed()));
+}
+
+bool inline_key(std::uint64_t h) {
+  // Under the test hook a word is whatever the hook said, not the key: no entry is inline.
+  return StringMap::hash_for_test == nullptr && (h & InlineEntry::kLongKey) == 0;
 }
 
 void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::string_view),
@@ -106,9 +134,10 @@ void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::st
   } c{fn, ctx, m};
   // MapImpl::for_each calls back pinned: a record stays put while fn reads it.
   m.for_each(
-      [](void* p, std::uint64_t, std::uint64_t w) {
+      [](void* p, std::uint64_t h, std::uint64_t w) {
         auto& x = *static_cast<Ctx*>(p);
-        list_at(x.m, RecordHeap(x.m), w).each([&](std::string_view k, std::string_view v) {
+        InlineEntry::Payload buf;
+        list_at(x.m, RecordHeap(x.m), h, w, buf).each([&](std::string_view k, std::string_view v) {
           x.fn(x.ctx, k, v);
           return true;
         });

@@ -369,7 +369,7 @@ CheckReport DynamicMap::check(RecordStats* records) const {
   }
   RecordHeap::Audit a;
   try {
-    a = RecordHeap(map_.impl()).audit(false);
+    a = RecordHeap(map_.impl()).audit(false, strings_);
   } catch (const Error& e) {
     a.problem = e.what();
   }
@@ -389,9 +389,12 @@ CheckReport DynamicMap::check(RecordStats* records) const {
                            " value records are leaked (a writer was killed mid-write); "
                            "'compact' gives them back");
   } else {
-    rep.notes.push_back("value records: " + std::to_string(s.live) + " live, " +
-                        std::to_string(s.free) + " free, " + std::to_string(s.retired) +
-                        " retired, in " + std::to_string(s.slabs) + " slabs; none leaked");
+    rep.notes.push_back(
+        "value records: " + std::to_string(s.live) + " live, " + std::to_string(s.free) +
+        " free, " + std::to_string(s.retired) + " retired, in " + std::to_string(s.slabs) +
+        " slabs; none leaked" +
+        (strings_ ? "; " + std::to_string(s.inline_entries) + " short entries in their buckets"
+                  : ""));
   }
   return rep;
 }
@@ -400,7 +403,7 @@ void DynamicMap::compact() {
   map_.compact();
   if (inline_) return;
   const RecordHeap heap(map_.impl());
-  heap.audit(true);
+  heap.audit(true, strings_);
   heap.reclaim(true);
 }
 

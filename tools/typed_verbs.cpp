@@ -295,8 +295,8 @@ int run_typed_verb(const std::string& verb, const TypedArgs& a) {
     char records[256];
     std::snprintf(records, sizeof(records),
                   "\"records\": {\"slabs\": %zu, \"live\": %zu, \"free\": %zu, \"retired\": "
-                  "%zu, \"leaked\": %zu}, ",
-                  rs.slabs, rs.live, rs.free, rs.retired, rs.leaked);
+                  "%zu, \"leaked\": %zu, \"inline_entries\": %zu}, ",
+                  rs.slabs, rs.live, rs.free, rs.retired, rs.leaked, rs.inline_entries);
     print_check_report(name, r, a.json, records);
     if (!r.ok) {
       std::fflush(stdout);

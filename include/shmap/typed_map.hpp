@@ -112,12 +112,13 @@ inline TypeInfo string_type() { return {0, 1, TypeInfo::Kind::byte_string, "stri
 /// What the records of a typed map hold (TypedMap::check computes it; exact only while no
 /// writer runs, which check arranges).
 struct RecordStats {
-  std::size_t slabs = 0;         // arena extents carved into records (one per large record)
-  std::size_t live = 0;          // records a bucket refers to
-  std::size_t free = 0;          // on the free lists, ready for reuse
-  std::size_t retired = 0;       // replaced or erased, waiting for readers to move on
-  std::size_t leaked = 0;        // none of the above (a writer killed mid-write); compact() frees
-  std::size_t record_bytes = 0;  // bytes of one record (header and value, rounded up)
+  std::size_t slabs = 0;           // arena extents carved into records (one per large record)
+  std::size_t live = 0;            // records a bucket refers to
+  std::size_t free = 0;            // on the free lists, ready for reuse
+  std::size_t retired = 0;         // replaced or erased, waiting for readers to move on
+  std::size_t leaked = 0;          // none of the above (a writer killed mid-write); compact() frees
+  std::size_t record_bytes = 0;    // bytes of one record (header and value, rounded up)
+  std::size_t inline_entries = 0;  // a string map's entries held in their bucket, no record
 };
 
 /// A typed map whose types are known at run time (tools, language bindings), and the untyped

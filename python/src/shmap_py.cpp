@@ -1154,9 +1154,9 @@ class Core {
     // close() cannot come in between.
     Backend& b = backend();
     if (auto* m = std::get_if<shmap::Map>(&b)) {
-      const auto v = m->find(to_u64(k, "key"));
-      if (!v) return py::object();
-      return py::int_(*v);
+      std::uint64_t v = 0;  // find(k, v): always inlined, no std::optional (DESIGN.md §4)
+      if (!m->find(to_u64(k, "key"), v)) return py::object();
+      return py::int_(v);
     }
     if (auto* d = std::get_if<shmap::DynamicMap>(&b)) {
       double out = 0;

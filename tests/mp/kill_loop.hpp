@@ -186,6 +186,17 @@ class TScript {
   std::vector<std::uint64_t> ver_;  // 0: absent
 };
 
+/// The live records a map of `entries` entries should hold: one each, unless M keeps some
+/// entries without a record (a string map's short entries) and says how many do not.
+template <class M>
+std::uint64_t records_of(const M& m, std::uint64_t entries) {
+  if constexpr (requires { m.entries_without_record(); }) {
+    return entries - m.entries_without_record();
+  } else {
+    return entries;
+  }
+}
+
 template <class V, class M>
 bool run_op(M& m, std::uint64_t key, const TOp& op) {
   const V val = V::make(key, op.version);
@@ -453,7 +464,7 @@ void kill_loop(int rounds, const char* label) {
   EXPECT_TRUE(report.ok) << "after compact (seed " << seed
                          << "): " << (report.problems.empty() ? "" : report.problems.front());
   EXPECT_EQ(rs.leaked, 0u) << "compact() left leaked records (seed " << seed << ")";
-  EXPECT_EQ(rs.live, expect_size);
+  EXPECT_EQ(rs.live, records_of(fresh, expect_size));
   EXPECT_EQ(report.live_entries, expect_size);
   std::fprintf(stderr,
                "[ info     ] %s: %d victims killed (%d during a migration), %llu churn "
@@ -487,7 +498,7 @@ void kill_loop(int rounds, const char* label) {
   const auto last = fresh.check(&rs);
   EXPECT_TRUE(last.ok) << (last.problems.empty() ? "" : last.problems.front());
   EXPECT_EQ(rs.leaked, 0u);
-  EXPECT_EQ(rs.live, expect_size);
+  EXPECT_EQ(rs.live, records_of(fresh, expect_size));
 }
 
 }  // namespace shmap::test::mp::victims

@@ -15,6 +15,7 @@
 #include <cinttypes>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -129,6 +130,135 @@ class Strings {
   StringMap m_;
 };
 
+/// The kill loop's uint64 keys (victims', the churner's, the reuse pass's) as a 22-bit id,
+/// and back; a key outside those ranges aborts (the parent sees SIGABRT).
+std::uint64_t short_id(std::uint64_t k) {
+  const std::uint64_t top = k >> 40, low = k & ((std::uint64_t{1} << 40) - 1);
+  if (k >> 56 == 7 && (k & ((std::uint64_t{1} << 56) - 1)) < (1u << 22)) {
+    return 1u << 22 | (k & ((1u << 22) - 1));  // the churner's
+  }
+  if (k >> 62 == 1 && (k & ((std::uint64_t{1} << 62) - 1)) < (1u << 22)) {
+    return 2u << 22 | (k & ((1u << 22) - 1));  // the reuse pass's
+  }
+  if (top >= 100 && top < 100 + 1024 && low < 4096) return (top - 100) << 12 | low;  // a victim's
+  std::abort();
+}
+std::uint64_t short_key_of(std::uint64_t id) {
+  switch (id >> 22) {
+    case 1:
+      return (std::uint64_t{7} << 56) + (id & ((1u << 22) - 1));
+    case 2:
+      return (std::uint64_t{1} << 62) + (id & ((1u << 22) - 1));
+    default:
+      return (100 + (id >> 12)) << 40 | (id & 4095);
+  }
+}
+/// A key of 3..7 bytes (every one short enough to be its own bucket word): the id's 3 bytes,
+/// then id % 5 filler bytes.
+std::string short_key(std::uint64_t k) {
+  const std::uint64_t id = short_id(k);
+  std::string s(3 + id % 5, '/');
+  std::memcpy(s.data(), &id, 3);
+  return s;
+}
+std::uint64_t key_of_short(std::string_view s) {
+  std::uint64_t id = 0;
+  if (s.size() < 3) return UINT64_MAX;
+  std::memcpy(&id, s.data(), 3);
+  return short_key(short_key_of(id)) == s ? short_key_of(id) : UINT64_MAX;
+}
+
+/// A value that is, by its key and version, either 7 bytes (an inline entry under a short
+/// key: id, version and a checksum byte) or an SVal (a record): a key's writes go back and
+/// forth between the two, and a reader checks whichever it sees.
+struct MVal {
+  std::string s;
+
+  static bool inline_form(std::uint64_t k, std::uint64_t ver) { return mix(k * 977 + ver) % 2; }
+  static MVal make(std::uint64_t k, std::uint64_t ver) {
+    if (!inline_form(k, ver)) return MVal{SVal::make(k, ver).s};
+    const std::uint64_t id = short_id(k), v = ver & 0xffffff;
+    std::string s(7, '\0');
+    std::memcpy(s.data(), &id, 3);
+    std::memcpy(s.data() + 3, &v, 3);
+    s[6] = static_cast<char>(fnv(s.data(), 6));
+    return MVal{s};
+  }
+  std::uint64_t key() const {
+    if (s.size() != 7) return SVal{s}.key();
+    std::uint64_t id = 0;
+    std::memcpy(&id, s.data(), 3);
+    return short_key_of(id);
+  }
+  std::uint64_t version() const {
+    if (s.size() != 7) return SVal{s}.version();
+    std::uint64_t v = 0;
+    std::memcpy(&v, s.data() + 3, 3);
+    return v;
+  }
+  std::string verify(std::uint64_t k) const {
+    if (s.size() != 7) return SVal{s}.verify(k);
+    if (static_cast<char>(fnv(s.data(), 6)) != s[6]) {
+      return "torn 7-byte value under key " + std::to_string(k);
+    }
+    if (key() != k)
+      return "the 7-byte value of key " + std::to_string(key()) + " under key " + std::to_string(k);
+    if (s != make(k, version()).s) return "a 7-byte value its version would not make";
+    return {};
+  }
+};
+
+/// A StringMap of short keys seen as uint64 -> MVal: its entries are inline or in records as
+/// their values say.
+class ShortStrings {
+ public:
+  static ShortStrings create(const std::string& n, const Options& o) {
+    return ShortStrings(StringMap::create(n, o));
+  }
+  static ShortStrings open(const std::string& n) { return ShortStrings(StringMap::open(n)); }
+  std::optional<MVal> find(std::uint64_t k) const {
+    auto v = m_.find(short_key(k));
+    if (!v) return std::nullopt;
+    return MVal{std::move(*v)};
+  }
+  bool insert(std::uint64_t k, const MVal& v) { return m_.insert(short_key(k), v.s); }
+  bool insert_or_assign(std::uint64_t k, const MVal& v) {
+    return m_.insert_or_assign(short_key(k), v.s);
+  }
+  bool erase(std::uint64_t k) { return m_.erase(short_key(k)); }
+  bool compare_exchange(std::uint64_t k, const MVal& e, const MVal& d) {
+    return m_.compare_exchange(short_key(k), e.s, d.s);
+  }
+  template <class F>
+  bool update(std::uint64_t k, F&& f) {
+    return m_.update(short_key(k), [&f](std::string& s) {
+      MVal v{s};
+      f(v);
+      s = std::move(v.s);
+    });
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    m_.for_each([&f](std::string_view k, std::string_view v) {
+      f(key_of_short(k), MVal{std::string(v)});  // a key no one wrote fails its check
+    });
+  }
+  /// Entries whose value is 7 bytes: inline, no record.
+  std::uint64_t entries_without_record() const {
+    std::uint64_t n = 0;
+    m_.for_each([&n](std::string_view, std::string_view v) { n += v.size() <= 7; });
+    return n;
+  }
+  std::size_t size() const { return m_.size(); }
+  Stats stats() const { return m_.stats(); }
+  CheckReport check(RecordStats* rs) const { return m_.check(rs); }
+  void compact() { m_.compact(); }
+
+ private:
+  explicit ShortStrings(StringMap m) : m_(std::move(m)) {}
+  StringMap m_;
+};
+
 class StringKillTest : public MpTest {
  protected:
   unsigned watchdog_seconds() const override { return 200; }
@@ -136,6 +266,13 @@ class StringKillTest : public MpTest {
 
 TEST_F(StringKillTest, KilledWritersOfStringValuesLoseNothingAndTearNothing) {
   victims::kill_loop<SVal, Strings>((kSanitized ? 4 : 12) * soak(), "strings");
+}
+
+TEST_F(StringKillTest, KilledWritersOfShortEntriesLoseNothingAndTearNothing) {
+  // Short keys whose values go back and forth between 7 bytes (inline in the bucket) and
+  // records: every write replaces an inline entry with a record, a record with an inline
+  // entry, or one of either with its like.
+  victims::kill_loop<MVal, ShortStrings>((kSanitized ? 4 : 12) * soak(), "short strings");
 }
 
 /// Makes every key hash to one of `n` values in this process and the children it forks.

@@ -11,8 +11,23 @@
 // changed: a reader parses it in place, pinned. Every length is checked against `bytes`, and
 // `bytes` against the largest record, before it is used: a damaged record is reported, never
 // read past its end.
+//
+// Short entries live in the bucket (format 8). A string map's bucket holds a key word and a
+// value word (InlineEntry below):
+//   key word    a key of up to 7 bytes is its own word: its bytes, the first one lowest, and
+//               its length in bits 56-58, bit 63 clear. A longer key's word is its 64-bit hash
+//               with bit 63 set. Two keys share a word only if both are long and hash alike.
+//   value word  the offset of the entry list record (a multiple of 8), or -- when the list is
+//               one entry whose key and value have up to 7 bytes each -- the entry itself:
+//               bit 0 set, the value's length in bits 1-3, bits 4-7 clear, the value's bytes
+//               in bits 8-63, the first one lowest. Its key is the key word.
+// Such an entry costs no record: a lookup reads its bucket and nothing else, and a write
+// allocates, publishes and retires nothing (one CAS replaces the whole entry, as it replaces
+// a record's offset). Readers decode it into an EntryList payload of their own
+// (InlineEntry::decode), so everything that reads lists reads both alike.
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -115,5 +130,61 @@ class EntryList {
   std::uint32_t bytes_ = 0;
   bool valid_ = false;
 };
+
+/// The bucket words of short entries (see the top of this file). Pure functions of the words:
+/// decode() validates what it reads, so a damaged word is reported, never trusted.
+struct InlineEntry {
+  static constexpr std::size_t kMaxBytes = 7;
+  static constexpr std::uint64_t kLongKey = std::uint64_t{1} << 63;
+  /// Bytes of a decoded payload: the header and the largest inline entry.
+  static constexpr std::size_t kPayloadBytes =
+      EntryList::kHeaderBytes + EntryList::entry_bytes(kMaxBytes, kMaxBytes);
+  using Payload = unsigned char[kPayloadBytes];
+
+  /// The word of a key of up to 7 bytes (else false).
+  static bool key_word(std::string_view key, std::uint64_t* w) {
+    if (key.size() > kMaxBytes) return false;
+    std::uint64_t x = 0;
+    std::memcpy(&x, key.data(), key.size());  // little-endian: the first byte lowest
+    *w = x | std::uint64_t{key.size()} << 56;
+    return true;
+  }
+  /// The word of a longer key, from its hash.
+  static constexpr std::uint64_t long_key_word(std::uint64_t hash) { return hash | kLongKey; }
+  /// Whether a value word is an inline entry (else a record's offset).
+  static constexpr bool is_inline(std::uint64_t value_word) { return (value_word & 1) != 0; }
+  /// The value word of an entry whose value has up to 7 bytes (else false).
+  static bool value_word(std::string_view value, std::uint64_t* w) {
+    if (value.size() > kMaxBytes) return false;
+    std::uint64_t x = 0;
+    std::memcpy(&x, value.data(), value.size());
+    *w = x << 8 | std::uint64_t{value.size()} << 1 | 1;
+    return true;
+  }
+  /// The entry list of one entry that an inline value word and its key word state, written
+  /// into `out`; false if the words are damaged (a long key's word, a length past 7, bits set
+  /// past a length or in the reserved ones).
+  static bool decode(std::uint64_t key_word, std::uint64_t value_word, Payload& out) {
+    if ((key_word & kLongKey) != 0 || !is_inline(value_word)) return false;
+    const std::uint64_t kl = key_word >> 56, vl = value_word >> 1 & 7;
+    const std::uint64_t key = key_word & ((std::uint64_t{1} << 56) - 1);
+    const std::uint64_t value = value_word >> 8;
+    if (kl > kMaxBytes || (value_word & 0xf0) != 0 || (kl < 7 && key >> (8 * kl) != 0) ||
+        (vl < 7 && value >> (8 * vl) != 0)) {
+      return false;
+    }
+    const std::uint32_t bytes =
+        static_cast<std::uint32_t>(EntryList::kHeaderBytes + EntryList::entry_bytes(kl, vl));
+    std::memset(out, 0, kPayloadBytes);
+    const std::uint32_t words[4] = {1, bytes, static_cast<std::uint32_t>(kl),
+                                    static_cast<std::uint32_t>(vl)};
+    std::memcpy(out, words, sizeof words);
+    std::memcpy(out + 16, &key, kl);
+    std::memcpy(out + 16 + kl, &value, vl);
+    return true;
+  }
+};
+static_assert(InlineEntry::kPayloadBytes == 32, "one header and one 8 + 7 + 7-byte entry");
+static_assert(std::endian::native == std::endian::little, "words hold bytes first-lowest");
 
 }  // namespace shmap::detail

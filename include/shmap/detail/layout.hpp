@@ -106,8 +106,9 @@ inline constexpr std::uint64_t kMagic = 0x0201'0070'616d'6873ULL;  // "shmap\0\1
 /// 2: fingerprints beside the buckets, 24-byte buckets (Table v2). 3: typed maps' types and
 /// record heap. 4: large record classes (string entries up to 2 MiB). 5: string maps count
 /// their entries in the lanes. 6: capacities between powers of two (see is_capacity). 7: the
-/// key hash is one multiply (hash_key). Others are refused.
-inline constexpr std::uint32_t kFormatVersion = 7;
+/// key hash is one multiply (hash_key). 8: string maps keep short entries in the bucket
+/// (entry_list.hpp, InlineEntry). Others are refused.
+inline constexpr std::uint32_t kFormatVersion = 8;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kLanes = 16;          // lanes (threads) per handle slot

@@ -79,8 +79,9 @@ class RecordHeap {
   };
   /// Accounts for every block of every slab: referenced by a bucket of the table chain, free,
   /// retired, or leaked. With recover, retires the leaked ones (a killed writer's). Holds
-  /// writers back for its walk (a point-in-time hold). Call unpinned.
-  Audit audit(bool recover) const;
+  /// writers back for its walk (a point-in-time hold). Call unpinned. inline_entries: a
+  /// string map's, whose odd value words are inline entries, no records (entry_list.hpp).
+  Audit audit(bool recover, bool inline_entries) const;
 
   /// Test hooks (a child process sets one and dies in it): after a write filled its block and
   /// before its CAS; after a write's CAS and before it retires the record it replaced; while
