@@ -158,8 +158,12 @@ std::uint64_t Tables::used_buckets(const TableHeader* t) {
 
 ProbeResult Tables::probe(TableHeader* t, std::uint64_t k, bool claim, bool writer) const {
   std::uint8_t* fps = fingerprints(t);
-  RunWalk run(fps, hash_key(k, m_.seed()), t->capacity);
+  const std::uint64_t hash = hash_key(k, m_.seed());
+  RunWalk run(fps, hash, t->capacity);
   const std::uint8_t want = run.want();
+  // Most probes read their home bucket first (a key near home, an insert claiming it): fetch
+  // it, for writing, while its fingerprint arrives, so that the two misses overlap.
+  __builtin_prefetch(bucket(t, home_of(hash, t->capacity)).slot, 1);
   std::uint64_t i = 0;
   std::uint8_t f = 0;
   while (run.at(&i, &f)) {
