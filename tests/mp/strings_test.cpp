@@ -153,11 +153,11 @@ std::uint64_t short_key_of(std::uint64_t id) {
       return (100 + (id >> 12)) << 40 | (id & 4095);
   }
 }
-/// A key of 3..7 bytes (every one short enough to be its own bucket word): the id's 3 bytes,
-/// then id % 5 filler bytes.
+/// A key of 3..8 bytes (every one short enough to be its own bucket word: an 8-byte one ends
+/// in 0): the id's 3 bytes, then id % 6 zero bytes.
 std::string short_key(std::uint64_t k) {
   const std::uint64_t id = short_id(k);
-  std::string s(3 + id % 5, '/');
+  std::string s(3 + id % 6, '\0');
   std::memcpy(s.data(), &id, 3);
   return s;
 }

@@ -191,8 +191,9 @@ std::size_t live_records(StringMap& m) {
 }
 
 TEST(StringMap, ShortEntriesLiveInTheirBucketAndLongOnesInRecords) {
-  // Keys and values of 0..9 bytes (zero bytes included: "" and "\0" are different keys):
-  // an entry whose key and value have up to 7 bytes each takes no record (entry_list.hpp).
+  // Keys and values of 0..9 bytes (zero bytes included: "" and "\0" are different keys): an
+  // entry whose key has up to 7 bytes (or 8, the last one 0) and whose value has up to 7
+  // takes no record (entry_list.hpp).
   ScopedName n("short");
   auto m = StringMap::create(n, {.initial_capacity = 8});
   std::map<std::string, std::string> model;
@@ -208,7 +209,10 @@ TEST(StringMap, ShortEntriesLiveInTheirBucketAndLongOnesInRecords) {
   };
   auto records_in = [](const std::map<std::string, std::string>& mm) {
     std::size_t r = 0;
-    for (const auto& [k, v] : mm) r += k.size() > 7 || v.size() > 7;
+    for (const auto& [k, v] : mm) {
+      const bool short_key = k.size() <= 7 || (k.size() == 8 && k[7] == 0);
+      r += !short_key || v.size() > 7;
+    }
     return r;
   };
   for (std::size_t kl = 0; kl <= 9; ++kl) {
@@ -237,6 +241,19 @@ TEST(StringMap, ShortEntriesLiveInTheirBucketAndLongOnesInRecords) {
     EXPECT_EQ(m.size(), model.size());
     EXPECT_EQ(live_records(m), records_in(model)) << "round " << round;
   }
+  // Seven bytes, the same and a 0, the same and a 1: three keys (inline, inline, hashed).
+  const std::string k7 = "abcdefg", k8z = k7 + std::string(1, '\0'), k8 = k7 + "\x01";
+  ASSERT_TRUE(m.insert(k7, "7"));
+  ASSERT_TRUE(m.insert(k8z, "8z"));
+  ASSERT_TRUE(m.insert(k8, "8"));
+  EXPECT_EQ(m.find(k7), "7");
+  EXPECT_EQ(m.find(k8z), "8z");
+  EXPECT_EQ(m.find(k8), "8");
+  model[k7] = "7";
+  model[k8z] = "8z";
+  model[k8] = "8";
+  EXPECT_EQ(contents(m), model);
+  EXPECT_EQ(live_records(m), records_in(model));
   // update, compare_exchange and erase on short entries.
   const std::string k1 = key_of(3, 1);
   ASSERT_TRUE(m.update(k1, [](std::string& v) { v = "1234567"; }));

@@ -14,11 +14,13 @@
 //
 // Short entries live in the bucket (format 8). A string map's bucket holds a key word and a
 // value word (InlineEntry below):
-//   key word    a key of up to 7 bytes is its own word: its bytes, the first one lowest, and
-//               its length in bits 56-58, bit 63 clear. A longer key's word is its 64-bit hash
-//               with bit 63 set. Two keys share a word only if both are long and hash alike.
+//   key word    a short key -- up to 7 bytes, or 8 whose last byte is 0 (an integer below
+//               2^56 stored little-endian, as the Python binding stores int keys) -- is its
+//               own word: its first 7 bytes, the first one lowest, and its length (0..8) in
+//               bits 56-59; bits 60-63 clear. Any other key's word is its 64-bit hash with
+//               bit 63 set. Two keys share a word only if both are long and hash alike.
 //   value word  the offset of the entry list record (a multiple of 8), or -- when the list is
-//               one entry whose key and value have up to 7 bytes each -- the entry itself:
+//               one entry under a short key whose value has up to 7 bytes -- the entry itself:
 //               bit 0 set, the value's length in bits 1-3, bits 4-7 clear, the value's bytes
 //               in bits 8-63, the first one lowest. Its key is the key word.
 // Such an entry costs no record: a lookup reads its bucket and nothing else, and a write
@@ -134,42 +136,44 @@ class EntryList {
 /// The bucket words of short entries (see the top of this file). Pure functions of the words:
 /// decode() validates what it reads, so a damaged word is reported, never trusted.
 struct InlineEntry {
-  static constexpr std::size_t kMaxBytes = 7;
+  static constexpr std::size_t kMaxKeyBytes = 8;    // the 8th byte 0
+  static constexpr std::size_t kMaxValueBytes = 7;  // bits 8-63 of the value word
   static constexpr std::uint64_t kLongKey = std::uint64_t{1} << 63;
   /// Bytes of a decoded payload: the header and the largest inline entry.
   static constexpr std::size_t kPayloadBytes =
-      EntryList::kHeaderBytes + EntryList::entry_bytes(kMaxBytes, kMaxBytes);
+      EntryList::kHeaderBytes + EntryList::entry_bytes(kMaxKeyBytes, kMaxValueBytes);
   using Payload = unsigned char[kPayloadBytes];
 
-  /// The word of a key of up to 7 bytes (else false).
+  /// The word of a short key (else false).
   static bool key_word(std::string_view key, std::uint64_t* w) {
-    if (key.size() > kMaxBytes) return false;
+    const std::size_t n = key.size();
+    if (n > kMaxKeyBytes || (n == kMaxKeyBytes && key[7] != 0)) return false;
     std::uint64_t x = 0;
-    std::memcpy(&x, key.data(), key.size());  // little-endian: the first byte lowest
-    *w = x | std::uint64_t{key.size()} << 56;
+    std::memcpy(&x, key.data(), n < 7 ? n : 7);  // little-endian: the first byte lowest
+    *w = x | std::uint64_t{n} << 56;
     return true;
   }
-  /// The word of a longer key, from its hash.
+  /// The word of any other key, from its hash.
   static constexpr std::uint64_t long_key_word(std::uint64_t hash) { return hash | kLongKey; }
   /// Whether a value word is an inline entry (else a record's offset).
   static constexpr bool is_inline(std::uint64_t value_word) { return (value_word & 1) != 0; }
   /// The value word of an entry whose value has up to 7 bytes (else false).
   static bool value_word(std::string_view value, std::uint64_t* w) {
-    if (value.size() > kMaxBytes) return false;
+    if (value.size() > kMaxValueBytes) return false;
     std::uint64_t x = 0;
     std::memcpy(&x, value.data(), value.size());
     *w = x << 8 | std::uint64_t{value.size()} << 1 | 1;
     return true;
   }
   /// The entry list of one entry that an inline value word and its key word state, written
-  /// into `out`; false if the words are damaged (a long key's word, a length past 7, bits set
-  /// past a length or in the reserved ones).
+  /// into `out`; false if the words are damaged (not a short key's word, a length past its
+  /// limit, a byte set past a length, a reserved bit set).
   static bool decode(std::uint64_t key_word, std::uint64_t value_word, Payload& out) {
-    if ((key_word & kLongKey) != 0 || !is_inline(value_word)) return false;
+    if ((key_word >> 60) != 0 || !is_inline(value_word)) return false;
     const std::uint64_t kl = key_word >> 56, vl = value_word >> 1 & 7;
     const std::uint64_t key = key_word & ((std::uint64_t{1} << 56) - 1);
     const std::uint64_t value = value_word >> 8;
-    if (kl > kMaxBytes || (value_word & 0xf0) != 0 || (kl < 7 && key >> (8 * kl) != 0) ||
+    if (kl > kMaxKeyBytes || (value_word & 0xf0) != 0 || (kl < 7 && key >> (8 * kl) != 0) ||
         (vl < 7 && value >> (8 * vl) != 0)) {
       return false;
     }
@@ -179,12 +183,12 @@ struct InlineEntry {
     const std::uint32_t words[4] = {1, bytes, static_cast<std::uint32_t>(kl),
                                     static_cast<std::uint32_t>(vl)};
     std::memcpy(out, words, sizeof words);
-    std::memcpy(out + 16, &key, kl);
+    std::memcpy(out + 16, &key, kl < 7 ? kl : 7);  // an 8th byte is 0, as memset left it
     std::memcpy(out + 16 + kl, &value, vl);
     return true;
   }
 };
-static_assert(InlineEntry::kPayloadBytes == 32, "one header and one 8 + 7 + 7-byte entry");
+static_assert(InlineEntry::kPayloadBytes == 32, "a header and an entry of 8 + 8 + 7 bytes, padded");
 static_assert(std::endian::native == std::endian::little, "words hold bytes first-lowest");
 
 }  // namespace shmap::detail
