@@ -344,6 +344,23 @@ py::object key_object(KeyKind k, std::string_view b) {
   return py::none();
 }
 
+/// A pickle of protocol 4 or 5 opens with PROTO (2 bytes) and, unless it is tiny, a FRAME
+/// opcode (1 + 8 bytes) stating the length of what follows. Framing is optional (PEP 3154:
+/// pickle.loads reads a pickle with or without frames), so when the one frame covers the whole
+/// rest, it is left out: 9 bytes less per value, and a small int's pickle (5-6 bytes) then fits
+/// in its bucket (entry_list.hpp, short entries). Anything else is kept as it is.
+void strip_frame(std::string* p) {
+  constexpr unsigned char kProto = 0x80, kFrame = 0x95;
+  if (p->size() < 11 || static_cast<unsigned char>((*p)[0]) != kProto ||
+      static_cast<unsigned char>((*p)[1]) < 4 || static_cast<unsigned char>((*p)[2]) != kFrame) {
+    return;
+  }
+  std::uint64_t len = 0;
+  std::memcpy(&len, p->data() + 3, 8);  // little-endian, as the pickle format states
+  if (len != p->size() - 11) return;
+  p->erase(2, 9);
+}
+
 /// A value's stored bytes, written to *out.
 void value_bytes(ValKind v, py::handle o, std::string* out) {
   switch (v) {
@@ -375,6 +392,7 @@ void value_bytes(ValKind v, py::handle o, std::string* out) {
       if (!p) throw py::error_already_set();
       const auto b = bytes_view(p, "pickle");
       out->assign(b.data(), b.size());
+      strip_frame(out);
       return;
     }
   }
@@ -1020,14 +1038,17 @@ class Core {
   py::dict check() {
     auto hold = shared_backend();
     shmap::CheckReport r;
+    shmap::RecordStats rs;
+    bool records = false;
     {
       py::gil_scoped_release release;
       r = std::visit(
-          [](auto& m) {
+          [&](auto& m) {
             if constexpr (std::is_same_v<std::decay_t<decltype(m)>, shmap::Map>) {
               return m.check();
             } else {
-              return m.check(nullptr);
+              records = true;
+              return m.check(&rs);
             }
           },
           *hold);
@@ -1037,6 +1058,18 @@ class Core {
     d["problems"] = r.problems;
     d["notes"] = r.notes;
     d["live_entries"] = r.live_entries;
+    if (records) {
+      // As `shmap check --json` states them: values in records, and short entries that live
+      // in their buckets (no record).
+      py::dict x;
+      x["slabs"] = rs.slabs;
+      x["live"] = rs.live;
+      x["free"] = rs.free;
+      x["retired"] = rs.retired;
+      x["leaked"] = rs.leaked;
+      x["inline_entries"] = rs.inline_entries;
+      d["records"] = x;
+    }
     return d;
   }
   void compact() {

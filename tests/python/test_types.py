@@ -81,6 +81,37 @@ def test_pickles_hold_any_picklable_object(name):
     assert 100 not in m
 
 
+def test_pickles_are_stored_without_their_frame_and_small_ones_in_the_bucket(name, tmp_path):
+    import base64
+    import json
+    import pickle
+
+    m = shmap.Map(name, create=True, key=int, value="pickle")
+    # Tiny (no frame), small (one frame covering all: left out), large (several frames: kept).
+    objects = {1: None, 2: 7, 3: 300, 4: 99999, 5: "text", 6: list(range(40000))}
+    for k, o in objects.items():
+        m[k] = o
+    for k, o in objects.items():
+        assert m[k] == o
+    m.dump(str(tmp_path / "snap.json"), json=True)
+    stored = {}
+    with open(tmp_path / "snap.json") as f:
+        for e in json.load(f)["entries"]:  # keys: 8 little-endian bytes, as text or base64
+            kb = base64.b64decode(e["key_base64"]) if "key_base64" in e else e["key"].encode()
+            stored[int.from_bytes(kb, "little")] = base64.b64decode(e["value_base64"])
+    assert set(stored) == set(objects), stored.keys()
+    for k, o in objects.items():
+        full = pickle.dumps(o, pickle.HIGHEST_PROTOCOL)
+        assert stored[k] is not None and pickle.loads(stored[k]) == o
+        framed = len(full) >= 11 and full[2] == 0x95 and int.from_bytes(full[3:11], "little") == len(full) - 11
+        assert stored[k] == (full[:2] + full[11:] if framed else full), k
+    assert len(stored[3]) == 6 and len(stored[4]) == 8  # 300 fits a bucket; 99999 does not
+    m.compact()
+    records = m.check()["records"]
+    # None, 7 and 300 under int keys below 2^56: inline; 99999, "text" and the list: records.
+    assert records["inline_entries"] == 3 and records["live"] == 3, records
+
+
 def test_strings_round_trip_exactly(name):
     m = shmap.Map(name, create=True, key=bytes, value=str)
     samples = ["", "\0", "é", "𝄞" * 100, "a\udc80"[:1]]
