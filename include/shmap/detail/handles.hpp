@@ -67,13 +67,13 @@ class Handles {
   /// an offset read from shared memory and the header there, and throws corrupt (Tables::table,
   /// table.cpp). A function and its context rather than the map: retirement and reclamation need
   /// nothing else of the tables.
-  struct Tables {
+  struct TableLookup {
     const void* ctx = nullptr;
     TableHeader* (*table)(const void* ctx, std::uint64_t offset) = nullptr;
   };
 
   /// `seg` may be built after this (it is not used before attach()).
-  Handles(const Segment& seg, Tables tables) : seg_(seg), tables_(tables) {}
+  Handles(const Segment& seg, TableLookup tables) : seg_(seg), tables_(tables) {}
   ~Handles() = default;
   Handles(const Handles&) = delete;
   Handles& operator=(const Handles&) = delete;
@@ -284,7 +284,7 @@ class Handles {
   TableHeader* table_or_null(std::uint64_t offset) const noexcept;
 
   const Segment& seg_;
-  Tables tables_;
+  TableLookup tables_;
   // Copied from the header once, after validation: a later change of the shared fields (a
   // damaged or hostile attacher) cannot move what this process believes the bounds are.
   std::size_t max_handles_ = 0;
