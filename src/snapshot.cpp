@@ -1915,6 +1915,7 @@ Map load_from(int fd, std::uint64_t size, const std::string &name, const LoadOpt
 struct SnapshotAccess {
   static const Map &map(const DynamicMap &d) { return d.map_; }
   static const DynamicMap &core(const StringMap &s) { return s.core_; }
+  static const DynamicMap &core(const StringMultimap &s) { return s.core_; }
   static void visit(const StringMap &s, void (*fn)(void *, std::string_view, std::string_view),
                     void *ctx) {
     s.visit(fn, ctx);
@@ -1925,6 +1926,13 @@ struct SnapshotAccess {
   /// A typed map whose segment records exactly `types` (a loaded snapshot's).
   static DynamicMap create(const std::string &name, const Options &o, const SegmentTypes &types) {
     return DynamicMap::create_recorded(name, o, types);
+  }
+  /// Sets the capacity below which the staged map never shrinks nor fits (the header's
+  /// initial_capacity) to `initial_capacity`'s, once it is filled: a load sizes its first table
+  /// for the snapshot's entries, but the map keeps the creator's floor, so that compact() can
+  /// fit it later. Only on a map still under its staging name (nobody else attached).
+  static void set_floor(const DynamicMap &d, std::size_t initial_capacity) {
+    d.map_.impl().header().initial_capacity = detail::next_pow2_capacity(initial_capacity);
   }
 };
 
@@ -2208,14 +2216,17 @@ void check_typed_load(const std::string &name, const LoadOptions &options, const
 void fill_strings(
     const std::string &tmp, const Options &o, const SegmentTypes &types,
     const std::function<void(const std::function<void(std::string_view, std::string_view)> &)>
-        &feed) {
+        &feed,
+    std::size_t floor) {
   DynamicMap core = SnapshotAccess::create(tmp, o, types);
   if (types.kind == kKindMultimap) {
     StringMultimap multi = SnapshotAccess::multimap(std::move(core));
     feed([&](std::string_view k, std::string_view v) { multi.insert(k, v); });
+    SnapshotAccess::set_floor(SnapshotAccess::core(multi), floor);
   } else {
     StringMap map = SnapshotAccess::strings(std::move(core));
     feed([&](std::string_view k, std::string_view v) { map.insert_or_assign(k, v); });
+    SnapshotAccess::set_floor(SnapshotAccess::core(map), floor);
   }
 }
 
@@ -2245,16 +2256,20 @@ void load_strings(int fd, std::uint64_t size, const std::string &name, const Loa
   build_staged(name, w.path, "remove it first (a snapshot loads into a new map)",
                [&](const std::string &tmp) {
                  Options o = creation_options(res.header, options.options);
+                 const std::size_t floor = o.initial_capacity;
                  o.initial_capacity = std::max<std::size_t>(o.initial_capacity, entries * 2 + 2);
-                 fill_strings(tmp, o, types, [&](const auto &put) {
-                   EntryStream feed(w, fixed);
-                   // The second pass verifies again as it feeds (a file changed in between fails).
-                   // A multimap's values come in their order, and are added in it.
-                   scan_binary(fd, size, w, "load", [&](const unsigned char *e, std::uint32_t n) {
-                     feed.feed(e, n, put);
-                   });
-                   feed.finish();
-                 });
+                 fill_strings(
+                     tmp, o, types,
+                     [&](const auto &put) {
+                       EntryStream feed(w, fixed);
+                       // The second pass verifies again as it feeds (a file changed in between
+                       // fails). A multimap's values come in their order, and are added in it.
+                       scan_binary(
+                           fd, size, w, "load",
+                           [&](const unsigned char *e, std::uint32_t n) { feed.feed(e, n, put); });
+                       feed.finish();
+                     },
+                     floor);
                });
 }
 
@@ -2267,6 +2282,7 @@ void load_typed(int fd, std::uint64_t size, const std::string &name, const LoadO
   build_staged(name, w.path, "remove it first (a typed snapshot loads into a new map)",
                [&](const std::string &tmp) {
                  Options o = creation_options(res.header, options.options);
+                 const std::size_t floor = o.initial_capacity;
                  o.initial_capacity =
                      std::max<std::size_t>(o.initial_capacity, res.entries * 2 + 2);
                  DynamicMap staging = SnapshotAccess::create(tmp, o, types);
@@ -2277,6 +2293,7 @@ void load_typed(int fd, std::uint64_t size, const std::string &name, const LoadO
                      staging.insert_or_assign(get64(e), e + 8);
                    }
                  });
+                 SnapshotAccess::set_floor(staging, floor);
                });
 }
 
@@ -2689,12 +2706,16 @@ void load_typed_json(const JsonDocument &j, const std::string &name, const LoadO
   build_staged(name, w.path, "remove it first (a snapshot loads into a new map)",
                [&](const std::string &tmp) {
                  Options o = creation_options(s.header, options.options);
+                 const std::size_t floor = o.initial_capacity;
                  o.initial_capacity =
                      std::max<std::size_t>(o.initial_capacity, s.entries.size() * 2 + 2);
                  if (j.version == kSnapshotVersionStrings) {
-                   fill_strings(tmp, o, types, [&](const auto &put) {
-                     for (const auto &[k, v] : s.entries) put(k, v);
-                   });
+                   fill_strings(
+                       tmp, o, types,
+                       [&](const auto &put) {
+                         for (const auto &[k, v] : s.entries) put(k, v);
+                       },
+                       floor);
                    return;
                  }
                  DynamicMap staging = SnapshotAccess::create(tmp, o, types);
@@ -2702,6 +2723,7 @@ void load_typed_json(const JsonDocument &j, const std::string &name, const LoadO
                    staging.insert_or_assign(
                        get64(reinterpret_cast<const unsigned char *>(k.data())), v.data());
                  }
+                 SnapshotAccess::set_floor(staging, floor);
                });
 }
 

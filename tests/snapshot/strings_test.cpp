@@ -128,6 +128,58 @@ struct Quote {
   bool operator==(const Quote&) const = default;
 };
 
+TEST(StringSnapshot, ALoadedMapKeepsItsCreatorsFloorSoThatCompactFitsIt) {
+  // A load sizes its first table for the snapshot's entries, but the map keeps the capacity
+  // it was created with as the floor of shrink and fit: erase most entries, compact(), and
+  // the table fits what is left (binary and JSON; a string map, a multimap, a typed map).
+  TempDir dir;
+  ScopedName src("floor-src"), msrc("floor-msrc"), tsrc("floor-tsrc");
+  constexpr int kN = 6000, kKept = 100;
+  auto key = [](int i) { return "a key of some length " + std::to_string(i); };
+  {
+    auto m = StringMap::create(src, {.initial_capacity = 8});
+    auto mm = StringMultimap::create(msrc, {.initial_capacity = 8});
+    auto t = TypedMap<std::uint64_t, std::string>::create(tsrc, {.initial_capacity = 8});
+    for (int i = 0; i < kN; ++i) {
+      m.insert(key(i), "a value in a record");
+      mm.insert(key(i), "v");
+      t.insert(std::uint64_t(i) << 40, "x");
+    }
+    for (const bool json : {false, true}) {
+      const std::string sfx = json ? ".json" : ".shmap";
+      m.dump(dir.path("s" + sfx), {.json = json});
+      mm.dump(dir.path("m" + sfx), {.json = json});
+      t.dump(dir.path("t" + sfx), {.json = json});
+    }
+  }
+  for (const bool json : {false, true}) {
+    const std::string sfx = json ? ".json" : ".shmap";
+    ScopedName dst("floor-dst"), mdst("floor-mdst"), tdst("floor-tdst");
+    auto m = StringMap::load(dir.path("s" + sfx), dst);
+    auto mm = StringMultimap::load(dir.path("m" + sfx), mdst);
+    auto t = TypedMap<std::uint64_t, std::string>::load(dir.path("t" + sfx), tdst);
+    ASSERT_EQ(m.size(), std::size_t{kN});
+    ASSERT_EQ(mm.size(), std::size_t{kN});
+    ASSERT_EQ(t.size(), std::size_t{kN});
+    for (int i = kKept; i < kN; ++i) {
+      ASSERT_TRUE(m.erase(key(i)));
+      ASSERT_EQ(mm.erase(key(i)), 1u);
+      ASSERT_TRUE(t.erase(std::uint64_t(i) << 40));
+    }
+    m.compact();
+    mm.compact();
+    t.compact();
+    for (const Stats& s : {m.stats(), mm.stats(), t.stats()}) {
+      EXPECT_EQ(s.size, std::size_t{kKept});
+      EXPECT_LE(s.capacity, 4u * kKept) << (json ? "json" : "binary")
+                                        << ": the table kept the snapshot's size";
+    }
+    EXPECT_EQ(m.find(key(7)), "a value in a record");
+    EXPECT_EQ(mm.find(key(7)), std::vector<std::string>{"v"});
+    EXPECT_EQ(t.find(std::uint64_t(7) << 40), "x");
+  }
+}
+
 TEST(StringSnapshot, StructValuesRoundTripAndTheTypesAreCheckedBeforeAnythingIsCreated) {
   using Q = TypedMap<std::string, Quote>;
   TempDir dir;
