@@ -1745,7 +1745,10 @@ PYBIND11_MODULE(_shmap, mod) {
            "returns the previous values (int -> int maps).")
       .def("stats", &Core::stats, "The map's statistics (a dict).")
       .def("readers", &Core::readers, "The handle slots in use (a list of dicts).")
-      .def("check", &Core::check, "Verifies the map's invariants (a dict: ok, problems, ...).")
+      .def("check", &Core::check,
+           "Verifies the map's invariants: a dict of ok, problems, notes, live_entries and, for "
+           "maps of bytes, str or pickles, records (live, free, retired, leaked, slabs, "
+           "inline_entries: short entries kept in their bucket).")
       .def("compact", &Core::compact,
            "Finishes a migration, frees retired tables and records leaked by killed writers.")
       .def("dump", &Core::dump, py::arg("path"), py::arg("json") = false,
