@@ -84,41 +84,50 @@ struct SVal {
   }
 };
 
-/// A StringMap seen as uint64 -> SVal (the kill loop's interface).
-class Strings {
+/// A StringMap seen as uint64 -> V (the kill loop's interface), its keys made by Keys:
+/// Keys::key(k) the string of uint64 key k, Keys::back(s) the uint64 key of a string (a key
+/// no one wrote gives one whose check fails).
+template <class V, class Keys>
+class StringsAs {
  public:
-  static Strings create(const std::string& n, const Options& o) {
-    return Strings(StringMap::create(n, o));
+  static StringsAs create(const std::string& n, const Options& o) {
+    return StringsAs(StringMap::create(n, o));
   }
-  static Strings open(const std::string& n) { return Strings(StringMap::open(n)); }
-  std::optional<SVal> find(std::uint64_t k) const {
-    auto v = m_.find(skey(k));
+  static StringsAs open(const std::string& n) { return StringsAs(StringMap::open(n)); }
+  std::optional<V> find(std::uint64_t k) const {
+    auto v = m_.find(Keys::key(k));
     if (!v) return std::nullopt;
-    return SVal{std::move(*v)};
+    return V{std::move(*v)};
   }
-  bool insert(std::uint64_t k, const SVal& v) { return m_.insert(skey(k), v.s); }
-  bool insert_or_assign(std::uint64_t k, const SVal& v) {
-    return m_.insert_or_assign(skey(k), v.s);
+  bool insert(std::uint64_t k, const V& v) { return m_.insert(Keys::key(k), v.s); }
+  bool insert_or_assign(std::uint64_t k, const V& v) {
+    return m_.insert_or_assign(Keys::key(k), v.s);
   }
-  bool erase(std::uint64_t k) { return m_.erase(skey(k)); }
-  bool compare_exchange(std::uint64_t k, const SVal& e, const SVal& d) {
-    return m_.compare_exchange(skey(k), e.s, d.s);
+  bool erase(std::uint64_t k) { return m_.erase(Keys::key(k)); }
+  bool compare_exchange(std::uint64_t k, const V& e, const V& d) {
+    return m_.compare_exchange(Keys::key(k), e.s, d.s);
   }
   template <class F>
   bool update(std::uint64_t k, F&& f) {
-    return m_.update(skey(k), [&f](std::string& s) {
-      SVal v{s};
+    return m_.update(Keys::key(k), [&f](std::string& s) {
+      V v{s};
       f(v);
       s = std::move(v.s);
     });
   }
   template <class F>
   void for_each(F&& f) const {
-    m_.for_each([&f](std::string_view k, std::string_view v) {
-      // A key no one wrote passes as key UINT64_MAX, whose check then fails.
-      const std::uint64_t key = skey(key_of(k)) == k ? key_of(k) : UINT64_MAX;
-      f(key, SVal{std::string(v)});
+    m_.for_each(
+        [&f](std::string_view k, std::string_view v) { f(Keys::back(k), V{std::string(v)}); });
+  }
+  /// Entries of a short key whose value has up to 7 bytes: inline, no record (entry_list.hpp).
+  std::uint64_t entries_without_record() const {
+    std::uint64_t n = 0;
+    m_.for_each([&n](std::string_view k, std::string_view v) {
+      const bool short_key = k.size() <= 7 || (k.size() == 8 && k[7] == 0);
+      n += short_key && v.size() <= 7;
     });
+    return n;
   }
   std::size_t size() const { return m_.size(); }
   Stats stats() const { return m_.stats(); }
@@ -126,9 +135,18 @@ class Strings {
   void compact() { m_.compact(); }
 
  private:
-  explicit Strings(StringMap m) : m_(std::move(m)) {}
+  explicit StringsAs(StringMap m) : m_(std::move(m)) {}
   StringMap m_;
 };
+
+/// The keys of the first kill loop: digits and filler (skey), 1..60 bytes.
+struct DigitKeys {
+  static std::string key(std::uint64_t k) { return skey(k); }
+  static std::uint64_t back(std::string_view s) {
+    return skey(key_of(s)) == s ? key_of(s) : UINT64_MAX;
+  }
+};
+using Strings = StringsAs<SVal, DigitKeys>;
 
 /// The kill loop's uint64 keys (victims', the churner's, the reuse pass's) as a 22-bit id,
 /// and back; a key outside those ranges aborts (the parent sees SIGABRT).
@@ -208,56 +226,13 @@ struct MVal {
   }
 };
 
-/// A StringMap of short keys seen as uint64 -> MVal: its entries are inline or in records as
-/// their values say.
-class ShortStrings {
- public:
-  static ShortStrings create(const std::string& n, const Options& o) {
-    return ShortStrings(StringMap::create(n, o));
-  }
-  static ShortStrings open(const std::string& n) { return ShortStrings(StringMap::open(n)); }
-  std::optional<MVal> find(std::uint64_t k) const {
-    auto v = m_.find(short_key(k));
-    if (!v) return std::nullopt;
-    return MVal{std::move(*v)};
-  }
-  bool insert(std::uint64_t k, const MVal& v) { return m_.insert(short_key(k), v.s); }
-  bool insert_or_assign(std::uint64_t k, const MVal& v) {
-    return m_.insert_or_assign(short_key(k), v.s);
-  }
-  bool erase(std::uint64_t k) { return m_.erase(short_key(k)); }
-  bool compare_exchange(std::uint64_t k, const MVal& e, const MVal& d) {
-    return m_.compare_exchange(short_key(k), e.s, d.s);
-  }
-  template <class F>
-  bool update(std::uint64_t k, F&& f) {
-    return m_.update(short_key(k), [&f](std::string& s) {
-      MVal v{s};
-      f(v);
-      s = std::move(v.s);
-    });
-  }
-  template <class F>
-  void for_each(F&& f) const {
-    m_.for_each([&f](std::string_view k, std::string_view v) {
-      f(key_of_short(k), MVal{std::string(v)});  // a key no one wrote fails its check
-    });
-  }
-  /// Entries whose value is 7 bytes: inline, no record.
-  std::uint64_t entries_without_record() const {
-    std::uint64_t n = 0;
-    m_.for_each([&n](std::string_view, std::string_view v) { n += v.size() <= 7; });
-    return n;
-  }
-  std::size_t size() const { return m_.size(); }
-  Stats stats() const { return m_.stats(); }
-  CheckReport check(RecordStats* rs) const { return m_.check(rs); }
-  void compact() { m_.compact(); }
-
- private:
-  explicit ShortStrings(StringMap m) : m_(std::move(m)) {}
-  StringMap m_;
+/// The keys of the second: 3..8 bytes, every one short (short_key).
+struct ShortKeys {
+  static std::string key(std::uint64_t k) { return short_key(k); }
+  static std::uint64_t back(std::string_view s) { return key_of_short(s); }
 };
+/// Its entries are inline or in records as their values say.
+using ShortStrings = StringsAs<MVal, ShortKeys>;
 
 class StringKillTest : public MpTest {
  protected:
