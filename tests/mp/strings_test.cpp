@@ -426,6 +426,107 @@ void struct_counters_across_processes() {
   EXPECT_EQ(rs.leaked, 0u);
 }
 
+/// A counter's value whose length switches across the 7-byte line of short entries
+/// (entry_list.hpp) at every increment: odd counts are their digits (inline in the bucket),
+/// even ones their digits and "+pad" (a record). Parsed back: the count, or UINT64_MAX if the
+/// value is not such a value.
+std::string switching(std::uint64_t n) { return std::to_string(n) + (n % 2 == 0 ? "+pad" : ""); }
+std::uint64_t switching_count(std::string_view v) {
+  const std::uint64_t n = key_of(v);
+  return v == switching(n) ? n : UINT64_MAX;
+}
+
+void switching_counters_across_processes() {
+  // Short keys whose values go between inline entries and records on every update, from
+  // several processes, with a churner resizing from capacity 8 and readers in other processes
+  // -- read-write (the unpinned fast path) and read-only (validated copies) -- that check each
+  // value parses and that no counter ever goes back (a stale read would).
+  const std::uint64_t seed = test_seed();
+  ScopedName name("sswitch");
+  auto m = StringMap::create(name, {.initial_capacity = 8});
+  constexpr int kProcs = 3, kCounters = 4;
+  auto key = [](std::uint64_t i) { return "c" + std::to_string(i); };
+  for (int i = 0; i < kCounters; ++i) ASSERT_TRUE(m.insert(key(i), switching(0)));
+  const std::uint64_t per = 15000 * soak() / kScale;
+  Shared<std::atomic<bool>> stop(false);
+  Gate gate;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < kProcs; ++p) {
+    pids.push_back(fork_child([&, p] {
+      auto s = StringMap::open(name);
+      if (!gate.wait()) return false;
+      Rng rng(seed + p);
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const std::string k = key(rng.below(kCounters));
+        bool parsed = true;
+        const bool ok = s.update(k, [&](std::string& v) {
+          const std::uint64_t n = switching_count(v);
+          parsed = n != UINT64_MAX;
+          v = switching(n + 1);
+        });
+        CHILD_CHECK(ok && parsed, "update of %s: found %s", k.c_str(),
+                    ok ? "a torn value" : "absent");
+      }
+      return true;
+    }));
+  }
+  std::vector<pid_t> readers;
+  for (const bool ro : {false, true}) {
+    readers.push_back(fork_child([&, ro] {
+      auto s = StringMap::open(name, {.read_only = ro});
+      if (!gate.wait()) return false;
+      std::uint64_t last[kCounters] = {};
+      while (!stop->load()) {
+        for (int i = 0; i < kCounters; ++i) {
+          const auto v = s.find(key(i));
+          CHILD_CHECK(v.has_value(), "%s absent (read-only %d)", key(i).c_str(), ro);
+          const std::uint64_t n = switching_count(*v);
+          CHILD_CHECK(n != UINT64_MAX, "%s torn: %zu bytes (read-only %d)", key(i).c_str(),
+                      v->size(), ro);
+          CHILD_CHECK(n >= last[i], "%s went back from %" PRIu64 " to %" PRIu64 " (read-only %d)",
+                      key(i).c_str(), last[i], n, ro);
+          last[i] = n;
+        }
+      }
+      return true;
+    }));
+  }
+  const pid_t churner = fork_child([&] {
+    auto s = StringMap::open(name);
+    if (!gate.wait()) return false;
+    while (!stop->load()) {
+      for (int i = 0; i < 1500; ++i)
+        CHILD_CHECK(s.insert("t" + std::to_string(i), std::string(i % 12, 'c')), "churn insert");
+      for (int i = 0; i < 1500; ++i) CHILD_CHECK(s.erase("t" + std::to_string(i)), "churn erase");
+    }
+    return true;
+  });
+  const std::uint64_t resizes0 = m.stats().resizes;
+  gate.release();
+  for (int p = 0; p < kProcs; ++p) {
+    const auto r = wait_for(pids[p], seconds(90 * kSlow * soak()));
+    EXPECT_TRUE(r.ok()) << "counter process " << p << " " << r.describe() << " (seed " << seed
+                        << ")";
+  }
+  stop->store(true);
+  for (const pid_t r : readers) {
+    const auto rr = wait_for(r, seconds(30 * kSlow));
+    EXPECT_TRUE(rr.ok()) << "reader " << rr.describe();
+  }
+  EXPECT_TRUE(wait_for(churner, seconds(30 * kSlow)).ok());
+  std::uint64_t total = 0;
+  for (int i = 0; i < kCounters; ++i) total += switching_count(m.find(key(i)).value_or(""));
+  EXPECT_EQ(total, kProcs * per) << "lost or doubled increments (seed " << seed << ")";
+  EXPECT_GT(m.stats().resizes, resizes0 + 2) << "the churner did not resize the map";
+  EXPECT_EQ(m.size(), std::size_t{kCounters});
+  m.compact();
+  RecordStats rs;
+  const auto report = m.check(&rs);
+  EXPECT_TRUE(report.ok) << (report.problems.empty() ? "" : report.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live + rs.inline_entries, std::size_t{kCounters});
+}
+
 class StringMpTest : public MpTest {
  protected:
   unsigned watchdog_seconds() const override { return 150; }
@@ -434,6 +535,9 @@ class StringMpTest : public MpTest {
 TEST_F(StringMpTest, UpdateCountersAreExactAcrossProcesses) { counters_across_processes(false); }
 TEST_F(StringMpTest, UpdateCountersOnCollidingKeysAreExactAcrossProcesses) {
   counters_across_processes(true);
+}
+TEST_F(StringMpTest, CountersSwitchingBetweenShortEntriesAndRecordsAreExactAndNeverGoBack) {
+  switching_counters_across_processes();
 }
 TEST_F(StringMpTest, StructValuesUnderStringKeysAreExactAcrossProcesses) {
   struct_counters_across_processes();
