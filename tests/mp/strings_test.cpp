@@ -17,13 +17,16 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "kill_loop.hpp"
 #include "mp_util.hpp"
+#include "shmap/detail/map_impl.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 
 namespace shmap::test::mp {
 namespace {
@@ -537,6 +540,67 @@ void switching_counters_across_processes() {
   EXPECT_TRUE(report.ok) << (report.problems.empty() ? "" : report.problems.front());
   EXPECT_EQ(rs.leaked, 0u);
   EXPECT_EQ(rs.live + rs.inline_entries, std::size_t{kCounters});
+}
+
+/// Runs `write` in a child that dies (exit 42, no unwinding) when `hook` first fires.
+bool dies_in(void (*&hook)(), const std::function<void()>& write) {
+  const ChildResult r = run_child(
+      [&] {
+        hook = [] { ::_exit(42); };
+        write();
+        return false;  // the hook never ran
+      },
+      std::chrono::seconds(30 * kSlow));
+  return r.exited && r.code == 42;
+}
+
+class StringDeathTest : public MpTest {};
+
+TEST_F(StringDeathTest, AWriterKilledAfterReplacingARecordByAShortEntryLeaksOnlyThatRecord) {
+  // Writers die right after the CAS that replaced a record with an inline entry (a value
+  // shortened to 7 bytes; a multimap key's second value erased), before they retired the
+  // record or counted: the entry reads whole, size() is exact once the dead slot is freed,
+  // check() counts the record leaked -- exactly it, the inline entry no record -- and
+  // compact() gives it back.
+  ScopedName n("die-inline"), mn("die-inline-mm");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  auto mm = StringMultimap::create(mn, {.initial_capacity = 8});
+  ASSERT_TRUE(m.insert("k", "a value in a record"));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(m.insert("o" + std::to_string(i), "x"));
+  mm.insert("k", "a");
+  mm.insert("k", "b");
+  mm.insert("j", "c");
+  ASSERT_TRUE(dies_in(detail::MapImpl::after_write_cas_for_test, [&] {
+    auto c = StringMap::open(n);
+    c.insert_or_assign("k", "short");
+  }));
+  ASSERT_TRUE(dies_in(detail::MapImpl::after_write_cas_for_test, [&] {
+    auto c = StringMultimap::open(mn);
+    c.erase("k", "b");
+  }));
+  EXPECT_EQ(m.find("k"), "short");
+  EXPECT_EQ(mm.find("k"), std::vector<std::string>{"a"});
+  EXPECT_GE(m.clear_stale_handles(), 1u);
+  EXPECT_GE(mm.clear_stale_handles(), 1u);
+  EXPECT_EQ(m.size(), 21u);
+  EXPECT_EQ(mm.size(), 2u) << "the dead writer's -1, applied when its slot was freed";
+  RecordStats rs;
+  EXPECT_FALSE(m.check(&rs).ok) << "a leaked record";
+  EXPECT_EQ(rs.leaked, 1u) << "the record the dead writer replaced and never retired";
+  EXPECT_EQ(rs.live, 0u);
+  EXPECT_EQ(rs.inline_entries, 21u);
+  EXPECT_FALSE(mm.check(&rs).ok) << "a leaked record";
+  EXPECT_EQ(rs.leaked, 1u);
+  EXPECT_EQ(rs.live, 0u);
+  EXPECT_EQ(rs.inline_entries, 2u);
+  m.compact();
+  mm.compact();
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_TRUE(mm.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(m.size(), 21u);
+  EXPECT_EQ(mm.size(), 2u);
 }
 
 class StringMpTest : public MpTest {
