@@ -348,11 +348,21 @@ CheckReport DynamicMap::check(RecordStats* records) const {
   CheckReport rep = map_.check();
   if (strings_ && !map_.read_only()) {
     std::size_t entries = 0;
-    visit_entries(
-        map_, [](void* n, std::string_view, std::string_view) { ++*static_cast<std::size_t*>(n); },
-        &entries);
+    try {
+      visit_entries(
+          map_,
+          [](void* n, std::string_view, std::string_view) { ++*static_cast<std::size_t*>(n); },
+          &entries);
+    } catch (const Error& e) {
+      // A damaged list or inline entry (list_at): what check() is for, so reported, not thrown
+      // (the error's own advice is to run check).
+      if (e.code() != Errc::corrupt) throw;
+      rep.ok = false;
+      rep.problems.push_back(std::string("entries: ") + e.what());
+      entries = SIZE_MAX;
+    }
     const std::size_t counted = map_.size();
-    if (counted != entries) {
+    if (entries != SIZE_MAX && counted != entries) {
       rep.notes.push_back("size counter says " + std::to_string(counted) + ", the lists hold " +
                           std::to_string(entries) + " entries (writers under way)");
     }

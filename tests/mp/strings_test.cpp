@@ -11,18 +11,22 @@
 // times more rounds.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <cinttypes>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "kill_loop.hpp"
 #include "mp_util.hpp"
+#include "shmap/detail/map_impl.hpp"
 #include "shmap/string_map.hpp"
+#include "shmap/string_multimap.hpp"
 
 namespace shmap::test::mp {
 namespace {
@@ -401,6 +405,179 @@ void struct_counters_across_processes() {
   EXPECT_EQ(rs.leaked, 0u);
 }
 
+/// A counter's value whose length switches across the 7-byte line of short entries
+/// (entry_list.hpp) at every increment: odd counts are their digits (inline in the bucket),
+/// even ones their digits and "+pad" (a record). Parsed back: the count, or UINT64_MAX if the
+/// value is not such a value.
+std::string switching(std::uint64_t n) { return std::to_string(n) + (n % 2 == 0 ? "+pad" : ""); }
+std::uint64_t switching_count(std::string_view v) {
+  const std::uint64_t n = key_of(v);
+  return v == switching(n) ? n : UINT64_MAX;
+}
+
+void switching_counters_across_processes() {
+  // Short keys whose values go between inline entries and records on every update, from
+  // several processes, with a churner resizing from capacity 8 and readers in other processes
+  // -- read-write (the unpinned fast path) and read-only (validated copies) -- that check each
+  // value parses and that no counter ever goes back (a stale read would).
+  const std::uint64_t seed = test_seed();
+  ScopedName name("sswitch");
+  auto m = StringMap::create(name, {.initial_capacity = 8});
+  constexpr int kProcs = 3, kCounters = 4;
+  auto key = [](std::uint64_t i) { return "c" + std::to_string(i); };
+  for (int i = 0; i < kCounters; ++i) ASSERT_TRUE(m.insert(key(i), switching(0)));
+  const std::uint64_t per = 100000 * soak() / kScale;
+  Shared<std::atomic<bool>> stop(false);
+  // Each counter's value some update completed: a read that starts after it must not see less.
+  Shared<std::array<std::atomic<std::uint64_t>, kCounters>> floor;
+  for (auto& f : *floor) f.store(0);
+  Gate gate;
+  std::vector<pid_t> pids;
+  for (int p = 0; p < kProcs; ++p) {
+    pids.push_back(fork_child([&, p] {
+      auto s = StringMap::open(name);
+      if (!gate.wait()) return false;
+      Rng rng(seed + p);
+      for (std::uint64_t i = 0; i < per; ++i) {
+        const std::string k = key(rng.below(kCounters));
+        bool parsed = true;
+        std::uint64_t wrote = 0;
+        const bool ok = s.update(k, [&](std::string& v) {
+          const std::uint64_t n = switching_count(v);
+          parsed = n != UINT64_MAX;
+          wrote = n + 1;
+          v = switching(wrote);
+        });
+        auto& f = (*floor)[k[1] - '0'];
+        for (std::uint64_t x = f.load(); x < wrote && !f.compare_exchange_weak(x, wrote);) {
+        }
+        CHILD_CHECK(ok && parsed, "update of %s: found %s", k.c_str(),
+                    ok ? "a torn value" : "absent");
+      }
+      return true;
+    }));
+  }
+  std::vector<pid_t> readers;
+  for (const bool ro : {false, true}) {
+    readers.push_back(fork_child([&, ro] {
+      auto s = StringMap::open(name, {.read_only = ro});
+      if (!gate.wait()) return false;
+      std::uint64_t last[kCounters] = {};
+      while (!stop->load()) {
+        for (int i = 0; i < kCounters; ++i) {
+          const std::uint64_t lo = (*floor)[i].load();
+          const auto v = s.find(key(i));
+          CHILD_CHECK(v.has_value(), "%s absent (read-only %d)", key(i).c_str(), ro);
+          const std::uint64_t n = switching_count(*v);
+          CHILD_CHECK(n != UINT64_MAX, "%s torn: %zu bytes (read-only %d)", key(i).c_str(),
+                      v->size(), ro);
+          CHILD_CHECK(n >= last[i], "%s went back from %" PRIu64 " to %" PRIu64 " (read-only %d)",
+                      key(i).c_str(), last[i], n, ro);
+          CHILD_CHECK(n >= lo,
+                      "%s read %" PRIu64 " after an update to %" PRIu64 " completed (read-only %d)",
+                      key(i).c_str(), n, lo, ro);
+          last[i] = n;
+        }
+      }
+      return true;
+    }));
+  }
+  const pid_t churner = fork_child([&] {
+    auto s = StringMap::open(name);
+    if (!gate.wait()) return false;
+    while (!stop->load()) {
+      for (int i = 0; i < 1500; ++i)
+        CHILD_CHECK(s.insert("t" + std::to_string(i), std::string(i % 12, 'c')), "churn insert");
+      for (int i = 0; i < 1500; ++i) CHILD_CHECK(s.erase("t" + std::to_string(i)), "churn erase");
+    }
+    return true;
+  });
+  const std::uint64_t resizes0 = m.stats().resizes;
+  gate.release();
+  for (int p = 0; p < kProcs; ++p) {
+    const auto r = wait_for(pids[p], seconds(90 * kSlow * soak()));
+    EXPECT_TRUE(r.ok()) << "counter process " << p << " " << r.describe() << " (seed " << seed
+                        << ")";
+  }
+  stop->store(true);
+  for (const pid_t r : readers) {
+    const auto rr = wait_for(r, seconds(30 * kSlow));
+    EXPECT_TRUE(rr.ok()) << "reader " << rr.describe();
+  }
+  EXPECT_TRUE(wait_for(churner, seconds(30 * kSlow)).ok());
+  std::uint64_t total = 0;
+  for (int i = 0; i < kCounters; ++i) total += switching_count(m.find(key(i)).value_or(""));
+  EXPECT_EQ(total, kProcs * per) << "lost or doubled increments (seed " << seed << ")";
+  EXPECT_GT(m.stats().resizes, resizes0 + 2) << "the churner did not resize the map";
+  EXPECT_EQ(m.size(), std::size_t{kCounters});
+  RecordStats rs;  // not compacted first: compact() would retire a leaked record
+  const auto report = m.check(&rs);
+  EXPECT_TRUE(report.ok) << (report.problems.empty() ? "" : report.problems.front());
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(rs.live + rs.inline_entries, std::size_t{kCounters});
+}
+
+/// Runs `write` in a child that dies (exit 42, no unwinding) when `hook` first fires.
+bool dies_in(void (*&hook)(), const std::function<void()>& write) {
+  const ChildResult r = run_child(
+      [&] {
+        hook = [] { ::_exit(42); };
+        write();
+        return false;  // the hook never ran
+      },
+      std::chrono::seconds(30 * kSlow));
+  return r.exited && r.code == 42;
+}
+
+class StringDeathTest : public MpTest {};
+
+TEST_F(StringDeathTest, AWriterKilledAfterReplacingARecordByAShortEntryLeaksOnlyThatRecord) {
+  // Writers die right after the CAS that replaced a record with an inline entry (a value
+  // shortened to 7 bytes; a multimap key's second value erased), before they retired the
+  // record or counted: the entry reads whole, size() is exact once the dead slot is freed,
+  // check() counts the record leaked -- exactly it, the inline entry no record -- and
+  // compact() gives it back.
+  ScopedName n("die-inline"), mn("die-inline-mm");
+  auto m = StringMap::create(n, {.initial_capacity = 8});
+  auto mm = StringMultimap::create(mn, {.initial_capacity = 8});
+  ASSERT_TRUE(m.insert("k", "a value in a record"));
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(m.insert("o" + std::to_string(i), "x"));
+  mm.insert("k", "a");
+  mm.insert("k", "b");
+  mm.insert("j", "c");
+  ASSERT_TRUE(dies_in(detail::MapImpl::after_write_cas_for_test, [&] {
+    auto c = StringMap::open(n);
+    c.insert_or_assign("k", "short");
+  }));
+  ASSERT_TRUE(dies_in(detail::MapImpl::after_write_cas_for_test, [&] {
+    auto c = StringMultimap::open(mn);
+    c.erase("k", "b");
+  }));
+  EXPECT_EQ(m.find("k"), "short");
+  EXPECT_EQ(mm.find("k"), std::vector<std::string>{"a"});
+  EXPECT_GE(m.clear_stale_handles(), 1u);
+  EXPECT_GE(mm.clear_stale_handles(), 1u);
+  EXPECT_EQ(m.size(), 21u);
+  EXPECT_EQ(mm.size(), 2u) << "the dead writer's -1, applied when its slot was freed";
+  RecordStats rs;
+  EXPECT_FALSE(m.check(&rs).ok) << "a leaked record";
+  EXPECT_EQ(rs.leaked, 1u) << "the record the dead writer replaced and never retired";
+  EXPECT_EQ(rs.live, 0u);
+  EXPECT_EQ(rs.inline_entries, 21u);
+  EXPECT_FALSE(mm.check(&rs).ok) << "a leaked record";
+  EXPECT_EQ(rs.leaked, 1u);
+  EXPECT_EQ(rs.live, 0u);
+  EXPECT_EQ(rs.inline_entries, 2u);
+  m.compact();
+  mm.compact();
+  EXPECT_TRUE(m.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_TRUE(mm.check(&rs).ok);
+  EXPECT_EQ(rs.leaked, 0u);
+  EXPECT_EQ(m.size(), 21u);
+  EXPECT_EQ(mm.size(), 2u);
+}
+
 class StringMpTest : public MpTest {
  protected:
   unsigned watchdog_seconds() const override { return 150; }
@@ -409,6 +586,9 @@ class StringMpTest : public MpTest {
 TEST_F(StringMpTest, UpdateCountersAreExactAcrossProcesses) { counters_across_processes(false); }
 TEST_F(StringMpTest, UpdateCountersOnCollidingKeysAreExactAcrossProcesses) {
   counters_across_processes(true);
+}
+TEST_F(StringMpTest, CountersSwitchingBetweenShortEntriesAndRecordsAreExactAndNeverGoBack) {
+  switching_counters_across_processes();
 }
 TEST_F(StringMpTest, StructValuesUnderStringKeysAreExactAcrossProcesses) {
   struct_counters_across_processes();
