@@ -474,7 +474,14 @@ RecordHeap::Audit RecordHeap::audit(bool recover, bool inline_entries) const {
             const Cell cell = read_cell(*m.bucket(t, b).slot);
             if (cell.state() != kLive && cell.state() != kFrozen) continue;
             if (x.inline_entries && InlineEntry::is_inline(cell.value)) {
-              ++a.stats.inline_entries;  // no record (a bucket mid-migration counts twice)
+              // No record (a bucket mid-migration counts twice); a word that does not decode
+              // under its key's word (a long key's, a bad length or reserved bit) is damage.
+              InlineEntry::Payload p;
+              if (InlineEntry::decode(load_word(*m.bucket(t, b).key), cell.value, p)) {
+                ++a.stats.inline_entries;
+              } else {
+                ++bad_refs;
+              }
               continue;
             }
             refs.push_back(cell.value);
@@ -489,7 +496,8 @@ RecordHeap::Audit RecordHeap::audit(bool recover, bool inline_entries) const {
           for (std::size_t j = 1; j < refs.size(); ++j) shared += refs[j] == refs[j - 1];
         }
         if (bad_refs != 0 || shared != 0) {
-          a.problem = std::to_string(bad_refs) + " buckets refer to no record block and " +
+          a.problem = std::to_string(bad_refs) +
+                      " buckets refer to no record block (or hold a damaged short entry) and " +
                       std::to_string(shared) + " share a record with another (damaged)";
           return;
         }

@@ -665,6 +665,9 @@ TEST(StringMap, AnInlineWordUnderALongKeyIsDamageThatCheckReports) {
   CheckReport rep;
   EXPECT_EQ(code_of([&] { rep = m.check(); }), Errc{}) << "check() reports, never throws";
   EXPECT_FALSE(rep.ok) << "a damaged bucket called healthy";
+  EXPECT_TRUE(std::any_of(rep.problems.begin(), rep.problems.end(), [](const std::string& s) {
+    return s.rfind("value records:", 0) == 0;
+  })) << "the record audit counted the damaged word as a short entry";
   p[at[0]] = key_word;
   EXPECT_EQ(m.find("k"), "abc");
   EXPECT_TRUE(m.check().ok);
