@@ -171,8 +171,8 @@ TEST(StringSnapshot, ALoadedMapKeepsItsCreatorsFloorSoThatCompactFitsIt) {
     t.compact();
     for (const Stats& s : {m.stats(), mm.stats(), t.stats()}) {
       EXPECT_EQ(s.size, std::size_t{kKept});
-      EXPECT_LE(s.capacity, 4u * kKept) << (json ? "json" : "binary")
-                                        << ": the table kept the snapshot's size";
+      EXPECT_LE(s.capacity, 4u * kKept)
+          << (json ? "json" : "binary") << ": the table kept the snapshot's size";
     }
     EXPECT_EQ(m.find(key(7)), "a value in a record");
     EXPECT_EQ(mm.find(key(7)), std::vector<std::string>{"v"});

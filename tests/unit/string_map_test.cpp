@@ -272,6 +272,40 @@ TEST(StringMap, ShortEntriesLiveInTheirBucketAndLongOnesInRecords) {
   EXPECT_EQ(live_records(m), 0u);
 }
 
+/// A live segment mapped raw, read-write (damage, on purpose), as 64-bit words.
+class RawWords {
+ public:
+  explicit RawWords(const std::string& name) {
+    fd_ = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    struct stat st {};
+    if (fd_ < 0 || ::fstat(fd_, &st) != 0) return;
+    bytes_ = static_cast<std::size_t>(st.st_size);
+    void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p != MAP_FAILED) p_ = static_cast<std::uint64_t*>(p);
+  }
+  ~RawWords() {
+    if (p_ != nullptr) ::munmap(p_, bytes_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawWords(const RawWords&) = delete;
+  RawWords& operator=(const RawWords&) = delete;
+  bool ok() const { return p_ != nullptr; }
+  /// Indices of the words equal to w, every `step`-th word (2: 16-byte aligned ones).
+  std::vector<std::size_t> find(std::uint64_t w, std::size_t step = 1) const {
+    std::vector<std::size_t> at;
+    for (std::size_t i = 0; i < bytes_ / 8; i += step) {
+      if (p_[i] == w) at.push_back(i);
+    }
+    return at;
+  }
+  std::uint64_t& operator[](std::size_t i) { return p_[i]; }
+
+ private:
+  int fd_ = -1;
+  std::size_t bytes_ = 0;
+  std::uint64_t* p_ = nullptr;
+};
+
 TEST(StringMap, ADamagedShortEntryIsReportedNotTrusted) {
   // The inline entry's value word in the segment, found by its bit pattern and damaged in
   // place: a reader reports corrupt, naming the map; a short entry beside it still reads.
@@ -282,17 +316,9 @@ TEST(StringMap, ADamagedShortEntryIsReportedNotTrusted) {
     m.insert("j", "def");
   }
   const std::uint64_t word = std::uint64_t{0x636261} << 8 | 3 << 1 | 1;  // "abc", 3 bytes
-  const int fd = ::shm_open(("/" + std::string(n)).c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  struct stat st {};
-  ASSERT_EQ(::fstat(fd, &st), 0);
-  auto* p = static_cast<std::uint64_t*>(
-      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-  ASSERT_NE(p, MAP_FAILED);
-  std::vector<std::size_t> at;
-  for (std::size_t i = 0; i < static_cast<std::size_t>(st.st_size) / 8; i += 2) {
-    if (p[i] == word) at.push_back(i);  // a slot's value word: 16-byte aligned
-  }
+  RawWords p(n);
+  ASSERT_TRUE(p.ok());
+  const std::vector<std::size_t> at = p.find(word, 2);  // a slot's value word: 16-byte aligned
   ASSERT_EQ(at.size(), 1u) << "the inline entry's word, once";
   auto m = StringMap::open(n);
   for (const std::uint64_t bad : {word | 0x10,                            // a reserved bit
@@ -316,8 +342,6 @@ TEST(StringMap, ADamagedShortEntryIsReportedNotTrusted) {
   }
   p[at[0]] = word;
   EXPECT_EQ(m.find("k"), "abc");
-  ::munmap(p, st.st_size);
-  ::close(fd);
 }
 
 /// A short key's value at version g (the review of format 8's short entries): 1..11 bytes, so
@@ -645,17 +669,9 @@ TEST(StringMap, AnInlineWordUnderALongKeyIsDamageThatCheckReports) {
     m.insert("a much longer key", "a value in a record");
   }
   const std::uint64_t key_word = std::uint64_t{'k'} | std::uint64_t{1} << 56;
-  const int fd = ::shm_open(("/" + std::string(n)).c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  struct stat st {};
-  ASSERT_EQ(::fstat(fd, &st), 0);
-  auto* p = static_cast<std::uint64_t*>(
-      ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-  ASSERT_NE(p, MAP_FAILED);
-  std::vector<std::size_t> at;
-  for (std::size_t i = 0; i < static_cast<std::size_t>(st.st_size) / 8; ++i) {
-    if (p[i] == key_word) at.push_back(i);
-  }
+  RawWords p(n);
+  ASSERT_TRUE(p.ok());
+  const std::vector<std::size_t> at = p.find(key_word);
   ASSERT_EQ(at.size(), 1u) << "the short key's word, once";
   p[at[0]] |= std::uint64_t{1} << 63;
   auto m = StringMap::open(n);
@@ -678,8 +694,6 @@ TEST(StringMap, AnInlineWordUnderALongKeyIsDamageThatCheckReports) {
   EXPECT_EQ(m.find("a much longer key"), "a value in a record");
   EXPECT_FALSE(m.check().ok);
   EXPECT_EQ(m.size(), 2u);
-  ::munmap(p, st.st_size);
-  ::close(fd);
 }
 
 TEST(StringMap, UpdateAndUpsert) {
