@@ -80,6 +80,7 @@
 #include <thread>
 #include <vector>
 // fail(), cas128(), read_cell(): shared with the tables.
+#include "shmap/detail/chaos.hpp"
 #include "shmap/detail/map_impl.hpp"
 
 namespace shmap::detail {
@@ -813,6 +814,7 @@ void Handles::reclaim_impl(bool patient) const {
       std::atomic_ref<std::uint64_t>(prev->retired_next).store(next, std::memory_order_release);
     }
     if (in_reclaim_for_test != nullptr) in_reclaim_for_test(2);
+    SHMAP_CHAOS_POINT();
     seg_.free_extent(cur, t->extent_bytes);
     h.tables_freed.fetch_add(1, std::memory_order_relaxed);
     if (in_reclaim_for_test != nullptr) in_reclaim_for_test(3);

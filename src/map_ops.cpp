@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "shmap/detail/chaos.hpp"
 #include "shmap/detail/map_impl.hpp"
 
 namespace shmap::detail {
@@ -103,6 +104,7 @@ std::optional<std::uint64_t> MapImpl::find_slower(std::uint64_t k) const {
     bool restart = false;
     for (std::size_t i = 0; i < end;) {
       std::uint64_t v = 0;
+      SHMAP_CHAOS_POINT();
       switch (classify(probe(chain[i], k, false), &v)) {
         case Look::value:
           return v;
@@ -156,14 +158,21 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
   wait_for_gate();
   for (;;) {
     TableHeader* t = top_header(true);
+    SHMAP_CHAOS_POINT();
     if (t->older.load(std::memory_order_acquire) != 0) {
+      if (migrating_write_for_test != nullptr) std::exchange(migrating_write_for_test, nullptr)();
       help_migrate(t, kChunksPerWrite);
       // Settle k in every older table, oldest first: each hands k on to the next newer one,
       // so when we write in t no older table can still answer for k.
       TableHeader* chain[kMaxChain];
-      for (std::size_t i = load_chain(t, chain) - 1; i > 0; --i) settle(chain[i], chain[i - 1], k);
+      for (std::size_t i = load_chain(t, chain) - 1; i > 0; --i) {
+        settle(chain[i], chain[i - 1], k);
+        SHMAP_CHAOS_POINT();
+      }
     }
+    SHMAP_CHAOS_POINT();
     const ProbeResult r = probe(t, k, may_insert, true);
+    SHMAP_CHAOS_POINT();
     if (r.kind == Probe::sealed) {
       check_forward(t);
       continue;
@@ -203,6 +212,17 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
         check_forward(t);
         break;
       }
+      // t got a successor after we read the top: this bucket is not the whole story any more. A
+      // copy out of an older table that found t full went straight on to t's successor and left
+      // k's bucket here CLAIMED by a slower copier of the same value (which may yet fill it: a
+      // stale duplicate). Deciding here lost erases ("absent") and overwrote the duplicate
+      // instead of the value above. So nothing is decided in a table that has a successor: the
+      // retry settles k in t (moving this bucket on) and decides in the newest table.
+      // Why the load sees such a successor: the hop that left the claim behind read it before
+      // it read k's older bucket still FROZEN, and we read that bucket MOVED (settle, or the
+      // migration's completion) before reading this one (x86-TSO; the seq_cst load pairs with
+      // the link's seq_cst CAS). Same cache line as `older`, which every write loads already.
+      if (t->newer.load(std::memory_order_seq_cst) != 0) break;
       const WriteIntent w = decide(ctx, cur);
       if (w.kind == WriteIntent::keep || (w.kind == WriteIntent::erase && !cur)) {
         if (r.over_limit) maybe_resize(t, false);
@@ -227,7 +247,9 @@ std::optional<std::uint64_t> MapImpl::mutate_impl(std::uint64_t k, bool may_inse
       if (record != nullptr) {
         seq = write_record(*record, offset_of(&b), new_meta, new_value, w.extra != 0 ? delta : 0);
       }
+      SHMAP_CHAOS_POINT();
       const bool ok = cas128(&b.value, c.value, c.meta, new_value, new_meta);
+      SHMAP_CHAOS_POINT();
       if (ok && after_write_cas_for_test != nullptr) after_write_cas_for_test();
       if (ok && delta != 0) {
         if (record != nullptr) {

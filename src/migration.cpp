@@ -29,6 +29,7 @@
 #include <string>
 #include <utility>
 
+#include "shmap/detail/chaos.hpp"
 #include "shmap/detail/map_impl.hpp"
 
 namespace shmap::detail {
@@ -47,7 +48,10 @@ void Migration::copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
       }
       // A target known to be full (and so replaced) cannot take k, and nobody can claim k in
       // it any more: go straight on. Probing it would walk its whole capacity for every copy
-      // (a migration into a full table of 64K buckets ran for minutes under TSan).
+      // (a migration into a full table of 64K buckets ran for minutes under TSan). A claim of
+      // k made there before it filled up (a slower copier of this value) stays behind, and
+      // may even be filled later: writers never decide in a table with a successor
+      // (mutate_impl), and settling k there moves that bucket on, so it is never believed.
       if (full_flag(target).load(std::memory_order_acquire) != 0) {
         if (const std::uint64_t nx = target->newer.load(std::memory_order_acquire); nx != 0) {
           if (read_cell(*b.slot).meta != c.meta) return;  // stale: see below
@@ -55,7 +59,9 @@ void Migration::copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
           continue;
         }
       }
+      SHMAP_CHAOS_POINT();
       const ProbeResult r = m_.probe(target, k, true);
+      SHMAP_CHAOS_POINT();
       if (r.kind == Probe::found) {
         // Only a CLAIMED bucket is filled: LIVE, TOMB or FROZEN mean the value is there
         // already (copied by another mover, and perhaps overwritten since by a writer).
@@ -86,6 +92,7 @@ void Migration::copy_frozen(BucketRef b, Cell c, TableHeader* newer) const {
       target = m_.table(nx);
     }
   }
+  SHMAP_CHAOS_POINT();
   if (newer->discard_older != 0) {
     // A replaced entry leaves the map: counted once, by the winner of the CAS, and recorded
     // first so that a mover killed between the CAS and the count cannot lose it.
@@ -133,6 +140,7 @@ void Migration::move_bucket(TableHeader* older, std::uint64_t i, TableHeader* ne
         // Before the seal CAS: a lookup reading this bucket's fingerprint 0 did so before the
         // seal, so before anything of this run could reach the successor ("Fingerprints").
         store_fp(m_.fingerprints(older), i, kFpSealing);
+        SHMAP_CHAOS_POINT();
         if (cas128(&b.slot->value, c.value, c.meta, 0, next_meta(c.meta, kSealed))) return;
         break;
       case kClaimed: {
@@ -153,6 +161,7 @@ void Migration::move_bucket(TableHeader* older, std::uint64_t i, TableHeader* ne
         m_.help_pending(*b.slot, c);
         const std::uint64_t m = next_meta(c.meta, kFrozen);
         if (cas128(&b.slot->value, c.value, c.meta, c.value, m)) {
+          SHMAP_CHAOS_POINT();
           copy_frozen(b, Cell{m, c.value}, newer);
           return;
         }
@@ -177,6 +186,7 @@ void Migration::settle(TableHeader* older, TableHeader* newer, std::uint64_t k) 
   std::uint8_t f = 0;
   while (run.at(&i, &f)) {
     const BucketRef bk = m_.bucket(older, i);
+    SHMAP_CHAOS_POINT();
     const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
       case kEmpty:
@@ -224,7 +234,9 @@ bool Migration::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t
   // by anyone who finds the work done, so a finisher killed before its CAS delays nobody.
   auto complete = [&] {
     std::uint64_t expected = o_off;
+    SHMAP_CHAOS_POINT();
     if (newer->older.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) {
+      SHMAP_CHAOS_POINT();
       // A completer that dies here leaks o_off: the leak sweep finds it (leaks.cpp).
       if (MapImpl::between_unlink_and_retire_for_test != nullptr)
         MapImpl::between_unlink_and_retire_for_test();
@@ -255,6 +267,7 @@ bool Migration::help_migrate(TableHeader* newer, std::size_t chunks, std::size_t
     }
     for (std::uint64_t i = idx * csize; i < (idx + 1) * csize; ++i) {
       move_bucket(older, i, newer);
+      if (i % 8 == 0) SHMAP_CHAOS_POINT();
     }
     // acq_rel: the moves above happen-before whoever sees the bit or the final count.
     if ((word.fetch_or(bit, std::memory_order_acq_rel) & bit) == 0 &&
@@ -404,6 +417,7 @@ std::uint64_t Migration::link_successor(TableHeader* t, std::uint64_t n_off) con
     n_off = linked != 0 ? linked : t->newer.load(std::memory_order_acquire);
   } else {
     h.resizes.fetch_add(1, std::memory_order_relaxed);
+    SHMAP_CHAOS_POINT();
   }
   // Publish. If t is no longer current, someone published it (or something newer) already.
   std::uint64_t expected = m_.offset_of(t);

@@ -38,6 +38,7 @@
 
 #include <string>
 
+#include "shmap/detail/chaos.hpp"
 #include "shmap/detail/map_impl.hpp"
 
 namespace shmap::detail {
@@ -168,12 +169,14 @@ ProbeResult Tables::probe(TableHeader* t, std::uint64_t k, bool claim, bool writ
   std::uint8_t f = 0;
   while (run.at(&i, &f)) {
     const BucketRef bk = bucket(t, i);
+    SHMAP_CHAOS_POINT();
     const Cell c = read_cell(*bk.slot);
     switch (c.state()) {
       case kEmpty: {
         if (!claim) return {Probe::absent};
         const std::uint64_t m = next_meta(c.meta, kClaimed);
         if (cas128(&bk.slot->value, c.value, c.meta, k, m)) {
+          SHMAP_CHAOS_POINT();
           store_fp(fps, i, want);
           ProbeResult r{Probe::found, bk, Cell{m, k}, true};
           r.over_limit = note_claim(t);

@@ -3,7 +3,10 @@
 // still expects the old content (it must lose), and the races the design names.
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string>
 #include <thread>
+#include <tuple>
 
 #include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
@@ -712,6 +715,121 @@ TEST(Protocol, GateWithoutALiveLeaseHoldsNobody) {
   EXPECT_TRUE(f.map.insert(6, 6));
   EXPECT_FALSE(other.impl().release_writers()) << "the hold was broken";
 }
+
+// A copy that hops past a full successor. Chain t -> O with k LIVE in O; a slow copier of k
+// froze k's bucket in O and claimed k's bucket x in t, then stopped. t fills up and gets a
+// successor t2; another copier of the same frozen value finds t full and lands it in t2
+// directly (copy_frozen), so x stays CLAIMED -- or the slow copier wakes and fills it: a
+// stale duplicate. A write that read t as the top before all that must not decide in t: an
+// erase reported "absent" (x CLAIMED) or erased the duplicate, and k stayed LIVE in t2; an
+// assignment landed in x and was dropped when t moved into t2. The lost erase is the one the
+// churn test caught once in ~500 runs (ChurnTest, "erase found it absent", and a size of 2
+// instead of 1).
+struct HopScene {
+  MapImpl* m = nullptr;
+  TableHeader* older = nullptr;
+  TableHeader* t = nullptr;
+  BucketRef b;      // k's bucket in `older`, FROZEN
+  Cell frozen{};    // its content
+  ProbeResult x{};  // the slow copier's claim of k in t
+  bool fill_x = false;
+  std::uint64_t filled = 0;  // writers' keys that filled t
+  bool ran = false;
+};
+HopScene g_hop;
+constexpr std::uint64_t kHopKey = 12345, kHopValue = 777;
+
+// Runs inside the erase, after it read t as the top: what other threads do meanwhile.
+void hop_past_full_successor() {
+  HopScene& s = g_hop;
+  MapImpl& m = *s.m;
+  // Writers fill t (claim, then write, as an insert does) until no bucket is EMPTY.
+  for (std::uint64_t j = 1;; ++j) {
+    const ProbeResult r = m.probe(s.t, 5000 + j, true);
+    if (r.kind == Probe::full) break;
+    ASSERT_EQ(r.kind, Probe::found);
+    ASSERT_TRUE(r.claimed);
+    store_key(r.bucket, 5000 + j);
+    ASSERT_TRUE(
+        cas128(&r.bucket.slot->value, r.cell.value, r.cell.meta, j, next_meta(r.cell.meta, kLive)));
+    m.add_size(1);
+    ++s.filled;
+  }
+  // The writer that found t full replaces it (as mutate does while t still assimilates O).
+  full_flag(s.t).store(1);
+  m.grow_stuck(s.t);
+  ASSERT_NE(s.t->newer.load(), 0u);
+  // Another copier of k's frozen value: t is full, so the value lands in t2.
+  m.copy_frozen(s.b, s.frozen, s.t);
+  ASSERT_EQ(read_cell(*s.b.slot).state(), kMoved);
+  ASSERT_EQ(read_cell(*s.x.bucket.slot).state(), kClaimed) << "x must be left CLAIMED";
+  if (s.fill_x) {  // the slow copier wakes: its fill of x still succeeds
+    store_key(s.x.bucket, kHopKey);
+    ASSERT_TRUE(cas128(&s.x.bucket.slot->value, s.x.cell.value, s.x.cell.meta, s.frozen.value,
+                       next_meta(s.x.cell.meta, kLive)));
+  }
+  s.ran = true;
+}
+
+// Parameters: the slow copier fills x after the hop; the write is an assignment (else an erase).
+class HopPastFullSuccessor : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+
+TEST_P(HopPastFullSuccessor, WriteThatReadTheOldTopDecidesInTheNewest) {
+  const bool assign = std::get<1>(GetParam());
+  Fixture f;
+  ASSERT_TRUE(f.map.insert(kHopKey, kHopValue));
+  for (std::uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(f.map.insert(100 + i, i));  // neighbours
+  HopScene& s = g_hop;
+  s = HopScene{};
+  s.m = &f.m;
+  s.fill_x = std::get<0>(GetParam());
+  {
+    PinGuard pin(f.m);
+    s.older = f.current();
+    s.t = f.m.table(f.m.link_successor(s.older, f.m.create_table(8, f.m.offset_of(s.older))));
+    ASSERT_EQ(f.current(), s.t);
+    // The slow copier: freezes k's bucket in O, claims k's bucket in t, and stops.
+    s.b = f.bucket_of(s.older, kHopKey);
+    ASSERT_TRUE(s.b);
+    const Cell c = read_cell(*s.b.slot);
+    ASSERT_EQ(c.state(), kLive);
+    s.frozen = Cell{next_meta(c.meta, kFrozen), c.value};
+    ASSERT_TRUE(cas128(&s.b.slot->value, c.value, c.meta, c.value, s.frozen.meta));
+    s.x = f.m.probe(s.t, kHopKey, true);
+    ASSERT_TRUE(s.x.claimed);
+  }
+  MapImpl::migrating_write_for_test = hop_past_full_successor;
+  if (assign) {
+    EXPECT_FALSE(f.map.insert_or_assign(kHopKey, 999)) << "k was present: an assignment";
+  } else {
+    EXPECT_TRUE(f.map.erase(kHopKey)) << "the erase missed k, LIVE in t's successor";
+  }
+  MapImpl::migrating_write_for_test = nullptr;
+  ASSERT_TRUE(s.ran) << "the write never read t as a migrating top";
+  const std::optional<std::uint64_t> want =
+      assign ? std::optional<std::uint64_t>(999) : std::nullopt;
+  EXPECT_EQ(f.map.find(kHopKey), want);
+  EXPECT_EQ(f.map.erase(kHopKey), assign);
+  // The neighbours went through the full t into t2: every one is still there, and the count
+  // agrees with the tables (the neighbours, and the writers' keys that filled t).
+  for (std::uint64_t i = 0; i < 5; ++i) EXPECT_EQ(f.map.find(100 + i), i) << i;
+  f.map.compact();
+  std::size_t walked = 0;
+  f.map.for_each([&](std::uint64_t, std::uint64_t) { ++walked; });
+  EXPECT_EQ(walked, 5 + s.filled);
+  EXPECT_EQ(f.map.size(), 5 + s.filled);
+  EXPECT_EQ(f.map.find(kHopKey), std::nullopt) << "erased above";
+  const CheckReport rep = f.map.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Protocol, HopPastFullSuccessor,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "FilledAfterTheHop"
+                                                                      : "ClaimLeftBehind") +
+                                  (std::get<1>(info.param) ? "Assign" : "Erase");
+                         });
 
 }  // namespace
 }  // namespace shmap::detail

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "shmap/detail/chaos.hpp"
 #include "shmap/detail/layout.hpp"
 
 namespace shmap::detail {
@@ -62,6 +63,7 @@ struct FastView {
                                              const std::atomic<std::uint64_t>& global_epoch) {
   // Acquire: an epoch read after a retirer's fetch_add orders our chain loads after its unlink.
   const std::uint64_t e = global_epoch.load(std::memory_order_acquire);
+  SHMAP_CHAOS_POINT();
   pin.store(e << 16 | 1, std::memory_order_release);
   std::atomic_signal_fence(std::memory_order_seq_cst);
 }

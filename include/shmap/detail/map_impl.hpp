@@ -443,6 +443,9 @@ class MapImpl {
   static inline void (*sweep_mid_walk_for_test)() = nullptr;
   /// Test hook: a write calls it right after its CAS landed, before it counts the change.
   static inline void (*after_write_cas_for_test)() = nullptr;
+  /// Called (once, then cleared) by a write of this thread that read a top table which is
+  /// still assimilating an older one, before it helps the migration and settles its key.
+  static inline thread_local void (*migrating_write_for_test)() = nullptr;
 
  private:
   // First, at offset 0: a Handles method called from a MapImpl one (pin()'s out-of-line
