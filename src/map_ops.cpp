@@ -281,4 +281,33 @@ void MapImpl::for_each(void (*fn)(void*, std::uint64_t, std::uint64_t), void* ct
   }
 }
 
+std::string MapImpl::describe_key(std::uint64_t k) const {
+  static constexpr const char* kStates[] = {"EMPTY",  "CLAIMED", "LIVE",   "TOMB",
+                                            "FROZEN", "MOVED",   "SEALED", "BULK"};
+  PinGuard pin(*this);
+  std::string out = "key " + std::to_string(k) + ":";
+  TableHeader* chain[kMaxChain];
+  const std::size_t n = load_chain(top_header(false), chain);
+  for (std::size_t i = 0; i < n; ++i) {
+    TableHeader* t = chain[i];
+    out += "\n  table @" + std::to_string(offset_of(t)) + " cap " + std::to_string(t->capacity) +
+           " newer " + std::to_string(t->newer.load(std::memory_order_acquire)) + " older " +
+           std::to_string(t->older.load(std::memory_order_acquire)) + " full_flag " +
+           std::to_string(full_flag(t).load(std::memory_order_acquire)) + " home " +
+           std::to_string(home(k, t));
+    const std::uint8_t* fps = fingerprints(t);
+    for (std::uint64_t j = 0; j < t->capacity; ++j) {
+      const BucketRef b = bucket(t, j);
+      const Cell c = read_cell(*b.slot);
+      const std::uint64_t s = c.state();
+      if (s == kEmpty || s == kSealed || key_of(b, c) != k) continue;
+      out += "\n    bucket " + std::to_string(j) + " " + kStates[s & 7] + " value " +
+             std::to_string(c.value) + " fp " + std::to_string(load_fp(fps, j)) + " (want " +
+             std::to_string(fingerprint(hash_key(k, seed()))) + ") distance " +
+             std::to_string((j + t->capacity - home(k, t)) % t->capacity);
+    }
+  }
+  return out;
+}
+
 }  // namespace shmap::detail

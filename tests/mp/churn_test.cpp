@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "mp_util.hpp"
+#include "shmap/detail/map_impl.hpp"
 #include "shmap/shmap.hpp"
 #include "test_util.hpp"
 
@@ -31,6 +32,12 @@ bool run_churn(const std::string& name, std::uint64_t base, std::uint64_t keys, 
   Map m = Map::open(name);
   sh->started.fetch_add(1, std::memory_order_release);
   std::atomic<bool> ok{true};
+  // A wrong answer is rare (once in hundreds of runs): say where the key is, at once.
+  auto wrong = [&](const char* what, std::uint64_t key) {
+    std::fprintf(stderr, "child %d: %s %llu\n%s\n", ::getpid(), what, (unsigned long long)key,
+                 m.impl().describe_key(key).c_str());
+    ok = false;
+  };
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
@@ -38,25 +45,13 @@ bool run_churn(const std::string& name, std::uint64_t base, std::uint64_t keys, 
       try {
         for (std::uint64_t c = 0; !sh->stop.load(std::memory_order_acquire) && ok; ++c) {
           for (std::uint64_t k = 0; k < keys; ++k) {
-            if (!m.insert(b + k, c ^ k)) {
-              std::fprintf(stderr, "child %d: insert %llu found it present\n", ::getpid(),
-                           (unsigned long long)(b + k));
-              ok = false;
-            }
+            if (!m.insert(b + k, c ^ k)) wrong("insert found present", b + k);
           }
           for (std::uint64_t k = 0; k < keys; ++k) {
-            if (m.find(b + k) != (c ^ k)) {
-              std::fprintf(stderr, "child %d: find %llu wrong\n", ::getpid(),
-                           (unsigned long long)(b + k));
-              ok = false;
-            }
+            if (m.find(b + k) != (c ^ k)) wrong("find wrong for", b + k);
           }
           for (std::uint64_t k = 0; k < keys; ++k) {
-            if (!m.erase(b + k)) {
-              std::fprintf(stderr, "child %d: erase %llu found it absent\n", ::getpid(),
-                           (unsigned long long)(b + k));
-              ok = false;
-            }
+            if (!m.erase(b + k)) wrong("erase found absent", b + k);
           }
           sh->cycles.fetch_add(1, std::memory_order_relaxed);
         }

@@ -802,7 +802,8 @@ TEST_P(HopPastFullSuccessor, WriteThatReadTheOldTopDecidesInTheNewest) {
   if (assign) {
     EXPECT_FALSE(f.map.insert_or_assign(kHopKey, 999)) << "k was present: an assignment";
   } else {
-    EXPECT_TRUE(f.map.erase(kHopKey)) << "the erase missed k, LIVE in t's successor";
+    EXPECT_TRUE(f.map.erase(kHopKey))
+        << "the erase missed k, LIVE in t's successor; " << f.m.describe_key(kHopKey);
   }
   MapImpl::migrating_write_for_test = nullptr;
   ASSERT_TRUE(s.ran) << "the write never read t as a migrating top";

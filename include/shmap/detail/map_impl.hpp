@@ -339,6 +339,10 @@ class MapImpl {
         what, [](void* c) { (*static_cast<std::remove_reference_t<F>*>(c))(); }, &f);
   }
   std::optional<std::uint64_t> find_read_only(std::uint64_t k) const;
+  /// For a test that caught a wrong answer about k: the chain from the newest table down, and
+  /// every bucket that holds k in each table (state, value, fingerprint byte, distance from
+  /// k's home), read under a pin. A diagnostic: it scans whole tables.
+  std::string describe_key(std::uint64_t k) const;
   /// A table as a read-only read uses it: its header read once and checked, every bucket
   /// inside this process's mapping. Indexing uses these copies only.
   struct RoView {
