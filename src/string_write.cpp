@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace shmap::detail {
@@ -113,17 +114,26 @@ void visit_entries(const Map& table, void (*fn)(void*, std::string_view, std::st
                    void* ctx) {
   const MapImpl& m = table.impl();
   if (m.read_only()) {
-    // The hashes from a walk, then each record by a validated read (see copy_list).
-    std::vector<std::uint64_t> hashes;
-    table.for_each([&](std::uint64_t h, std::uint64_t) { hashes.push_back(h); });
+    // The words from a walk; a short entry is whole in the walk's copy of its two words, a
+    // record is read by a validated read (see copy_list). (Looking a short entry up again by
+    // its key word missed a damaged word -- not at its home any more -- as "erased since".)
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> words;
+    table.for_each([&](std::uint64_t h, std::uint64_t w) { words.emplace_back(h, w); });
+    const RecordHeap heap(m);
     std::string copy;
-    for (const std::uint64_t h : hashes) {
-      if (!copy_list(m, h, &copy)) continue;  // erased since the walk
-      EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size())
-          .each([&](std::string_view k, std::string_view v) {
-            fn(ctx, k, v);
-            return true;
-          });
+    auto each = [&](const EntryList& list) {
+      list.each([&](std::string_view k, std::string_view v) {
+        fn(ctx, k, v);
+        return true;
+      });
+    };
+    for (const auto& [h, w] : words) {
+      if (InlineEntry::is_inline(w)) {
+        InlineEntry::Payload buf;
+        each(list_at(m, heap, h, w, buf));  // reads nothing in the segment
+      } else if (copy_list(m, h, &copy)) {  // else erased since the walk
+        each(EntryList(reinterpret_cast<const unsigned char*>(copy.data()), copy.size()));
+      }
     }
     return;
   }

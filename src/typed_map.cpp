@@ -346,7 +346,8 @@ static_assert(kByteStringKind == static_cast<std::uint32_t>(TypeInfo::Kind::byte
 
 CheckReport DynamicMap::check(RecordStats* records) const {
   CheckReport rep = map_.check();
-  if (strings_ && !map_.read_only()) {
+  if (strings_) {
+    // (A read-only attachment walks validated copies of the lists: visit_entries.)
     std::size_t entries = 0;
     try {
       visit_entries(

@@ -684,6 +684,16 @@ TEST(StringMap, AnInlineWordUnderALongKeyIsDamageThatCheckReports) {
   EXPECT_TRUE(std::any_of(rep.problems.begin(), rep.problems.end(), [](const std::string& s) {
     return s.rfind("value records:", 0) == 0;
   })) << "the record audit counted the damaged word as a short entry";
+  {
+    // A read-only attachment cannot audit the records (that holds writers back), but it walks
+    // the entries: the damage is reported there too.
+    auto ro = StringMap::open(n, {.read_only = true});
+    CheckReport r;
+    EXPECT_EQ(code_of([&] { r = ro.check(); }), Errc{}) << "check() reports, never throws";
+    EXPECT_FALSE(r.ok) << "a read-only check called the damaged bucket healthy";
+    EXPECT_TRUE(std::any_of(r.problems.begin(), r.problems.end(),
+                            [](const std::string& s) { return s.rfind("entries:", 0) == 0; }));
+  }
   p[at[0]] = key_word;
   EXPECT_EQ(m.find("k"), "abc");
   EXPECT_TRUE(m.check().ok);
