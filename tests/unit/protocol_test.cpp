@@ -832,5 +832,176 @@ INSTANTIATE_TEST_SUITE_P(Protocol, HopPastFullSuccessor,
                                   (std::get<1>(info.param) ? "Assign" : "Erase");
                          });
 
+// The same race one table further up: a chain of four, O -> t -> t2 -> t3, with t and t2 both
+// too small. The write read t2 as the top (t2 still assimilating t), and t2 got its successor
+// t3 only after that. Two shapes, each a bucket of k in t2 that the write must not believe:
+// - Leftover: a copier of k's frozen value hopped past full t and claimed k in t2, then stopped;
+//   another copier hopped past both full tables and landed the value in t3. k's bucket in t2
+//   stays CLAIMED (or the slow copier fills it late: a stale duplicate).
+// - Promoted duplicate: the value landed in t2 (hop past full t), but a slow copier's claim in t
+//   was filled late (a duplicate there). The write's own migration of t into t2 copies that
+//   duplicate on: t2 is flagged full, so the copy skips it and lands in t3. Now k's bucket in
+//   t2 holds the real value, and yet the value that survives is the one in t3: a write decided
+//   in t2 was dropped when t2 moved into t3 (the copy of t2's bucket finds k in t3 already).
+// Every kind of write, since they all decide in the same place. Each fails without the check in
+// mutate_impl, except an insert over a LIVE bucket (FilledInT2Insert, DuplicatePromotedInsert):
+// it keeps the value, which is k's value in every table until the next write, so it is right
+// either way; they pin that the retry changes nothing there.
+enum class Shape { leftover_claim, leftover_filled, promoted_duplicate };
+enum class Op { erase, assign, insert, fetch_add, compare_exchange };
+
+struct ChainScene {
+  MapImpl* m = nullptr;
+  Shape shape{};
+  TableHeader* t = nullptr;   // O's too-small successor
+  TableHeader* t2 = nullptr;  // t's too-small successor: the write's top
+  BucketRef b;                // k's bucket in O, FROZEN
+  Cell frozen{};
+  ProbeResult x2{};  // leftover shapes: a slow copier's claim of k in t2
+  std::uint64_t filled = 0;
+  bool ran = false;
+};
+ChainScene g_chain;
+
+// Writers fill `t` with new keys from `base` (claim, then write, as inserts do) until it has no
+// EMPTY bucket; then it is flagged full (as a write or a copy that found it so does).
+void fill_up(MapImpl& m, TableHeader* t, std::uint64_t base, std::uint64_t* filled) {
+  for (std::uint64_t j = 1;; ++j) {
+    const ProbeResult r = m.probe(t, base + j, true);
+    if (r.kind == Probe::full) break;
+    ASSERT_EQ(r.kind, Probe::found);
+    ASSERT_TRUE(r.claimed);
+    store_key(r.bucket, base + j);
+    ASSERT_TRUE(
+        cas128(&r.bucket.slot->value, r.cell.value, r.cell.meta, j, next_meta(r.cell.meta, kLive)));
+    m.add_size(1);
+    ++*filled;
+  }
+  full_flag(t).store(1);
+}
+
+// A slow copier's late fill of its claim (its CAS still expects the CLAIMED cell it made).
+void late_fill(const ProbeResult& claim, std::uint64_t value) {
+  ASSERT_EQ(read_cell(*claim.bucket.slot).state(), kClaimed);
+  store_key(claim.bucket, kHopKey);
+  ASSERT_TRUE(cas128(&claim.bucket.slot->value, claim.cell.value, claim.cell.meta, value,
+                     next_meta(claim.cell.meta, kLive)));
+}
+
+// Runs inside the write, after it read t2 as the top: t2 fills up and gets its successor t3.
+void chain_grows_past_the_top() {
+  ChainScene& s = g_chain;
+  MapImpl& m = *s.m;
+  fill_up(m, s.t2, 6000, &s.filled);
+  m.grow_stuck(s.t2);
+  ASSERT_NE(s.t2->newer.load(), 0u);
+  if (s.shape != Shape::promoted_duplicate) {
+    // Another copier of k's frozen value: t and t2 are both flagged full, it lands in t3.
+    m.copy_frozen(s.b, s.frozen, s.t);
+    ASSERT_EQ(read_cell(*s.b.slot).state(), kMoved);
+    ASSERT_EQ(read_cell(*s.x2.bucket.slot).state(), kClaimed) << "x2 must be left CLAIMED";
+    if (s.shape == Shape::leftover_filled) late_fill(s.x2, s.frozen.value);
+  }
+  s.ran = true;
+}
+
+class HopPastTwoFullSuccessors : public ::testing::TestWithParam<std::tuple<Shape, Op>> {};
+
+TEST_P(HopPastTwoFullSuccessors, WriteThatReadTheMiddleTableDecidesInTheNewest) {
+  const auto [shape, op] = GetParam();
+  Fixture f;
+  ASSERT_TRUE(f.map.insert(kHopKey, kHopValue));
+  for (std::uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(f.map.insert(100 + i, i));  // neighbours
+  ChainScene& s = g_chain;
+  s = ChainScene{};
+  s.m = &f.m;
+  s.shape = shape;
+  {
+    PinGuard pin(f.m);
+    TableHeader* older = f.current();
+    s.t = f.m.table(f.m.link_successor(older, f.m.create_table(8, f.m.offset_of(older))));
+    // The slow copier: freezes k's bucket in O, claims k's bucket x in t, and stops.
+    s.b = f.bucket_of(older, kHopKey);
+    ASSERT_TRUE(s.b);
+    const Cell c = read_cell(*s.b.slot);
+    ASSERT_EQ(c.state(), kLive);
+    s.frozen = Cell{next_meta(c.meta, kFrozen), c.value};
+    ASSERT_TRUE(cas128(&s.b.slot->value, c.value, c.meta, c.value, s.frozen.meta));
+    const ProbeResult x = f.m.probe(s.t, kHopKey, true);
+    ASSERT_TRUE(x.claimed);
+    // t fills up and gets a successor as small (a second too-small replacement).
+    fill_up(f.m, s.t, 5000, &s.filled);
+    s.t2 = f.m.table(f.m.link_successor(s.t, f.m.create_table(8, f.m.offset_of(s.t))));
+    ASSERT_EQ(f.current(), s.t2);
+    if (shape == Shape::promoted_duplicate) {
+      // A copier hops past full t and lands the value in t2; the slow one then fills x.
+      f.m.copy_frozen(s.b, s.frozen, s.t);
+      ASSERT_EQ(read_cell(*s.b.slot).state(), kMoved);
+      const BucketRef y = f.bucket_of(s.t2, kHopKey);
+      ASSERT_TRUE(y);
+      ASSERT_EQ(read_cell(*y.slot).state(), kLive);
+      late_fill(x, s.frozen.value);
+    } else {
+      // A second slow copier hops past full t, claims k's bucket x2 in t2, and stops.
+      s.x2 = f.m.probe(s.t2, kHopKey, true);
+      ASSERT_TRUE(s.x2.claimed);
+    }
+  }
+  MapImpl::migrating_write_for_test = chain_grows_past_the_top;
+  std::optional<std::uint64_t> want = kHopValue;
+  switch (op) {
+    case Op::erase:
+      EXPECT_TRUE(f.map.erase(kHopKey)) << "the erase missed k, LIVE in t3";
+      want = std::nullopt;
+      break;
+    case Op::assign:
+      EXPECT_FALSE(f.map.insert_or_assign(kHopKey, 999)) << "k was present: an assignment";
+      want = 999;
+      break;
+    case Op::insert:
+      EXPECT_FALSE(f.map.insert(kHopKey, 999)) << "k was present: nothing to insert";
+      break;
+    case Op::fetch_add:
+      EXPECT_EQ(f.map.fetch_add(kHopKey, 5), kHopValue);
+      want = kHopValue + 5;
+      break;
+    case Op::compare_exchange:
+      EXPECT_TRUE(f.map.compare_exchange(kHopKey, kHopValue, 999));
+      want = 999;
+      break;
+  }
+  MapImpl::migrating_write_for_test = nullptr;
+  ASSERT_TRUE(s.ran) << "the write never read t2 as a migrating top";
+  EXPECT_EQ(f.map.find(kHopKey), want);
+  // Every table assimilated: the write's effect survived, nothing else was lost or doubled.
+  f.map.compact();
+  EXPECT_EQ(f.map.stats().tables, 1u);
+  EXPECT_EQ(f.map.find(kHopKey), want);
+  for (std::uint64_t i = 0; i < 5; ++i) EXPECT_EQ(f.map.find(100 + i), i) << i;
+  std::size_t walked = 0;
+  f.map.for_each([&](std::uint64_t, std::uint64_t) { ++walked; });
+  const std::size_t expect = 5 + s.filled + (want ? 1 : 0);
+  EXPECT_EQ(walked, expect);
+  EXPECT_EQ(f.map.size(), expect);
+  const CheckReport rep = f.map.check();
+  EXPECT_TRUE(rep.ok) << (rep.problems.empty() ? "" : rep.problems[0]);
+}
+
+std::string chain_scene_name(
+    const ::testing::TestParamInfo<HopPastTwoFullSuccessors::ParamType>& info) {
+  static const char* const shapes[] = {"ClaimLeftInT2", "FilledInT2", "DuplicatePromoted"};
+  static const char* const ops[] = {"Erase", "Assign", "Insert", "FetchAdd", "CompareExchange"};
+  return std::string(shapes[static_cast<int>(std::get<0>(info.param))]) +
+         ops[static_cast<int>(std::get<1>(info.param))];
+}
+
+INSTANTIATE_TEST_SUITE_P(Protocol, HopPastTwoFullSuccessors,
+                         ::testing::Combine(::testing::Values(Shape::leftover_claim,
+                                                              Shape::leftover_filled,
+                                                              Shape::promoted_duplicate),
+                                            ::testing::Values(Op::erase, Op::assign, Op::insert,
+                                                              Op::fetch_add, Op::compare_exchange)),
+                         chain_scene_name);
+
 }  // namespace
 }  // namespace shmap::detail
